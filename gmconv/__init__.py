@@ -1,0 +1,22 @@
+"""GMConv: convolution kernels under a learned concentric Gaussian mask (Chen et al., arXiv 2302.04544).
+
+The reusable layer of this project; it depends on torch alone.
+
+    from gmconv import GMConv2d, convert_to_gmconv, fold_gmconv, sigma_stats
+"""
+
+from .conv import GMConv2d
+from .convert import ConversionReport, convert_to_gmconv, enlarge_kernel, gmconv_from_conv
+from .fold import fold_gmconv, fold_layer
+from .stats import sigma_stats
+
+__all__ = [
+    "ConversionReport",
+    "GMConv2d",
+    "convert_to_gmconv",
+    "enlarge_kernel",
+    "fold_gmconv",
+    "fold_layer",
+    "gmconv_from_conv",
+    "sigma_stats",
+]
