@@ -1,0 +1,325 @@
+"""models/: the CIFAR ResNets, the three model sources, the small-input stems, offline pretrained
+weights, the GMConv conversion from a config, and parameter/FLOP counting."""
+
+from __future__ import annotations
+
+import logging
+import re
+from pathlib import Path
+
+import pytest
+import torch
+import torchvision
+from omegaconf import OmegaConf
+from torch import nn
+
+from gmconv import GMConv2d
+from models import (
+    adapt_to_small_input, apply_conv, build_backbone, build_model, count_flops, count_parameters,
+    create_backbone, register_model, registered_models,
+)
+from models import registry
+from models.cifar_resnet import CifarResNet
+from models.config import ConvConfig, ModelConfig
+
+CIFAR_DEPTHS = [20, 32, 44, 56, 110]
+GMCONV = ConvConfig(name="gmconv", type="gmconv")
+STANDARD = ConvConfig()
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """At 2×3×32×32 a thread pool costs more than it saves, and on a busy 2-core machine its spinning
+    threads make each convolution ~40× slower; one thread keeps this module fast and steady."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def images(chans: int = 3) -> torch.Tensor:
+    """A batch of two 32 px images."""
+    return torch.randn(2, chans, 32, 32, generator=torch.Generator().manual_seed(0))
+
+
+def torchvision_backbone(name: str, image_size: int = 32, **cfg) -> nn.Module:
+    model_cfg = ModelConfig(name=name, source="torchvision", **cfg)
+    return build_backbone(model_cfg, num_classes=10, image_size=image_size)
+
+
+def count(model: nn.Module, cls: type[nn.Module]) -> int:
+    return sum(isinstance(m, cls) for m in model.modules())
+
+
+# ---------------------------------------------------------------- CIFAR ResNets (He et al. 2016)
+
+
+@pytest.mark.parametrize("depth", CIFAR_DEPTHS)
+def test_cifar_resnet_has_its_depth_in_weight_layers_and_classifies(depth):
+    model = create_backbone("cifar", f"resnet{depth}", num_classes=7)
+    assert count(model, nn.Conv2d) + count(model, nn.Linear) == depth
+    assert model(images()).shape == (2, 7)
+
+
+@pytest.mark.parametrize("name, paper_params", [("resnet20", 0.27e6), ("resnet56", 0.85e6)])
+def test_cifar_resnet_parameter_counts_match_the_paper(name, paper_params):
+    model = create_backbone("cifar", name, num_classes=10)
+    assert count_parameters(model) == pytest.approx(paper_params, rel=0.03)
+
+
+def test_option_b_shortcut_projects_with_1x1_convolutions():
+    a = create_backbone("cifar", "resnet20", num_classes=10)
+    b = create_backbone("cifar", "resnet20", num_classes=10, shortcut="B")
+    assert count(a, nn.Conv2d) == 19 and all(m.kernel_size == (3, 3) for m in a.modules() if isinstance(m, nn.Conv2d))
+    assert count(b, nn.Conv2d) == 21 and count_parameters(b) > count_parameters(a)
+    assert b(images()).shape == (2, 10)
+
+
+@pytest.mark.parametrize("kwargs, match", [({"shortcut": "C"}, "shortcut"), ({"depth": 21}, "6n")])
+def test_cifar_resnet_rejects_bad_arguments(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        CifarResNet(**{"depth": 20, **kwargs})
+
+
+def test_cifar_resnet_takes_other_channel_counts():
+    model = create_backbone("cifar", "resnet20", num_classes=10, in_chans=1)
+    assert model(images(chans=1)).shape == (2, 10)
+
+
+# ---------------------------------------------------------------- sources and the registry
+
+
+@pytest.mark.parametrize("source, name, listed", [
+    ("cifar", "resnet21", "resnet20"),
+    ("torchvision", "resnet51", "resnet50"),
+    ("timm", "resnet51x", "resnet50"),
+])
+def test_unknown_model_name_lists_choices(source, name, listed):
+    with pytest.raises(ValueError, match=rf"{name}.*{listed}") as err:
+        create_backbone(source, name, num_classes=10)
+    assert source in str(err.value)
+
+
+def test_torchvision_rejects_other_channel_counts():
+    with pytest.raises(ValueError, match="in_chans=1"):
+        create_backbone("torchvision", "resnet18", num_classes=10, in_chans=1)
+
+
+def test_register_model_adds_a_cifar_source_model_once(monkeypatch):
+    monkeypatch.setattr(registry, "_CIFAR_MODELS", dict(registry._CIFAR_MODELS))
+
+    @register_model("tiny_test_net")
+    def tiny(num_classes: int, in_chans: int) -> nn.Module:
+        return nn.Sequential(nn.Conv2d(in_chans, 4, 3), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+                             nn.Linear(4, num_classes))
+
+    assert "tiny_test_net" in registered_models()
+    model = build_backbone(ModelConfig(name="tiny_test_net"), num_classes=5, image_size=32)
+    assert model(images()).shape == (2, 5)
+    with pytest.raises(ValueError, match="already registered"):
+        register_model("tiny_test_net")(tiny)
+
+
+def test_build_model_takes_the_composed_hydra_config_and_logs_the_report(caplog):
+    """The runner passes DictConfigs (enum members, DictConfig kwargs), not dataclass instances."""
+    model_cfg = OmegaConf.structured(ModelConfig(name="resnet20", kwargs={"shortcut": "B"}))
+    with caplog.at_level(logging.INFO, logger="models"):
+        model, report = build_model(model_cfg, OmegaConf.structured(GMCONV), num_classes=10, image_size=32)
+    assert count(model, GMConv2d) == 19 and len(report.skipped) == 2  # the two 1×1 projections stay plain
+    assert report.summary() in caplog.text
+    assert build_model(model_cfg, OmegaConf.structured(STANDARD), num_classes=10, image_size=32)[1] is None
+
+
+# ---------------------------------------------------------------- small-input stems
+
+
+def test_resnet50_gets_a_cifar_stem_at_32_px_only():
+    small = torchvision_backbone("resnet50", image_size=32)
+    assert (small.conv1.kernel_size, small.conv1.stride, small.conv1.padding) == ((3, 3), (1, 1), (1, 1))
+    assert isinstance(small.maxpool, nn.Identity)
+    assert small(images()).shape == (2, 10)
+    large = torchvision_backbone("resnet50", image_size=224)
+    assert (large.conv1.kernel_size, large.conv1.stride) == ((7, 7), (2, 2))
+    assert isinstance(large.maxpool, nn.MaxPool2d)
+
+
+@pytest.mark.parametrize("name, adapted", [
+    ("alexnet", lambda m: m.features[0].kernel_size == (5, 5) and m.features[0].stride == (1, 1)
+     and m.classifier[1].in_features == 256),
+    ("vgg11_bn", lambda m: isinstance(m.avgpool, nn.AdaptiveAvgPool2d) and m.classifier[0].in_features == 512),
+    ("mobilenet_v2", lambda m: m.features[0][0].stride == (1, 1)),
+])
+def test_small_input_families_classify_32_px_images(name, adapted):
+    model = torchvision_backbone(name, image_size=32)
+    assert adapted(model)
+    assert model(images()).shape == (2, 10)
+
+
+def test_small_input_true_false_and_bad_values():
+    forced = torchvision_backbone("resnet18", image_size=224, small_input="True")  # Hydra's spelling of true
+    assert isinstance(forced.maxpool, nn.Identity)
+    kept = torchvision_backbone("resnet18", image_size=32, small_input="false")
+    assert isinstance(kept.maxpool, nn.MaxPool2d)
+    with pytest.raises(ValueError, match="model.small_input.*auto, true, false"):
+        torchvision_backbone("resnet18", small_input="yes")
+    cifar = build_backbone(ModelConfig(name="resnet20", small_input="true"), num_classes=10, image_size=32)
+    assert cifar.conv1.kernel_size == (3, 3)  # natively small-input: left alone
+
+
+def test_small_input_on_timm_fails_when_forced_and_warns_when_auto(caplog):
+    cfg = {"name": "resnet10t", "source": "timm"}
+    with pytest.raises(ValueError, match="only supported for"):
+        build_backbone(ModelConfig(**cfg, small_input="true"), num_classes=10, image_size=32)
+    with caplog.at_level(logging.WARNING, logger="models"):
+        model = build_backbone(ModelConfig(**cfg), num_classes=10, image_size=32)
+    assert "resnet10t keeps its ImageNet stem" in caplog.text
+    with pytest.raises(ValueError, match="only supported for"):
+        adapt_to_small_input(model, "timm", "resnet10t")
+
+
+# ---------------------------------------------------------------- GMConv conversion
+
+
+def test_apply_conv_converts_resnet50_spatial_convolutions():
+    model = torchvision_backbone("resnet50")
+    report = apply_conv(model, GMCONV)
+    assert count(model, GMConv2d) == 17 == len(report.converted)  # the stem and 16 bottleneck 3×3 convs
+    assert model(images()).shape == (2, 10)
+
+
+def test_apply_conv_converts_every_cifar_resnet_convolution():
+    model, report = build_model(ModelConfig(), GMCONV, num_classes=10, image_size=32)
+    assert count(model, GMConv2d) == 19 and not report.skipped
+
+
+def test_apply_conv_standard_leaves_the_model_untouched():
+    model = create_backbone("cifar", "resnet20", num_classes=10)
+    types = [type(m) for m in model.modules()]
+    assert apply_conv(model, STANDARD) is None
+    assert [type(m) for m in model.modules()] == types
+
+
+def test_apply_conv_passes_every_option_on():
+    cfg = ConvConfig(
+        type="gmconv", sigma_init=1.5, sigma_granularity="layer", sigma_parametrization="exp", sigma_min=0.2,
+        learnable_sigma=False, min_kernel_size=3, exclude=["conv1"], enlarge_by=2,
+    )
+    model = create_backbone("cifar", "resnet20", num_classes=10)
+    report = apply_conv(model, cfg)
+    assert report.skipped == {"conv1": "matched by exclude"} and type(model.conv1) is nn.Conv2d
+    layer = model.layer1[0].conv1
+    assert isinstance(layer, GMConv2d) and layer.kernel_size == (5, 5)
+    assert (layer.sigma_init, layer.sigma_granularity, layer.sigma_parametrization, layer.sigma_min) == (
+        1.5, "layer", "exp", 0.2)
+    assert "sigma_raw" not in dict(layer.named_parameters())  # a fixed mask is a buffer
+    dynamic = apply_conv(create_backbone("cifar", "resnet20", num_classes=10),
+                         ConvConfig(type="gmconv", dynamic=True, dynamic_reduction=4))
+    assert len(dynamic.converted) == 19
+
+
+def test_timm_backbone_builds_converts_and_runs():
+    model, report = build_model(ModelConfig(name="mobilenetv3_small_050", source="timm"), GMCONV,
+                                num_classes=10, image_size=32)
+    assert report.converted and count(model, GMConv2d) == len(report.converted)
+    assert model(images()).shape == (2, 10)
+
+
+# ---------------------------------------------------------------- pretrained weights
+
+
+@pytest.fixture(scope="module")
+def resnet18_imagenet_state() -> dict[str, torch.Tensor]:
+    return torchvision.models.resnet18(num_classes=1000).state_dict()
+
+
+def resnet18_cfg(pretrained: str | Path) -> ModelConfig:
+    return ModelConfig(name="resnet18", source="torchvision", pretrained=str(pretrained), small_input="false")
+
+
+def assert_holds_backbone_weights(model: nn.Module, state: dict[str, torch.Tensor]) -> None:
+    assert torch.equal(model.conv1.weight, state["conv1.weight"])
+    assert torch.equal(model.layer4[1].conv2.weight, state["layer4.1.conv2.weight"])
+    assert model.fc.weight.shape == (10, 512)  # the 1000-class head did not fit: freshly initialised
+
+
+@pytest.mark.parametrize("wrap", [lambda s: s, lambda s: {"model": s, "epoch": 3}, lambda s: {"state_dict": s}])
+def test_pretrained_file_loads_matching_tensors_and_drops_the_head(tmp_path, resnet18_imagenet_state, wrap, caplog):
+    path = tmp_path / "weights.pt"
+    torch.save(wrap(resnet18_imagenet_state), path)
+    with caplog.at_level(logging.WARNING, logger="models"):
+        model = build_backbone(resnet18_cfg(path), num_classes=10, image_size=32)
+    assert_holds_backbone_weights(model, resnet18_imagenet_state)
+    assert "fc.weight" in caplog.text
+
+
+def test_pretrained_weights_load_before_the_small_input_stem_replaces_conv1(tmp_path, resnet18_imagenet_state):
+    path = tmp_path / "weights.pt"
+    torch.save(resnet18_imagenet_state, path)
+    cfg = ModelConfig(name="resnet18", source="torchvision", pretrained=str(path))
+    model = build_backbone(cfg, num_classes=10, image_size=32)
+    assert model.conv1.kernel_size == (3, 3)
+    assert torch.equal(model.layer1[0].conv1.weight, resnet18_imagenet_state["layer1.0.conv1.weight"])
+
+
+def test_pretrained_missing_file_names_the_path(tmp_path):
+    with pytest.raises(FileNotFoundError, match="nowhere.pt"):
+        build_backbone(resnet18_cfg(tmp_path / "nowhere.pt"), num_classes=10, image_size=32)
+
+
+@pytest.mark.parametrize("content", [{"encoder.proj": torch.zeros(3)}, torch.zeros(3)])
+def test_pretrained_file_of_something_else_is_rejected(tmp_path, content):
+    path = tmp_path / "other.pt"
+    torch.save(content, path)
+    with pytest.raises(ValueError, match="does not look like weights for resnet18"):
+        build_backbone(resnet18_cfg(path), num_classes=10, image_size=32)
+
+
+def test_pretrained_unreadable_file_is_a_value_error(tmp_path):
+    path = tmp_path / "garbage.pt"
+    path.write_bytes(b"not a checkpoint")
+    with pytest.raises(ValueError, match="cannot read"):
+        build_backbone(resnet18_cfg(path), num_classes=10, image_size=32)
+
+
+def test_pretrained_torchvision_reads_the_hub_cache_and_never_downloads(tmp_path, monkeypatch, resnet18_imagenet_state):
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))
+    expected = tmp_path / "hub" / "checkpoints" / "resnet18-f37072fd.pth"
+    assert Path(torch.hub.get_dir()) == tmp_path / "hub"
+    with pytest.raises(FileNotFoundError, match=re.escape(str(expected))):
+        build_backbone(resnet18_cfg("torchvision"), num_classes=10, image_size=32)
+    expected.parent.mkdir(parents=True)
+    torch.save(resnet18_imagenet_state, expected)
+    assert_holds_backbone_weights(build_backbone(resnet18_cfg("torchvision"), num_classes=10, image_size=32),
+                                  resnet18_imagenet_state)
+
+
+@pytest.mark.parametrize("source, name", [("timm", "resnet10t"), ("cifar", "resnet20")])
+def test_pretrained_torchvision_needs_a_torchvision_model(source, name):
+    with pytest.raises(ValueError, match="needs model.source=torchvision"):
+        build_backbone(ModelConfig(name=name, source=source, pretrained="torchvision"), num_classes=10, image_size=32)
+
+
+# ---------------------------------------------------------------- size and cost
+
+
+def test_count_flops_of_resnet20_is_twice_its_41m_multiply_adds():
+    model = create_backbone("cifar", "resnet20", num_classes=10)
+    assert count_flops(model, 32) == pytest.approx(2 * 41e6, rel=0.1)
+
+
+def test_count_flops_leaves_modes_and_batchnorm_statistics_alone():
+    model = create_backbone("cifar", "resnet20", num_classes=10)
+    model.layer1.eval()  # a mixed state must come back exactly
+    modes = [m.training for m in model.modules()]
+    stats = {k: v.clone() for k, v in model.state_dict().items()}
+    flops = count_flops(model, 16, in_chans=3)
+    assert flops == pytest.approx(count_flops(model, 32) / 4, rel=0.01)
+    assert [m.training for m in model.modules()] == modes
+    assert all(torch.equal(v, model.state_dict()[k]) for k, v in stats.items())
+    assert torch.is_grad_enabled()
+
+
+def test_count_parameters_is_the_sum_of_numel_including_sigma():
+    model, _ = build_model(ModelConfig(), GMCONV, num_classes=10, image_size=32)
+    assert count_parameters(model) == sum(p.numel() for p in model.parameters())
+    assert count_parameters(model) > count_parameters(create_backbone("cifar", "resnet20", num_classes=10))
