@@ -1,0 +1,7 @@
+"""Datasets and loaders: ``build_loaders(cfg, seed=...)`` once, ``set_epoch(train_loader, epoch)`` every epoch."""
+
+from .config import DataConfig
+from .info import DataInfo
+from .loaders import build_loaders, set_epoch
+
+__all__ = ["DataConfig", "DataInfo", "build_loaders", "set_epoch"]

@@ -1,0 +1,48 @@
+"""Class-folder trees (ImageNet and any ``<root>/{train,val}/<class>/<image>`` layout), decoded from disk per sample."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from torchvision import datasets
+from torchvision.transforms import v2
+
+from .config import DataConfig
+from .info import Splits
+from .paths import require_root
+from .transforms import folder_transforms
+
+IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+LAYOUT = "train/<class>/<image> and val/<class>/<image>"
+
+
+def _split(directory: Path, transform: v2.Compose) -> datasets.ImageFolder:
+    """Re-raises torchvision's multi-cause errors as one line naming the folder and the fix."""
+    if not directory.is_dir():
+        raise FileNotFoundError(f"{directory} not found: data.root must hold {LAYOUT}; fix data.root or the tree")
+    try:
+        # torchvision's default loader converts every image to RGB (greyscale and CMYK JPEGs exist in ImageNet).
+        return datasets.ImageFolder(str(directory), transform=transform)
+    except FileNotFoundError as err:
+        raise FileNotFoundError(f"no images under {directory} ({err}); put images in {directory}/<class>/ "
+                                f"or fix data.root") from err
+
+
+def _differences(a: list[str], b: list[str], limit: int = 5) -> str:
+    return ", ".join(sorted(set(a) - set(b))[:limit]) or "none"
+
+
+def build_folder(cfg: DataConfig) -> Splits:
+    """Train and val must list the same classes: labels are folder indices, so a mismatch would silently
+    relabel every class after the first difference."""
+    root = require_root(cfg, LAYOUT)
+    if not root.is_dir():
+        raise FileNotFoundError(f"data.root={root} does not exist; set data.root to a folder holding {LAYOUT}")
+    train_tf, val_tf = folder_transforms(cfg.image_size, cfg.val_resize, IMAGENET_MEAN, IMAGENET_STD,
+                                         augment=cfg.augment)
+    train, val = _split(root / "train", train_tf), _split(root / "val", val_tf)
+    if train.classes != val.classes:
+        raise ValueError(f"train/ and val/ under {root} hold different classes (only in train: "
+                         f"{_differences(train.classes, val.classes)}; only in val: "
+                         f"{_differences(val.classes, train.classes)}); give both the same class folders")
+    return Splits(train=train, val=val, classes=list(train.classes), mean=IMAGENET_MEAN, std=IMAGENET_STD)

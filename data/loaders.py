@@ -1,0 +1,107 @@
+"""Dataset registry and the train/val DataLoaders built from a ``DataConfig``."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader
+
+from .cifar import build_cifar
+from .config import DataConfig
+from .digits import build_digits
+from .fake import build_fake
+from .folder import build_folder
+from .info import DataInfo, Splits
+from .samplers import ResumableSampler, ShardSampler
+
+BUILDERS: dict[str, Callable[[DataConfig], Splits]] = {
+    "digits": build_digits,
+    "cifar10": build_cifar,
+    "cifar100": build_cifar,
+    "imagenet": build_folder,
+    "imagefolder": build_folder,
+    "fake": build_fake,
+}
+
+
+def _epoch_seed(seed: int, epoch: int) -> int:
+    """A well-mixed 63-bit seed per (run seed, epoch), so nearby pairs give unrelated streams."""
+    return int(np.random.SeedSequence([seed, epoch]).generate_state(1, np.uint64)[0] >> np.uint64(1))
+
+
+def _check(cfg: DataConfig, seed: int, rank: int, world_size: int) -> None:
+    if cfg.name not in BUILDERS:
+        raise ValueError(f"data.name={cfg.name!r} is unknown: choose one of {', '.join(sorted(BUILDERS))}")
+    for key, value in [("batch_size", cfg.batch_size), ("eval_batch_size", cfg.eval_batch_size),
+                       ("image_size", cfg.image_size)]:
+        if value is not None and value <= 0:
+            raise ValueError(f"data.{key}={value} is invalid: set a positive integer")
+    if seed < 0:
+        raise ValueError(f"seed={seed} is invalid: set a non-negative integer")
+    if not 0 <= rank < world_size:
+        raise ValueError(f"rank={rank} with world_size={world_size} is invalid: need 0 <= rank < world_size")
+
+
+def build_loaders(
+    cfg: DataConfig, *, seed: int, rank: int = 0, world_size: int = 1, pin_memory: bool = False
+) -> tuple[DataLoader, DataLoader, DataInfo]:
+    """(train loader, val loader, info) for this process.
+
+    ``cfg.batch_size`` is per process: the global batch is ``batch_size × world_size``. Training always
+    uses a ``DistributedSampler`` (one code path for 1 and N processes; the shuffle is a function of
+    seed and epoch) and drops the last partial batch. Validation is sharded without padding
+    (``ShardSampler``): sum metrics over ranks. ``seed`` must be >= 0 and equal on every rank. Call
+    ``set_epoch`` on the training loader before each epoch. ``pin_memory`` is the caller's decision
+    (CUDA only); ``cfg.pin_memory`` is not read here.
+
+    Worker processes need no ``worker_init_fn``: PyTorch seeds each worker's ``torch``, ``random`` and
+    ``numpy`` from the loader's generator and the worker id, and ``set_epoch`` reseeds that generator.
+    """
+    _check(cfg, seed, rank, world_size)
+    splits = BUILDERS[cfg.name](cfg)
+    per_process = -(-len(splits.train) // world_size)
+    if per_process < cfg.batch_size:
+        raise ValueError(f"data.batch_size={cfg.batch_size} exceeds the {per_process} training images per "
+                         f"process, so an epoch would have no full batch; lower data.batch_size")
+    common = dict(num_workers=cfg.num_workers, pin_memory=pin_memory,
+                  persistent_workers=cfg.persistent_workers and cfg.num_workers > 0)
+    # Each loader owns a generator: starting an epoch or a validation pass then never draws from the
+    # global RNG that training uses, and validating cannot shift the training workers' seeds.
+    train = DataLoader(
+        splits.train, batch_size=cfg.batch_size, drop_last=True,
+        sampler=ResumableSampler(splits.train, rank=rank, world_size=world_size, seed=seed),
+        generator=torch.Generator().manual_seed(_epoch_seed(seed, 0)), **common,
+    )
+    val = DataLoader(
+        splits.val, batch_size=cfg.eval_batch_size or cfg.batch_size,
+        sampler=ShardSampler(splits.val, rank=rank, world_size=world_size),
+        generator=torch.Generator().manual_seed(_epoch_seed(seed, 0)), **common,
+    )
+    info = DataInfo(
+        num_classes=len(splits.classes), image_size=cfg.image_size, in_chans=3, mean=splits.mean, std=splits.std,
+        train_size=len(splits.train), val_size=len(splits.val), classes=splits.classes,
+    )
+    return train, val, info
+
+
+def set_epoch(loader: DataLoader, epoch: int, *, start_batch: int = 0) -> None:
+    """Make epoch ``epoch`` a pure function of (seed, epoch): call on the training loader before each epoch.
+
+    Sets the sampler's shuffle and reseeds the generator that PyTorch draws worker seeds from, so a
+    run resumed at epoch k shuffles and augments epoch k exactly as an uninterrupted run did.
+    ``start_batch`` (a mid-epoch checkpoint's batches already trained) skips that many batches of this
+    process's epoch; the remaining batches hold the same samples as in the uninterrupted run.
+
+    Exact only for the shuffle in two cases: with ``start_batch > 0`` and workers, batches land on
+    other workers than before, and persistent workers are seeded once, when they start; either way
+    the augmentation draws differ from the uninterrupted run's. With ``num_workers=0`` augmentation
+    draws from the main process's global RNG, which the caller restores.
+    """
+    skip = start_batch * loader.batch_size
+    if not 0 <= skip <= loader.sampler.num_samples:
+        raise ValueError(f"start_batch={start_batch} is invalid: an epoch has "
+                         f"{loader.sampler.num_samples // loader.batch_size} batches per process")
+    loader.sampler.set_epoch(epoch, start=skip)
+    loader.generator.manual_seed(_epoch_seed(loader.sampler.seed, epoch))

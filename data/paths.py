@@ -1,0 +1,14 @@
+"""The one check every file-backed dataset starts with."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from .config import DataConfig
+
+
+def require_root(cfg: DataConfig, layout: str) -> Path:
+    """Fail at start-up, naming the setting, rather than deep inside torchvision with a relative-path error."""
+    if cfg.root is None:
+        raise ValueError(f"data.root is not set: data={cfg.name} needs data.root=/path/to/folder holding {layout}")
+    return Path(cfg.root).expanduser()

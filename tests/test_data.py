@@ -1,0 +1,308 @@
+"""The data package on real (tiny) files: formats, normalisation, errors, determinism and sharding."""
+
+from __future__ import annotations
+
+import itertools
+import pickle
+import random
+import shutil
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from omegaconf import OmegaConf
+from sklearn.datasets import load_digits
+from torch.utils.data import Dataset
+
+from data import DataConfig, build_loaders, set_epoch
+from data import loaders as loaders_module
+from data.info import Splits
+
+CONFIGS = Path(__file__).resolve().parents[1] / "configs" / "data"
+
+
+def from_yaml(name: str, **overrides: object) -> DataConfig:
+    """What ``data=<name>`` composes to (its YAML over the typed schema), with test-sized overrides."""
+    merged = OmegaConf.merge(OmegaConf.structured(DataConfig), OmegaConf.load(CONFIGS / f"{name}.yaml"), overrides)
+    return OmegaConf.to_object(merged)
+
+
+def first_batches(loader, count: int) -> list[list[torch.Tensor]]:
+    return list(itertools.islice(loader, count))
+
+
+# --------------------------------------------------------------------------------------------- batches
+
+DATASETS = {  # name -> (root fixture or None, overrides)
+    "digits": (None, {}),
+    "cifar10": ("cifar10_root", {"batch_size": 4}),
+    "cifar100": ("cifar100_root", {"batch_size": 8}),
+    "imagefolder": ("imagefolder_root", {"batch_size": 4, "image_size": 24}),
+    "imagenet": ("imagefolder_root", {"batch_size": 4, "image_size": 32, "val_resize": 36}),
+    "fake": (None, {"batch_size": 8, "image_size": 20}),
+}
+
+
+@pytest.mark.parametrize("name", sorted(DATASETS))
+def test_batches_have_model_ready_shape_dtype_and_scale(name: str, request: pytest.FixtureRequest) -> None:
+    fixture, overrides = DATASETS[name]
+    root = {"root": str(request.getfixturevalue(fixture))} if fixture else {}
+    cfg = from_yaml(name, num_workers=0, **root, **overrides)
+    train, val, info = build_loaders(cfg, seed=0)
+    for loader, batch_size in [(train, cfg.batch_size), (val, cfg.eval_batch_size or cfg.batch_size)]:
+        x, y = next(iter(loader))
+        assert x.shape == (batch_size, 3, cfg.image_size, cfg.image_size) and x.dtype == torch.float32
+        assert y.dtype == torch.int64 and 0 <= y.min() and y.max() < info.num_classes
+        assert abs(x.mean()) < 0.6 and 0.5 < x.std() < 2.0  # normalised, not raw 0..1 or 0..255
+    assert info.in_chans == 3 and info.image_size == cfg.image_size
+    assert info.num_classes == len(info.classes) and len(info.mean) == len(info.std) == 3
+
+
+# ---------------------------------------------------------------------------------------------- digits
+
+
+def test_digits_split_is_fixed_stratified_and_normalised_by_its_train_statistics() -> None:
+    cfg = DataConfig(augment=False)
+    train, val, info = build_loaders(cfg, seed=0)
+    _, val_other_seed, _ = build_loaders(cfg, seed=123)
+    assert (info.train_size, info.val_size) == (1437, 360) and info.classes == [str(d) for d in range(10)]
+    assert torch.equal(val.dataset.images, val_other_seed.dataset.images)
+    assert torch.equal(val.dataset.targets, val_other_seed.dataset.targets)
+
+    totals = Counter(load_digits().target.tolist())
+    val_counts = Counter(val.dataset.targets.tolist())
+    train_counts = Counter(train.dataset.targets.tolist())
+    for digit, total in totals.items():
+        assert val_counts[digit] + train_counts[digit] == total
+        assert abs(val_counts[digit] - 0.2 * total) <= 1
+
+    train_pixels = train.dataset.transform(train.dataset.images)  # without augmentation it takes a batch
+    assert train_pixels.mean(dim=(0, 2, 3)).abs().max() < 1e-4
+    assert (train_pixels.std(dim=(0, 2, 3)) - 1).abs().max() < 1e-3
+    assert train.dataset.images.dtype == torch.uint8
+
+
+def test_digits_augmentation_shifts_but_never_mirrors() -> None:
+    train, _, info = build_loaders(DataConfig(), seed=0)
+    original = train.dataset.images[0].float() / 255
+    padded = torch.nn.functional.pad(original, (2, 2, 2, 2))
+    shifts = [padded[:, dy : dy + 32, dx : dx + 32] for dy in range(5) for dx in range(5)]
+    mean, std = torch.tensor(info.mean)[:, None, None], torch.tensor(info.std)[:, None, None]
+    torch.manual_seed(0)
+    views = [train.dataset[0][0] * std + mean for _ in range(20)]
+    for view in views:  # every view is the digit moved by at most 2 px, never its mirror image
+        assert any(torch.allclose(view, shift, atol=1e-5) for shift in shifts)
+    assert not any(torch.allclose(original.flip(-1), shift, atol=1e-5) for shift in shifts)
+    assert len({tuple(v.flatten().tolist()) for v in views}) > 1
+
+
+# ----------------------------------------------------------------------------------------------- CIFAR
+
+
+@pytest.mark.parametrize("name, fixture, test_file", [("cifar10", "cifar10_root", "cifar-10-batches-py/test_batch"),
+                                                      ("cifar100", "cifar100_root", "cifar-100-python/test")])
+def test_cifar_pickles_load_pixel_exact(
+    name: str, fixture: str, test_file: str, request: pytest.FixtureRequest
+) -> None:
+    root = request.getfixturevalue(fixture)
+    cfg = from_yaml(name, root=str(root), batch_size=4, num_workers=0, augment=False)
+    _, val, info = build_loaders(cfg, seed=0)
+    with open(root / test_file, "rb") as f:
+        test_batch = pickle.load(f, encoding="latin1")
+    assert info.val_size == len(test_batch["data"]) and info.num_classes == (10 if name == "cifar10" else 100)
+    x, y = next(iter(val))
+    mean, std = torch.tensor(info.mean)[:, None, None], torch.tensor(info.std)[:, None, None]
+    expected = torch.from_numpy(test_batch["data"][:4]).reshape(4, 3, 32, 32).float() / 255
+    assert torch.allclose(x * std + mean, expected, atol=1e-5)
+    assert y.tolist() == test_batch["labels" if name == "cifar10" else "fine_labels"][:4]
+
+
+def test_cifar_missing_files_name_the_path_and_the_fix(tmp_path: Path, cifar10_root: Path) -> None:
+    empty = tmp_path / "nothing_here"
+    with pytest.raises(FileNotFoundError, match="data.download") as err:
+        build_loaders(DataConfig(name="cifar10", root=str(empty)), seed=0)
+    assert str(empty / "cifar-10-batches-py") in str(err.value) and "\n" not in str(err.value)
+
+    (cifar10_root / "cifar-10-batches-py" / "test_batch").unlink()
+    with pytest.raises(FileNotFoundError, match="data.download"):
+        build_loaders(DataConfig(name="cifar10", root=str(cifar10_root), batch_size=4), seed=0)
+
+    with pytest.raises(ValueError, match="data.root"):
+        build_loaders(DataConfig(name="cifar100"), seed=0)
+    with pytest.raises(ValueError, match="data.image_size"):
+        build_loaders(DataConfig(name="cifar10", root=str(cifar10_root), image_size=64), seed=0)
+
+
+# ---------------------------------------------------------------------------------------------- folders
+
+
+def test_imagefolder_lists_classes_and_converts_to_rgb(imagefolder_root: Path) -> None:
+    cfg = DataConfig(name="imagefolder", root=str(imagefolder_root), batch_size=4, image_size=16)
+    _, val, info = build_loaders(cfg, seed=0)
+    assert info.classes == ["ant", "bee", "cat"] and (info.train_size, info.val_size) == (12, 12)
+    assert sum(len(y) for _, y in val) == 12  # includes the greyscale PNGs, now 3-channel
+
+
+def _folder_cfg(root: Path | None) -> DataConfig:
+    return DataConfig(name="imagefolder", root=None if root is None else str(root), batch_size=2)
+
+
+def test_imagefolder_errors_name_the_path_and_the_fix(tmp_path: Path, imagefolder_root: Path) -> None:
+    with pytest.raises(ValueError, match="data.root is not set"):
+        build_loaders(_folder_cfg(None), seed=0)
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        build_loaders(_folder_cfg(tmp_path / "missing"), seed=0)
+
+    empty = tmp_path / "empty"
+    (empty / "train" / "ant").mkdir(parents=True)
+    (empty / "val" / "ant").mkdir(parents=True)
+    with pytest.raises(FileNotFoundError, match="no images under .*train"):
+        build_loaders(_folder_cfg(empty), seed=0)
+
+    (imagefolder_root / "val" / "cat").rename(imagefolder_root / "val" / "dog")
+    with pytest.raises(ValueError, match=r"only in train: cat; only in val: dog"):
+        build_loaders(_folder_cfg(imagefolder_root), seed=0)
+
+    shutil.rmtree(imagefolder_root / "val")
+    with pytest.raises(FileNotFoundError, match=r"val not found: data.root must hold"):
+        build_loaders(_folder_cfg(imagefolder_root), seed=0)
+
+
+# ------------------------------------------------------------------------------------------------- fake
+
+
+def test_fake_images_are_a_function_of_their_index_and_class() -> None:
+    cfg = DataConfig(name="fake", num_classes=10, train_size=40, val_size=20, image_size=16, batch_size=8)
+    train, val, info = build_loaders(cfg, seed=0)
+    again, _, _ = build_loaders(cfg, seed=1)
+    (x3, y3), (x3_again, _) = train.dataset[3], again.dataset[3]
+    assert torch.equal(x3, x3_again) and y3 == 3
+    assert not torch.equal(train.dataset[4][0], x3) and not torch.equal(val.dataset[3][0], x3)
+    assert info.train_size == 40 and info.val_size == 20 and info.num_classes == 10
+
+    def similarity(a: int, b: int) -> float:
+        return torch.cosine_similarity(train.dataset[a][0].flatten(), train.dataset[b][0].flatten(), dim=0).item()
+
+    assert similarity(0, 10) > similarity(0, 11) + 0.2  # same class shares a template
+
+
+def test_fake_rejects_non_positive_sizes() -> None:
+    with pytest.raises(ValueError, match="data.val_size"):
+        build_loaders(DataConfig(name="fake", val_size=0), seed=0)
+
+
+# ------------------------------------------------------------------------------------- order and seeds
+
+
+def _order(seed: int, epoch: int) -> list[int]:
+    train, _, _ = build_loaders(DataConfig(name="fake", train_size=50, batch_size=5), seed=seed)
+    set_epoch(train, epoch)
+    return list(train.sampler)
+
+
+def test_shuffle_depends_on_seed_and_epoch_only() -> None:
+    assert _order(0, 3) == _order(0, 3)
+    assert sorted(_order(0, 3)) == list(range(50))
+    assert _order(0, 3) != _order(0, 4)
+    assert _order(0, 3) != _order(1, 3)
+
+
+def test_resumed_epoch_reproduces_shuffle_and_worker_augmentation() -> None:
+    cfg = DataConfig(batch_size=32, num_workers=2, persistent_workers=False)  # digits, augmented
+    uninterrupted, _, _ = build_loaders(cfg, seed=7)
+    epochs = []
+    for epoch in range(3):
+        set_epoch(uninterrupted, epoch)
+        epochs.append(first_batches(uninterrupted, 2))
+    resumed, _, _ = build_loaders(cfg, seed=7)
+    set_epoch(resumed, 2)
+    for (x, y), (x_ref, y_ref) in zip(first_batches(resumed, 2), epochs[2], strict=True):
+        assert torch.equal(x, x_ref) and torch.equal(y, y_ref)
+    assert not torch.equal(epochs[1][0][0], epochs[2][0][0])
+
+
+def test_start_batch_resumes_mid_epoch_with_the_remaining_batches() -> None:
+    cfg = DataConfig(name="fake", train_size=50, batch_size=5, image_size=8)
+    uninterrupted, _, _ = build_loaders(cfg, seed=3)
+    set_epoch(uninterrupted, 1)
+    full = list(uninterrupted)
+    resumed, _, _ = build_loaders(cfg, seed=3)
+    set_epoch(resumed, 1, start_batch=4)
+    rest = list(resumed)
+    assert len(resumed) == len(rest) == len(full) - 4
+    for (x, y), (x_ref, y_ref) in zip(rest, full[4:], strict=True):
+        assert torch.equal(x, x_ref) and torch.equal(y, y_ref)
+    set_epoch(resumed, 2)  # the next epoch is whole again
+    assert len(list(resumed)) == len(full)
+    with pytest.raises(ValueError, match="start_batch=11"):
+        set_epoch(resumed, 2, start_batch=11)
+
+
+class _RandomProbe(Dataset):
+    """Returns what numpy and ``random`` give inside the worker, to check how workers are seeded."""
+
+    def __len__(self) -> int:
+        return 16
+
+    def __getitem__(self, index: int) -> torch.Tensor:
+        return torch.tensor([np.random.randint(1 << 30), random.randint(0, 1 << 30)])
+
+
+def test_workers_seed_numpy_and_random_per_worker_and_epoch(monkeypatch: pytest.MonkeyPatch) -> None:
+    probe = Splits(_RandomProbe(), _RandomProbe(), ["a"], (0.0,) * 3, (1.0,) * 3)
+    monkeypatch.setitem(loaders_module.BUILDERS, "probe", lambda cfg: probe)
+    cfg = DataConfig(name="probe", batch_size=4, num_workers=2, persistent_workers=False)
+
+    def draws(epoch: int) -> list[torch.Tensor]:
+        train, _, _ = build_loaders(cfg, seed=0)
+        set_epoch(train, epoch)
+        return [batch[0] for batch in first_batches(train, 2)]  # batch 0 from worker 0, batch 1 from worker 1
+
+    first, again, other_epoch = draws(1), draws(1), draws(2)
+    assert all(torch.equal(a, b) for a, b in zip(first, again))
+    assert not torch.equal(first[0], first[1]) and not torch.equal(first[0], other_epoch[0])
+
+
+# ----------------------------------------------------------------------------------------- validation
+
+
+@pytest.mark.parametrize("world_size", [1, 2, 3])
+def test_validation_shards_cover_every_sample_exactly_once(world_size: int) -> None:
+    cfg = DataConfig(name="fake", train_size=30, val_size=25, batch_size=4, eval_batch_size=4, image_size=8)
+    seen, evaluated = [], 0
+    for rank in range(world_size):
+        _, val, info = build_loaders(cfg, seed=0, rank=rank, world_size=world_size)
+        seen += list(val.sampler)
+        evaluated += sum(len(y) for _, y in val)
+    assert sorted(seen) == list(range(25)) and evaluated == info.val_size == 25
+
+
+def test_persistent_workers_serve_several_epochs() -> None:
+    cfg = DataConfig(name="fake", train_size=70, val_size=30, batch_size=16, image_size=8, num_workers=2)
+    train, val, _ = build_loaders(cfg, seed=0)
+    assert train.persistent_workers
+    for epoch in range(2):
+        set_epoch(train, epoch)
+        assert [len(y) for _, y in train] == [16] * 4  # the last partial batch is dropped
+        assert [len(y) for _, y in val] == [16, 14]
+
+
+# ---------------------------------------------------------------------------------------------- errors
+
+
+@pytest.mark.parametrize("overrides, match", [
+    ({"name": "mnist"}, "cifar10, cifar100, digits, fake, imagefolder, imagenet"),
+    ({"batch_size": 0}, "data.batch_size=0"),
+    ({"eval_batch_size": -1}, "data.eval_batch_size=-1"),
+    ({"batch_size": 2000}, "data.batch_size=2000 exceeds"),
+])
+def test_bad_settings_raise_value_errors_naming_the_key(overrides: dict, match: str) -> None:
+    with pytest.raises(ValueError, match=match):
+        build_loaders(DataConfig(**overrides), seed=0)
+
+
+def test_bad_rank_is_rejected() -> None:
+    with pytest.raises(ValueError, match="rank=2 with world_size=2"):
+        build_loaders(DataConfig(), seed=0, rank=2, world_size=2)
