@@ -1,0 +1,1 @@
+"""The training framework around gmconv: config schema, training loop, checkpoints, logging."""

@@ -1,0 +1,127 @@
+"""One training epoch and one evaluation pass, readable top to bottom."""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+import sys
+import time
+from typing import Callable, Iterable, Optional
+
+import torch
+import torch.nn.functional as F
+from omegaconf import DictConfig
+from torch import nn
+from tqdm import tqdm
+
+from .metrics import MetricSums
+from .state import TrainState
+
+AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def autocast(device: torch.device, amp: str) -> contextlib.AbstractContextManager:
+    if amp == "none":
+        return contextlib.nullcontext()
+    return torch.autocast(device.type, dtype=AMP_DTYPES[amp])
+
+
+def show_progress(enabled: bool) -> bool:
+    """tqdm bars only for a person watching a terminal."""
+    return enabled and sys.stdout.isatty()
+
+
+def _batches(loader: Iterable, limit: Optional[int]) -> tuple[Iterable, int]:
+    total = len(loader) if limit is None else min(limit, len(loader))
+    return itertools.islice(loader, total), total
+
+
+def _to_device(images: torch.Tensor, targets: torch.Tensor, device: torch.device, channels_last: bool):
+    memory_format = torch.channels_last if channels_last else torch.preserve_format
+    images = images.to(device, non_blocking=True, memory_format=memory_format)
+    return images, targets.to(device, non_blocking=True)
+
+
+def train_one_epoch(
+    state: TrainState,
+    loader: Iterable,
+    cfg: DictConfig,
+    device: torch.device,
+    *,
+    epoch: int,
+    progress: bool,
+    on_step: Optional[Callable[[TrainState], bool]] = None,
+) -> dict[str, float]:
+    """Train one epoch (the rest of it, after a mid-epoch checkpoint); returns mean loss, top-1 (%),
+    images/s, seconds, and whether ``on_step`` asked to stop.
+
+    ``cfg`` is the ``trainer`` config group. ``on_step`` runs after every optimizer step (step
+    logging, checkpoints every N steps) and returns True to stop at this step boundary.
+    """
+    model, optimizer, scaler = state.model, state.optimizer, state.scaler
+    model.train()
+    sums = MetricSums(device)
+    start_batch = state.batches_done
+    batches, total = _batches(loader, None if cfg.limit_train_batches is None else cfg.limit_train_batches - start_batch)
+    bar = tqdm(batches, total=total, desc=f"train {epoch + 1}/{cfg.epochs}", disable=not progress,
+               leave=False, dynamic_ncols=True, file=sys.stdout)
+    start = time.perf_counter()
+    stopped = False
+    for i, (images, targets) in enumerate(bar):
+        images, targets = _to_device(images, targets, device, cfg.channels_last)
+        with autocast(device, cfg.amp):
+            logits = model(images)
+            loss = F.cross_entropy(logits, targets, label_smoothing=cfg.label_smoothing)
+        optimizer.zero_grad(set_to_none=True)
+        if scaler is not None:
+            scaler.scale(loss).backward()
+            scaler.unscale_(optimizer)
+        else:
+            loss.backward()
+        if cfg.grad_clip is not None:
+            nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+        if scaler is not None:
+            scaler.step(optimizer)
+            scaler.update()
+        else:
+            optimizer.step()
+        state.step += 1
+        state.batches_done = start_batch + i + 1
+        state.scheduler.step_update(num_updates=state.step)
+        sums.update(loss.detach() * targets.shape[0], logits.detach().float(), targets)
+        if on_step is not None and on_step(state):
+            stopped = True
+            break
+        if progress and (i % 10 == 0 or i == total - 1):
+            seen = sums.sums[3].item()
+            bar.set_postfix(loss=f"{sums.sums[0].item() / seen:.3f}", top1=f"{100 * sums.sums[1].item() / seen:.1f}",
+                            img_s=f"{seen / (time.perf_counter() - start):.0f}", lr=f"{current_lr(state):.3g}")
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    seconds = time.perf_counter() - start
+    metrics = sums.compute()
+    images_per_s = metrics["samples"] / seconds if seconds > 0 else 0.0
+    return {"loss": metrics["loss"], "top1": metrics["top1"], "images_per_s": images_per_s, "seconds": seconds,
+            "stopped": stopped}
+
+
+@torch.no_grad()
+def evaluate(
+    model: nn.Module, loader: Iterable, cfg: DictConfig, device: torch.device, *, progress: bool
+) -> dict[str, float]:
+    """Loss, top-1 and top-5 (%) over the validation set; every sample counted exactly once."""
+    model.eval()
+    sums = MetricSums(device)
+    batches, total = _batches(loader, cfg.limit_val_batches)
+    for images, targets in tqdm(batches, total=total, desc="eval", disable=not progress, leave=False,
+                                dynamic_ncols=True, file=sys.stdout):
+        images, targets = _to_device(images, targets, device, cfg.channels_last)
+        with autocast(device, cfg.amp):
+            logits = model(images)
+        logits = logits.float()
+        sums.update(F.cross_entropy(logits, targets, reduction="sum"), logits, targets)
+    return sums.compute()
+
+
+def current_lr(state: TrainState) -> float:
+    return state.optimizer.param_groups[0]["lr"]

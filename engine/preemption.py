@@ -1,0 +1,49 @@
+"""Stop at a step boundary on SIGTERM / SIGUSR1 (cluster preemption), on every rank at the same step."""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+
+import torch
+import torch.distributed as dist
+
+from .distributed import DistInfo
+
+log = logging.getLogger(__name__)
+
+SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
+
+
+class StopRequest:
+    """Records a preemption signal; ``should_stop`` tells every rank whether any rank received one.
+
+    torchrun forwards SIGTERM to every worker and SLURM signals every task, but not at the same
+    instant: the flag is all-reduced, so all ranks stop after the same step and save one
+    consistent checkpoint instead of deadlocking in the next collective.
+    """
+
+    def __init__(self, dist_info: DistInfo, device: torch.device) -> None:
+        self.dist_info = dist_info
+        self.flag = torch.zeros(1, device=device)
+        self.received: int | None = None
+        self._previous = {}
+        if threading.current_thread() is threading.main_thread():
+            for sig in SIGNALS:
+                self._previous[sig] = signal.signal(sig, self._handle)
+
+    def _handle(self, signum: int, frame: object) -> None:
+        self.received = signum
+        log.warning("received %s: saving a checkpoint at the next step boundary", signal.Signals(signum).name)
+
+    def should_stop(self) -> bool:
+        if not self.dist_info.enabled:
+            return self.received is not None
+        self.flag.fill_(float(self.received is not None))
+        dist.all_reduce(self.flag)
+        return bool(self.flag.item())
+
+    def close(self) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
