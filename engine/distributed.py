@@ -9,6 +9,7 @@ from datetime import datetime
 
 import torch
 import torch.distributed as dist
+from torch.distributed.constants import default_pg_timeout
 
 
 @dataclass(frozen=True)
@@ -38,8 +39,27 @@ def init_distributed() -> DistInfo:
     info = DistInfo(int(os.environ["RANK"]), world_size, int(os.environ.get("LOCAL_RANK", "0")))
     if not dist.is_initialized():
         default = "cpu:gloo,cuda:nccl" if torch.cuda.is_available() else "gloo"
-        dist.init_process_group(backend=os.environ.get("TORCH_DISTRIBUTED_BACKEND", default))
+        backend = os.environ.get("TORCH_DISTRIBUTED_BACKEND", default)
+        store = _restart_scoped_store(info)
+        if store is None:
+            dist.init_process_group(backend=backend)
+        else:
+            dist.init_process_group(backend=backend, store=store, rank=info.rank, world_size=info.world_size)
     return info
+
+
+def _restart_scoped_store(info: DistInfo) -> dist.Store | None:
+    """torchrun's own key-value store, under a prefix unique to this restart of the worker group.
+
+    With the plain env:// init, the keys gloo publishes to connect its full mesh survive in torchrun's
+    store when ``--max-restarts`` restarts the group, and the new workers dial the dead ones' addresses
+    and hang. Outside torchrun's agent store (e.g. plain srun), the default init is used.
+    """
+    if os.environ.get("TORCHELASTIC_USE_AGENT_STORE") != "True":
+        return None
+    base = dist.TCPStore(os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]), info.world_size,
+                         is_master=False, timeout=default_pg_timeout)
+    return dist.PrefixStore(f"gmconv/restart{os.environ.get('TORCHELASTIC_RESTART_COUNT', '0')}", base)
 
 
 def agree_on_run_time(info: DistInfo) -> datetime:
