@@ -4,8 +4,8 @@
 
 The layer subclasses ``nn.Conv2d`` the way timm's ``StdConv2d`` does: only ``forward`` changes, so
 ``isinstance`` checks, the ``weight``/``bias`` state_dict keys, padding modes, groups and every
-other Conv2d feature keep working, and a standard checkpoint loads into it (σ then starts at
-``sigma_init``).
+other Conv2d feature keep working, and a standard checkpoint loads into it with ``strict=False``
+(only the σ keys are missing; σ then starts at ``sigma_init``).
 """
 
 from __future__ import annotations
@@ -98,8 +98,8 @@ class GMConv2d(nn.Conv2d):
         self.sigma_parametrization = _check_choice(
             "sigma_parametrization", sigma_parametrization, PARAMETRIZATIONS
         )
-        if not sigma_min >= 0:
-            raise ValueError(f"sigma_min={sigma_min} must be >= 0")
+        if not sigma_min > 0:
+            raise ValueError(f"sigma_min={sigma_min} must be > 0 (at σ = 0 the centre tap is 0/0)")
         if not sigma_init > sigma_min:
             raise ValueError(
                 f"sigma_init={sigma_init} must be greater than sigma_min={sigma_min} (σ is in kernel taps, > 0)"
@@ -114,23 +114,23 @@ class GMConv2d(nn.Conv2d):
         self.dynamic = dynamic
 
         kh, kw = self.kernel_size
-        rows = torch.arange(kh, dtype=torch.float32) - (kh - 1) / 2
-        cols = torch.arange(kw, dtype=torch.float32) - (kw - 1) / 2
+        rows = torch.arange(kh, dtype=torch.float32, device=device) - (kh - 1) / 2
+        cols = torch.arange(kw, dtype=torch.float32, device=device) - (kw - 1) / 2
         self.register_buffer("sq_dist", rows[:, None] ** 2 + cols[None, :] ** 2, persistent=False)
 
         raw_init = _inverse_positive(self.sigma_init - self.sigma_min, self.sigma_parametrization)
         if dynamic:
             hidden = max(8, in_channels // dynamic_reduction)
             self.sigma_predictor = nn.Sequential(
-                nn.Linear(in_channels, hidden, device=device),
+                nn.Linear(in_channels, hidden, device=device, dtype=dtype),
                 nn.ReLU(inplace=True),
-                nn.Linear(hidden, self._num_sigmas(), device=device),
+                nn.Linear(hidden, self._num_sigmas(), device=device, dtype=dtype),
             )
             nn.init.normal_(self.sigma_predictor[2].weight, std=0.01)
             nn.init.constant_(self.sigma_predictor[2].bias, raw_init)
             self.last_sigma: torch.Tensor | None = None
         else:
-            raw = torch.full(self._sigma_shape(), raw_init, device=device)
+            raw = torch.full(self._sigma_shape(), raw_init, device=device, dtype=dtype)
             if learnable_sigma:
                 self.sigma_raw = nn.Parameter(raw)
             else:
@@ -150,10 +150,20 @@ class GMConv2d(nn.Conv2d):
         return _positive(raw, self.sigma_parametrization) + self.sigma_min
 
     def _mask_from_sigma(self, sigma: torch.Tensor) -> torch.Tensor:
-        """Gaussian mask broadcastable to the weight; ``sigma`` may carry leading batch dims."""
-        sigma = sigma.float()
-        per_kernel = sigma[..., None, None] if self.sigma_granularity == "kernel" else sigma[..., None, None, None]
-        return torch.exp(-self.sq_dist / (2 * per_kernel**2))
+        """Gaussian mask broadcastable to the weight, in the weight's dtype.
+
+        ``sigma`` may carry leading batch dims. The exponent is evaluated in at least float32
+        (float64 for a float64 layer, so gradcheck is exact) and the result cast to the weight's dtype.
+        """
+        dtype = torch.promote_types(self.weight.dtype, torch.float32)
+        grid = self.sq_dist if self.sq_dist.dtype == dtype else self.sq_dist.to(dtype)
+        sigma = sigma if sigma.dtype == dtype else sigma.to(dtype)
+        # -1/(2σ²) on the few σ values, then one view that broadcasts it over (in/groups?, kh, kw).
+        # Written for few tensor ops: at small batch sizes their per-op overhead dominates the cost.
+        coef = sigma.pow(-2).mul(-0.5)
+        coef = coef.view(*coef.shape, *(1,) * (2 if self.sigma_granularity == "kernel" else 3))
+        mask = torch.exp(grid * coef)
+        return mask if mask.dtype == self.weight.dtype else mask.to(self.weight.dtype)
 
     @property
     def sigma(self) -> torch.Tensor:
@@ -171,7 +181,7 @@ class GMConv2d(nn.Conv2d):
         """The current static mask, broadcastable to ``weight``, in the weight's dtype."""
         if self.dynamic:
             raise ValueError("a dynamic GMConv2d has one mask per sample; there is no single mask()")
-        return self._mask_from_sigma(self._sigma_from_raw(self.sigma_raw)).to(self.weight.dtype)
+        return self._mask_from_sigma(self._sigma_from_raw(self.sigma_raw))
 
     def masked_weight(self) -> torch.Tensor:
         return self.weight * self.mask()
@@ -184,11 +194,12 @@ class GMConv2d(nn.Conv2d):
     def _dynamic_forward(self, x: torch.Tensor) -> torch.Tensor:
         """All samples in one grouped convolution: sample b uses its own masked kernel."""
         batch = x.shape[0]
-        pooled = x.float().mean(dim=(2, 3))
+        pooled = x.mean(dim=(2, 3), dtype=torch.promote_types(x.dtype, torch.float32))
         raw = self.sigma_predictor(pooled.to(self.sigma_predictor[0].weight.dtype))
-        sigma = self._sigma_from_raw(raw.float()).reshape(batch, *self._sigma_shape())
+        raw = raw.to(torch.promote_types(raw.dtype, torch.float32))
+        sigma = self._sigma_from_raw(raw).reshape(batch, *self._sigma_shape())
         self.last_sigma = sigma.detach()
-        masks = self._mask_from_sigma(sigma).to(self.weight.dtype)  # (B, out|1, in/g|1, kh, kw)
+        masks = self._mask_from_sigma(sigma)  # (B, out|1, in/g|1, kh, kw), in the weight's dtype
         weight = (self.weight.unsqueeze(0) * masks).reshape(-1, *self.weight.shape[1:])
         bias = self.bias.repeat(batch) if self.bias is not None else None
         x = x.reshape(1, -1, *x.shape[2:])

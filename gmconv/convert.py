@@ -88,7 +88,16 @@ def enlarge_kernel(conv: nn.Conv2d, kernel_size: int | tuple[int, int]) -> nn.Co
         bigger.weight.copy_(F.pad(conv.weight, (pad_w, pad_w, pad_h, pad_h)))
         if conv.bias is not None:
             bigger.bias.copy_(conv.bias)
+    _copy_module_state(conv, bigger)
     return bigger
+
+
+def _copy_module_state(src: nn.Conv2d, dst: nn.Conv2d) -> None:
+    """Carry train/eval mode and frozen (requires_grad=False) weight/bias over to a replacement."""
+    dst.train(src.training)
+    dst.weight.requires_grad_(src.weight.requires_grad)
+    if src.bias is not None and dst.bias is not None:
+        dst.bias.requires_grad_(src.bias.requires_grad)
 
 
 def gmconv_from_conv(conv: nn.Conv2d, **gmconv_kwargs: Any) -> GMConv2d:
@@ -102,7 +111,7 @@ def gmconv_from_conv(conv: nn.Conv2d, **gmconv_kwargs: Any) -> GMConv2d:
         gm.weight.copy_(conv.weight)
         if conv.bias is not None:
             gm.bias.copy_(conv.bias)
-    gm.train(conv.training)
+    _copy_module_state(conv, gm)
     return gm
 
 
@@ -117,6 +126,10 @@ def convert_to_gmconv(
     **gmconv_kwargs: Any,
 ) -> nn.Module | tuple[nn.Module, ConversionReport]:
     """Replace ``nn.Conv2d`` modules of ``model`` by ``GMConv2d`` in place and return the model.
+
+    (If ``model`` is itself a bare ``nn.Conv2d`` it cannot change type in place; the returned
+    module is then a new GMConv2d, so always use the return value.) A convolution shared by several
+    parents is converted once, under its first name, and replaced at every place it is used.
 
     min_kernel_size: convolutions whose largest kernel side is smaller stay plain (default 3:
         on a 1×1 kernel a centred mask is only a rescaling of the weight).
@@ -144,10 +157,16 @@ def convert_to_gmconv(
                 report.skipped[name] = reason
     if not targets and not report.skipped:
         warnings.warn(f"convert_to_gmconv: {type(model).__name__} has no nn.Conv2d layer; nothing converted")
+    aliases = _module_aliases(model)
     for name, conv in targets:
+        source = conv
         if enlarge_by:
             conv = enlarge_kernel(conv, (conv.kernel_size[0] + enlarge_by, conv.kernel_size[1] + enlarge_by))
-        _set_submodule(model, name, gmconv_from_conv(conv, **gmconv_kwargs))
+        gm = gmconv_from_conv(conv, **gmconv_kwargs)
+        if name:
+            _replace_everywhere(model, aliases[id(source)], gm)
+        else:  # ``model`` is itself a Conv2d: it cannot be replaced in place, return the new layer
+            model = gm
         report.converted.append(name)
     return (model, report) if return_report else model
 
@@ -155,3 +174,17 @@ def convert_to_gmconv(
 def _set_submodule(model: nn.Module, name: str, module: nn.Module) -> None:
     parent_name, _, child = name.rpartition(".")
     setattr(model.get_submodule(parent_name) if parent_name else model, child, module)
+
+
+def _module_aliases(model: nn.Module) -> dict[int, list[str]]:
+    """Every name under which each module is reachable (a shared module has several)."""
+    aliases: dict[int, list[str]] = {}
+    for name, module in model.named_modules(remove_duplicate=False):
+        aliases.setdefault(id(module), []).append(name)
+    return aliases
+
+
+def _replace_everywhere(model: nn.Module, names: list[str], module: nn.Module) -> None:
+    """Put ``module`` at every name of a (possibly shared) module, so that sharing survives."""
+    for name in names:
+        _set_submodule(model, name, module)

@@ -6,7 +6,7 @@ import torch
 from torch import nn
 
 from .conv import GMConv2d
-from .convert import _set_submodule
+from .convert import _copy_module_state, _module_aliases, _replace_everywhere
 
 
 def fold_gmconv(model: nn.Module) -> nn.Module:
@@ -24,8 +24,9 @@ def fold_gmconv(model: nn.Module) -> nn.Module:
             f"cannot fold dynamic GMConv2d layers ({', '.join(dynamic)}): their mask depends on the input; "
             "train with dynamic=False to deploy as plain convolutions"
         )
+    aliases = _module_aliases(model)
     for name, layer in layers:
-        _set_submodule(model, name, fold_layer(layer))
+        _replace_everywhere(model, aliases[id(layer)], fold_layer(layer))
     return model
 
 
@@ -42,5 +43,5 @@ def fold_layer(layer: GMConv2d) -> nn.Conv2d:
         conv.weight.copy_(layer.masked_weight())
         if layer.bias is not None:
             conv.bias.copy_(layer.bias)
-    conv.train(layer.training)
+    _copy_module_state(layer, conv)
     return conv
