@@ -1,0 +1,164 @@
+"""Speed of standard vs GMConv vs folded networks, measured in one process with interleaved repetitions.
+
+What is timed (per repetition, one call each, in a rotating order A B C ... / B C ... A / ...):
+
+* ``train standard`` / ``train gmconv``: one training step in train mode on a fixed batch:
+  forward, cross-entropy loss, backward, SGD (momentum 0.9) step, zero_grad.
+  ``gmconv`` is ``convert_to_gmconv(model)`` with the default options (σ per channel, softplus).
+* ``infer standard`` / ``infer gmconv`` / ``infer folded``: one inference forward in eval mode
+  under ``torch.inference_mode()``. ``folded`` is ``fold_gmconv`` of the GMConv model, i.e. what you
+  deploy: it should run at the standard network's speed.
+
+All variants start from the same weights. Medians over ``--reps`` repetitions after ``--warmup``
+untimed ones are printed with ratios to the standard network (and, below, the ratios of each
+variant's fastest repetition). On a shared CPU, interleaving
+spreads background load evenly over the variants; the spread (IQR/median) shows how noisy a run was.
+
+    python scripts/bench_gmconv.py --device cpu --threads 2 --reps 5
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import os
+import platform
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+import torchvision
+from torch import nn
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from anywhere without installing
+
+from gmconv import GMConv2d, convert_to_gmconv, fold_gmconv  # noqa: E402
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def train_step(model: nn.Module, opt: torch.optim.Optimizer, x: torch.Tensor, y: torch.Tensor) -> Callable[[], None]:
+    def step() -> None:
+        loss = F.cross_entropy(model(x), y)
+        loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+
+    return step
+
+
+def infer_step(model: nn.Module, x: torch.Tensor) -> Callable[[], None]:
+    def step() -> None:
+        with torch.inference_mode():
+            model(x)
+
+    return step
+
+
+def bench_model(name: str, args: argparse.Namespace, device: torch.device) -> dict[str, list[float]]:
+    torch.manual_seed(0)
+    standard = getattr(torchvision.models, name)(weights=None).to(device)
+    gm = convert_to_gmconv(copy.deepcopy(standard))
+    n_gm = sum(isinstance(m, GMConv2d) for m in gm.modules())
+    folded = fold_gmconv(copy.deepcopy(gm)).eval()
+    standard_eval = copy.deepcopy(standard).eval()
+    gm_eval = copy.deepcopy(gm).eval()
+    standard.train()
+    gm.train()
+
+    x = torch.randn(args.batch_size, 3, args.image_size, args.image_size, device=device)
+    y = torch.randint(0, 1000, (args.batch_size,), device=device)
+    sgd = dict(lr=1e-3, momentum=0.9)
+    steps = {
+        "train standard": train_step(standard, torch.optim.SGD(standard.parameters(), **sgd), x, y),
+        "train gmconv": train_step(gm, torch.optim.SGD(gm.parameters(), **sgd), x, y),
+        "infer standard": infer_step(standard_eval, x),
+        "infer gmconv": infer_step(gm_eval, x),
+        "infer folded": infer_step(folded, x),
+    }
+    names = list(steps)
+    print(f"{name}: {n_gm} GMConv2d layers; warming up ...", flush=True)
+    for _ in range(args.warmup):
+        for key in names:
+            steps[key]()
+    sync(device)
+    times: dict[str, list[float]] = {key: [] for key in names}
+    for rep in range(args.reps):
+        order = names[rep % len(names):] + names[: rep % len(names)]  # rotate: no variant always first
+        for key in order:
+            sync(device)
+            start = time.perf_counter()
+            steps[key]()
+            sync(device)
+            times[key].append(time.perf_counter() - start)
+    return times
+
+
+def spread(values: list[float]) -> float:
+    """Interquartile range relative to the median (0 with fewer than 4 values)."""
+    if len(values) < 4:
+        return 0.0
+    q1, _, q3 = statistics.quantiles(values, n=4)
+    return (q3 - q1) / statistics.median(values)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--models", nargs="+", default=["resnet18", "resnet50", "alexnet"],
+                        help="torchvision model names (weights=None)")
+    parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--image-size", type=int, default=112)
+    parser.add_argument("--reps", type=int, default=20, help="timed repetitions per variant")
+    parser.add_argument("--warmup", type=int, default=2, help="untimed repetitions per variant first")
+    parser.add_argument("--device", choices=["cpu", "cuda"], default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads (CPU); default: torch's")
+    args = parser.parse_args()
+
+    device = torch.device(args.device)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True
+        hw = torch.cuda.get_device_name(device)
+    else:
+        hw = f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, {torch.get_num_threads()} threads"
+    load = f", load avg {os.getloadavg()[0]:.2f}" if hasattr(os, "getloadavg") else ""
+    print(f"torch {torch.__version__} on {device.type} ({hw}){load}; batch {args.batch_size}, "
+          f"{args.image_size}px, {args.reps} reps after {args.warmup} warmup, interleaved")
+
+    rows, best_rows = [], []
+    for name in args.models:
+        times = bench_model(name, args, device)
+        med = {key: statistics.median(v) * 1000 for key, v in times.items()}
+        noise = max(spread(v) for v in times.values())
+        rows.append((name, med, noise))
+        best_rows.append((name, {key: min(v) * 1000 for key, v in times.items()}))
+
+    header = (f"{'model':<10} {'train std ms':>12} {'train gm ms':>12} {'gm/std':>7} | {'infer std ms':>12} "
+              f"{'infer gm ms':>12} {'gm/std':>7} {'folded ms':>10} {'fold/std':>8} | {'max IQR':>7}")
+    print()
+    print(header)
+    print("-" * len(header))
+    for name, med, noise in rows:
+        print(f"{name:<10} {med['train standard']:>12.1f} {med['train gmconv']:>12.1f} "
+              f"{med['train gmconv'] / med['train standard']:>7.3f} | {med['infer standard']:>12.1f} "
+              f"{med['infer gmconv']:>12.1f} {med['infer gmconv'] / med['infer standard']:>7.3f} "
+              f"{med['infer folded']:>10.1f} {med['infer folded'] / med['infer standard']:>8.3f} | {noise:>6.1%}")
+    print("\nratios of the fastest repetition of each variant (background load only ever adds time):")
+    for name, best in best_rows:
+        print(f"{name:<10} train gm/std {best['train gmconv'] / best['train standard']:.3f}   "
+              f"infer gm/std {best['infer gmconv'] / best['infer standard']:.3f}   "
+              f"infer folded/std {best['infer folded'] / best['infer standard']:.3f}")
+    if hasattr(os, "getloadavg"):
+        print(f"\nload avg at the end: {os.getloadavg()[0]:.2f} (other jobs on the machine add noise)")
+
+
+if __name__ == "__main__":
+    main()
