@@ -17,26 +17,27 @@ class DistInfo:
     rank: int = 0
     world_size: int = 1
     local_rank: int = 0
+    enabled: bool = False  # launched by torchrun (or SLURM): a process group exists, DDP is used
 
     @property
     def is_main(self) -> bool:
         return self.rank == 0
 
-    @property
-    def enabled(self) -> bool:
-        return self.world_size > 1
-
 
 def init_distributed() -> DistInfo:
     """Join the process group that torchrun describes in the environment (a no-op without torchrun).
 
+    Under torchrun even one process uses the group and DDP, so ``--nproc_per_node=1`` exercises
+    the same code path as a multi-GPU run.
+
     The group serves CPU tensors over gloo and, where CUDA exists, CUDA tensors over nccl, so it can
     be created before the config says which device trains. TORCH_DISTRIBUTED_BACKEND overrides it.
     """
-    world_size = int(os.environ.get("WORLD_SIZE", "1"))
-    if world_size == 1:
+    export_submitit_environment()
+    if "RANK" not in os.environ or "WORLD_SIZE" not in os.environ:
         return DistInfo()
-    info = DistInfo(int(os.environ["RANK"]), world_size, int(os.environ.get("LOCAL_RANK", "0")))
+    info = DistInfo(int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"]), int(os.environ.get("LOCAL_RANK", "0")),
+                    enabled=True)
     if not dist.is_initialized():
         default = "cpu:gloo,cuda:nccl" if torch.cuda.is_available() else "gloo"
         backend = os.environ.get("TORCH_DISTRIBUTED_BACKEND", default)
@@ -46,6 +47,16 @@ def init_distributed() -> DistInfo:
         else:
             dist.init_process_group(backend=backend, store=store, rank=info.rank, world_size=info.world_size)
     return info
+
+
+def export_submitit_environment() -> None:
+    """Under hydra-submitit-launcher every SLURM task runs the job with SLURM's variables only:
+    export the MASTER_ADDR/PORT, RANK, WORLD_SIZE and LOCAL_RANK that torch.distributed reads."""
+    if os.environ.get("SUBMITIT_EXECUTOR") != "slurm" or "WORLD_SIZE" in os.environ:
+        return
+    from submitit.helpers import TorchDistributedEnvironment  # optional dependency: the "slurm" extra
+
+    TorchDistributedEnvironment().export(set_cuda_visible_devices=False)
 
 
 def _restart_scoped_store(info: DistInfo) -> dist.Store | None:

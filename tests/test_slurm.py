@@ -1,0 +1,68 @@
+"""SLURM launch through hydra-submitit-launcher: no cluster here, so check the config and the sbatch file."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import submitit
+from hydra import compose, initialize_config_dir
+from hydra.utils import instantiate
+
+from engine.config import register_configs
+from engine.distributed import export_submitit_environment
+
+CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+register_configs()
+
+
+@pytest.fixture
+def fake_slurm(tmp_path, monkeypatch):
+    """submitit refuses to build a SLURM executor where `srun` is not on PATH."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "srun").write_text("#!/bin/sh\nexit 0\n")
+    (bin_dir / "srun").chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
+
+
+def sbatch_text(tmp_path: Path, monkeypatch, *overrides: str) -> str:
+    """The sbatch file that the real launcher plugin would submit for these overrides."""
+    with initialize_config_dir(config_dir=str(CONFIGS), version_base="1.3"):
+        cfg = compose("train", overrides=["hydra/launcher=slurm", f"hydra.sweep.dir={tmp_path}/sweep",
+                                          f"hydra.launcher.submitit_folder={tmp_path}/submitit", *overrides],
+                      return_hydra_config=True)
+    launcher = instantiate(cfg.hydra.launcher)
+    launcher.config = cfg
+    captured = []
+    monkeypatch.setattr(submitit.AutoExecutor, "map_array", lambda self, *args: captured.append(self) or [])
+    launcher.launch([["conv=gmconv"]], initial_job_idx=0)
+    return captured[0]._executor._make_submission_file_text("python train.py", "0")
+
+
+def test_slurm_launcher_generates_the_requested_job(tmp_path, monkeypatch, fake_slurm):
+    text = sbatch_text(tmp_path, monkeypatch, "hydra.launcher.nodes=2", "hydra.launcher.gpus_per_node=4",
+                       "hydra.launcher.timeout_min=90", "hydra.launcher.partition=gpu")
+    for line in ("--nodes=2", "--gpus-per-node=4", "--ntasks-per-node=4", "--time=90", "--partition=gpu",
+                 "--cpus-per-task=10"):
+        assert f"#SBATCH {line}\n" in text, text
+
+
+def test_slurm_defaults_run_one_task_per_gpu(tmp_path, monkeypatch, fake_slurm):
+    text = sbatch_text(tmp_path, monkeypatch)
+    assert "#SBATCH --nodes=1\n" in text and "#SBATCH --gpus-per-node=8\n" in text
+    assert "#SBATCH --ntasks-per-node=8\n" in text
+
+
+def test_submitit_task_environment_becomes_torch_distributed(monkeypatch):
+    """Each SLURM task sees SLURM's variables only; init_distributed first exports torch's."""
+    env = {"SUBMITIT_EXECUTOR": "slurm", "SLURM_JOB_ID": "42", "SLURM_NODEID": "1", "SLURM_PROCID": "5",
+           "SLURM_LOCALID": "1", "SLURM_NTASKS": "8", "SLURM_JOB_NUM_NODES": "2", "SLURM_JOB_NODELIST": "node[7-8]"}
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    for key in ("WORLD_SIZE", "RANK", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
+        monkeypatch.delenv(key, raising=False)
+    export_submitit_environment()
+    assert (os.environ["WORLD_SIZE"], os.environ["RANK"], os.environ["LOCAL_RANK"]) == ("8", "5", "1")
+    assert os.environ["MASTER_ADDR"] == "node7" and 20000 <= int(os.environ["MASTER_PORT"]) <= 60000
