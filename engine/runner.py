@@ -148,7 +148,8 @@ def fit(
             if state.epoch % cfg.trainer.eval_every == 0 or state.epoch == cfg.trainer.epochs:
                 val = evaluate(eval_model, val_loader, cfg.trainer, device, progress=progress)
                 scalars.update({"val/loss": val["loss"], "val/top1": val["top1"], "val/top5": val["top5"]})
-                summary += f"  val loss {val['loss']:.4f} top1 {val['top1']:.2f}% top5 {val['top5']:.2f}%"
+                summary += (f"  val loss {val['loss']:.4f} top1 {val['top1']:.2f}% top5 {val['top5']:.2f}% "
+                            f"({val['samples']} images)")
                 if val["top1"] > state.best_top1:
                     state.best_top1, state.best_epoch = val["top1"], state.epoch
                     save(checkpoint.BEST)

@@ -56,9 +56,12 @@ def test_misspelt_key_fails_at_compose():
         compose_train("trainer.epoch=3")
 
 
-def test_unknown_group_option_lists_choices():
-    with pytest.raises(ConfigCompositionException, match="gmconv_layer"):
-        compose_train("conv=gmcnv")
+@pytest.mark.parametrize("override, choice", [
+    ("conv=gmcnv", "gmconv_layer"), ("data=cifar11", "cifar10"), ("optim=adamx", "adamw"), ("model=resnet999", "resnet20"),
+])
+def test_unknown_group_option_lists_choices(override, choice):
+    with pytest.raises(ConfigCompositionException, match=choice):
+        compose_train(override)
 
 
 def test_enum_values_are_checked():
@@ -70,6 +73,8 @@ def test_enum_values_are_checked():
     ("trainer.epochs=0", "trainer.epochs"),
     ("optim.lr=-0.1", "optim.lr"),
     ("data.batch_size=0", "data.batch_size"),
+    ("data.batch_size=-1", "data.batch_size"),
+    ("optim.lr=0", "optim.lr"),
     ("trainer.label_smoothing=1.5", "trainer.label_smoothing"),
     ("eval_only=true", "ckpt"),
 ])

@@ -13,8 +13,13 @@ from pathlib import Path
 
 import pytest
 import torch
+from hydra import compose, initialize_config_dir
+
+from engine.config import register_configs
+from engine.runner import run
 
 ROOT = Path(__file__).resolve().parents[1]
+register_configs()
 QUICK = ["trainer.device=cpu", "trainer.progress=false", "trainer.limit_val_batches=2"]
 
 
@@ -105,8 +110,10 @@ def test_two_processes_match_one_with_the_same_global_batch(tmp_path):
 
 def test_evaluation_counts_every_sample_once_for_any_world_size(tmp_path):
     data = ["data=fake", "data.val_size=101", "data.batch_size=8", "data.eval_batch_size=7", "model=resnet20"]
-    torchrun(1, *data, "trainer.device=cpu", "trainer.progress=false", "trainer.epochs=1",
-             "trainer.limit_train_batches=4", f"hydra.run.dir={tmp_path / 'train'}")
+    with initialize_config_dir(config_dir=str(ROOT / "configs"), version_base="1.3"):
+        cfg = compose("train", overrides=[*data, "trainer.device=cpu", "trainer.progress=false", "trainer.epochs=1",
+                                          "trainer.limit_train_batches=4"])
+    run(cfg, tmp_path / "train")  # the checkpoint to evaluate, trained in this process
     ckpt = tmp_path / "train/checkpoints/last.pt"
     seen = []
     for world_size in (1, 2, 3):

@@ -61,8 +61,9 @@ def test_submitit_task_environment_becomes_torch_distributed(monkeypatch):
            "SLURM_LOCALID": "1", "SLURM_NTASKS": "8", "SLURM_JOB_NUM_NODES": "2", "SLURM_JOB_NODELIST": "node[7-8]"}
     for key, value in env.items():
         monkeypatch.setenv(key, value)
-    for key in ("WORLD_SIZE", "RANK", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
-        monkeypatch.delenv(key, raising=False)
+    for key in ("WORLD_SIZE", "RANK", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT"):
+        monkeypatch.setenv(key, "")  # recorded, so that the values exported below are undone after the test
+        monkeypatch.delenv(key)
     export_submitit_environment()
     assert (os.environ["WORLD_SIZE"], os.environ["RANK"], os.environ["LOCAL_RANK"]) == ("8", "5", "1")
     assert os.environ["MASTER_ADDR"] == "node7" and 20000 <= int(os.environ["MASTER_PORT"]) <= 60000
