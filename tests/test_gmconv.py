@@ -22,16 +22,8 @@ PADDING_MODES = ["zeros", "reflect", "replicate", "circular"]
 
 
 # torch warns that padding="same" with an even kernel copies the input; that case is tested on purpose
-pytestmark = pytest.mark.filterwarnings("ignore:Using padding='same' with even kernel lengths")
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """These tensors are tiny: one intra-op thread is as fast, and it does not stall (by 10-50x)
-    waiting for a second OpenMP thread when other jobs share the 2-core CPU."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = [pytest.mark.filterwarnings("ignore:Using padding='same' with even kernel lengths"),
+              pytest.mark.usefixtures("one_thread")]
 
 
 def gm_like(conv: nn.Conv2d, **gm_kwargs) -> GMConv2d:

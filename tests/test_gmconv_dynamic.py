@@ -10,16 +10,8 @@ from torch.func import functional_call
 from gmconv import GMConv2d
 
 GRANULARITIES = ["layer", "channel", "kernel"]
+pytestmark = pytest.mark.usefixtures("one_thread")
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """These tensors are tiny: one intra-op thread is as fast, and it does not stall (by 10-50x)
-    waiting for a second OpenMP thread when other jobs share the 2-core CPU."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 # (in, out, kernel, extra kwargs)
 DYNAMIC_CASES = {

@@ -27,14 +27,7 @@ GMCONV = ConvConfig(name="gmconv", type="gmconv")
 STANDARD = ConvConfig()
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """At 2×3×32×32 a thread pool costs more than it saves, and on a busy 2-core machine its spinning
-    threads make each convolution ~40× slower; one thread keeps this module fast and steady."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def images(chans: int = 3) -> torch.Tensor:
