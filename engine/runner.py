@@ -69,8 +69,8 @@ def _run(cfg: DictConfig, run_dir: Path, dist_info: DistInfo, device: torch.devi
 
     global_batch = cfg.data.batch_size * dist_info.world_size
     lr = scaled_lr(cfg.optim, global_batch)
-    log.info("global batch %d (%d per process × %d processes), lr %.4g", global_batch, cfg.data.batch_size,
-             dist_info.world_size, lr)
+    log.info("global batch %d (%d per process × %d process%s), lr %.4g", global_batch, cfg.data.batch_size,
+             dist_info.world_size, "es" if dist_info.world_size > 1 else "", lr)
     steps_per_epoch = min(len(train_loader), cfg.trainer.limit_train_batches or len(train_loader))
     optimizer = build_optimizer(unwrap(model), cfg.optim, lr)
     state = TrainState(
