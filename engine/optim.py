@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import logging
-
 from omegaconf import DictConfig
 from timm.optim import create_optimizer_v2
 from timm.scheduler import create_scheduler_v2
@@ -12,8 +10,6 @@ from torch import nn
 from torch.optim import Optimizer
 
 from gmconv import GMConv2d
-
-log = logging.getLogger(__name__)
 
 # timm's optimizer names for the config's "sgd": timm's own "sgd" is Nesterov SGD.
 _SGD_NAMES = {False: "momentum", True: "nesterov"}
