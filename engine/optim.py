@@ -13,7 +13,7 @@ from gmconv import GMConv2d
 
 # timm's optimizer names for the config's "sgd": timm's own "sgd" is Nesterov SGD.
 _SGD_NAMES = {False: "momentum", True: "nesterov"}
-# timm's scheduler names for the config's
+# timm's scheduler names for the config's sched.name ("none": timm's constant lr, warmup still applies)
 _SCHED_NAMES = {"cosine": "cosine", "multistep": "multistep", "none": "constant"}
 
 

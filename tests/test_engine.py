@@ -1,0 +1,71 @@
+"""Engine pieces in-process: weight-decay groups, lr scaling, schedules, RNG capture, metrics."""
+
+from __future__ import annotations
+
+import math
+import random
+
+import numpy as np
+import pytest
+import torch
+from omegaconf import OmegaConf
+from torch import nn
+
+from engine.checkpoint import capture_rng, restore_rng
+from engine.config import OptimConfig, SchedConfig
+from engine.metrics import topk_correct
+from engine.optim import build_optimizer, build_scheduler, param_groups, scaled_lr
+from gmconv import GMConv2d
+
+
+def test_no_weight_decay_on_sigma_biases_and_norms():
+    model = nn.Sequential(GMConv2d(3, 8, 3, sigma_granularity="kernel"), nn.BatchNorm2d(8),
+                          GMConv2d(8, 8, 3, dynamic=True), nn.Flatten(), nn.LazyLinear(2))
+    model(torch.randn(2, 3, 6, 6))
+    decayed, plain = param_groups(model, 0.1)
+    names = {id(p): n for n, p in model.named_parameters()}
+    assert {names[id(p)] for p in decayed["params"]} == {"0.weight", "2.weight", "4.weight"}
+    assert {"0.sigma_raw", "2.sigma_predictor.0.weight", "1.weight", "1.bias", "4.bias"} <= {
+        names[id(p)] for p in plain["params"]}
+    assert decayed["weight_decay"] == 0.1 and plain["weight_decay"] == 0.0
+
+
+def test_linear_lr_scaling_and_optimizer_choice():
+    cfg = OmegaConf.structured(OptimConfig(lr=0.1, lr_scaling="linear", nesterov=True))
+    assert scaled_lr(cfg, 512) == pytest.approx(0.2)
+    assert scaled_lr(OmegaConf.structured(OptimConfig(lr=0.1)), 512) == pytest.approx(0.1)
+    optimizer = build_optimizer(nn.Linear(2, 2), cfg, 0.2)
+    assert isinstance(optimizer, torch.optim.SGD) and optimizer.defaults["nesterov"] is True
+    with pytest.raises(ValueError, match="optim.name=nosuchopt"):
+        build_optimizer(nn.Linear(2, 2), OmegaConf.structured(OptimConfig(name="nosuchopt")), 0.1)
+
+
+@pytest.mark.parametrize("name", ["cosine", "multistep", "none"])
+def test_schedules_warm_up_per_step(name):
+    optimizer = torch.optim.SGD(nn.Linear(2, 2).parameters(), lr=1.0)
+    cfg = OmegaConf.structured(SchedConfig(name=name, warmup_epochs=1, warmup_lr=0.0, milestones=[2]))
+    scheduler = build_scheduler(optimizer, cfg, epochs=4, steps_per_epoch=10)
+    lrs = []
+    for step in range(1, 41):
+        scheduler.step_update(num_updates=step)
+        lrs.append(optimizer.param_groups[0]["lr"])
+    assert lrs[:9] == pytest.approx([0.1 * (i + 1) for i in range(9)])  # linear warmup towards lr over 10 steps
+    after_warmup = {"cosine": 0.5 * (1 + math.cos(math.pi * 10 / 40)), "multistep": 1.0, "none": 1.0}[name]
+    assert lrs[9] == pytest.approx(after_warmup)  # warmup is part of the schedule's length (timm)
+    final = {"cosine": 0.0, "multistep": 0.1, "none": 1.0}[name]
+    assert lrs[-1] == pytest.approx(final, abs=0.01)
+
+
+def test_rng_states_round_trip_through_a_weights_only_file(tmp_path):
+    state = capture_rng()
+    expected = (random.random(), np.random.rand(), torch.rand(1).item())
+    torch.save({"rng": state}, tmp_path / "rng.pt")
+    restore_rng(torch.load(tmp_path / "rng.pt", weights_only=True)["rng"])
+    assert (random.random(), np.random.rand(), torch.rand(1).item()) == expected
+
+
+def test_topk_counts_cap_k_at_the_number_of_classes():
+    logits = torch.tensor([[0.1, 0.9, 0.0], [0.8, 0.1, 0.1], [0.2, 0.3, 0.5]])
+    targets = torch.tensor([1, 2, 0])
+    top1, top5 = topk_correct(logits, targets, (1, 5))
+    assert top1.item() == 1 and top5.item() == 3
