@@ -122,7 +122,7 @@ def fit(
         every = cfg.trainer.checkpoint_every_steps
         if every and state.step % every == 0:
             save(checkpoint.LAST)
-        return stop.should_stop()
+        return stop.should_stop(state.step)
 
     val: dict[str, float] = {}
     images_per_s = 0.0
