@@ -1,29 +1,15 @@
-"""Dataset registry and the train/val DataLoaders built from a ``DataConfig``."""
+"""The train/val DataLoaders built from a ``DataConfig``."""
 
 from __future__ import annotations
-
-from collections.abc import Callable
 
 import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
-from .cifar import build_cifar
 from .config import DataConfig
-from .digits import build_digits
-from .fake import build_fake
-from .folder import build_folder
-from .info import DataInfo, Splits
+from .info import DataInfo
+from .registry import BUILDERS
 from .samplers import ResumableSampler, ShardSampler
-
-BUILDERS: dict[str, Callable[[DataConfig], Splits]] = {
-    "digits": build_digits,
-    "cifar10": build_cifar,
-    "cifar100": build_cifar,
-    "imagenet": build_folder,
-    "imagefolder": build_folder,
-    "fake": build_fake,
-}
 
 
 def _epoch_seed(seed: int, epoch: int) -> int:
@@ -60,7 +46,7 @@ def build_loaders(
     ``numpy`` from the loader's generator and the worker id, and ``set_epoch`` reseeds that generator.
     """
     _check(cfg, seed, rank, world_size)
-    splits = BUILDERS[cfg.name](cfg)
+    splits = BUILDERS[cfg.name].load()(cfg)
     per_process = -(-len(splits.train) // world_size)
     if per_process < cfg.batch_size:
         raise ValueError(f"data.batch_size={cfg.batch_size} exceeds the {per_process} training images per "

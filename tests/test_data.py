@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import itertools
+import os
 import pickle
 import random
 import shutil
+import subprocess
+import sys
 from collections import Counter
 from pathlib import Path
 
@@ -17,10 +20,11 @@ from sklearn.datasets import load_digits
 from torch.utils.data import Dataset
 
 from data import DataConfig, build_loaders, set_epoch
-from data import loaders as loaders_module
 from data.info import Splits
+from data.registry import BUILDERS, Builder
 
-CONFIGS = Path(__file__).resolve().parents[1] / "configs" / "data"
+REPO = Path(__file__).resolve().parents[1]
+CONFIGS = REPO / "configs" / "data"
 
 
 def from_yaml(name: str, **overrides: object) -> DataConfig:
@@ -58,6 +62,26 @@ def test_batches_have_model_ready_shape_dtype_and_scale(name: str, request: pyte
         assert abs(x.mean()) < 0.6 and 0.5 < x.std() < 2.0  # normalised, not raw 0..1 or 0..255
     assert info.in_chans == 3 and info.image_size == cfg.image_size
     assert info.num_classes == len(info.classes) and len(info.mean) == len(info.std) == 3
+
+
+# ------------------------------------------------------------------------------------------ imports
+
+
+def test_a_dataset_imports_its_dependencies_only_when_built() -> None:
+    """scikit-learn (and SciPy) cost about a second at start-up: only data=digits may pay it."""
+    script = """
+import sys
+from data import DataConfig, build_loaders
+seen = ['sklearn' in sys.modules]
+build_loaders(DataConfig(name="fake"), seed=0)
+seen.append('sklearn' in sys.modules)
+build_loaders(DataConfig(name="digits"), seed=0)
+seen.append('sklearn' in sys.modules)
+print(seen)
+"""
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True,
+                            env={**os.environ, "PYTHONPATH": str(REPO)})
+    assert result.stdout.strip() == "[False, False, True]"  # after: import data, data=fake, data=digits
 
 
 # ---------------------------------------------------------------------------------------------- digits
@@ -250,9 +274,12 @@ class _RandomProbe(Dataset):
         return torch.tensor([np.random.randint(1 << 30), random.randint(0, 1 << 30)])
 
 
+def build_probe(cfg: DataConfig) -> Splits:
+    return Splits(_RandomProbe(), _RandomProbe(), ["a"], (0.0,) * 3, (1.0,) * 3)
+
+
 def test_workers_seed_numpy_and_random_per_worker_and_epoch(monkeypatch: pytest.MonkeyPatch) -> None:
-    probe = Splits(_RandomProbe(), _RandomProbe(), ["a"], (0.0,) * 3, (1.0,) * 3)
-    monkeypatch.setitem(loaders_module.BUILDERS, "probe", lambda cfg: probe)
+    monkeypatch.setitem(BUILDERS, "probe", Builder(f"{__name__}:build_probe"))
     cfg = DataConfig(name="probe", batch_size=4, num_workers=2, persistent_workers=False)
 
     def draws(epoch: int) -> list[torch.Tensor]:
