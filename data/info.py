@@ -20,13 +20,11 @@ class Splits(NamedTuple):
 
 @dataclass
 class DataInfo:
-    """Facts the model (classes, channels, size) and logging/visualisation (mean/std, names) need."""
+    """Facts the model (class count, input size) and logging/analysis (mean/std to de-normalise, class names)
+    need; every dataset yields 3-channel images. Split sizes are ``len(loader.dataset)``."""
 
     num_classes: int
     image_size: int
-    in_chans: int
     mean: tuple[float, ...]
     std: tuple[float, ...]
-    train_size: int  # whole split, all processes together
-    val_size: int
     classes: list[str]

@@ -65,10 +65,8 @@ def build_loaders(
         sampler=ShardSampler(splits.val, rank=rank, world_size=world_size),
         generator=torch.Generator().manual_seed(_epoch_seed(seed, 0)), **common,
     )
-    info = DataInfo(
-        num_classes=len(splits.classes), image_size=cfg.image_size, in_chans=3, mean=splits.mean, std=splits.std,
-        train_size=len(splits.train), val_size=len(splits.val), classes=splits.classes,
-    )
+    info = DataInfo(num_classes=len(splits.classes), image_size=cfg.image_size, mean=splits.mean, std=splits.std,
+                    classes=splits.classes)
     return train, val, info
 
 

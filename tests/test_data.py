@@ -60,7 +60,7 @@ def test_batches_have_model_ready_shape_dtype_and_scale(name: str, request: pyte
         assert x.shape == (batch_size, 3, cfg.image_size, cfg.image_size) and x.dtype == torch.float32
         assert y.dtype == torch.int64 and 0 <= y.min() and y.max() < info.num_classes
         assert abs(x.mean()) < 0.6 and 0.5 < x.std() < 2.0  # normalised, not raw 0..1 or 0..255
-    assert info.in_chans == 3 and info.image_size == cfg.image_size
+    assert info.image_size == cfg.image_size
     assert info.num_classes == len(info.classes) and len(info.mean) == len(info.std) == 3
 
 
@@ -91,7 +91,7 @@ def test_digits_split_is_fixed_stratified_and_normalised_by_its_train_statistics
     cfg = DataConfig(augment=False)
     train, val, info = build_loaders(cfg, seed=0)
     _, val_other_seed, _ = build_loaders(cfg, seed=123)
-    assert (info.train_size, info.val_size) == (1437, 360) and info.classes == [str(d) for d in range(10)]
+    assert (len(train.dataset), len(val.dataset)) == (1437, 360) and info.classes == [str(d) for d in range(10)]
     assert torch.equal(val.dataset.images, val_other_seed.dataset.images)
     assert torch.equal(val.dataset.targets, val_other_seed.dataset.targets)
 
@@ -135,7 +135,7 @@ def test_cifar_pickles_load_pixel_exact(
     _, val, info = build_loaders(cfg, seed=0)
     with open(root / test_file, "rb") as f:
         test_batch = pickle.load(f, encoding="latin1")
-    assert info.val_size == len(test_batch["data"]) and info.num_classes == (10 if name == "cifar10" else 100)
+    assert len(val.dataset) == len(test_batch["data"]) and info.num_classes == (10 if name == "cifar10" else 100)
     x, y = next(iter(val))
     mean, std = torch.tensor(info.mean)[:, None, None], torch.tensor(info.std)[:, None, None]
     expected = torch.from_numpy(test_batch["data"][:4]).reshape(4, 3, 32, 32).float() / 255
@@ -164,8 +164,8 @@ def test_cifar_missing_files_name_the_path_and_the_fix(tmp_path: Path, cifar10_r
 
 def test_imagefolder_lists_classes_and_converts_to_rgb(imagefolder_root: Path) -> None:
     cfg = DataConfig(name="imagefolder", root=str(imagefolder_root), batch_size=4, image_size=16)
-    _, val, info = build_loaders(cfg, seed=0)
-    assert info.classes == ["ant", "bee", "cat"] and (info.train_size, info.val_size) == (12, 12)
+    train, val, info = build_loaders(cfg, seed=0)
+    assert info.classes == ["ant", "bee", "cat"] and (len(train.dataset), len(val.dataset)) == (12, 12)
     assert sum(len(y) for _, y in val) == 12  # includes the greyscale PNGs, now 3-channel
 
 
@@ -204,7 +204,7 @@ def test_fake_images_are_a_function_of_their_index_and_class() -> None:
     (x3, y3), (x3_again, _) = train.dataset[3], again.dataset[3]
     assert torch.equal(x3, x3_again) and y3 == 3
     assert not torch.equal(train.dataset[4][0], x3) and not torch.equal(val.dataset[3][0], x3)
-    assert info.train_size == 40 and info.val_size == 20 and info.num_classes == 10
+    assert len(train.dataset) == 40 and len(val.dataset) == 20 and info.num_classes == 10
 
     def similarity(a: int, b: int) -> float:
         return torch.cosine_similarity(train.dataset[a][0].flatten(), train.dataset[b][0].flatten(), dim=0).item()
@@ -300,10 +300,10 @@ def test_validation_shards_cover_every_sample_exactly_once(world_size: int) -> N
     cfg = DataConfig(name="fake", train_size=30, val_size=25, batch_size=4, eval_batch_size=4, image_size=8)
     seen, evaluated = [], 0
     for rank in range(world_size):
-        _, val, info = build_loaders(cfg, seed=0, rank=rank, world_size=world_size)
+        _, val, _ = build_loaders(cfg, seed=0, rank=rank, world_size=world_size)
         seen += list(val.sampler)
         evaluated += sum(len(y) for _, y in val)
-    assert sorted(seen) == list(range(25)) and evaluated == info.val_size == 25
+    assert sorted(seen) == list(range(25)) and evaluated == len(val.dataset) == 25
 
 
 def test_persistent_workers_serve_several_epochs() -> None:
