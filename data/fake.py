@@ -10,7 +10,8 @@ from torch.utils.data import Dataset
 from .config import DataConfig
 from .info import Splits
 
-# Defaults match configs/data/fake.yaml, so a bare DataConfig(name="fake") behaves like data=fake.
+# The one home of the fake sizes: used when data.num_classes/train_size/val_size are null, which
+# configs/data/fake.yaml leaves them, so data=fake and a bare DataConfig(name="fake") agree.
 DEFAULT_NUM_CLASSES, DEFAULT_TRAIN_SIZE, DEFAULT_VAL_SIZE = 10, 1024, 256
 TEMPLATE_SEED, TEMPLATE_CELLS = 0, 4
 

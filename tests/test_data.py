@@ -20,6 +20,7 @@ from sklearn.datasets import load_digits
 from torch.utils.data import Dataset
 
 from data import DataConfig, build_loaders, set_epoch
+from data import fake
 from data.info import Splits
 from data.registry import BUILDERS, Builder
 
@@ -62,6 +63,23 @@ def test_batches_have_model_ready_shape_dtype_and_scale(name: str, request: pyte
         assert abs(x.mean()) < 0.6 and 0.5 < x.std() < 2.0  # normalised, not raw 0..1 or 0..255
     assert info.image_size == cfg.image_size
     assert info.num_classes == len(info.classes) and len(info.mean) == len(info.std) == 3
+
+
+# ------------------------------------------------------------------------------------------ configs
+
+
+def test_data_configs_set_only_what_differs_from_the_defaults() -> None:
+    """A default lives in data/config.py (or data/fake.py) only, so changing it changes every dataset."""
+    defaults = OmegaConf.structured(DataConfig)
+    for path in sorted(CONFIGS.glob("*.yaml")):
+        for key, value in OmegaConf.load(path).items():
+            assert key == "name" or value != defaults[key], f"{path.name} repeats the default {key}={value}"
+
+
+def test_fake_sizes_default_to_the_constants_in_fake_py() -> None:
+    train, val, info = build_loaders(from_yaml("fake"), seed=0)
+    sizes = (len(train.dataset), len(val.dataset), info.num_classes)
+    assert sizes == (fake.DEFAULT_TRAIN_SIZE, fake.DEFAULT_VAL_SIZE, fake.DEFAULT_NUM_CLASSES)
 
 
 # ------------------------------------------------------------------------------------------ imports
