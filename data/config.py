@@ -1,4 +1,4 @@
-"""Typed settings of the ``data`` config group (validated by Hydra at start-up)."""
+"""Typed settings of the ``data`` config group (types checked by Hydra, values by ``data.checks``)."""
 
 from __future__ import annotations
 

@@ -45,18 +45,15 @@ class FakeImages(Dataset):
         return template + noise, label
 
 
-def _positive(key: str, value: int | None, default: int) -> int:
-    value = default if value is None else value
-    if value <= 0:
-        raise ValueError(f"data.{key}={value} is invalid for data=fake: set a positive integer (or null for {default})")
-    return value
+def _or_default(value: int | None, default: int) -> int:
+    return default if value is None else value
 
 
 def build_fake(cfg: DataConfig) -> Splits:
     """Ignores ``augment``: the noise already makes every image unique, and benchmarks want the cheapest path."""
-    num_classes = _positive("num_classes", cfg.num_classes, DEFAULT_NUM_CLASSES)
-    train_size = _positive("train_size", cfg.train_size, DEFAULT_TRAIN_SIZE)
-    val_size = _positive("val_size", cfg.val_size, DEFAULT_VAL_SIZE)
+    num_classes = _or_default(cfg.num_classes, DEFAULT_NUM_CLASSES)
+    train_size = _or_default(cfg.train_size, DEFAULT_TRAIN_SIZE)
+    val_size = _or_default(cfg.val_size, DEFAULT_VAL_SIZE)
     return Splits(
         train=FakeImages(train_size, num_classes, cfg.image_size),
         val=FakeImages(val_size, num_classes, cfg.image_size, first=train_size),

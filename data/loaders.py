@@ -6,6 +6,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
+from .checks import check_data_config
 from .config import DataConfig
 from .info import DataInfo
 from .registry import BUILDERS
@@ -15,19 +16,6 @@ from .samplers import ResumableSampler, ShardSampler
 def _epoch_seed(seed: int, epoch: int) -> int:
     """A well-mixed 63-bit seed per (run seed, epoch), so nearby pairs give unrelated streams."""
     return int(np.random.SeedSequence([seed, epoch]).generate_state(1, np.uint64)[0] >> np.uint64(1))
-
-
-def _check(cfg: DataConfig, seed: int, rank: int, world_size: int) -> None:
-    if cfg.name not in BUILDERS:
-        raise ValueError(f"data.name={cfg.name!r} is unknown: choose one of {', '.join(sorted(BUILDERS))}")
-    for key, value in [("batch_size", cfg.batch_size), ("eval_batch_size", cfg.eval_batch_size),
-                       ("image_size", cfg.image_size)]:
-        if value is not None and value <= 0:
-            raise ValueError(f"data.{key}={value} is invalid: set a positive integer")
-    if seed < 0:
-        raise ValueError(f"seed={seed} is invalid: set a non-negative integer")
-    if not 0 <= rank < world_size:
-        raise ValueError(f"rank={rank} with world_size={world_size} is invalid: need 0 <= rank < world_size")
 
 
 def build_loaders(
@@ -42,10 +30,16 @@ def build_loaders(
     ``set_epoch`` on the training loader before each epoch. ``pin_memory`` is the caller's decision
     (CUDA only); ``cfg.pin_memory`` is not read here.
 
+    ``check_data_config(cfg)`` runs first, so a bad setting fails before any file is read.
+
     Worker processes need no ``worker_init_fn``: PyTorch seeds each worker's ``torch``, ``random`` and
     ``numpy`` from the loader's generator and the worker id, and ``set_epoch`` reseeds that generator.
     """
-    _check(cfg, seed, rank, world_size)
+    check_data_config(cfg)
+    if seed < 0:
+        raise ValueError(f"seed={seed} is invalid: set a non-negative integer")
+    if not 0 <= rank < world_size:
+        raise ValueError(f"rank={rank} with world_size={world_size} is invalid: need 0 <= rank < world_size")
     splits = BUILDERS[cfg.name].load()(cfg)
     per_process = -(-len(splits.train) // world_size)
     if per_process < cfg.batch_size:

@@ -17,6 +17,9 @@ from .info import Splits
 @dataclass(frozen=True)
 class Builder:
     target: str  # "package.module:function", the function taking a DataConfig and returning Splits
+    # The dataset-specific data.* settings it reads; check_data_config rejects the others when set,
+    # since the run would silently ignore them.
+    takes: tuple[str, ...] = ()
 
     def load(self) -> Callable[[DataConfig], Splits]:
         """Import the builder's module now (first use), not when the table is read."""
@@ -26,9 +29,9 @@ class Builder:
 
 BUILDERS: dict[str, Builder] = {
     "digits": Builder("data.digits:build_digits"),
-    "cifar10": Builder("data.cifar:build_cifar"),
-    "cifar100": Builder("data.cifar:build_cifar"),
-    "imagenet": Builder("data.folder:build_folder"),
-    "imagefolder": Builder("data.folder:build_folder"),
-    "fake": Builder("data.fake:build_fake"),
+    "cifar10": Builder("data.cifar:build_cifar", takes=("root", "download")),
+    "cifar100": Builder("data.cifar:build_cifar", takes=("root", "download")),
+    "imagenet": Builder("data.folder:build_folder", takes=("root", "val_resize")),
+    "imagefolder": Builder("data.folder:build_folder", takes=("root", "val_resize")),
+    "fake": Builder("data.fake:build_fake", takes=("num_classes", "train_size", "val_size")),
 }

@@ -6,6 +6,7 @@ import itertools
 import os
 import pickle
 import random
+import re
 import shutil
 import subprocess
 import sys
@@ -19,7 +20,7 @@ from omegaconf import OmegaConf
 from sklearn.datasets import load_digits
 from torch.utils.data import Dataset
 
-from data import DataConfig, build_loaders, set_epoch
+from data import DataConfig, build_loaders, check_data_config, set_epoch
 from data import fake
 from data.info import Splits
 from data.registry import BUILDERS, Builder
@@ -86,11 +87,15 @@ def test_fake_sizes_default_to_the_constants_in_fake_py() -> None:
 
 
 def test_a_dataset_imports_its_dependencies_only_when_built() -> None:
-    """scikit-learn (and SciPy) cost about a second at start-up: only data=digits may pay it."""
+    """scikit-learn (and SciPy) cost about a second at start-up: only data=digits may pay it. Checking
+    the config of any dataset imports none of them."""
     script = """
 import sys
-from data import DataConfig, build_loaders
-seen = ['sklearn' in sys.modules]
+from data import DataConfig, build_loaders, check_data_config
+from data.registry import BUILDERS
+for name in BUILDERS:
+    check_data_config(DataConfig(name=name))
+seen = [any(m in sys.modules for m in ('sklearn', 'torchvision', 'data.digits', 'data.cifar', 'data.folder'))]
 build_loaders(DataConfig(name="fake"), seed=0)
 seen.append('sklearn' in sys.modules)
 build_loaders(DataConfig(name="digits"), seed=0)
@@ -230,9 +235,10 @@ def test_fake_images_are_a_function_of_their_index_and_class() -> None:
     assert similarity(0, 10) > similarity(0, 11) + 0.2  # same class shares a template
 
 
-def test_fake_rejects_non_positive_sizes() -> None:
-    with pytest.raises(ValueError, match="data.val_size"):
-        build_loaders(DataConfig(name="fake", val_size=0), seed=0)
+@pytest.mark.parametrize("key, value", [("num_classes", 0), ("train_size", -3), ("val_size", 0)])
+def test_fake_rejects_non_positive_sizes(key: str, value: int) -> None:
+    with pytest.raises(ValueError, match=f"data.{key}={value} is invalid: set a positive integer or null"):
+        build_loaders(DataConfig(name="fake", **{key: value}), seed=0)
 
 
 # ------------------------------------------------------------------------------------- order and seeds
@@ -338,14 +344,55 @@ def test_persistent_workers_serve_several_epochs() -> None:
 
 
 @pytest.mark.parametrize("overrides, match", [
-    ({"name": "mnist"}, "cifar10, cifar100, digits, fake, imagefolder, imagenet"),
-    ({"batch_size": 0}, "data.batch_size=0"),
-    ({"eval_batch_size": -1}, "data.eval_batch_size=-1"),
-    ({"batch_size": 2000}, "data.batch_size=2000 exceeds"),
+    ({"name": "mnist"}, "data.name='mnist' is unknown: choose one of cifar10, cifar100, digits, fake, imagefolder, imagenet"),
+    ({"batch_size": 0}, "data.batch_size=0 is invalid"),
+    ({"eval_batch_size": -1}, "data.eval_batch_size=-1 is invalid"),
+    ({"image_size": 0}, "data.image_size=0 is invalid"),
+    ({"num_workers": -1}, "data.num_workers=-1 is invalid"),
+    ({"name": "imagenet", "val_resize": 0}, "data.val_resize=0 is invalid"),
 ])
 def test_bad_settings_raise_value_errors_naming_the_key(overrides: dict, match: str) -> None:
-    with pytest.raises(ValueError, match=match):
+    with pytest.raises(ValueError, match=re.escape(match)) as err:
+        check_data_config(DataConfig(**overrides))
+    assert "\n" not in str(err.value)
+    with pytest.raises(ValueError, match=re.escape(match)):
         build_loaders(DataConfig(**overrides), seed=0)
+
+
+@pytest.mark.parametrize("overrides, match", [
+    ({"num_classes": 5}, "data.num_classes=5 is not used by data=digits (only data=fake takes it); remove the override"),
+    ({"name": "cifar10", "train_size": 100}, "data.train_size=100 is not used by data=cifar10 (only data=fake"),
+    ({"name": "imagenet", "val_size": 10}, "data.val_size=10 is not used by data=imagenet (only data=fake"),
+    ({"name": "cifar100", "val_resize": 36}, "data.val_resize=36 is not used by data=cifar100 "
+                                             "(only data=imagefolder, data=imagenet take it)"),
+    ({"name": "fake", "val_resize": 36}, "data.val_resize=36 is not used by data=fake"),
+    ({"root": "/data"}, "data.root=/data is not used by data=digits "
+                        "(only data=cifar10, data=cifar100, data=imagefolder, data=imagenet take it)"),
+    ({"name": "fake", "root": "/data"}, "data.root=/data is not used by data=fake"),
+    ({"name": "imagenet", "download": True}, "data.download=true is not used by data=imagenet "
+                                              "(only data=cifar10, data=cifar100 take it)"),
+    ({"download": True}, "data.download=true is not used by data=digits"),
+])
+def test_settings_the_dataset_would_ignore_are_rejected(overrides: dict, match: str) -> None:
+    with pytest.raises(ValueError, match=re.escape(match)):
+        check_data_config(DataConfig(**overrides))
+
+
+def test_settings_each_dataset_reads_are_accepted() -> None:
+    for cfg in [from_yaml("cifar10", download=True), from_yaml("imagenet", root="/data", val_resize=256),
+                from_yaml("fake", num_classes=3, train_size=9, val_size=3), from_yaml("digits")]:
+        check_data_config(cfg)
+
+
+def test_settings_are_checked_before_anything_is_built(tmp_path: Path) -> None:
+    cfg = DataConfig(name="imagefolder", root=str(tmp_path / "missing"), num_workers=-1)
+    with pytest.raises(ValueError, match="data.num_workers=-1"):  # not FileNotFoundError for the root
+        build_loaders(cfg, seed=0)
+
+
+def test_batch_larger_than_the_training_split_is_rejected() -> None:
+    with pytest.raises(ValueError, match="data.batch_size=2000 exceeds"):
+        build_loaders(DataConfig(batch_size=2000), seed=0)
 
 
 def test_bad_rank_is_rejected() -> None:
