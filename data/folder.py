@@ -28,6 +28,13 @@ def _split(directory: Path, transform: v2.Compose) -> datasets.ImageFolder:
                                 f"or fix data.root") from err
 
 
+def _require_two_classes(directory: Path, classes: list[str]) -> None:
+    """One class folder would train to 100 % top-1 on a task with nothing to learn: refuse it."""
+    if len(classes) < 2:
+        raise ValueError(f"{directory} holds {len(classes)} class folder ({', '.join(classes)}); a classifier needs "
+                         f"at least 2: add class folders or fix data.root")
+
+
 def _differences(a: list[str], b: list[str], limit: int = 5) -> str:
     return ", ".join(sorted(set(a) - set(b))[:limit]) or "none"
 
@@ -41,6 +48,7 @@ def build_folder(cfg: DataConfig) -> Splits:
     train_tf, val_tf = folder_transforms(cfg.image_size, cfg.val_resize, IMAGENET_MEAN, IMAGENET_STD,
                                          augment=cfg.augment)
     train, val = _split(root / "train", train_tf), _split(root / "val", val_tf)
+    _require_two_classes(root / "train", train.classes)
     if train.classes != val.classes:
         raise ValueError(f"train/ and val/ under {root} hold different classes (only in train: "
                          f"{_differences(train.classes, val.classes)}; only in val: "

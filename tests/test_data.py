@@ -217,6 +217,17 @@ def test_imagefolder_errors_name_the_path_and_the_fix(tmp_path: Path, imagefolde
         build_loaders(_folder_cfg(imagefolder_root), seed=0)
 
 
+def test_imagefolder_with_one_class_is_refused(imagefolder_root: Path) -> None:
+    """It would otherwise train to 100 % top-1 without learning anything."""
+    for split in ("train", "val"):
+        for name in ("bee", "cat"):
+            shutil.rmtree(imagefolder_root / split / name)
+    message = (f"{imagefolder_root / 'train'} holds 1 class folder (ant); a classifier needs at least 2: "
+               f"add class folders or fix data.root")
+    with pytest.raises(ValueError, match=re.escape(message)):
+        build_loaders(_folder_cfg(imagefolder_root), seed=0)
+
+
 # ------------------------------------------------------------------------------------------------- fake
 
 
