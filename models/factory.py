@@ -49,13 +49,14 @@ def apply_conv(model: nn.Module, conv_cfg: ConvConfig) -> ConversionReport | Non
     """Convert ``model``'s convolutions in place as ``conv_cfg`` says; the report, or None when standard."""
     if ConvType(conv_cfg.type) is ConvType.standard:
         return None
-    converted, report = convert_to_gmconv(
+    report = ConversionReport()
+    converted = convert_to_gmconv(
         model,
+        report=report,
         min_kernel_size=conv_cfg.min_kernel_size,
         include=list(conv_cfg.include),
         exclude=list(conv_cfg.exclude),
         enlarge_by=conv_cfg.enlarge_by,
-        return_report=True,
         sigma_init=conv_cfg.sigma_init,
         sigma_granularity=Granularity(conv_cfg.sigma_granularity).value,
         sigma_parametrization=Parametrization(conv_cfg.sigma_parametrization).value,
