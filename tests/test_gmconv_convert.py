@@ -1,4 +1,4 @@
-"""convert_to_gmconv, enlarge_kernel, fold_gmconv and sigma_stats on torchvision / timm models."""
+"""convert_to_gmconv, enlarge_kernel, fold_gmconv, sigma_stats and sigma_parameters on torchvision / timm models."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from torch import nn
 
 from gmconv import (
     ConversionReport, DynamicGMConv2d, GMConv2d, GMConvOptions, convert_to_gmconv, enlarge_kernel, fold_gmconv,
-    fold_layer, sigma_stats,
+    fold_layer, sigma_parameters, sigma_stats,
 )
 
 
@@ -388,3 +388,20 @@ def test_sigma_stats_per_layer():
     assert stats["3"]["count"] == 3 * 6
     assert stats["3"]["mean"] == pytest.approx(model[3].sigma.mean().item())
 
+
+# ---------------------------------------------------------------- σ parameters
+
+
+def test_sigma_parameters_are_the_learnable_sigmas_and_dynamic_predictors_each_once():
+    shared = GMConv2d(4, 4, 3)
+    dynamic = DynamicGMConv2d(4, 4, 3)
+    model = nn.Sequential(
+        GMConv2d(3, 4, 3), nn.Conv2d(4, 4, 3), GMConv2d(4, 4, 3, learnable_sigma=False), shared, shared, dynamic,
+        nn.BatchNorm2d(4),
+    )
+    found = sigma_parameters(model)
+    expected = [model[0].sigma_raw, shared.sigma_raw, *dynamic.sigma_predictor.parameters()]
+    assert len(found) == len(expected) == 6
+    assert all(a is b for a, b in zip(found, expected))
+    assert sigma_parameters(nn.Sequential(nn.Conv2d(3, 4, 3))) == []
+    assert not any(p is dynamic.weight or p is shared.weight for p in found)
