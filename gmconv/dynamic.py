@@ -65,12 +65,12 @@ class DynamicGMConv2d(nn.Conv2d):
         self.sigma_min = float(options.sigma_min)
         self.dynamic_reduction = options.dynamic_reduction
         self.register_buffer("sq_dist", squared_distances(self.kernel_size, device), persistent=False)
-        self.sigma_shape = sigma_shape(self.sigma_granularity, out_channels, in_channels // groups)
+        self._sigma_shape = sigma_shape(self.sigma_granularity, out_channels, in_channels // groups)
         hidden = max(8, in_channels // self.dynamic_reduction)
         self.sigma_predictor = nn.Sequential(
             nn.Linear(in_channels, hidden, device=device, dtype=dtype),
             nn.ReLU(inplace=True),
-            nn.Linear(hidden, math.prod(self.sigma_shape), device=device, dtype=dtype),
+            nn.Linear(hidden, math.prod(self._sigma_shape), device=device, dtype=dtype),
         )
         nn.init.normal_(self.sigma_predictor[2].weight, std=0.01)
         nn.init.constant_(
@@ -95,7 +95,7 @@ class DynamicGMConv2d(nn.Conv2d):
         pooled = input.mean(dim=(2, 3), dtype=torch.promote_types(input.dtype, torch.float32))
         raw = self.sigma_predictor(pooled.to(self.sigma_predictor[0].weight.dtype))
         raw = raw.to(torch.promote_types(raw.dtype, torch.float32))
-        sigma = sigma_from_raw(raw, self.sigma_parametrization, self.sigma_min).reshape(batch, *self.sigma_shape)
+        sigma = sigma_from_raw(raw, self.sigma_parametrization, self.sigma_min).reshape(batch, *self._sigma_shape)
         self.last_sigma = sigma.detach()
         masks = self.mask_for(sigma)  # (B, out|1, in/g|1, kh, kw), in the weight's dtype
         weight = (self.weight.unsqueeze(0) * masks).reshape(-1, *self.weight.shape[1:])
