@@ -2,21 +2,27 @@
 
 The reusable layer of this project; it depends on torch alone.
 
-    from gmconv import GMConv2d, convert_to_gmconv, fold_gmconv, sigma_stats
+    from gmconv import GMConv2d, GMConvOptions, convert_to_gmconv, fold_gmconv, sigma_parameters, sigma_stats
 """
 
 from .conv import GMConv2d
 from .convert import ConversionReport, convert_to_gmconv, enlarge_kernel, gmconv_from_conv
+from .dynamic import DynamicGMConv2d
 from .fold import fold_gmconv, fold_layer
+from .options import GMConvOptions
+from .params import sigma_parameters
 from .stats import sigma_stats
 
 __all__ = [
     "ConversionReport",
+    "DynamicGMConv2d",
     "GMConv2d",
+    "GMConvOptions",
     "convert_to_gmconv",
     "enlarge_kernel",
     "fold_gmconv",
     "fold_layer",
     "gmconv_from_conv",
+    "sigma_parameters",
     "sigma_stats",
 ]

@@ -1,10 +1,10 @@
-"""Swap the ``nn.Conv2d`` layers of any network for ``GMConv2d``, keeping every weight exactly."""
+"""Swap the ``nn.Conv2d`` layers of any network for GMConv layers, keeping every weight exactly."""
 
 from __future__ import annotations
 
 import fnmatch
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Iterable
 
 import torch
@@ -12,14 +12,23 @@ import torch.nn.functional as F
 from torch import nn
 
 from .conv import GMConv2d
+from .dynamic import DynamicGMConv2d
+from .options import GMConvOptions, option_names
+
+GMConvLayer = GMConv2d | DynamicGMConv2d
 
 
 @dataclass
 class ConversionReport:
-    """What ``convert_to_gmconv`` did, for the caller to log."""
+    """What ``convert_to_gmconv`` did, for the caller to log.
+
+    converted: names of the converted layers. skipped: name → reason for every other nn.Conv2d.
+    unmatched: include/exclude patterns that matched no nn.Conv2d name (most likely a typo).
+    """
 
     converted: list[str] = field(default_factory=list)
     skipped: dict[str, str] = field(default_factory=dict)
+    unmatched: list[str] = field(default_factory=list)
 
     def summary(self) -> str:
         lines = [f"GMConv: converted {len(self.converted)} conv layers, skipped {len(self.skipped)}"]
@@ -27,29 +36,32 @@ class ConversionReport:
         for name, reason in self.skipped.items():
             reasons.setdefault(reason, []).append(name)
         for reason, names in reasons.items():
-            shown = ", ".join(names[:5]) + (f", ... ({len(names)} in all)" if len(names) > 5 else "")
-            lines.append(f"  skipped ({reason}): {shown}")
+            lines.append(f"  skipped ({reason}): {_shorten(names)}")
+        if self.unmatched:
+            lines.append(f"  patterns matching no convolution: {', '.join(self.unmatched)}")
         return "\n".join(lines)
+
+
+def _shorten(names: list[str]) -> str:
+    return ", ".join(names[:5]) + (f", ... ({len(names)} in all)" if len(names) > 5 else "")
 
 
 def _matches(name: str, patterns: Iterable[str]) -> bool:
     return any(fnmatch.fnmatchcase(name, pattern) for pattern in patterns)
 
 
-def _skip_reason(
-    name: str, module: nn.Conv2d, min_kernel_size: int, include: list[str], exclude: list[str]
-) -> str | None:
-    if isinstance(module, GMConv2d):
-        return "already GMConv2d"
+def _skip_reason(name: str, module: nn.Conv2d, options: GMConvOptions) -> str | None:
+    if isinstance(module, (GMConv2d, DynamicGMConv2d)):
+        return f"already {type(module).__name__}"
     if type(module) is not nn.Conv2d:
-        # Subclasses (timm's Conv2dSame, StdConv2d, ...) change forward(); a GMConv2d in their
+        # Subclasses (timm's Conv2dSame, StdConv2d, ...) change forward(); a GMConv layer in their
         # place would silently drop that behaviour.
         return f"{type(module).__name__} is a Conv2d subclass with its own forward"
-    if max(module.kernel_size) < min_kernel_size:
-        return f"kernel smaller than min_kernel_size={min_kernel_size}"
-    if include and not _matches(name, include):
+    if max(module.kernel_size) < options.min_kernel_size:
+        return f"kernel smaller than min_kernel_size={options.min_kernel_size}"
+    if options.include and not _matches(name, options.include):
         return "not matched by include"
-    if _matches(name, exclude):
+    if _matches(name, options.exclude):
         return "matched by exclude"
     return None
 
@@ -100,12 +112,17 @@ def _copy_module_state(src: nn.Conv2d, dst: nn.Conv2d) -> None:
         dst.bias.requires_grad_(src.bias.requires_grad)
 
 
-def gmconv_from_conv(conv: nn.Conv2d, **gmconv_kwargs: Any) -> GMConv2d:
-    """A GMConv2d with the same configuration, weights and bias as ``conv``."""
-    gm = GMConv2d(
+def gmconv_from_conv(
+    conv: nn.Conv2d, layer_type: type[GMConvLayer] = GMConv2d, **layer_kwargs: Any
+) -> GMConvLayer:
+    """A ``layer_type`` layer with the same configuration, weights and bias as ``conv``.
+
+    ``layer_kwargs`` are that layer's GMConv arguments (sigma_init, sigma_granularity, ...).
+    """
+    gm = layer_type(
         conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride, conv.padding,
         conv.dilation, conv.groups, conv.bias is not None, conv.padding_mode,
-        device=conv.weight.device, dtype=conv.weight.dtype, **gmconv_kwargs,
+        device=conv.weight.device, dtype=conv.weight.dtype, **layer_kwargs,
     )
     with torch.no_grad():
         gm.weight.copy_(conv.weight)
@@ -117,58 +134,62 @@ def gmconv_from_conv(conv: nn.Conv2d, **gmconv_kwargs: Any) -> GMConv2d:
 
 def convert_to_gmconv(
     model: nn.Module,
+    options: GMConvOptions | None = None,
     *,
-    min_kernel_size: int = 3,
-    include: Iterable[str] = (),
-    exclude: Iterable[str] = (),
-    enlarge_by: int = 0,
-    return_report: bool = False,
-    **gmconv_kwargs: Any,
-) -> nn.Module | tuple[nn.Module, ConversionReport]:
-    """Replace ``nn.Conv2d`` modules of ``model`` by ``GMConv2d`` in place and return the model.
+    report: ConversionReport | None = None,
+    **overrides: Any,
+) -> nn.Module:
+    """Replace ``nn.Conv2d`` modules of ``model`` by GMConv layers in place and return the model.
 
     (If ``model`` is itself a bare ``nn.Conv2d`` it cannot change type in place; the returned
-    module is then a new GMConv2d, so always use the return value.) A convolution shared by several
+    module is then a new layer, so always use the return value.) A convolution shared by several
     parents is converted once, under its first name, and replaced at every place it is used.
 
-    min_kernel_size: convolutions whose largest kernel side is smaller stay plain (default 3:
-        on a 1×1 kernel a centred mask is only a rescaling of the weight).
-    include / exclude: glob patterns on module names (``"layer*.conv2"``, ``"conv1"``); with
-        ``include`` only matching layers convert, ``exclude`` always wins.
-    enlarge_by: grow every converted kernel by this many taps per side pair (an even number,
-        e.g. 2 turns 3×3 into 5×5), zero-padded and re-padded so outputs are unchanged at first.
-    return_report: also return a ``ConversionReport`` (converted and skipped layers, with reasons).
-    gmconv_kwargs: passed to every ``GMConv2d`` (sigma_init, sigma_granularity, ...).
+    options: every setting (``GMConvOptions``: σ, ``dynamic``, ``min_kernel_size``, ``include`` /
+        ``exclude`` globs on module names, ``enlarge_by``); the defaults when None.
+    overrides: ``GMConvOptions`` fields that replace those of ``options``
+        (``convert_to_gmconv(model, sigma_init=3.0)``); an unknown name raises TypeError.
+    report: if given, filled in with the converted and skipped layers (with reasons) and the
+        include/exclude patterns that matched no convolution.
+
+    ``dynamic=True`` builds ``DynamicGMConv2d`` layers, otherwise ``GMConv2d``. The options are
+    validated (ValueError) before the model is touched.
     """
-    if enlarge_by < 0 or enlarge_by % 2:
-        raise ValueError(f"enlarge_by={enlarge_by} must be an even number >= 0 (2 turns 3x3 into 5x5)")
-    if min_kernel_size < 1:
-        raise ValueError(f"min_kernel_size={min_kernel_size} must be >= 1")
-    include, exclude = list(include), list(exclude)
-    GMConv2d(1, 1, 1, **gmconv_kwargs)  # validate the GMConv options once, before touching the model
-    report = ConversionReport()
+    unknown = sorted(set(overrides) - set(option_names()))
+    if unknown:
+        raise TypeError(
+            f"convert_to_gmconv got unknown option(s) {', '.join(unknown)}; valid options: {', '.join(option_names())}"
+        )
+    options = replace(options if options is not None else GMConvOptions(), **overrides)
+    options.validate()
+    report = report if report is not None else ConversionReport()
+    layer_type = DynamicGMConv2d if options.dynamic else GMConv2d
+    layer_kwargs = options.layer_kwargs(layer_type)
+    convs = [(name, m) for name, m in model.named_modules() if isinstance(m, nn.Conv2d)]
+    patterns = dict.fromkeys([*options.include, *options.exclude])
+    report.unmatched.extend(p for p in patterns if not any(_matches(name, [p]) for name, _ in convs))
     targets: list[tuple[str, nn.Conv2d]] = []
-    for name, module in model.named_modules():
-        if isinstance(module, nn.Conv2d):
-            reason = _skip_reason(name, module, min_kernel_size, include, exclude)
-            if reason is None:
-                targets.append((name, module))
-            else:
-                report.skipped[name] = reason
-    if not targets and not report.skipped:
+    for name, module in convs:
+        reason = _skip_reason(name, module, options)
+        if reason is None:
+            targets.append((name, module))
+        else:
+            report.skipped[name] = reason
+    if not convs:
         warnings.warn(f"convert_to_gmconv: {type(model).__name__} has no nn.Conv2d layer; nothing converted")
     aliases = _module_aliases(model)
     for name, conv in targets:
         source = conv
-        if enlarge_by:
-            conv = enlarge_kernel(conv, (conv.kernel_size[0] + enlarge_by, conv.kernel_size[1] + enlarge_by))
-        gm = gmconv_from_conv(conv, **gmconv_kwargs)
+        if options.enlarge_by:
+            grown = (conv.kernel_size[0] + options.enlarge_by, conv.kernel_size[1] + options.enlarge_by)
+            conv = enlarge_kernel(conv, grown)
+        gm = gmconv_from_conv(conv, layer_type, **layer_kwargs)
         if name:
             _replace_everywhere(model, aliases[id(source)], gm)
         else:  # ``model`` is itself a Conv2d: it cannot be replaced in place, return the new layer
             model = gm
         report.converted.append(name)
-    return (model, report) if return_report else model
+    return model
 
 
 def _set_submodule(model: nn.Module, name: str, module: nn.Module) -> None:

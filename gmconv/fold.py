@@ -7,23 +7,25 @@ from torch import nn
 
 from .conv import GMConv2d
 from .convert import _copy_module_state, _module_aliases, _replace_everywhere
+from .dynamic import DynamicGMConv2d
 
 
 def fold_gmconv(model: nn.Module) -> nn.Module:
-    """Replace every static ``GMConv2d`` in ``model`` (in place) by an ``nn.Conv2d`` with weight W ⊙ M.
+    """Replace every ``GMConv2d`` in ``model`` (in place) by an ``nn.Conv2d`` with weight W ⊙ M.
 
     The result has the standard network's module types, state_dict keys and speed, and computes
-    the same outputs. Dynamic layers depend on their input and cannot be folded.
+    the same outputs. ``DynamicGMConv2d`` layers depend on their input and cannot be folded: a model
+    holding one raises ValueError and is left untouched.
     """
-    if isinstance(model, GMConv2d):
+    if isinstance(model, (GMConv2d, DynamicGMConv2d)):
         return fold_layer(model)
-    layers = [(name, m) for name, m in model.named_modules() if isinstance(m, GMConv2d)]
-    dynamic = [name for name, m in layers if m.dynamic]
+    dynamic = [name for name, m in model.named_modules() if isinstance(m, DynamicGMConv2d)]
     if dynamic:
         raise ValueError(
-            f"cannot fold dynamic GMConv2d layers ({', '.join(dynamic)}): their mask depends on the input; "
+            f"cannot fold DynamicGMConv2d layers ({', '.join(dynamic)}): their mask depends on the input; "
             "train with dynamic=False to deploy as plain convolutions"
         )
+    layers = [(name, m) for name, m in model.named_modules() if isinstance(m, GMConv2d)]
     aliases = _module_aliases(model)
     for name, layer in layers:
         _replace_everywhere(model, aliases[id(layer)], fold_layer(layer))
@@ -32,8 +34,10 @@ def fold_gmconv(model: nn.Module) -> nn.Module:
 
 def fold_layer(layer: GMConv2d) -> nn.Conv2d:
     """One GMConv2d as an equivalent ``nn.Conv2d``."""
-    if layer.dynamic:
-        raise ValueError("cannot fold a dynamic GMConv2d: its mask depends on the input")
+    if isinstance(layer, DynamicGMConv2d):
+        raise ValueError(
+            "cannot fold a DynamicGMConv2d: its mask depends on the input; train with dynamic=False to deploy"
+        )
     conv = nn.Conv2d(
         layer.in_channels, layer.out_channels, layer.kernel_size, layer.stride, layer.padding,
         layer.dilation, layer.groups, layer.bias is not None, layer.padding_mode,

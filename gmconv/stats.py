@@ -5,17 +5,19 @@ from __future__ import annotations
 from torch import nn
 
 from .conv import GMConv2d
+from .dynamic import DynamicGMConv2d
 
 
 def sigma_stats(model: nn.Module) -> dict[str, dict[str, float]]:
-    """``{layer name: {"mean", "min", "max", "count"}}`` of σ for every GMConv2d in ``model``.
+    """``{layer name: {"mean", "min", "max", "count"}}`` of σ for every GMConv layer in ``model``.
 
-    Dynamic layers report the σ they predicted for the last batch they saw and are left out
-    until they have seen one.
+    ``DynamicGMConv2d`` layers report the σ they predicted for the last batch they saw and are left
+    out until they have seen one.
     """
     stats: dict[str, dict[str, float]] = {}
     for name, module in model.named_modules():
-        if not isinstance(module, GMConv2d) or (module.dynamic and module.last_sigma is None):
+        seen_input = isinstance(module, DynamicGMConv2d) and module.last_sigma is not None
+        if not (isinstance(module, GMConv2d) or seen_input):
             continue
         sigma = module.sigma.float()
         stats[name] = {

@@ -4,6 +4,7 @@ A 3×3 stem convolution, three stages of n BasicBlocks with 16, 32 and 64 channe
 32, 16 and 8 px on CIFAR), global average pooling and a linear head: 6n + 2 weight layers, so
 depth ∈ {20, 32, 44, 56, 110} gives n ∈ {3, 5, 7, 9, 18}. These are the GMConv paper's CIFAR
 backbones; every convolution is a plain ``nn.Conv2d`` so ``convert_to_gmconv`` finds all of them.
+They are registered as ``model.source=local`` models ``resnet20`` ... ``resnet110``.
 
 Shortcuts where the shape changes (the first block of stages 2 and 3):
 
@@ -71,16 +72,16 @@ class BasicBlock(nn.Module):
 
 
 class CifarResNet(nn.Module):
-    """ResNet-``depth`` for 32 px inputs; ``shortcut`` is ``"A"`` or ``"B"`` (see the module docstring)."""
+    """ResNet-``depth`` for 32 px RGB inputs; ``shortcut`` is ``"A"`` or ``"B"`` (see the module docstring)."""
 
-    def __init__(self, depth: int, num_classes: int = 10, in_chans: int = 3, shortcut: str = "A") -> None:
+    def __init__(self, depth: int, num_classes: int = 10, shortcut: str = "A") -> None:
         super().__init__()
         if depth < 8 or (depth - 2) % 6:
             raise ValueError(f"CIFAR ResNet depth={depth} must be 6n + 2 with n >= 1 (20, 32, 44, 56, 110, ...)")
         if shortcut not in SHORTCUTS:
             raise ValueError(f"shortcut={shortcut!r} must be one of {', '.join(SHORTCUTS)}")
         blocks_per_stage = (depth - 2) // 6
-        self.conv1 = nn.Conv2d(in_chans, STAGE_WIDTHS[0], 3, 1, 1, bias=False)
+        self.conv1 = nn.Conv2d(3, STAGE_WIDTHS[0], 3, 1, 1, bias=False)
         self.bn1 = nn.BatchNorm2d(STAGE_WIDTHS[0])
         stages = []
         in_planes = STAGE_WIDTHS[0]

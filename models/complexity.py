@@ -12,8 +12,8 @@ def count_parameters(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
-def count_flops(model: nn.Module, image_size: int, in_chans: int = 3) -> int:
-    """FLOPs of one forward pass on one ``in_chans``×``image_size``×``image_size`` image.
+def count_flops(model: nn.Module, image_size: int) -> int:
+    """FLOPs of one forward pass on one 3×``image_size``×``image_size`` image.
 
     Counted by ``torch.utils.flop_counter.FlopCounterMode``, which counts 2 FLOPs per multiply-add
     of convolutions and matrix products and nothing for element-wise work (BatchNorm, activations,
@@ -27,7 +27,7 @@ def count_flops(model: nn.Module, image_size: int, in_chans: int = 3) -> int:
     reference = next(model.parameters(), None)
     if reference is None:
         reference = next(model.buffers(), torch.empty(0))
-    image = torch.zeros(1, in_chans, image_size, image_size, device=reference.device, dtype=reference.dtype)
+    image = torch.zeros(1, 3, image_size, image_size, device=reference.device, dtype=reference.dtype)
     modes = {module: module.training for module in model.modules()}
     model.eval()
     try:

@@ -6,25 +6,16 @@ from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any, Optional
 
+from gmconv import GMConvOptions
+
 
 class ConvType(str, Enum):
     standard = "standard"
     gmconv = "gmconv"
 
 
-class Granularity(str, Enum):
-    layer = "layer"
-    channel = "channel"
-    kernel = "kernel"
-
-
-class Parametrization(str, Enum):
-    softplus = "softplus"
-    exp = "exp"
-
-
 class ModelSource(str, Enum):
-    cifar = "cifar"  # the CIFAR ResNets of He et al. (2016), written in models/cifar_resnet.py
+    local = "local"  # this project's registry: builders decorated with @register_model in models/
     torchvision = "torchvision"  # torchvision.models.get_model(name)
     timm = "timm"  # timm.create_model(name)
 
@@ -32,7 +23,7 @@ class ModelSource(str, Enum):
 @dataclass
 class ModelConfig:
     name: str = "resnet20"
-    source: ModelSource = ModelSource.cifar
+    source: ModelSource = ModelSource.local
     # null: random init; a path: a state_dict file (or a checkpoint with a "model"/"state_dict" entry);
     # "torchvision": torchvision's default weights, from the local torch hub cache only.
     pretrained: Optional[str] = None
@@ -43,17 +34,8 @@ class ModelConfig:
 
 
 @dataclass
-class ConvConfig:
+class ConvConfig(GMConvOptions):
+    """The GMConv options (``GMConvOptions``, defaults there) plus the config's label and conv type."""
+
     name: str = "standard"  # the label used in run-folder names
     type: ConvType = ConvType.standard
-    sigma_init: float = 2.0
-    sigma_granularity: Granularity = Granularity.channel
-    sigma_parametrization: Parametrization = Parametrization.softplus
-    sigma_min: float = 0.1
-    learnable_sigma: bool = True
-    dynamic: bool = False
-    dynamic_reduction: int = 16
-    min_kernel_size: int = 3
-    include: list[str] = field(default_factory=list)
-    exclude: list[str] = field(default_factory=list)
-    enlarge_by: int = 0

@@ -2,68 +2,93 @@
 
 The order matters and is fixed here: pretrained weights are loaded into the backbone as its
 source defines it (so torchvision/timm checkpoints fit), then the small-input stem replaces
-layers the weights cannot describe anyway, and GMConv conversion comes last, so it sees the final
-convolutions and keeps whatever weights they hold.
+layers the weights cannot describe anyway, then GMConv conversion sees the final convolutions and
+keeps whatever weights they hold. Last, the weights file gets a second pass for what only the
+converted model has room for: the σ of a GMConv run's checkpoint.
 """
 
 from __future__ import annotations
 
 import logging
+from dataclasses import fields
 
 from torch import nn
 
-from gmconv import ConversionReport, convert_to_gmconv
+from gmconv import ConversionReport, GMConvOptions, convert_to_gmconv
 
-from .config import ConvConfig, ConvType, Granularity, ModelConfig, ModelSource, Parametrization
-from .pretrained import load_pretrained
+from .config import ConvConfig, ConvType, ModelConfig, ModelSource
+from .pretrained import PretrainedWeights, read_pretrained
 from .registry import create_backbone
 from .small_input import maybe_adapt_to_small_input, parse_small_input
 
 log = logging.getLogger(__name__)
 
-
-def build_model(
-    model_cfg: ModelConfig, conv_cfg: ConvConfig, *, num_classes: int, image_size: int, in_chans: int = 3
-) -> tuple[nn.Module, ConversionReport | None]:
-    """The configured network and what GMConv conversion did to it (None for standard convolutions)."""
-    model = build_backbone(model_cfg, num_classes=num_classes, image_size=image_size, in_chans=in_chans)
-    report = apply_conv(model, conv_cfg)
-    if report is not None:
-        log.info("%s: %s", model_cfg.name, report.summary())
-    return model, report
+_EXAMPLE_NAMES = 3  # layer names quoted in the error for a pattern that matches nothing
 
 
-def build_backbone(model_cfg: ModelConfig, *, num_classes: int, image_size: int, in_chans: int = 3) -> nn.Module:
+def build_model(model_cfg: ModelConfig, conv_cfg: ConvConfig, *, num_classes: int, image_size: int) -> nn.Module:
+    """The configured network; what GMConv conversion did is logged (``apply_conv``)."""
+    model, weights = _backbone(model_cfg, num_classes=num_classes, image_size=image_size)
+    apply_conv(model, conv_cfg, model_name=model_cfg.name)
+    if weights is not None:
+        weights.load_into(model)  # σ of a GMConv checkpoint: only the converted model has them
+        weights.finish(model)
+    return model
+
+
+def build_backbone(model_cfg: ModelConfig, *, num_classes: int, image_size: int) -> nn.Module:
     """The backbone with plain convolutions: built, pretrained weights loaded, small-input stem applied.
 
     ``image_size`` is the side of the training images; it only decides ``small_input="auto"``.
     """
+    model, weights = _backbone(model_cfg, num_classes=num_classes, image_size=image_size)
+    if weights is not None:
+        weights.finish(model)
+    return model
+
+
+def _backbone(
+    model_cfg: ModelConfig, *, num_classes: int, image_size: int
+) -> tuple[nn.Module, PretrainedWeights | None]:
+    """The backbone after the first pass of its weights file, and that file (None without one)."""
     small_input = parse_small_input(model_cfg.small_input)  # a typo fails before the (slow) build
     source = ModelSource(model_cfg.source)
-    model = create_backbone(source, model_cfg.name, num_classes, in_chans, **dict(model_cfg.kwargs))
-    load_pretrained(model, model_cfg.pretrained, source=source, name=model_cfg.name)
-    return maybe_adapt_to_small_input(model, small_input, source=source, name=model_cfg.name, image_size=image_size)
+    model = create_backbone(source, model_cfg.name, num_classes, **dict(model_cfg.kwargs))
+    weights = read_pretrained(model_cfg.pretrained, source=source, name=model_cfg.name)
+    if weights is not None:
+        weights.load_into(model)
+    model = maybe_adapt_to_small_input(model, small_input, source=source, name=model_cfg.name, image_size=image_size)
+    return model, weights
 
 
-def apply_conv(model: nn.Module, conv_cfg: ConvConfig) -> ConversionReport | None:
-    """Convert ``model``'s convolutions in place as ``conv_cfg`` says; the report, or None when standard."""
+def apply_conv(model: nn.Module, conv_cfg: ConvConfig, *, model_name: str | None = None) -> ConversionReport | None:
+    """Convert ``model``'s convolutions in place as ``conv_cfg`` says and log what was done.
+
+    Returns the report, or None for standard convolutions. Every ``GMConvOptions`` field of
+    ``conv_cfg`` is passed on, so a new option needs no change here. An include/exclude pattern that
+    matches no convolution is a ValueError: it is almost always a typo that would silently change
+    the experiment.
+    """
     if ConvType(conv_cfg.type) is ConvType.standard:
         return None
-    converted, report = convert_to_gmconv(
-        model,
-        min_kernel_size=conv_cfg.min_kernel_size,
-        include=list(conv_cfg.include),
-        exclude=list(conv_cfg.exclude),
-        enlarge_by=conv_cfg.enlarge_by,
-        return_report=True,
-        sigma_init=conv_cfg.sigma_init,
-        sigma_granularity=Granularity(conv_cfg.sigma_granularity).value,
-        sigma_parametrization=Parametrization(conv_cfg.sigma_parametrization).value,
-        sigma_min=conv_cfg.sigma_min,
-        learnable_sigma=conv_cfg.learnable_sigma,
-        dynamic=conv_cfg.dynamic,
-        dynamic_reduction=conv_cfg.dynamic_reduction,
-    )
+    options = GMConvOptions(**{f.name: getattr(conv_cfg, f.name) for f in fields(GMConvOptions)})
+    report = ConversionReport()
+    converted = convert_to_gmconv(model, options, report=report)
     if converted is not model:  # only happens for a bare nn.Conv2d, which cannot change type in place
         raise TypeError("apply_conv converts a network in place; a bare nn.Conv2d cannot be converted in place")
+    name = model_name or type(model).__name__
+    log.info("%s: %s", name, report.summary())
+    if report.unmatched:
+        raise ValueError(_unmatched_message(model, options, report.unmatched, name))
     return report
+
+
+def _unmatched_message(model: nn.Module, options: GMConvOptions, unmatched: list[str], name: str) -> str:
+    convs = [n for n, m in model.named_modules() if isinstance(m, nn.Conv2d)]
+    example = ", ".join(convs[:_EXAMPLE_NAMES]) + (", ..." if len(convs) > _EXAMPLE_NAMES else "")
+    bad = "; ".join(
+        f"conv.{option}=[{', '.join(patterns)}]"
+        for option in ("include", "exclude")
+        if (patterns := [p for p in getattr(options, option) if p in unmatched])
+    )
+    return f"{bad} matches no convolution of {name} (layer names look like {example}); fix the pattern"

@@ -7,7 +7,8 @@ and a missing file is an immediate error that says where to put it.
 Weights are loaded by name and shape: tensors whose shape differs from the model's (typically a
 1000-class ImageNet head when ``num_classes=10``) are dropped and logged, so fine-tuning on another
 label set works without editing checkpoints. A file of which nothing fits is an error, because
-training silently from scratch would waste the whole run.
+training silently from scratch would waste the whole run. A file is loaded in passes (before and
+after GMConv conversion, see ``PretrainedWeights``) so that a GMConv run's learned σ survive.
 """
 
 from __future__ import annotations
@@ -30,16 +31,67 @@ _CHECKPOINT_ENTRIES = ("model", "state_dict")  # where checkpoints (ours, timm's
 _MAX_NAMED = 8
 
 
-def load_pretrained(model: nn.Module, pretrained: str | None, *, source: ModelSource | str, name: str) -> None:
-    """Load ``pretrained`` (None, a file path or ``"torchvision"``) into ``model`` in place.
+def read_pretrained(pretrained: str | None, *, source: ModelSource | str, name: str) -> PretrainedWeights | None:
+    """The weights ``pretrained`` (None, a file path or ``"torchvision"``) names, or None for none.
 
     Raises FileNotFoundError for a missing file (or an uncached torchvision download) and
-    ValueError for a file that is unreadable or holds no tensor that fits ``model``.
+    ValueError for a file that cannot be read.
     """
     if pretrained is None:
-        return
+        return None
     path = torchvision_cache_path(source, name) if pretrained == TORCHVISION else Path(pretrained).expanduser()
-    _load_matching(model, _read_state_dict(path), name, path)
+    return PretrainedWeights(_read_state_dict(path), path, name)
+
+
+class PretrainedWeights:
+    """The tensors of one weights file, loaded into a model in passes.
+
+    Each pass (``load_into``) loads every entry not loaded yet that fits the model by name and
+    shape. Two passes let a GMConv run's checkpoint start a new run: its plain weights go into the
+    backbone before conversion (so ``enlarge_by`` still zero-pads pretrained 3×3 kernels), its σ
+    (and dynamic σ predictors) into the converted model, which is the first to have room for them.
+    ``finish`` then rejects a file of which nothing fitted and logs, over all passes, what was not loaded.
+    """
+
+    def __init__(self, state: Mapping[str, object], path: Path, name: str) -> None:
+        self.state = state
+        self.path = path
+        self.name = name
+        self.loaded: set[str] = set()
+        self.known: set[str] = set()  # every parameter/buffer name of the models passed to load_into
+
+    def load_into(self, model: nn.Module) -> None:
+        """Load the entries that fit ``model`` and were not loaded by an earlier pass."""
+        own = model.state_dict()
+        self.known.update(own)
+        fitting = {
+            key: value for key, value in self.state.items()
+            if key not in self.loaded and key in own and isinstance(value, torch.Tensor)
+            and value.shape == own[key].shape
+        }
+        model.load_state_dict(fitting, strict=False)
+        self.loaded.update(fitting)
+
+    def finish(self, model: nn.Module) -> None:
+        """ValueError if nothing was loaded; otherwise log what was loaded and what was not, for ``model``."""
+        own = model.state_dict()
+        if not self.loaded:
+            raise ValueError(
+                f"{self.path} does not look like weights for {self.name}: none of its {len(self.state)} entries "
+                f"matches a parameter or buffer of the model by name and shape "
+                f"(e.g. model: {_names(own)}; file: {_names(self.state)})"
+            )
+        log.info("pretrained: loaded %d of %d tensors of %s from %s", len(self.loaded), len(own), self.name, self.path)
+        mismatched = [key for key in self.state if key in self.known and key not in self.loaded]
+        unexpected = [key for key in self.state if key not in self.known]
+        missing = [key for key in own if key not in self.loaded]
+        for keys, what in [
+            (mismatched, "dropped from the file (shape differs from the model's)"),
+            (unexpected, "ignored in the file (not in the model)"),
+            (missing, "left at their initialisation"),
+        ]:
+            if keys:
+                log.warning("pretrained: %d tensors %s: %s", len(keys), what, _names(keys))
 
 
 def torchvision_cache_path(source: ModelSource | str, name: str) -> Path:
@@ -74,31 +126,6 @@ def _read_state_dict(path: Path) -> Mapping[str, object]:
     if not isinstance(obj, Mapping):
         return {}
     return next((obj[key] for key in _CHECKPOINT_ENTRIES if isinstance(obj.get(key), Mapping)), obj)
-
-
-def _load_matching(model: nn.Module, state: Mapping[str, object], name: str, path: Path) -> None:
-    own = model.state_dict()
-    matched = {
-        key: value for key, value in state.items()
-        if key in own and isinstance(value, torch.Tensor) and value.shape == own[key].shape
-    }
-    if not matched:
-        raise ValueError(
-            f"{path} does not look like weights for {name}: none of its {len(state)} entries matches a "
-            f"parameter or buffer of the model by name and shape (e.g. model: {_names(own)}; file: {_names(state)})"
-        )
-    model.load_state_dict(matched, strict=False)
-    log.info("pretrained: loaded %d of %d tensors of %s from %s", len(matched), len(own), name, path)
-    mismatched = [key for key in state if key in own and key not in matched]
-    unexpected = [key for key in state if key not in own]
-    missing = [key for key in own if key not in matched]
-    for keys, what in [
-        (mismatched, "dropped from the file (shape differs from the model's)"),
-        (unexpected, "ignored in the file (not in the model)"),
-        (missing, "left at their random initialisation"),
-    ]:
-        if keys:
-            log.warning("pretrained: %d tensors %s: %s", len(keys), what, _names(keys))
 
 
 def _names(keys: Iterable[str]) -> str:

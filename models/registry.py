@@ -1,10 +1,10 @@
-"""Backbone names → modules, for the three model sources (cifar, torchvision, timm).
+"""Backbone names → modules, for the three model sources (local, torchvision, timm).
 
-The ``cifar`` source is this package's own registry: any builder decorated with ``register_model``
-becomes selectable from a config (``model.name=<name> model.source=cifar``) without touching the
+The ``local`` source is this package's own registry: any builder decorated with ``register_model``
+becomes selectable from a config (``model.name=<name> model.source=local``) without touching the
 factory. torchvision and timm keep their own registries; this module only forwards to them, so
 every backbone is built randomly initialised (pretrained weights are ``models.pretrained``'s job,
-which never downloads).
+which never downloads). Every backbone takes 3-channel images.
 """
 
 from __future__ import annotations
@@ -20,11 +20,11 @@ from .config import ModelSource
 
 Builder = Callable[..., nn.Module]
 
-_CIFAR_MODELS: dict[str, Builder] = {}
+_LOCAL_MODELS: dict[str, Builder] = {}
 
 # How a user lists each source's names; appended to "unknown model" errors.
 _LISTING_HINTS = {
-    ModelSource.cifar: "add one with @register_model in models/",
+    ModelSource.local: "add one with @register_model in models/",
     ModelSource.torchvision: "torchvision.models.list_models() lists them",
     ModelSource.timm: "timm.list_models('*pattern*') searches them",
 }
@@ -33,56 +33,49 @@ _MAX_CLOSE = 8
 
 
 def register_model(name: str) -> Callable[[Builder], Builder]:
-    """Decorator: make ``builder`` the ``cifar``-source model called ``name``.
+    """Decorator: make ``builder`` the ``local``-source model called ``name``.
 
         @register_model("my_net")
-        def my_net(num_classes: int, in_chans: int = 3, **kwargs) -> nn.Module: ...
+        def my_net(num_classes: int, **kwargs) -> nn.Module: ...
 
-    The builder is called as ``builder(num_classes=..., in_chans=..., **model.kwargs)``. A second
-    registration of the same name is an error rather than a silent override, so two modules can
-    never disagree about which network a config name means.
+    The builder is called as ``builder(num_classes=..., **model.kwargs)`` and takes 3-channel
+    images. A second registration of the same name is an error rather than a silent override, so
+    two modules can never disagree about which network a config name means.
     """
 
     def decorator(builder: Builder) -> Builder:
-        if name in _CIFAR_MODELS:
-            raise ValueError(f"a cifar-source model called {name!r} is already registered")
-        _CIFAR_MODELS[name] = builder
+        if name in _LOCAL_MODELS:
+            raise ValueError(f"a local model called {name!r} is already registered (@register_model)")
+        _LOCAL_MODELS[name] = builder
         return builder
 
     return decorator
 
 
 def registered_models() -> list[str]:
-    """Names of the ``cifar``-source models, sorted."""
-    return sorted(_CIFAR_MODELS)
+    """Names of the ``local``-source models, sorted."""
+    return sorted(_LOCAL_MODELS)
 
 
-def create_backbone(
-    source: ModelSource | str, name: str, num_classes: int, in_chans: int = 3, **kwargs: Any
-) -> nn.Module:
+def create_backbone(source: ModelSource | str, name: str, num_classes: int, **kwargs: Any) -> nn.Module:
     """A randomly initialised backbone ``name`` from ``source`` with a ``num_classes``-way head.
 
     ``kwargs`` go to the builder (e.g. timm's ``drop_rate``). An unknown name raises ValueError
     listing valid (or the closest) names of that source.
     """
     source = ModelSource(source)
-    if source is ModelSource.cifar:
-        if name not in _CIFAR_MODELS:
-            raise _unknown_model(name, source, list(_CIFAR_MODELS))
-        return _CIFAR_MODELS[name](num_classes=num_classes, in_chans=in_chans, **kwargs)
+    if source is ModelSource.local:
+        if name not in _LOCAL_MODELS:
+            raise _unknown_model(name, source, list(_LOCAL_MODELS))
+        return _LOCAL_MODELS[name](num_classes=num_classes, **kwargs)
     if source is ModelSource.torchvision:
         choices = torchvision.models.list_models(module=torchvision.models)  # classification models only
         if name not in choices:
             raise _unknown_model(name, source, choices)
-        if in_chans != 3:
-            raise ValueError(
-                f"torchvision model {name!r} with in_chans={in_chans} is not supported yet (torchvision "
-                "backbones take 3-channel input); use model.source=timm, which adapts the stem to in_chans"
-            )
         return torchvision.models.get_model(name, weights=None, num_classes=num_classes, **kwargs)
     if not timm.is_model(name):
         raise _unknown_model(name, source, timm.list_models())
-    return timm.create_model(name, pretrained=False, num_classes=num_classes, in_chans=in_chans, **kwargs)
+    return timm.create_model(name, pretrained=False, num_classes=num_classes, **kwargs)
 
 
 def _unknown_model(name: str, source: ModelSource, choices: list[str]) -> ValueError:

@@ -32,6 +32,8 @@ def parse_small_input(value: object) -> str:
     """``model.small_input`` as one of ``auto``/``true``/``false``.
 
     The field is a string, but Hydra turns a YAML ``true`` into ``"True"``, hence the lower-casing.
+    ``build_backbone`` calls it first; a framework can also call it at start-up to reject a typo
+    before anything is built.
     """
     setting = str(value).lower()
     if setting not in SMALL_INPUT_SETTINGS:
@@ -48,11 +50,11 @@ def maybe_adapt_to_small_input(
 
     ``auto`` adapts torchvision backbones for images of ``SMALL_INPUT_MAX_SIZE`` px or less and only
     warns for an unsupported family (the run still works, just at low resolution); ``true`` insists
-    and raises for an unsupported family; ``false`` never adapts. ``cifar``-source models are built
-    for small inputs and are always left alone.
+    and raises for an unsupported family; ``false`` never adapts. ``local`` models (this project's
+    registry, e.g. the CIFAR ResNets) are built for small inputs and are always left alone.
     """
     source = ModelSource(source)
-    if source is ModelSource.cifar or setting == "false":
+    if source is ModelSource.local or setting == "false":
         return model
     if setting == "true":
         return adapt_to_small_input(model, source, name)

@@ -1,6 +1,6 @@
 """GMConv2d, the layer: limits of σ, the mask's closed form, gradients, bad input, serialisation,
-memory formats, autocast and torch.compile. (Conversion/folding: test_gmconv_convert.py; dynamic
-mode: test_gmconv_dynamic.py.)"""
+memory formats, autocast and torch.compile, and GMConvOptions' checks. (Conversion/folding:
+test_gmconv_convert.py; DynamicGMConv2d: test_gmconv_dynamic.py.)"""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.func import functional_call
 
-from gmconv import GMConv2d
+from gmconv import DynamicGMConv2d, GMConv2d, GMConvOptions, gmconv_from_conv
 
 GRANULARITIES = ["layer", "channel", "kernel"]
 PADDING_MODES = ["zeros", "reflect", "replicate", "circular"]
@@ -24,16 +24,6 @@ PADDING_MODES = ["zeros", "reflect", "replicate", "circular"]
 # torch warns that padding="same" with an even kernel copies the input; that case is tested on purpose
 pytestmark = [pytest.mark.filterwarnings("ignore:Using padding='same' with even kernel lengths"),
               pytest.mark.usefixtures("one_thread")]
-
-
-def gm_like(conv: nn.Conv2d, **gm_kwargs) -> GMConv2d:
-    """A GMConv2d with ``conv``'s configuration and weights."""
-    gm = GMConv2d(
-        conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride, conv.padding, conv.dilation,
-        conv.groups, conv.bias is not None, conv.padding_mode, **gm_kwargs,
-    )
-    gm.load_state_dict(conv.state_dict(), strict=False)
-    return gm
 
 
 def randomize_sigma(layer: GMConv2d, low: float = 0.4, high: float = 3.0, seed: int = 0) -> None:
@@ -71,7 +61,7 @@ def test_huge_sigma_equals_conv2d(case, padding_mode):
     cin, cout, k, kwargs = CONV_CASES[case]
     torch.manual_seed(0)
     conv = nn.Conv2d(cin, cout, k, padding_mode=padding_mode, **kwargs)
-    gm = gm_like(conv, sigma_init=1e6)
+    gm = gmconv_from_conv(conv, sigma_init=1e6)
     x = torch.randn(2, cin, 9, 8)
     expected = conv(x)
     got = gm(x)
@@ -84,7 +74,7 @@ def test_huge_sigma_equals_conv2d(case, padding_mode):
 def test_huge_sigma_every_granularity_and_parametrization(granularity, parametrization):
     torch.manual_seed(0)
     conv = nn.Conv2d(4, 6, 5, padding=2, groups=2)
-    gm = gm_like(conv, sigma_init=1e6, sigma_granularity=granularity, sigma_parametrization=parametrization)
+    gm = gmconv_from_conv(conv, sigma_init=1e6, sigma_granularity=granularity, sigma_parametrization=parametrization)
     x = torch.randn(2, 4, 9, 8)
     torch.testing.assert_close(gm(x), conv(x), atol=1e-6, rtol=0)
 
@@ -117,7 +107,7 @@ def _centre_tap_reference(conv: nn.Conv2d, x: torch.Tensor) -> torch.Tensor:
 def test_tiny_sigma_keeps_only_centre_tap(kernel, kwargs, granularity):
     torch.manual_seed(0)
     conv = nn.Conv2d(4, 8, kernel, **kwargs)
-    gm = gm_like(conv, sigma_init=1e-3, sigma_min=1e-4, sigma_granularity=granularity)
+    gm = gmconv_from_conv(conv, sigma_init=1e-3, sigma_min=1e-4, sigma_granularity=granularity)
     x = torch.randn(2, 4, 11, 10)
     expected = _centre_tap_reference(conv, x)
     assert not torch.allclose(conv(x), expected, atol=1e-3)  # the outer taps did matter
@@ -187,11 +177,13 @@ def test_grid_is_a_non_persistent_buffer_and_mask_follows_weight_dtype():
     assert gm.double().mask().dtype == torch.float64
 
 
-@pytest.mark.parametrize("gm_kwargs", [{}, dict(learnable_sigma=False), dict(dynamic=True, sigma_granularity="kernel")])
-def test_device_and_dtype_reach_every_tensor(gm_kwargs):
+@pytest.mark.parametrize("layer_type, gm_kwargs", [
+    (GMConv2d, {}), (GMConv2d, dict(learnable_sigma=False)), (DynamicGMConv2d, dict(sigma_granularity="kernel")),
+])
+def test_device_and_dtype_reach_every_tensor(layer_type, gm_kwargs):
     """device=/dtype= place the grid, σ and the dynamic predictor too (the meta device stands in
     for a GPU: a tensor left on the CPU makes the forward fail)."""
-    gm = GMConv2d(3, 4, 3, padding=1, device="meta", dtype=torch.float64, **gm_kwargs)
+    gm = layer_type(3, 4, 3, padding=1, device="meta", dtype=torch.float64, **gm_kwargs)
     params, buffers = dict(gm.named_parameters()), dict(gm.named_buffers())
     assert "weight" in params and "sq_dist" in buffers
     assert all(t.device.type == "meta" for t in (params | buffers).values())
@@ -262,13 +254,60 @@ def test_sigma_receives_gradient_and_fixed_sigma_does_not():
         (dict(sigma_min=0.0), r"sigma_min=0\.0 must be > 0"),
         (dict(sigma_granularity="pixel"), r"sigma_granularity='pixel'.*layer, channel, kernel"),
         (dict(sigma_parametrization="relu"), r"sigma_parametrization='relu'.*softplus, exp"),
-        (dict(dynamic=True, learnable_sigma=False), r"learnable_sigma"),
-        (dict(dynamic=True, dynamic_reduction=0), r"dynamic_reduction=0"),
     ],
 )
-def test_bad_arguments_raise_value_error_naming_them(kwargs, match):
+@pytest.mark.parametrize("layer_type", [GMConv2d, DynamicGMConv2d])
+def test_bad_arguments_raise_value_error_naming_them(layer_type, kwargs, match):
     with pytest.raises(ValueError, match=match):
-        GMConv2d(3, 4, 3, **kwargs)
+        layer_type(3, 4, 3, **kwargs)
+
+
+def test_dynamic_layer_bad_reduction_and_static_layer_has_no_dynamic_options():
+    with pytest.raises(ValueError, match=r"dynamic_reduction=0 must be >= 1"):
+        DynamicGMConv2d(3, 4, 3, dynamic_reduction=0)
+    with pytest.raises(TypeError, match="dynamic"):
+        GMConv2d(3, 4, 3, dynamic=True)
+
+
+@pytest.mark.parametrize(
+    "changes,match",
+    [
+        (dict(sigma_granularity="pixel"),
+         r"^sigma_granularity='pixel' is not valid; choose one of layer, channel, kernel"),
+        (dict(sigma_parametrization="relu"),
+         r"^sigma_parametrization='relu' is not valid; choose one of softplus, exp"),
+        (dict(sigma_min=0.0), r"^sigma_min=0\.0 must be > 0"),
+        (dict(sigma_init=0.1), r"^sigma_init=0\.1 must be greater than sigma_min=0\.1"),
+        (dict(sigma_init=0.5, sigma_min=0.6), r"^sigma_init=0\.5 must be greater than sigma_min=0\.6"),
+        (dict(dynamic=True, learnable_sigma=False), r"^dynamic=True .*learnable_sigma must stay True$"),
+        (dict(dynamic_reduction=0), r"^dynamic_reduction=0 must be >= 1$"),
+        (dict(min_kernel_size=0), r"^min_kernel_size=0 must be >= 1$"),
+        (dict(enlarge_by=1), r"^enlarge_by=1 must be an even number >= 0"),
+        (dict(enlarge_by=-2), r"^enlarge_by=-2 must be an even number >= 0"),
+    ],
+)
+def test_options_validate_names_the_option_and_its_valid_values(changes, match):
+    options = GMConvOptions(**changes)
+    with pytest.raises(ValueError, match=match) as err:
+        options.validate()
+    assert "\n" not in str(err.value)
+
+
+def test_options_defaults_are_valid_and_are_the_layers_defaults():
+    GMConvOptions().validate()
+    layer = GMConv2d(3, 4, 3)
+    dynamic = DynamicGMConv2d(3, 4, 3)
+    options = GMConvOptions()
+    assert (layer.sigma_init, layer.sigma_granularity, layer.sigma_parametrization, layer.sigma_min,
+            layer.learnable_sigma) == (options.sigma_init, options.sigma_granularity, options.sigma_parametrization,
+                                       options.sigma_min, options.learnable_sigma)
+    assert dynamic.dynamic_reduction == options.dynamic_reduction
+    assert options.layer_kwargs(GMConv2d) == dict(
+        sigma_init=2.0, sigma_granularity="channel", sigma_parametrization="softplus", sigma_min=0.1,
+        learnable_sigma=True)
+    assert options.layer_kwargs(DynamicGMConv2d) == dict(
+        sigma_init=2.0, sigma_granularity="channel", sigma_parametrization="softplus", sigma_min=0.1,
+        dynamic_reduction=16)
 
 
 def test_str_enum_arguments_are_accepted():
@@ -283,15 +322,15 @@ def test_str_enum_arguments_are_accepted():
 # ---------------------------------------------------------------- serialisation and runtime
 
 
-def small_net(**gm_kwargs) -> nn.Module:
+def small_net(layer_type: type[nn.Conv2d] = GMConv2d, **gm_kwargs) -> nn.Module:
     torch.manual_seed(0)
     net = nn.Sequential(
-        GMConv2d(3, 8, 3, padding=1, **gm_kwargs), nn.ReLU(),
-        GMConv2d(8, 8, 3, stride=2, padding=1, groups=8, padding_mode="reflect", **gm_kwargs), nn.ReLU(),
-        GMConv2d(8, 4, (3, 5), padding="same", bias=False, **gm_kwargs),
+        layer_type(3, 8, 3, padding=1, **gm_kwargs), nn.ReLU(),
+        layer_type(8, 8, 3, stride=2, padding=1, groups=8, padding_mode="reflect", **gm_kwargs), nn.ReLU(),
+        layer_type(8, 4, (3, 5), padding="same", bias=False, **gm_kwargs),
     )
     for m in net:
-        if isinstance(m, GMConv2d) and not m.dynamic:
+        if isinstance(m, GMConv2d):
             randomize_sigma(m, seed=m.out_channels)
     return net
 
@@ -324,9 +363,9 @@ def test_plain_conv_checkpoint_loads_with_strict_false():
 
 
 @pytest.mark.parametrize("how", ["deepcopy", "pickle"])
-@pytest.mark.parametrize("gm_kwargs", [{}, dict(dynamic=True)])
-def test_deepcopy_and_pickle(how, gm_kwargs):
-    net = small_net(**gm_kwargs)
+@pytest.mark.parametrize("layer_type", [GMConv2d, DynamicGMConv2d])
+def test_deepcopy_and_pickle(how, layer_type):
+    net = small_net(layer_type)
     x = torch.randn(2, 3, 10, 10)
     expected = net(x)
     clone = copy.deepcopy(net) if how == "deepcopy" else pickle.loads(pickle.dumps(net))
@@ -337,9 +376,11 @@ def test_deepcopy_and_pickle(how, gm_kwargs):
     assert net[0].weight.abs().sum() > 0
 
 
-@pytest.mark.parametrize("gm_kwargs", [{}, dict(sigma_granularity="kernel"), dict(dynamic=True)])
-def test_channels_last_matches_contiguous(gm_kwargs):
-    net = small_net(**gm_kwargs)
+@pytest.mark.parametrize("layer_type, gm_kwargs", [
+    (GMConv2d, {}), (GMConv2d, dict(sigma_granularity="kernel")), (DynamicGMConv2d, {}),
+])
+def test_channels_last_matches_contiguous(layer_type, gm_kwargs):
+    net = small_net(layer_type, **gm_kwargs)
     x = torch.randn(3, 3, 12, 12)
     expected = net(x)
     out_cl_input = net(x.to(memory_format=torch.channels_last))
@@ -349,9 +390,9 @@ def test_channels_last_matches_contiguous(gm_kwargs):
     torch.testing.assert_close(out_cl_both, expected, atol=1e-5, rtol=1e-5)
 
 
-@pytest.mark.parametrize("gm_kwargs", [{}, dict(dynamic=True)])
-def test_bf16_autocast_cpu_close_to_fp32(gm_kwargs):
-    net = small_net(**gm_kwargs)
+@pytest.mark.parametrize("layer_type", [GMConv2d, DynamicGMConv2d])
+def test_bf16_autocast_cpu_close_to_fp32(layer_type):
+    net = small_net(layer_type)
     x = torch.randn(2, 3, 12, 12)
     expected = net(x)
     with torch.autocast("cpu", dtype=torch.bfloat16):

@@ -1,4 +1,4 @@
-"""convert_to_gmconv, enlarge_kernel, fold_gmconv and sigma_stats on torchvision / timm models."""
+"""convert_to_gmconv, enlarge_kernel, fold_gmconv, sigma_stats and sigma_parameters on torchvision / timm models."""
 
 from __future__ import annotations
 
@@ -11,7 +11,10 @@ import torch
 import torchvision
 from torch import nn
 
-from gmconv import GMConv2d, convert_to_gmconv, enlarge_kernel, fold_gmconv, fold_layer, sigma_stats
+from gmconv import (
+    ConversionReport, DynamicGMConv2d, GMConv2d, GMConvOptions, convert_to_gmconv, enlarge_kernel, fold_gmconv,
+    fold_layer, sigma_parameters, sigma_stats,
+)
 
 
 # torch warns that padding="same" with an even kernel copies the input; that case is tested on purpose
@@ -23,7 +26,7 @@ def randomize_sigmas(model: nn.Module, seed: int = 0) -> None:
     """Move every static σ away from its init (uniform in [0.4, 3] taps) so the mask matters."""
     g = torch.Generator().manual_seed(seed)
     for m in model.modules():
-        if isinstance(m, GMConv2d) and not m.dynamic:
+        if isinstance(m, GMConv2d):
             with torch.no_grad():
                 m.sigma_raw.uniform_(-1.0, 3.0, generator=g)
 
@@ -47,7 +50,8 @@ def resnet50_pair():
 def test_resnet50_converts_its_17_spatial_convs_bit_exactly(resnet50_pair):
     original, model = resnet50_pair
     model = copy.deepcopy(model)
-    converted, report = convert_to_gmconv(model, return_report=True)
+    report = ConversionReport()
+    converted = convert_to_gmconv(model, report=report)
     assert converted is model  # in place
     layers = gm_layers(model)
     assert sorted(layers) == sorted(RESNET50_SPATIAL) and len(layers) == 17
@@ -87,7 +91,9 @@ def test_resnet50_converted_with_huge_sigma_computes_the_same_function(resnet50_
     ],
 )
 def test_include_exclude_min_kernel_size(resnet50_pair, kwargs, expected):
-    model, report = convert_to_gmconv(copy.deepcopy(resnet50_pair[1]), return_report=True, **kwargs)
+    report = ConversionReport()
+    model = convert_to_gmconv(copy.deepcopy(resnet50_pair[1]), report=report, **kwargs)
+    assert report.unmatched == []
     assert sorted(gm_layers(model)) == sorted(expected)
     if "exclude" in kwargs:
         excluded = [n for n in report.skipped if any(fnmatch.fnmatch(n, p) for p in kwargs["exclude"])]
@@ -100,7 +106,7 @@ def test_include_exclude_min_kernel_size(resnet50_pair, kwargs, expected):
 def test_timm_depthwise_model_converts_and_runs():
     torch.manual_seed(0)
     original = timm.create_model("mobilenetv3_small_050", pretrained=False).eval()
-    model, report = convert_to_gmconv(copy.deepcopy(original), return_report=True, sigma_init=1e6)
+    model = convert_to_gmconv(copy.deepcopy(original), sigma_init=1e6)
     layers = gm_layers(model)
     depthwise = [m for m in layers.values() if m.groups == m.in_channels == m.out_channels > 1]
     assert len(depthwise) >= 5
@@ -122,7 +128,8 @@ def test_timm_conv2d_subclasses_are_skipped_with_a_reason():
     model = nn.Sequential(Conv2dSame(3, 4, 3, stride=2), StdConv2d(4, 4, 3, padding=1), nn.Conv2d(4, 4, 3, padding=1))
     x = torch.randn(1, 3, 9, 9)
     before = model[1](model[0](x))
-    model, report = convert_to_gmconv(model, return_report=True)
+    report = ConversionReport()
+    model = convert_to_gmconv(model, report=report)
     assert type(model[0]) is Conv2dSame and type(model[1]) is StdConv2d
     assert isinstance(model[2], GMConv2d) and report.converted == ["2"]
     assert "Conv2dSame" in report.skipped["0"] and "StdConv2d" in report.skipped["1"]
@@ -134,8 +141,9 @@ def test_timm_conv2d_subclasses_are_skipped_with_a_reason():
 
 def test_model_without_convolutions_warns_and_is_returned_unchanged():
     model = nn.Sequential(nn.Linear(4, 4), nn.ReLU())
+    report = ConversionReport()
     with pytest.warns(UserWarning, match="no nn.Conv2d"):
-        out, report = convert_to_gmconv(model, return_report=True)
+        out = convert_to_gmconv(model, report=report)
     assert out is model and report.converted == [] and report.skipped == {}
 
 
@@ -152,7 +160,8 @@ def test_a_shared_convolution_stays_shared():
     model = nn.Sequential(conv, nn.ReLU(), nn.Sequential(conv))  # one conv used twice
     x = torch.randn(1, 4, 8, 8)
     expected = model(x)
-    _, report = convert_to_gmconv(model, return_report=True, sigma_init=1e6)
+    report = ConversionReport()
+    convert_to_gmconv(model, report=report, sigma_init=1e6)
     assert isinstance(model[0], GMConv2d) and model[2][0] is model[0]
     assert report.converted == ["0"]
     torch.testing.assert_close(model(x), expected, atol=1e-6, rtol=0)
@@ -175,7 +184,8 @@ def test_conversion_keeps_frozen_weights_frozen_and_is_idempotent():
     convert_to_gmconv(model)
     assert not model[0].weight.requires_grad and not model[0].bias.requires_grad
     assert model[0].sigma_raw.requires_grad and model[1].weight.requires_grad
-    _, report = convert_to_gmconv(model, return_report=True)
+    report = ConversionReport()
+    convert_to_gmconv(model, report=report)
     assert report.converted == [] and report.skipped == {"0": "already GMConv2d", "1": "already GMConv2d"}
     folded = fold_gmconv(model)
     assert not folded[0].weight.requires_grad and folded[1].weight.requires_grad
@@ -185,13 +195,53 @@ def test_conversion_keeps_frozen_weights_frozen_and_is_idempotent():
     "kwargs,match",
     [(dict(enlarge_by=1), "enlarge_by=1"), (dict(enlarge_by=-2), "enlarge_by=-2"),
      (dict(min_kernel_size=0), "min_kernel_size=0"), (dict(sigma_init=-1.0), "sigma_init=-1.0"),
-     (dict(sigma_granularity="pixel"), "sigma_granularity")],
+     (dict(sigma_granularity="pixel"), "sigma_granularity"),
+     (dict(dynamic=True, learnable_sigma=False), "learnable_sigma")],
 )
 def test_convert_bad_options_raise_before_touching_the_model(kwargs, match):
     model = nn.Sequential(nn.Conv2d(3, 4, 3))
     with pytest.raises(ValueError, match=match):
         convert_to_gmconv(model, **kwargs)
+    with pytest.raises(ValueError, match=match):
+        convert_to_gmconv(model, GMConvOptions(**kwargs))
     assert type(model[0]) is nn.Conv2d
+
+
+def test_convert_unknown_option_lists_the_valid_ones():
+    model = nn.Sequential(nn.Conv2d(3, 4, 3))
+    with pytest.raises(TypeError, match=r"unknown option\(s\) sigma_inti; valid options: sigma_init, .*enlarge_by"):
+        convert_to_gmconv(model, sigma_inti=3.0)
+    assert type(model[0]) is nn.Conv2d
+
+
+def test_convert_takes_options_and_overrides_replace_fields():
+    options = GMConvOptions(sigma_init=1.5, sigma_granularity="layer", exclude=["0"])
+    model = convert_to_gmconv(nn.Sequential(nn.Conv2d(3, 4, 3), nn.Conv2d(4, 4, 3)), options, sigma_init=3.0)
+    assert type(model[0]) is nn.Conv2d and model[1].sigma_init == 3.0 and model[1].sigma_granularity == "layer"
+    assert options.sigma_init == 1.5  # the caller's options are not modified
+
+
+def test_report_lists_patterns_that_match_no_convolution():
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.Sequential(nn.Conv2d(4, 4, 1)))
+    report = ConversionReport()
+    convert_to_gmconv(model, report=report, include=["0", "stem*", "1.*"], exclude=["1.0", "head"])
+    assert report.unmatched == ["stem*", "head"]  # "1.0" matched a (1×1, skipped) convolution: not unmatched
+    assert report.converted == ["0"]
+    assert "patterns matching no convolution: stem*, head" in report.summary()
+
+
+def test_dynamic_option_builds_dynamic_layers():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.ReLU(), nn.Conv2d(4, 4, 3, padding=1))
+    x = torch.randn(2, 3, 8, 8)
+    expected = model(x)
+    report = ConversionReport()
+    convert_to_gmconv(model, report=report, dynamic=True, dynamic_reduction=2, sigma_init=1e6)
+    assert all(type(model[i]) is DynamicGMConv2d for i in (0, 2)) and model[0].dynamic_reduction == 2
+    torch.testing.assert_close(model(x), expected, atol=1e-5, rtol=1e-5)
+    again = ConversionReport()
+    convert_to_gmconv(model, report=again)
+    assert again.converted == [] and again.skipped == {"0": "already DynamicGMConv2d", "2": "already DynamicGMConv2d"}
 
 
 # ---------------------------------------------------------------- kernel enlargement
@@ -306,12 +356,14 @@ def test_fold_layer_and_root_layer():
 
 
 def test_folding_a_dynamic_layer_raises():
-    model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.Sequential(GMConv2d(4, 4, 3, dynamic=True)), GMConv2d(4, 4, 3))
-    with pytest.raises(ValueError, match=r"cannot fold dynamic GMConv2d layers \(1\.0\)"):
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.Sequential(DynamicGMConv2d(4, 4, 3)), GMConv2d(4, 4, 3))
+    with pytest.raises(ValueError, match=r"cannot fold DynamicGMConv2d layers \(1\.0\)"):
         fold_gmconv(model)
     assert isinstance(model[2], GMConv2d)  # nothing was folded halfway
-    with pytest.raises(ValueError, match="dynamic"):
+    with pytest.raises(ValueError, match="dynamic=False"):
         fold_layer(model[1][0])
+    with pytest.raises(ValueError, match="cannot fold a DynamicGMConv2d"):
+        fold_gmconv(model[1][0])
 
 
 # ---------------------------------------------------------------- σ statistics
@@ -321,7 +373,7 @@ def test_sigma_stats_per_layer():
     torch.manual_seed(0)
     model = nn.Sequential(
         GMConv2d(3, 4, 3, sigma_granularity="kernel"), nn.Conv2d(4, 4, 3), GMConv2d(4, 5, 3, sigma_granularity="layer"),
-        GMConv2d(5, 6, 1, dynamic=True),
+        DynamicGMConv2d(5, 6, 1),
     )
     randomize_sigmas(model)
     stats = sigma_stats(model)
@@ -335,3 +387,21 @@ def test_sigma_stats_per_layer():
     stats = sigma_stats(model)
     assert stats["3"]["count"] == 3 * 6
     assert stats["3"]["mean"] == pytest.approx(model[3].sigma.mean().item())
+
+
+# ---------------------------------------------------------------- σ parameters
+
+
+def test_sigma_parameters_are_the_learnable_sigmas_and_dynamic_predictors_each_once():
+    shared = GMConv2d(4, 4, 3)
+    dynamic = DynamicGMConv2d(4, 4, 3)
+    model = nn.Sequential(
+        GMConv2d(3, 4, 3), nn.Conv2d(4, 4, 3), GMConv2d(4, 4, 3, learnable_sigma=False), shared, shared, dynamic,
+        nn.BatchNorm2d(4),
+    )
+    found = sigma_parameters(model)
+    expected = [model[0].sigma_raw, shared.sigma_raw, *dynamic.sigma_predictor.parameters()]
+    assert len(found) == len(expected) == 6
+    assert all(a is b for a, b in zip(found, expected))
+    assert sigma_parameters(nn.Sequential(nn.Conv2d(3, 4, 3))) == []
+    assert not any(p is dynamic.weight or p is shared.weight for p in found)

@@ -1,4 +1,4 @@
-"""Dynamic GMConv (σ predicted per sample from the input): an extension beyond the paper."""
+"""DynamicGMConv2d (σ predicted per sample from the input): an extension beyond the paper."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import torch
 from torch import nn
 from torch.func import functional_call
 
-from gmconv import GMConv2d
+from gmconv import DynamicGMConv2d, GMConv2d
 
 GRANULARITIES = ["layer", "channel", "kernel"]
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -25,10 +25,10 @@ DYNAMIC_CASES = {
 }
 
 
-def dynamic_layer(case: str, granularity: str = "channel", dtype=torch.float32) -> GMConv2d:
+def dynamic_layer(case: str, granularity: str = "channel", dtype=torch.float32) -> DynamicGMConv2d:
     cin, cout, k, kwargs = DYNAMIC_CASES[case]
     torch.manual_seed(0)
-    layer = GMConv2d(cin, cout, k, dynamic=True, sigma_granularity=granularity, dtype=dtype, **kwargs)
+    layer = DynamicGMConv2d(cin, cout, k, sigma_granularity=granularity, dtype=dtype, **kwargs)
     with torch.no_grad():  # a stronger predictor than the near-constant init, so samples differ clearly
         layer.sigma_predictor[2].weight.normal_(0, 0.5)
     return layer
@@ -40,13 +40,19 @@ def varied_batch(batch: int = 4, channels: int = 4, dtype=torch.float32) -> torc
     return x + torch.randn(batch, channels, 1, 1, dtype=dtype) * 2  # per-sample channel means
 
 
+def test_dynamic_layer_is_its_own_conv2d_class():
+    layer = DynamicGMConv2d(4, 6, 3, padding=1)
+    assert isinstance(layer, nn.Conv2d) and not isinstance(layer, GMConv2d)
+    assert {k for k in layer.state_dict() if not k.startswith("sigma_predictor.")} == {"weight", "bias"}
+    assert "dynamic_reduction=16" in repr(layer)
+
+
 def test_dynamic_sigma_starts_near_sigma_init_and_differs_between_samples():
-    layer = GMConv2d(4, 6, 3, padding=1, dynamic=True, sigma_init=1.5)
+    layer = DynamicGMConv2d(4, 6, 3, padding=1, sigma_init=1.5)
     assert not hasattr(layer, "sigma_raw") and "sigma_raw" not in layer.state_dict()
     with pytest.raises(RuntimeError, match="no σ until"):
         layer.sigma
-    with pytest.raises(ValueError, match="one mask per sample"):
-        layer.mask()
+    assert not hasattr(layer, "mask")  # one mask per sample: there is no single mask()
     layer(varied_batch())
     sigma = layer.sigma
     assert sigma.shape == (4, 6)
@@ -67,7 +73,7 @@ def test_dynamic_samples_are_independent_and_match_the_definition(case, granular
         alone = layer(x[b : b + 1])
         torch.testing.assert_close(out[b : b + 1], alone, atol=1e-5, rtol=1e-5)
         # definition: sample b convolved (same padding/stride/groups) with W ⊙ M(σ_b)
-        weight = layer.weight * layer._mask_from_sigma(sigma[b])
+        weight = layer.weight * layer.mask_for(sigma[b])
         reference = layer._conv_forward(x[b : b + 1], weight, layer.bias)
         torch.testing.assert_close(out[b : b + 1], reference, atol=1e-5, rtol=1e-5)
 
@@ -95,7 +101,7 @@ def test_dynamic_predictor_receives_gradients():
 
 def test_dynamic_in_a_network_trains_a_step():
     torch.manual_seed(0)
-    net = nn.Sequential(GMConv2d(3, 8, 3, padding=1, dynamic=True), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+    net = nn.Sequential(DynamicGMConv2d(3, 8, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
                         nn.Linear(8, 2))
     opt = torch.optim.SGD(net.parameters(), lr=0.1)
     x, y = torch.randn(4, 3, 8, 8), torch.tensor([0, 1, 0, 1])

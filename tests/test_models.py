@@ -1,5 +1,6 @@
 """models/: the CIFAR ResNets, the three model sources, the small-input stems, offline pretrained
-weights, the GMConv conversion from a config, and parameter/FLOP counting."""
+weights (σ of GMConv checkpoints included), the GMConv conversion from a config, and parameter/FLOP
+counting."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ import torchvision
 from omegaconf import OmegaConf
 from torch import nn
 
-from gmconv import GMConv2d
+from gmconv import DynamicGMConv2d, GMConv2d
 from models import (
     adapt_to_small_input, apply_conv, build_backbone, build_model, count_flops, count_parameters,
     create_backbone, register_model, registered_models,
@@ -30,9 +31,9 @@ STANDARD = ConvConfig()
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
-def images(chans: int = 3) -> torch.Tensor:
-    """A batch of two 32 px images."""
-    return torch.randn(2, chans, 32, 32, generator=torch.Generator().manual_seed(0))
+def images() -> torch.Tensor:
+    """A batch of two 32 px RGB images."""
+    return torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(0))
 
 
 def torchvision_backbone(name: str, image_size: int = 32, **cfg) -> nn.Module:
@@ -49,20 +50,20 @@ def count(model: nn.Module, cls: type[nn.Module]) -> int:
 
 @pytest.mark.parametrize("depth", CIFAR_DEPTHS)
 def test_cifar_resnet_has_its_depth_in_weight_layers_and_classifies(depth):
-    model = create_backbone("cifar", f"resnet{depth}", num_classes=7)
+    model = create_backbone("local", f"resnet{depth}", num_classes=7)
     assert count(model, nn.Conv2d) + count(model, nn.Linear) == depth
     assert model(images()).shape == (2, 7)
 
 
 @pytest.mark.parametrize("name, paper_params", [("resnet20", 0.27e6), ("resnet56", 0.85e6)])
 def test_cifar_resnet_parameter_counts_match_the_paper(name, paper_params):
-    model = create_backbone("cifar", name, num_classes=10)
+    model = create_backbone("local", name, num_classes=10)
     assert count_parameters(model) == pytest.approx(paper_params, rel=0.03)
 
 
 def test_option_b_shortcut_projects_with_1x1_convolutions():
-    a = create_backbone("cifar", "resnet20", num_classes=10)
-    b = create_backbone("cifar", "resnet20", num_classes=10, shortcut="B")
+    a = create_backbone("local", "resnet20", num_classes=10)
+    b = create_backbone("local", "resnet20", num_classes=10, shortcut="B")
     assert count(a, nn.Conv2d) == 19 and all(m.kernel_size == (3, 3) for m in a.modules() if isinstance(m, nn.Conv2d))
     assert count(b, nn.Conv2d) == 21 and count_parameters(b) > count_parameters(a)
     assert b(images()).shape == (2, 10)
@@ -74,16 +75,11 @@ def test_cifar_resnet_rejects_bad_arguments(kwargs, match):
         CifarResNet(**{"depth": 20, **kwargs})
 
 
-def test_cifar_resnet_takes_other_channel_counts():
-    model = create_backbone("cifar", "resnet20", num_classes=10, in_chans=1)
-    assert model(images(chans=1)).shape == (2, 10)
-
-
 # ---------------------------------------------------------------- sources and the registry
 
 
 @pytest.mark.parametrize("source, name, listed", [
-    ("cifar", "resnet21", "resnet20"),
+    ("local", "resnet21", "resnet20"),
     ("torchvision", "resnet51", "resnet50"),
     ("timm", "resnet51x", "resnet50"),
 ])
@@ -93,18 +89,12 @@ def test_unknown_model_name_lists_choices(source, name, listed):
     assert source in str(err.value)
 
 
-def test_torchvision_rejects_other_channel_counts():
-    with pytest.raises(ValueError, match="in_chans=1"):
-        create_backbone("torchvision", "resnet18", num_classes=10, in_chans=1)
-
-
-def test_register_model_adds_a_cifar_source_model_once(monkeypatch):
-    monkeypatch.setattr(registry, "_CIFAR_MODELS", dict(registry._CIFAR_MODELS))
+def test_register_model_adds_a_local_model_once(monkeypatch):
+    monkeypatch.setattr(registry, "_LOCAL_MODELS", dict(registry._LOCAL_MODELS))
 
     @register_model("tiny_test_net")
-    def tiny(num_classes: int, in_chans: int) -> nn.Module:
-        return nn.Sequential(nn.Conv2d(in_chans, 4, 3), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
-                             nn.Linear(4, num_classes))
+    def tiny(num_classes: int) -> nn.Module:
+        return nn.Sequential(nn.Conv2d(3, 4, 3), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, num_classes))
 
     assert "tiny_test_net" in registered_models()
     model = build_backbone(ModelConfig(name="tiny_test_net"), num_classes=5, image_size=32)
@@ -117,10 +107,12 @@ def test_build_model_takes_the_composed_hydra_config_and_logs_the_report(caplog)
     """The runner passes DictConfigs (enum members, DictConfig kwargs), not dataclass instances."""
     model_cfg = OmegaConf.structured(ModelConfig(name="resnet20", kwargs={"shortcut": "B"}))
     with caplog.at_level(logging.INFO, logger="models"):
-        model, report = build_model(model_cfg, OmegaConf.structured(GMCONV), num_classes=10, image_size=32)
-    assert count(model, GMConv2d) == 19 and len(report.skipped) == 2  # the two 1×1 projections stay plain
-    assert report.summary() in caplog.text
-    assert build_model(model_cfg, OmegaConf.structured(STANDARD), num_classes=10, image_size=32)[1] is None
+        model = build_model(model_cfg, OmegaConf.structured(GMCONV), num_classes=10, image_size=32)
+    assert count(model, GMConv2d) == 19  # the two 1×1 projections stay plain:
+    assert "resnet20: GMConv: converted 19 conv layers, skipped 2" in caplog.text
+    assert "skipped (kernel smaller than min_kernel_size=3): layer2.0.shortcut.0, layer3.0.shortcut.0" in caplog.text
+    standard = build_model(model_cfg, OmegaConf.structured(STANDARD), num_classes=10, image_size=32)
+    assert count(standard, GMConv2d) == 0 and count(standard, nn.Conv2d) == 21
 
 
 # ---------------------------------------------------------------- small-input stems
@@ -181,12 +173,13 @@ def test_apply_conv_converts_resnet50_spatial_convolutions():
 
 
 def test_apply_conv_converts_every_cifar_resnet_convolution():
-    model, report = build_model(ModelConfig(), GMCONV, num_classes=10, image_size=32)
-    assert count(model, GMConv2d) == 19 and not report.skipped
+    model = create_backbone("local", "resnet20", num_classes=10)
+    report = apply_conv(model, GMCONV)
+    assert count(model, GMConv2d) == 19 and not report.skipped and not report.unmatched
 
 
 def test_apply_conv_standard_leaves_the_model_untouched():
-    model = create_backbone("cifar", "resnet20", num_classes=10)
+    model = create_backbone("local", "resnet20", num_classes=10)
     types = [type(m) for m in model.modules()]
     assert apply_conv(model, STANDARD) is None
     assert [type(m) for m in model.modules()] == types
@@ -197,7 +190,7 @@ def test_apply_conv_passes_every_option_on():
         type="gmconv", sigma_init=1.5, sigma_granularity="layer", sigma_parametrization="exp", sigma_min=0.2,
         learnable_sigma=False, min_kernel_size=3, exclude=["conv1"], enlarge_by=2,
     )
-    model = create_backbone("cifar", "resnet20", num_classes=10)
+    model = create_backbone("local", "resnet20", num_classes=10)
     report = apply_conv(model, cfg)
     assert report.skipped == {"conv1": "matched by exclude"} and type(model.conv1) is nn.Conv2d
     layer = model.layer1[0].conv1
@@ -205,14 +198,31 @@ def test_apply_conv_passes_every_option_on():
     assert (layer.sigma_init, layer.sigma_granularity, layer.sigma_parametrization, layer.sigma_min) == (
         1.5, "layer", "exp", 0.2)
     assert "sigma_raw" not in dict(layer.named_parameters())  # a fixed mask is a buffer
-    dynamic = apply_conv(create_backbone("cifar", "resnet20", num_classes=10),
-                         ConvConfig(type="gmconv", dynamic=True, dynamic_reduction=4))
-    assert len(dynamic.converted) == 19
+    dynamic = create_backbone("local", "resnet20", num_classes=10)
+    report = apply_conv(dynamic, ConvConfig(type="gmconv", dynamic=True, dynamic_reduction=4))
+    assert len(report.converted) == 19 == count(dynamic, DynamicGMConv2d)
+    assert dynamic.layer3[0].conv1.sigma_predictor[0].out_features == 8  # max(8, 32 // 4)
+
+
+@pytest.mark.parametrize("option", ["include", "exclude"])
+def test_apply_conv_rejects_a_pattern_that_matches_no_convolution(option):
+    cfg = ConvConfig(type="gmconv", **{option: ["stem", "layer1.*"]})
+    model = create_backbone("local", "resnet20", num_classes=10)
+    message = (rf"^conv\.{option}=\[stem\] matches no convolution of resnet20 "
+               r"\(layer names look like conv1, layer1\.0\.conv1, layer1\.0\.conv2, \.\.\.\); fix the pattern$")
+    with pytest.raises(ValueError, match=message):
+        apply_conv(model, cfg, model_name="resnet20")
+
+
+def test_apply_conv_validates_the_options():
+    with pytest.raises(ValueError, match="sigma_granularity='pixel'"):
+        apply_conv(create_backbone("local", "resnet20", num_classes=10),
+                   ConvConfig(type="gmconv", sigma_granularity="pixel"))
 
 
 def test_timm_backbone_builds_converts_and_runs():
-    model, report = build_model(ModelConfig(name="mobilenetv3_small_050", source="timm"), GMCONV,
-                                num_classes=10, image_size=32)
+    model = build_backbone(ModelConfig(name="mobilenetv3_small_050", source="timm"), num_classes=10, image_size=32)
+    report = apply_conv(model, GMCONV)
     assert report.converted and count(model, GMConv2d) == len(report.converted)
     assert model(images()).shape == (2, 10)
 
@@ -286,26 +296,72 @@ def test_pretrained_torchvision_reads_the_hub_cache_and_never_downloads(tmp_path
                                   resnet18_imagenet_state)
 
 
-@pytest.mark.parametrize("source, name", [("timm", "resnet10t"), ("cifar", "resnet20")])
+@pytest.mark.parametrize("source, name", [("timm", "resnet10t"), ("local", "resnet20")])
 def test_pretrained_torchvision_needs_a_torchvision_model(source, name):
     with pytest.raises(ValueError, match="needs model.source=torchvision"):
         build_backbone(ModelConfig(name=name, source=source, pretrained="torchvision"), num_classes=10, image_size=32)
 
 
+
+def randomize_gmconv_sigma(model: nn.Module) -> None:
+    """Move every σ (or dynamic predictor) away from its init, as training would."""
+    g = torch.Generator().manual_seed(1)
+    for module in model.modules():
+        params = [module.sigma_raw] if isinstance(module, GMConv2d) else (
+            list(module.sigma_predictor.parameters()) if isinstance(module, DynamicGMConv2d) else [])
+        for p in params:
+            with torch.no_grad():
+                p.uniform_(-1.0, 3.0, generator=g)
+
+
+@pytest.mark.parametrize("conv", [GMCONV, ConvConfig(name="gmconv_dynamic", type="gmconv", dynamic=True)],
+                         ids=["gmconv", "dynamic"])
+def test_pretrained_gmconv_checkpoint_keeps_its_sigma(tmp_path, conv, caplog):
+    """A GMConv run's checkpoint as model.pretrained: σ too is loaded, after the conversion."""
+    trained = build_model(ModelConfig(), conv, num_classes=10, image_size=32)
+    randomize_gmconv_sigma(trained)
+    path = tmp_path / "last.pt"
+    torch.save({"model": trained.state_dict(), "epoch": 3}, path)
+    with caplog.at_level(logging.INFO, logger="models"):
+        model = build_model(ModelConfig(pretrained=str(path)), conv, num_classes=10, image_size=32)
+    expected = trained.state_dict()
+    got = model.state_dict()
+    assert set(got) == set(expected)
+    sigma_keys = [k for k in expected if k.endswith("sigma_raw") or ".sigma_predictor." in k]
+    assert len(sigma_keys) == 19 * (4 if conv.dynamic else 1)
+    assert all(torch.equal(got[k], expected[k]) for k in expected)
+    assert f"loaded {len(expected)} of {len(expected)} tensors of resnet20" in caplog.text
+    assert "ignored" not in caplog.text and "left at" not in caplog.text
+
+
+def test_pretrained_plain_weights_load_before_enlarge_by_and_sigma_stays_at_init(tmp_path, caplog):
+    plain = create_backbone("local", "resnet20", num_classes=10)
+    path = tmp_path / "plain.pt"
+    torch.save(plain.state_dict(), path)
+    enlarged = ConvConfig(name="gmconv_enlarged", type="gmconv", enlarge_by=2)
+    with caplog.at_level(logging.WARNING, logger="models"):
+        model = build_model(ModelConfig(pretrained=str(path)), enlarged, num_classes=10, image_size=32)
+    layer = model.layer1[0].conv1
+    assert layer.kernel_size == (5, 5)
+    assert torch.equal(layer.weight[:, :, 1:4, 1:4], plain.layer1[0].conv1.weight)  # zero-padded pretrained 3×3
+    assert layer.weight[:, :, 0].abs().sum() == 0
+    assert "19 tensors left at their initialisation: conv1.sigma_raw" in caplog.text
+    assert "ignored" not in caplog.text and "dropped" not in caplog.text
+
 # ---------------------------------------------------------------- size and cost
 
 
 def test_count_flops_of_resnet20_is_twice_its_41m_multiply_adds():
-    model = create_backbone("cifar", "resnet20", num_classes=10)
+    model = create_backbone("local", "resnet20", num_classes=10)
     assert count_flops(model, 32) == pytest.approx(2 * 41e6, rel=0.1)
 
 
 def test_count_flops_leaves_modes_and_batchnorm_statistics_alone():
-    model = create_backbone("cifar", "resnet20", num_classes=10)
+    model = create_backbone("local", "resnet20", num_classes=10)
     model.layer1.eval()  # a mixed state must come back exactly
     modes = [m.training for m in model.modules()]
     stats = {k: v.clone() for k, v in model.state_dict().items()}
-    flops = count_flops(model, 16, in_chans=3)
+    flops = count_flops(model, 16)
     assert flops == pytest.approx(count_flops(model, 32) / 4, rel=0.01)
     assert [m.training for m in model.modules()] == modes
     assert all(torch.equal(v, model.state_dict()[k]) for k, v in stats.items())
@@ -313,6 +369,6 @@ def test_count_flops_leaves_modes_and_batchnorm_statistics_alone():
 
 
 def test_count_parameters_is_the_sum_of_numel_including_sigma():
-    model, _ = build_model(ModelConfig(), GMCONV, num_classes=10, image_size=32)
+    model = build_model(ModelConfig(), GMCONV, num_classes=10, image_size=32)
     assert count_parameters(model) == sum(p.numel() for p in model.parameters())
-    assert count_parameters(model) > count_parameters(create_backbone("cifar", "resnet20", num_classes=10))
+    assert count_parameters(model) > count_parameters(create_backbone("local", "resnet20", num_classes=10))
