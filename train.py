@@ -4,8 +4,9 @@
     python train.py model=resnet50 conv=gmconv data=cifar10 data.root=/datasets
     python train.py -m conv=standard,gmconv seed=0,1,2
     python train.py resume=outputs/digits/resnet20-gmconv/<run>   # continue that run in its folder
+    python train.py eval_only=true ckpt=outputs/digits/resnet20-gmconv/<run>
 
-Config: configs/train.yaml (groups under configs/); the run itself: engine/runner.py.
+Config: configs/train.yaml and engine/config.py; the run itself: engine/runner.py.
 """
 
 from __future__ import annotations
@@ -16,52 +17,56 @@ from pathlib import Path
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
+from engine.command_line import expand_command_line
 from engine.config import register_configs
-from engine.distributed import agree_on_run_time, init_distributed, quiet_non_main_logging
+from engine.preemption import Preempted
+from engine.process import agree_on_run_time, init_distributed, quiet_non_main_logging
+from engine.run_folder import RunFolder
 from engine.runner import run
 
 log = logging.getLogger("train")
 register_configs()
-
-
-def resume_overrides(argv: list[str]) -> list[str]:
-    """``resume=<run folder>`` continues that run in its own folder with its own config.
-
-    Hydra picks the run folder before the task starts, so the folder and the original
-    overrides are added to the command line here; overrides typed now still win.
-    """
-    resume = next((a.split("=", 1)[1] for a in argv if a.startswith("resume=")), None)
-    if not resume or resume == "auto" or any(a.startswith("hydra.run.dir=") for a in argv):
-        return argv
-    path = Path(resume)
-    run_dir = path if path.is_dir() else path.parent.parent  # <run>/checkpoints/last.pt
-    saved = run_dir / ".hydra" / "overrides.yaml"
-    if not saved.is_file():
-        return argv  # a bare checkpoint file: continue it with this command line's config, in a new folder
-    previous = [o for o in OmegaConf.load(saved) if not o.startswith(("resume=", "hydra."))]
-    return [argv[0], *previous, *argv[1:], f"hydra.run.dir={run_dir}"]
+failed_jobs: list[str] = []  # a sweep's jobs that failed, reported when the sweep ends
 
 
 @hydra.main(config_path="configs", config_name="train", version_base="1.3")
 def main(cfg: DictConfig) -> float | None:
-    run_dir = Path(HydraConfig.get().runtime.output_dir)
+    hydra_config = HydraConfig.get()
+    run_dir = Path(hydra_config.runtime.output_dir)
     quiet_non_main_logging(init_distributed())
     try:
-        results = run(cfg, run_dir)
-    except (ValueError, FileNotFoundError) as err:
-        log.debug("details", exc_info=True)
+        results = run(cfg, run_dir, overrides=list(hydra_config.overrides.task), hydra_config=hydra_config)
+    except Preempted:
+        return None  # a clean stop: the checkpoint is saved and the log says how to continue
+    except Exception as err:
+        known = isinstance(err, (ValueError, FileNotFoundError))
+        log.debug("details", exc_info=True) if known else log.exception("the run failed")
         log.error("error: %s", err)
-        sys.exit(2)
-    return results.get("top1")  # for Hydra sweepers that optimise a metric; None when preempted
+        RunFolder(run_dir).remove_if_unused()
+        if hydra_config.mode != RunMode.MULTIRUN:
+            sys.exit(2 if known else 1)
+        failed_jobs.append(f"job {hydra_config.job.num} ({' '.join(hydra_config.overrides.task)}): {err}")
+        return None  # the sweep goes on with its next job
+    return results.get("top1")  # for Hydra sweepers that optimise a metric
+
+
+def report_sweep() -> None:
+    """A sweep's exit status is the number of jobs that failed (0: all ran)."""
+    if failed_jobs:
+        print(f"{len(failed_jobs)} job(s) of the sweep failed:", *failed_jobs, sep="\n  ", file=sys.stderr)
+        sys.exit(min(len(failed_jobs), 100))
 
 
 if __name__ == "__main__":
-    sys.argv = resume_overrides(sys.argv)
-    dist_info = init_distributed()  # under torchrun; a no-op otherwise
-    start = agree_on_run_time(dist_info)
+    try:
+        sys.argv = expand_command_line(sys.argv)
+    except (ValueError, FileNotFoundError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        sys.exit(2)
+    start = agree_on_run_time(init_distributed())  # under torchrun every rank picks rank 0's run folder
     OmegaConf.register_new_resolver("run_time", start.strftime)
-    if not dist_info.is_main:
-        sys.argv.append("hydra.output_subdir=null")  # rank 0 alone writes .hydra/
     main()
+    report_sweep()

@@ -1,18 +1,88 @@
-"""Checkpoint files: written atomically, read with ``weights_only=True`` so a file can never run code."""
+"""The checkpoint format, owned here alone: what a checkpoint holds, how it is written and read.
+
+A checkpoint is a dict of tensors and plain data: the model's and optimizer's state, the GradScaler,
+the position in training (epoch, batch within the epoch, optimizer step), the best top-1 so far,
+every RNG state, and the resolved config. It is written atomically (a temporary file renamed into
+place, so a crash never leaves half a file) and read with ``weights_only=True`` (a file can never
+run code). The learning-rate schedule is not stored: it is a function of the optimizer step and the
+config, so a resumed run with more epochs or another lr re-plans it instead of replaying the old plan.
+"""
 
 from __future__ import annotations
 
+import json
+import os
 import random
+import tempfile
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable, Optional
 
 import numpy as np
 import torch
-
-from .io import save_torch
-from .state import TrainState, unwrap
+from timm.scheduler.scheduler import Scheduler
+from torch import nn
+from torch.optim import Optimizer
 
 LAST, BEST = "last.pt", "best.pt"
+PROGRESS_KEYS = ("epoch", "batches_done", "step", "best_top1", "best_epoch", "train_time_s")
+
+
+def unwrap(model: nn.Module) -> nn.Module:
+    """The user's model inside DistributedDataParallel and/or torch.compile wrappers."""
+    while True:
+        if hasattr(model, "_orig_mod"):
+            model = model._orig_mod
+        elif isinstance(model, nn.parallel.DistributedDataParallel):
+            model = model.module
+        else:
+            return model
+
+
+def without_ddp(model: nn.Module) -> nn.Module:
+    """The model as one process runs it (compiled if it was): for evaluation, with no collectives."""
+    return model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model
+
+
+@dataclass
+class TrainState:
+    """Everything a training run needs to continue exactly where it stopped."""
+
+    model: nn.Module
+    optimizer: Optimizer
+    scheduler: Scheduler
+    scaler: Optional[torch.amp.GradScaler] = None
+    epoch: int = 0  # epochs completed
+    batches_done: int = 0  # batches of the current epoch already trained (a mid-epoch checkpoint)
+    step: int = 0  # optimizer steps taken
+    best_top1: float = float("-inf")
+    best_epoch: int = 0
+    train_time_s: float = 0.0  # time spent training, summed over resumptions
+
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "model": unwrap(self.model).state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scaler": self.scaler.state_dict() if self.scaler is not None else None,
+            **{key: getattr(self, key) for key in PROGRESS_KEYS},
+        }
+
+    def load_progress(self, ckpt: dict[str, Any]) -> None:
+        """Optimizer state and position; the configured hyperparameters win over the saved ones.
+
+        The optimizer's buffers (momentum, Adam moments) come from the checkpoint, but each group's
+        lr, weight decay, momentum, ... stay as this run's config built them, so a changed setting
+        on resume is really applied. With unchanged settings the result is the saved state exactly.
+        """
+        configured = [{k: v for k, v in group.items() if k != "params"} for group in self.optimizer.param_groups]
+        self.optimizer.load_state_dict(ckpt["optimizer"])
+        for group, settings in zip(self.optimizer.param_groups, configured):
+            group.update(settings)
+        if self.scaler is not None and ckpt.get("scaler"):
+            self.scaler.load_state_dict(ckpt["scaler"])
+        for key in PROGRESS_KEYS:
+            setattr(self, key, ckpt[key])
+        self.scheduler.step_update(num_updates=self.step)
 
 
 def capture_rng() -> dict[str, Any]:
@@ -41,15 +111,40 @@ def _as_tuples(value: Any) -> Any:
     return tuple(_as_tuples(v) for v in value) if isinstance(value, (list, tuple)) else value
 
 
-def save_checkpoint(path: str | Path, state: TrainState, config: dict[str, Any], **extra: Any) -> None:
-    save_torch({**state.state_dict(), "rng": capture_rng(), "config": config, **extra}, path)
+def atomic_write(path: str | os.PathLike, write: Callable[[str], None]) -> None:
+    """Call ``write(tmp_path)`` on a temporary file beside ``path``, then rename it into place."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def save_json(obj: Any, path: str | os.PathLike) -> None:
+    def write(tmp: str) -> None:
+        with open(tmp, "w") as f:
+            json.dump(obj, f, indent=2)
+            f.write("\n")
+
+    atomic_write(path, write)
+
+
+def save_checkpoint(path: str | Path, state: TrainState, config: dict[str, Any]) -> None:
+    checkpoint = {**state.state_dict(), "rng": capture_rng(), "config": config}
+    atomic_write(path, lambda tmp: torch.save(checkpoint, tmp))
 
 
 def load_checkpoint(path: str | Path) -> dict[str, Any]:
     """Read a checkpoint; one clear ValueError for anything that is not a readable checkpoint."""
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"checkpoint {path} does not exist; pass the path of a last.pt or best.pt file")
+        raise FileNotFoundError(f"checkpoint {path} does not exist; pass a run folder or the path of a "
+                                f"{LAST} or {BEST} file")
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # truncated zip, random bytes, a pickle with code: all unreadable here
@@ -60,13 +155,28 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
     return ckpt
 
 
-def load_model_weights(model: torch.nn.Module, ckpt: dict[str, Any], path: str | Path) -> None:
+def find_checkpoint(path: str | Path, prefer: tuple[str, ...]) -> Path:
+    """``path`` itself if it is a file, else the first of ``prefer`` in a run folder's checkpoints/."""
+    path = Path(path).expanduser()
+    if path.is_dir():
+        found = next((path / "checkpoints" / name for name in prefer if (path / "checkpoints" / name).is_file()), None)
+        if found is None:
+            raise FileNotFoundError(f"{path} holds no checkpoint (looked for checkpoints/{' or '.join(prefer)}); "
+                                    "pass a run folder that has saved one, or a .pt file")
+        return found
+    if not path.is_file():
+        raise FileNotFoundError(f"no checkpoint at {path}; pass a run folder or the path of a {LAST} or {BEST} file")
+    return path
+
+
+def load_model_weights(model: nn.Module, ckpt: dict[str, Any], path: str | Path) -> None:
     """Load a checkpoint's weights, explaining an architecture mismatch instead of dumping key lists."""
     try:
         unwrap(model).load_state_dict(ckpt["model"])
     except RuntimeError as err:
         saved = ckpt.get("config", {})
-        origin = f"model={saved.get('model', {}).get('name')} conv={saved.get('conv', {}).get('name')}" if saved else "another model"
+        origin = (f"model={saved.get('model', {}).get('name')} conv={saved.get('conv', {}).get('name')}"
+                  if saved else "another model")
         raise ValueError(
             f"checkpoint {path} holds weights of {origin}, which do not fit the model built here "
             f"({_first_line(err)}); pass the same model/conv settings as the run that wrote it"
@@ -82,18 +192,3 @@ def restore(state: TrainState, ckpt: dict[str, Any], path: str | Path) -> None:
 def _first_line(err: Exception) -> str:
     lines = [line.strip() for line in str(err).splitlines() if line.strip()]
     return " ".join(lines[:2])[:300]
-
-
-def resolve_resume(resume: str | None, run_dir: Path) -> Path | None:
-    """The checkpoint to continue from: a file, a run folder's last.pt, or (``auto``) this run's."""
-    if not resume:
-        return None
-    if resume == "auto":
-        candidate = run_dir / "checkpoints" / LAST
-        return candidate if candidate.is_file() else None
-    path = Path(resume)
-    if path.is_dir():
-        path = path / "checkpoints" / LAST
-    if not path.is_file():
-        raise FileNotFoundError(f"resume={resume}: no checkpoint at {path}; pass a run folder that has checkpoints/last.pt or a .pt file")
-    return path

@@ -1,21 +1,28 @@
-"""The typed training config: one dataclass per config group, registered in Hydra's ConfigStore.
+"""The typed training config and the one place where a whole config is checked before anything is built.
 
-Every group file under configs/ merges into these dataclasses, so a misspelt key
-(``trainer.epoch=3``) or a value of the wrong type fails when Hydra composes the config, before
-anything is built. ``validate`` then checks the ranges that types cannot express.
+Each config group (configs/<group>/) is one dataclass: ``model``/``conv`` in models/config.py,
+``data`` in data/config.py, ``optim``/``sched``/``trainer`` here. Defaults live in the dataclasses
+only; a group's YAML files hold what differs per option. Hydra rejects a misspelt key or a value of
+the wrong type when it composes; ``validate`` then rejects, in one line naming the key, everything
+types cannot express: ranges, unknown names, keys added with ``+``, and settings that the chosen
+options would silently ignore.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from enum import Enum
 from typing import Any, Optional
 
 from hydra.core.config_store import ConfigStore
-from omegaconf import MISSING, DictConfig
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import ConfigKeyError, ValidationError
+from timm.optim import list_optimizers
 
-from data.config import DataConfig
-from models.config import ConvConfig, ModelConfig
+from data import DataConfig, check_data_config
+from gmconv import GMConvOptions
+from models.config import ConvConfig, ConvType, ModelConfig
+from models.small_input import parse_small_input
 
 
 class Device(str, Enum):
@@ -43,7 +50,7 @@ class SchedName(str, Enum):
 
 @dataclass
 class OptimConfig:
-    name: str = "sgd"  # sgd | adamw (or any other timm optimizer name)
+    name: str = "sgd"  # sgd (momentum) | adamw | any other timm optimizer name
     lr: float = 0.1
     weight_decay: float = 5e-4
     momentum: float = 0.9  # sgd only
@@ -59,7 +66,7 @@ class SchedConfig:
     warmup_lr: float = 1e-5  # learning rate at the first warmup step
     min_lr: float = 0.0  # cosine: final learning rate
     milestones: list[int] = field(default_factory=list)  # multistep: epochs at which lr × gamma
-    gamma: float = 0.1
+    gamma: float = 0.1  # multistep
 
 
 @dataclass
@@ -74,8 +81,8 @@ class TrainerConfig:
     label_smoothing: float = 0.0
     eval_every: int = 1  # epochs; the last epoch is always evaluated
     checkpoint_every_steps: Optional[int] = None  # also save last.pt every this many steps
-    log_every_steps: int = 20  # TensorBoard step-level scalars
-    progress: bool = True  # tqdm bars (also off when stdout is not a terminal)
+    log_every_steps: int = 20  # step-level TensorBoard scalars, and a progress line when not on a terminal
+    progress: bool = True  # tqdm bars on a terminal
     deterministic: bool = False
     limit_train_batches: Optional[int] = None  # smoke runs: stop each epoch after this many batches
     limit_val_batches: Optional[int] = None
@@ -83,55 +90,164 @@ class TrainerConfig:
 
 @dataclass
 class TrainConfig:
-    model: ModelConfig = MISSING
-    conv: ConvConfig = MISSING
-    data: DataConfig = MISSING
-    optim: OptimConfig = MISSING
-    sched: SchedConfig = MISSING
-    trainer: TrainerConfig = MISSING
+    model: ModelConfig = field(default_factory=ModelConfig)
+    conv: ConvConfig = field(default_factory=ConvConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    sched: SchedConfig = field(default_factory=SchedConfig)
+    trainer: TrainerConfig = field(default_factory=TrainerConfig)
     seed: int = 0
-    # a run folder or checkpoint file to continue; "auto": this run folder's last.pt if it exists
+    # a run folder (or its checkpoint) to continue in that folder; "auto": this run folder's last.pt if any
     resume: Optional[str] = None
     eval_only: bool = False
-    ckpt: Optional[str] = None  # eval_only: the checkpoint to evaluate
+    ckpt: Optional[str] = None  # eval_only: a run folder (its best.pt, else last.pt) or a checkpoint file
 
 
 def register_configs() -> None:
-    """Make the schemas known to Hydra; call before composing (train.py does, on import)."""
-    store = ConfigStore.instance()
-    store.store(name="train_schema", node=TrainConfig)
-    for group, node in [
-        ("model", ModelConfig), ("conv", ConvConfig), ("data", DataConfig),
-        ("optim", OptimConfig), ("sched", SchedConfig), ("trainer", TrainerConfig),
-    ]:
-        store.store(group=group, name=f"{group}_schema", node=node)
+    """Make the schema known to Hydra; call before composing (train.py does, on import)."""
+    ConfigStore.instance().store(name="train_schema", node=TrainConfig)
 
 
 def validate(cfg: DictConfig) -> None:
-    """Range checks that types cannot express; each error names the key and a valid range."""
+    """Every check of a composed config, before any data or model is built; ValueError names the key."""
+    _check_known_keys(cfg)
+    _check_ranges(cfg)
+    check_data_config(cfg.data)
+    parse_small_input(cfg.model.small_input)
+    _check_conv(cfg.conv)
+    _check_optim(cfg.optim)
+    _check_sched(cfg.sched)
+    if cfg.eval_only and cfg.resume:
+        raise ValueError("resume= continues training and cannot be combined with eval_only=true; "
+                         "evaluate a run with eval_only=true ckpt=<run folder>")
+
+
+def _check_known_keys(cfg: DictConfig) -> None:
+    """Keys added with ``+`` (Hydra's own suggestion for a misspelt key) bypass the schema: catch them."""
+    try:
+        OmegaConf.merge(OmegaConf.structured(TrainConfig), OmegaConf.to_container(cfg, enum_to_str=True))
+    except (ConfigKeyError, ValidationError) as err:
+        key = getattr(err, "full_key", None) or str(err).splitlines()[0]
+        raise ValueError(f"{key} is not a setting of this framework; remove it or fix its spelling "
+                         "(python train.py --cfg job lists every key)") from err
+
+
+def _check_ranges(cfg: DictConfig) -> None:
+    positive_or_null = "a positive integer or null"
     checks = [
         (cfg.trainer.epochs > 0, "trainer.epochs", cfg.trainer.epochs, "a positive integer"),
         (cfg.optim.lr > 0, "optim.lr", cfg.optim.lr, "a positive number"),
         (cfg.optim.weight_decay >= 0, "optim.weight_decay", cfg.optim.weight_decay, ">= 0"),
-        (cfg.data.batch_size > 0, "data.batch_size", cfg.data.batch_size, "a positive integer"),
-        (cfg.data.eval_batch_size is None or cfg.data.eval_batch_size > 0, "data.eval_batch_size",
-         cfg.data.eval_batch_size, "a positive integer or null"),
-        (cfg.data.num_workers >= 0, "data.num_workers", cfg.data.num_workers, ">= 0"),
-        (cfg.data.image_size > 0, "data.image_size", cfg.data.image_size, "a positive integer"),
         (cfg.trainer.eval_every > 0, "trainer.eval_every", cfg.trainer.eval_every, "a positive integer"),
+        (cfg.trainer.log_every_steps > 0, "trainer.log_every_steps", cfg.trainer.log_every_steps,
+         "a positive integer"),
         (0 <= cfg.trainer.label_smoothing < 1, "trainer.label_smoothing", cfg.trainer.label_smoothing, "in [0, 1)"),
         (cfg.trainer.grad_clip is None or cfg.trainer.grad_clip > 0, "trainer.grad_clip",
          cfg.trainer.grad_clip, "a positive number or null"),
         (cfg.trainer.limit_train_batches is None or cfg.trainer.limit_train_batches > 0,
-         "trainer.limit_train_batches", cfg.trainer.limit_train_batches, "a positive integer or null"),
+         "trainer.limit_train_batches", cfg.trainer.limit_train_batches, positive_or_null),
         (cfg.trainer.limit_val_batches is None or cfg.trainer.limit_val_batches > 0,
-         "trainer.limit_val_batches", cfg.trainer.limit_val_batches, "a positive integer or null"),
+         "trainer.limit_val_batches", cfg.trainer.limit_val_batches, positive_or_null),
         (cfg.trainer.checkpoint_every_steps is None or cfg.trainer.checkpoint_every_steps > 0,
-         "trainer.checkpoint_every_steps", cfg.trainer.checkpoint_every_steps, "a positive integer or null"),
+         "trainer.checkpoint_every_steps", cfg.trainer.checkpoint_every_steps, positive_or_null),
         (cfg.sched.warmup_epochs >= 0, "sched.warmup_epochs", cfg.sched.warmup_epochs, ">= 0"),
-        (cfg.conv.sigma_init > 0, "conv.sigma_init", cfg.conv.sigma_init, "a positive number (kernel taps)"),
-        (not cfg.eval_only or cfg.ckpt, "ckpt", cfg.ckpt, "a checkpoint path when eval_only=true"),
+        (cfg.seed >= 0, "seed", cfg.seed, "a non-negative integer"),
+        (not cfg.eval_only or cfg.ckpt, "ckpt", cfg.ckpt, "a run folder or checkpoint file when eval_only=true"),
+        (cfg.eval_only or cfg.ckpt is None, "ckpt", cfg.ckpt,
+         "null unless eval_only=true (to continue a run use resume=; to start from weights, model.pretrained=)"),
     ]
     for ok, key, value, expected in checks:
         if not ok:
             raise ValueError(f"{key}={value} is invalid: expected {expected}")
+
+
+def gmconv_options(conv: DictConfig) -> GMConvOptions:
+    """The GMConv library's options as the ``conv`` group sets them."""
+    return GMConvOptions(**{f.name: _plain(conv[f.name]) for f in fields(GMConvOptions)})
+
+
+def _plain(value: Any) -> Any:
+    return OmegaConf.to_container(value) if OmegaConf.is_config(value) else getattr(value, "value", value)
+
+
+def _check_conv(conv: DictConfig) -> None:
+    options = gmconv_options(conv)
+    if ConvType(conv.type) is ConvType.standard:
+        _refuse_changed(options, GMConvOptions(), "conv", "conv=standard uses no GMConv option; "
+                        "choose conv=gmconv (or a variant) or remove the override")
+    else:
+        try:
+            options.validate()
+        except ValueError as err:
+            raise ValueError(f"conv.{err}") from err
+
+
+def _check_optim(optim: DictConfig) -> None:
+    if optim.name != "sgd" and optim.name not in list_optimizers():
+        raise ValueError(f"optim.name={optim.name} is not an optimizer timm knows; use sgd, adamw or a name from "
+                         "timm.optim.list_optimizers()")
+    if optim.name != "sgd":
+        defaults = OptimConfig()
+        for key in ("momentum", "nesterov"):
+            if optim[key] != getattr(defaults, key):
+                raise ValueError(f"optim.{key}={optim[key]} is used by optim=sgd only, not optim.name={optim.name}; "
+                                 f"pass it through optim.kwargs if that optimizer takes it, or remove it")
+
+
+_SCHED_ONLY = {"milestones": "multistep", "gamma": "multistep", "min_lr": "cosine"}
+
+
+def _check_sched(sched: DictConfig) -> None:
+    defaults = SchedConfig()
+    name = SchedName(sched.name).value
+    for key, owner in _SCHED_ONLY.items():
+        if name != owner and _plain(sched[key]) != getattr(defaults, key):
+            raise ValueError(f"sched.{key}={_plain(sched[key])} is used by sched={owner} only, not sched={name}; "
+                             "remove it or choose that schedule")
+    milestones = list(sched.milestones)
+    if name == "multistep" and (not milestones or milestones != sorted(set(milestones)) or milestones[0] <= 0):
+        raise ValueError(f"sched.milestones={milestones} is invalid: sched=multistep needs positive epochs "
+                         "in increasing order, e.g. [30,60]")
+
+
+def _refuse_changed(current: Any, defaults: Any, group: str, why: str) -> None:
+    for f in fields(defaults):
+        if getattr(current, f.name) != getattr(defaults, f.name):
+            raise ValueError(f"{group}.{f.name}={getattr(current, f.name)} has no effect: {why}")
+
+
+# Settings that define what a run trains: changing one on resume would continue another experiment
+# (or break the saved position inside an epoch), so it is refused rather than silently mixed.
+FIXED_ON_RESUME = ("model", "conv", "data.name", "data.image_size", "data.batch_size", "data.num_classes",
+                   "data.train_size", "data.val_size", "optim.name", "seed", "trainer.limit_train_batches")
+_NOT_SETTINGS = ("resume", "eval_only", "ckpt")
+
+
+def resume_changes(saved: dict[str, Any], cfg: DictConfig) -> list[str]:
+    """The settings that differ from the checkpoint's, as "key old → new" lines to log.
+
+    Everything else a resumed run applies for real (more epochs re-plan the schedule from where it
+    stands, a new lr or weight decay takes effect at once); a setting in FIXED_ON_RESUME is refused.
+    """
+    before = _flatten(saved)
+    now = _flatten(OmegaConf.to_container(cfg, resolve=True, enum_to_str=True))
+    changes = []
+    for key in sorted(before.keys() | now.keys()):
+        if key.split(".")[0] in _NOT_SETTINGS or before.get(key) == now.get(key):
+            continue
+        if any(key == fixed or key.startswith(fixed + ".") for fixed in FIXED_ON_RESUME):
+            raise ValueError(f"{key}={now.get(key)} differs from the resumed run's {key}={before.get(key)}, and it "
+                             "cannot change on resume; resume without it, or start a new run from the weights with "
+                             "model.pretrained=<run folder>/checkpoints/last.pt")
+        changes.append(f"{key} {before.get(key)} → {now.get(key)}")
+    return changes
+
+
+def _flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    flat: dict[str, Any] = {}
+    for key, value in tree.items():
+        if isinstance(value, dict) and value:
+            flat.update(_flatten(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat

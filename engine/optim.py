@@ -9,7 +9,7 @@ from timm.scheduler.scheduler import Scheduler
 from torch import nn
 from torch.optim import Optimizer
 
-from gmconv import GMConv2d
+from gmconv import sigma_parameters
 
 # timm's optimizer names for the config's "sgd": timm's own "sgd" is Nesterov SGD.
 _SGD_NAMES = {False: "momentum", True: "nesterov"}
@@ -24,11 +24,7 @@ def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
     that produces GMConv's σ: decaying σ would pull every mask towards its centre tap and shrink
     every receptive field to one pixel, which is the opposite of regularisation.
     """
-    sigma_params = {
-        id(p)
-        for m in model.modules() if isinstance(m, GMConv2d)
-        for name, p in m.named_parameters() if name not in ("weight", "bias")
-    }
+    sigma_params = {id(p) for p in sigma_parameters(model)}
     decay, no_decay = [], []
     for p in model.parameters():
         if p.requires_grad:

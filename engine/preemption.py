@@ -9,11 +9,15 @@ import threading
 import torch
 import torch.distributed as dist
 
-from .distributed import DistInfo
+from .process import DistInfo
 
 log = logging.getLogger(__name__)
 
 SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
+
+
+class Preempted(Exception):
+    """Training stopped at a step boundary on a signal, with its checkpoint saved: not a failure."""
 
 
 class StopRequest:
@@ -40,10 +44,11 @@ class StopRequest:
         self.received = signum
         log.warning("received %s: saving a checkpoint at the next step boundary", signal.Signals(signum).name)
 
-    def should_stop(self, step: int) -> bool:
+    def should_stop(self, step: int, *, sync: bool = False) -> bool:
+        """Whether any rank received a signal; under DDP known every SYNC_EVERY steps, or now with ``sync``."""
         if not self.dist_info.enabled:
             return self.received is not None
-        if step % self.SYNC_EVERY:
+        if step % self.SYNC_EVERY and not sync:
             return False
         self.flag.fill_(float(self.received is not None))
         dist.all_reduce(self.flag)

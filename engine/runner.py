@@ -1,11 +1,21 @@
-"""A whole run: config → data → model → optimizer → epochs of training and evaluation → results."""
+"""A run, from a composed config to results.json: ``train`` or, with ``eval_only``, ``evaluate_checkpoint``.
+
+    run ─ validate (engine/config.py)
+        ├ train:               data (data/) → model + GMConv (models/factory.py) → optimizer and schedule
+        │                      → fit: epochs of train_one_epoch / evaluate (engine/loop.py), checkpoints,
+        │                        TensorBoard + metrics.csv → results.json
+        └ evaluate_checkpoint: data → model ← checkpoint → evaluate → results.json
+"""
 
 from __future__ import annotations
 
 import logging
+import shlex
 import subprocess
+import time
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Optional
 
 import torch
 from omegaconf import DictConfig, OmegaConf
@@ -15,82 +25,120 @@ from data import build_loaders, set_epoch
 from models import build_model, count_flops, count_parameters
 
 from . import checkpoint
-from .config import validate
-from .distributed import DistInfo, barrier, cleanup, init_distributed
-from .io import save_json
-from .loop import current_lr, evaluate, show_progress, train_one_epoch
+from .checkpoint import BEST, LAST, TrainState, unwrap, without_ddp
+from .config import resume_changes, validate
+from .loop import Progress, current_lr, evaluate, format_duration, train_one_epoch
 from .optim import build_optimizer, build_scheduler, scaled_lr
-from .preemption import StopRequest
-from .setup import configure_determinism, seed_everything, select_device
-from .state import TrainState, unwrap, without_ddp
+from .preemption import Preempted, StopRequest
+from .process import DistInfo, barrier, cleanup, configure_determinism, init_distributed, seed_everything, select_device
+from .run_folder import RunFolder
 from .tracking import Tracker
 
 log = logging.getLogger(__name__)
 
 
-def run(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
-    """Train (or, with ``eval_only``, evaluate) as ``cfg`` says; returns what results.json holds."""
+@dataclass
+class Context:
+    """Where and how this process runs, and how it was launched (for the run folder's record)."""
+
+    dist: DistInfo
+    device: torch.device
+    folder: RunFolder
+    overrides: list[str]
+    hydra_config: Optional[DictConfig] = None
+
+
+def run(cfg: DictConfig, run_dir: Path, *, overrides: list[str] | None = None,
+        hydra_config: DictConfig | None = None) -> dict[str, Any]:
+    """Train (or, with ``eval_only``, evaluate) as ``cfg`` says, in ``run_dir``; returns results.json's content.
+
+    Raises ValueError / FileNotFoundError for bad settings or data (before anything is written to
+    ``run_dir``), and ``Preempted`` when a signal stopped training with its checkpoint saved.
+    """
     validate(cfg)
     dist_info = init_distributed()
     try:
-        return _run(cfg, run_dir, dist_info, select_device(cfg.trainer.device, dist_info))
+        ctx = Context(dist_info, select_device(cfg.trainer.device, dist_info), RunFolder(run_dir),
+                      list(overrides or []), hydra_config)
+        return evaluate_checkpoint(cfg, ctx) if cfg.eval_only else train(cfg, ctx)
     finally:
         cleanup()
 
 
-def _run(cfg: DictConfig, run_dir: Path, dist_info: DistInfo, device: torch.device) -> dict[str, Any]:
+def train(cfg: DictConfig, ctx: Context) -> dict[str, Any]:
+    started = time.perf_counter()
     seed_everything(cfg.seed)
     configure_determinism(cfg.trainer.deterministic)
-    train_loader, val_loader, info = build_loaders(
-        cfg.data, seed=cfg.seed, rank=dist_info.rank, world_size=dist_info.world_size,
-        pin_memory=cfg.data.pin_memory and device.type == "cuda",
-    )
-    model, _ = build_model(cfg.model, cfg.conv, num_classes=info.num_classes, image_size=info.image_size,
-                           in_chans=info.in_chans)
-    description = {"model": cfg.model.name, "conv": cfg.conv.name, "data": cfg.data.name, "seed": cfg.seed,
-                   "params": count_parameters(model), "flops": count_flops(model, info.image_size, info.in_chans),
-                   "git_commit": _git_commit()}
-    log.info("%s (%s): %.2fM parameters, %.3f GFLOPs per image", cfg.model.name, cfg.conv.name,
-             description["params"] / 1e6, description["flops"] / 1e9)
-    model = _prepare_model(model, cfg.trainer, device, dist_info)
-    progress = show_progress(cfg.trainer.progress) and dist_info.is_main
+    folder = ctx.folder
+    resume_from = _resume_checkpoint(cfg.resume, folder)
+    ckpt = checkpoint.load_checkpoint(resume_from) if resume_from else None
+    continuing = ckpt is not None and folder.owns(resume_from)
+    changes = resume_changes(ckpt.get("config", {}), cfg) if ckpt is not None else []
+    if ckpt is not None and ckpt["epoch"] > cfg.trainer.epochs:
+        raise ValueError(f"trainer.epochs={cfg.trainer.epochs} is less than the {ckpt['epoch']} epochs {resume_from} "
+                         "has already trained; pass a larger trainer.epochs or evaluate it with eval_only=true")
+    if continuing and _complete(ckpt, cfg) and folder.results.is_file():
+        log.info("%s is already complete (%d/%d epochs, best top-1 %.2f%% at epoch %d); nothing to do. "
+                 "To train longer, resume with trainer.epochs=<more>", folder.path, ckpt["epoch"], cfg.trainer.epochs,
+                 ckpt["best_top1"], ckpt["best_epoch"])
+        return folder.read_results()
+    if not continuing:
+        folder.check_free(restart=cfg.resume == "auto")
+    barrier(ctx.dist)  # every rank has checked the folder before rank 0 records this run in it
 
-    if cfg.eval_only:
-        ckpt = checkpoint.load_checkpoint(cfg.ckpt)
-        checkpoint.load_model_weights(model, ckpt, cfg.ckpt)
-        val = evaluate(without_ddp(model), val_loader, cfg.trainer, device, progress=progress)
-        log.info("eval %s: loss %.4f  top1 %.2f%%  top5 %.2f%%  (%d samples)", cfg.ckpt, val["loss"],
-                 val["top1"], val["top5"], val["samples"])
-        results = {**description, "checkpoint": str(cfg.ckpt), "top1": val["top1"], "top5": val["top5"],
-                   "loss": val["loss"], "eval_samples": val["samples"], "status": "evaluated"}
-        if dist_info.is_main:
-            save_json(results, run_dir / "results.json")
-        return results
-
-    global_batch = cfg.data.batch_size * dist_info.world_size
+    train_loader, val_loader, model, description = _build(cfg, ctx)
+    model = _prepare_model(model, cfg.trainer, ctx.device, ctx.dist)
+    global_batch = cfg.data.batch_size * ctx.dist.world_size
     lr = scaled_lr(cfg.optim, global_batch)
     log.info("global batch %d (%d per process × %d process%s), lr %.4g", global_batch, cfg.data.batch_size,
-             dist_info.world_size, "es" if dist_info.world_size > 1 else "", lr)
+             ctx.dist.world_size, "es" if ctx.dist.world_size > 1 else "", lr)
     steps_per_epoch = min(len(train_loader), cfg.trainer.limit_train_batches or len(train_loader))
     optimizer = build_optimizer(unwrap(model), cfg.optim, lr)
     state = TrainState(
         model=model,
         optimizer=optimizer,
         scheduler=build_scheduler(optimizer, cfg.sched, cfg.trainer.epochs, steps_per_epoch),
-        scaler=torch.amp.GradScaler(device.type) if cfg.trainer.amp == "fp16" else None,
+        scaler=torch.amp.GradScaler(ctx.device.type) if cfg.trainer.amp == "fp16" else None,
     )
-    resume_from = checkpoint.resolve_resume(cfg.resume, run_dir)
-    if resume_from is not None:
-        checkpoint.restore(state, checkpoint.load_checkpoint(resume_from), resume_from)
-        log.info("resumed from %s at epoch %d, step %d", resume_from, state.epoch, state.step)
-    results = fit(state, cfg, train_loader, val_loader, run_dir, dist_info, device, progress,
-                  resumed=resume_from is not None)
-    if results is None:
-        return {}
-    results = {**description, **results, "world_size": dist_info.world_size, "global_batch": global_batch}
-    if dist_info.is_main:
-        save_json(results, run_dir / "results.json")
-    barrier(dist_info)
+    if ckpt is not None:
+        checkpoint.restore(state, ckpt, resume_from)
+        log.info("resumed from %s %s", resume_from, _position(state, cfg.trainer.epochs, steps_per_epoch))
+        for change in changes:
+            log.info("resume: applying a changed setting: %s", change)
+    if ctx.dist.is_main and not continuing:
+        folder.write_config(cfg, ctx.hydra_config, ctx.overrides)
+
+    outcome = fit(state, cfg, train_loader, val_loader, ctx, steps_per_epoch, resumed=ckpt is not None)
+    results = {**description, **outcome, "world_size": ctx.dist.world_size, "global_batch": global_batch,
+               "wall_time_s": time.perf_counter() - started, "overrides": ctx.overrides,
+               "config": OmegaConf.to_container(cfg, resolve=True, enum_to_str=True)}
+    if ctx.dist.is_main:
+        folder.write_results(results)
+        log.info("run complete: best top-1 %.2f%% at epoch %d; final top-1 %.2f%%, top-5 %.2f%%; %s wall time\n"
+                 "  run folder: %s\n  results:    %s", results["best_top1"], results["best_epoch"], results["top1"],
+                 results["top5"], format_duration(results["wall_time_s"]), folder.path, folder.results)
+    barrier(ctx.dist)
+    return results
+
+
+def evaluate_checkpoint(cfg: DictConfig, ctx: Context) -> dict[str, Any]:
+    """The ``eval_only`` program: a checkpoint (or a run folder's best.pt, else last.pt) on the val split."""
+    path = checkpoint.find_checkpoint(cfg.ckpt, (BEST, LAST))
+    ckpt = checkpoint.load_checkpoint(path)
+    ctx.folder.check_free()
+    barrier(ctx.dist)
+    _, val_loader, model, description = _build(cfg, ctx)
+    model = _prepare_model(model, cfg.trainer, ctx.device, ctx.dist)
+    checkpoint.load_model_weights(model, ckpt, path)
+    val = evaluate(without_ddp(model), val_loader, cfg.trainer, ctx.device, progress=_progress(cfg, ctx))
+    log.info("eval %s: loss %.4f  top1 %.2f%%  top5 %.2f%%  (%d images)", path, val["loss"], val["top1"],
+             val["top5"], val["samples"])
+    results = {**description, "checkpoint": str(path), "top1": val["top1"], "top5": val["top5"], "loss": val["loss"],
+               "eval_samples": val["samples"], "status": "evaluated", "overrides": ctx.overrides}
+    if ctx.dist.is_main:
+        ctx.folder.write_config(cfg, ctx.hydra_config, ctx.overrides)
+        ctx.folder.write_results(results)
+    barrier(ctx.dist)
     return results
 
 
@@ -99,70 +147,76 @@ def fit(
     cfg: DictConfig,
     train_loader: Any,
     val_loader: Any,
-    run_dir: Path,
-    dist_info: DistInfo,
-    device: torch.device,
-    progress: bool,
+    ctx: Context,
+    steps_per_epoch: int,
     *,
     resumed: bool,
-) -> dict[str, Any] | None:
-    """The epoch loop: train, evaluate, log, checkpoint. None when a preemption signal stopped it."""
+) -> dict[str, Any]:
+    """The epoch loop: train, evaluate, log, checkpoint. Raises ``Preempted`` when a signal stopped it."""
     config = OmegaConf.to_container(cfg, resolve=True, enum_to_str=True)
-    tracker = Tracker(run_dir / "tb", dist_info.is_main, purge_step=state.step if resumed else None)
-    stop = StopRequest(dist_info, device)
+    folder, epochs = ctx.folder, cfg.trainer.epochs
+    tracker = Tracker(folder.path, ctx.dist.is_main, resumed_at=(state.step, state.epoch) if resumed else None)
+    stop = StopRequest(ctx.dist, ctx.device)
     eval_model = without_ddp(state.model)
+    progress = _progress(cfg, ctx)
 
-    def save(name: str) -> None:
-        if dist_info.is_main:
-            checkpoint.save_checkpoint(run_dir / "checkpoints" / name, state, config)
+    def save(path: Path) -> None:
+        if ctx.dist.is_main:
+            checkpoint.save_checkpoint(path, state, config)
 
     def on_step(state: TrainState) -> bool:
         if state.step % cfg.trainer.log_every_steps == 0:
             tracker.scalars({"train/lr_step": current_lr(state)}, state.step)
         every = cfg.trainer.checkpoint_every_steps
         if every and state.step % every == 0:
-            save(checkpoint.LAST)
-        return stop.should_stop(state.step)
+            save(folder.last)
+        # A signal at an epoch's last step lets the epoch finish: it is evaluated and saved, then training stops.
+        return stop.should_stop(state.step) and state.batches_done < steps_per_epoch
+
+    def preempted() -> Preempted:
+        log.warning("stopped by a signal in epoch %d/%d after batch %d/%d (step %d); checkpoint saved. "
+                    "Continue with: %s", state.epoch + 1, epochs, state.batches_done, steps_per_epoch, state.step,
+                    _resume_command(folder.path, ctx.dist))
+        barrier(ctx.dist)
+        return Preempted(f"stopped by a signal at step {state.step}")
 
     val: dict[str, float] = {}
     images_per_s = 0.0
     try:
-        for epoch in range(state.epoch, cfg.trainer.epochs):
+        for epoch in range(state.epoch, epochs):
             set_epoch(train_loader, epoch, start_batch=state.batches_done)
-            train = train_one_epoch(state, train_loader, cfg.trainer, device, epoch=epoch, progress=progress,
+            train = train_one_epoch(state, train_loader, cfg.trainer, ctx.device, epoch=epoch, progress=progress,
                                     on_step=on_step)
             state.train_time_s += train["seconds"]
             if train["stopped"]:
-                save(checkpoint.LAST)
-                log.warning("stopped by a signal at epoch %d, step %d; checkpoint saved. Continue with: "
-                            "python train.py resume=%s", epoch + 1, state.step, run_dir)
-                barrier(dist_info)
-                return None
+                save(folder.last)
+                raise preempted()
             state.epoch, state.batches_done = epoch + 1, 0
             images_per_s = train["images_per_s"]
-            scalars = {"train/loss": train["loss"], "train/top1": train["top1"], "lr": current_lr(state),
-                       "perf/images_per_s": train["images_per_s"], "perf/epoch_time_s": train["seconds"],
-                       "epoch": state.epoch}
-            summary = (f"epoch {state.epoch}/{cfg.trainer.epochs}  train loss {train['loss']:.4f} "
-                       f"top1 {train['top1']:.2f}%")
-            if state.epoch % cfg.trainer.eval_every == 0 or state.epoch == cfg.trainer.epochs:
-                val = evaluate(eval_model, val_loader, cfg.trainer, device, progress=progress)
-                scalars.update({"val/loss": val["loss"], "val/top1": val["top1"], "val/top5": val["top5"]})
+            row = {"epoch": state.epoch, "step": state.step, "lr": train["lr"], "train_loss": train["loss"],
+                   "train_top1": train["top1"]}
+            summary = f"epoch {state.epoch}/{epochs}  train loss {train['loss']:.4f} top1 {train['top1']:.2f}%"
+            if state.epoch % cfg.trainer.eval_every == 0 or state.epoch == epochs:
+                val = evaluate(eval_model, val_loader, cfg.trainer, ctx.device, progress=progress)
+                row.update({"val_loss": val["loss"], "val_top1": val["top1"], "val_top5": val["top5"]})
                 summary += (f"  val loss {val['loss']:.4f} top1 {val['top1']:.2f}% top5 {val['top5']:.2f}% "
                             f"({val['samples']} images)")
                 if val["top1"] > state.best_top1:
                     state.best_top1, state.best_epoch = val["top1"], state.epoch
-                    save(checkpoint.BEST)
-            log.info("%s  lr %.4g  %.0f img/s  %.1fs", summary, current_lr(state), train["images_per_s"],
-                     train["seconds"])
-            tracker.scalars(scalars, state.step)
+                    save(folder.best)
+            row.update({"images_per_s": train["images_per_s"], "epoch_time_s": train["seconds"]})
+            log.info("%s  lr %.4g  %.0f img/s  %.1fs", summary, train["lr"], train["images_per_s"], train["seconds"])
+            tracker.scalars({_TB_TAGS.get(key, key): value for key, value in row.items() if key != "step"}, state.step)
+            tracker.epoch_row(row)
             tracker.sigma(unwrap(state.model), state.step)
-            save(checkpoint.LAST)
-        if not val:  # resumed a run that had already finished: measure it again
-            val = evaluate(eval_model, val_loader, cfg.trainer, device, progress=progress)
+            save(folder.last)
+            if stop.should_stop(state.step, sync=True) and state.epoch < epochs:
+                raise preempted()
+        if not val:  # resumed a run whose last epoch was saved but whose results were not written
+            val = evaluate(eval_model, val_loader, cfg.trainer, ctx.device, progress=progress)
         tracker.hparams(_hparams(cfg), {"hparam/top1": val["top1"], "hparam/top5": val["top5"]})
         return {
-            "epochs": cfg.trainer.epochs,
+            "epochs": epochs,
             "top1": val["top1"],
             "top5": val["top5"],
             "loss": val["loss"],
@@ -176,6 +230,58 @@ def fit(
     finally:
         stop.close()
         tracker.close()
+
+
+# metrics.csv column → TensorBoard tag
+_TB_TAGS = {"train_loss": "train/loss", "train_top1": "train/top1", "val_loss": "val/loss", "val_top1": "val/top1",
+            "val_top5": "val/top5", "images_per_s": "perf/images_per_s", "epoch_time_s": "perf/epoch_time_s"}
+
+
+def _build(cfg: DictConfig, ctx: Context) -> tuple[Any, Any, nn.Module, dict[str, Any]]:
+    """Data loaders and model for this process, and the run's description for results.json."""
+    if cfg.trainer.amp == "fp16" and ctx.device.type == "cpu":
+        log.warning("trainer.amp=fp16 on the CPU is emulated and many times slower than fp32; "
+                    "use trainer.amp=bf16 or none on the CPU")
+    train_loader, val_loader, info = build_loaders(
+        cfg.data, seed=cfg.seed, rank=ctx.dist.rank, world_size=ctx.dist.world_size,
+        pin_memory=cfg.data.pin_memory and ctx.device.type == "cuda",
+    )
+    model = build_model(cfg.model, cfg.conv, num_classes=info.num_classes, image_size=info.image_size)
+    description = {"model": cfg.model.name, "conv": cfg.conv.name, "data": cfg.data.name, "seed": cfg.seed,
+                   "params": count_parameters(model), "flops": count_flops(model, info.image_size),
+                   "git_commit": _git_commit()}
+    log.info("%s (%s): %.2fM parameters, %.3f GFLOPs per image", cfg.model.name, cfg.conv.name,
+             description["params"] / 1e6, description["flops"] / 1e9)
+    return train_loader, val_loader, model, description
+
+
+def _resume_checkpoint(resume: str | None, folder: RunFolder) -> Path | None:
+    """``resume``'s checkpoint: None (a fresh run), this folder's last.pt for ``auto`` (if any), or a path."""
+    if not resume:
+        return None
+    if resume == "auto":
+        return folder.last if folder.last.is_file() else None
+    return checkpoint.find_checkpoint(resume, (LAST,))
+
+
+def _complete(ckpt: dict[str, Any], cfg: DictConfig) -> bool:
+    return ckpt["epoch"] >= cfg.trainer.epochs and not ckpt["batches_done"]
+
+
+def _position(state: TrainState, epochs: int, steps_per_epoch: int) -> str:
+    if state.batches_done:
+        return (f"in epoch {state.epoch + 1}/{epochs} after batch {state.batches_done}/{steps_per_epoch} "
+                f"(step {state.step})")
+    return f"after epoch {state.epoch}/{epochs} (step {state.step})"
+
+
+def _resume_command(run_dir: Path, dist: DistInfo) -> str:
+    resume = f"resume={shlex.quote(str(run_dir))}"
+    return f"the same torchrun command with {resume}" if dist.enabled else f"python train.py {resume}"
+
+
+def _progress(cfg: DictConfig, ctx: Context) -> Progress:
+    return Progress.choose(cfg.trainer.progress, ctx.dist.is_main)
 
 
 def _prepare_model(model: nn.Module, cfg: DictConfig, device: torch.device, dist_info: DistInfo) -> nn.Module:

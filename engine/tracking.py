@@ -1,11 +1,13 @@
-"""TensorBoard logging; a no-op on every process but the main one.
+"""What a run reports while it trains: TensorBoard curves and a per-epoch metrics.csv (rank 0 only).
 
-Every curve uses the optimizer step as its x-axis (the epoch is a curve of its own): one axis
-that a resumed run can purge back to exactly.
+Every TensorBoard curve uses the optimizer step as its x-axis (the epoch is a curve of its own): one
+axis that a resumed run can purge back to exactly. metrics.csv has one row per epoch (what timm's
+summary.csv gives), for people who plot with pandas; a resumed run drops the rows after its checkpoint.
 """
 
 from __future__ import annotations
 
+import csv
 from pathlib import Path
 from typing import Any
 
@@ -14,16 +16,39 @@ from torch.utils.tensorboard import SummaryWriter
 
 from gmconv import GMConv2d, sigma_stats
 
+from .checkpoint import atomic_write
+
+METRICS_CSV = "metrics.csv"
+
 
 class Tracker:
-    def __init__(self, log_dir: Path, enabled: bool, purge_step: int | None = None) -> None:
+    def __init__(self, run_dir: Path, enabled: bool, resumed_at: tuple[int, int] | None = None) -> None:
+        """``resumed_at``: (step, epoch) of the checkpoint a resumed run continues from."""
+        self.csv_path = run_dir / METRICS_CSV
+        self.writer = None
+        if not enabled:
+            return
         # purge_step drops events a crashed run wrote after its last checkpoint, so resumed curves do not double back
-        self.writer = SummaryWriter(str(log_dir), purge_step=purge_step) if enabled else None
+        self.writer = SummaryWriter(str(run_dir / "tb"), purge_step=resumed_at[0] if resumed_at else None)
+        if resumed_at:
+            self._keep_rows_up_to(resumed_at[1])
+        else:
+            self.csv_path.unlink(missing_ok=True)
 
     def scalars(self, values: dict[str, float], step: int) -> None:
         if self.writer:
             for tag, value in values.items():
                 self.writer.add_scalar(tag, value, step)
+
+    def epoch_row(self, row: dict[str, Any]) -> None:
+        if not self.writer:
+            return
+        new = not self.csv_path.is_file()
+        with self.csv_path.open("a", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=list(row))
+            if new:
+                writer.writeheader()
+            writer.writerow(row)
 
     def sigma(self, model: nn.Module, step: int) -> None:
         """Per-layer σ of a GMConv model: mean/min/max scalars and a histogram per layer."""
@@ -33,7 +58,7 @@ class Tracker:
             for key in ("mean", "min", "max"):
                 self.writer.add_scalar(f"sigma/{name}/{key}", stats[key], step)
         for name, module in model.named_modules():
-            if isinstance(module, GMConv2d) and not module.dynamic and module.sigma.numel() > 1:
+            if isinstance(module, GMConv2d) and module.sigma.numel() > 1:
                 self.writer.add_histogram(f"sigma_hist/{name}", module.sigma, step)
 
     def hparams(self, hparams: dict[str, Any], metrics: dict[str, float]) -> None:
@@ -44,3 +69,20 @@ class Tracker:
     def close(self) -> None:
         if self.writer:
             self.writer.close()
+
+    def _keep_rows_up_to(self, epoch: int) -> None:
+        if not self.csv_path.is_file():
+            return
+        with self.csv_path.open(newline="") as f:
+            rows = list(csv.DictReader(f))
+        kept = [row for row in rows if int(row["epoch"]) <= epoch]
+        if not rows:
+            return
+
+        def write(tmp: str) -> None:
+            with open(tmp, "w", newline="") as f:
+                writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+                writer.writeheader()
+                writer.writerows(kept)
+
+        atomic_write(self.csv_path, write)

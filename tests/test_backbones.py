@@ -5,14 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-import torch
-from hydra import compose, initialize_config_dir
-
-from engine.config import register_configs
-from engine.runner import run
-
-CONFIGS = Path(__file__).resolve().parents[1] / "configs"
-register_configs()
+from helpers import load, run_in_process
 
 SMALL = ["resnet56", "mobilenet_v2", "timm"]
 LARGE = ["resnet50", "alexnet", "vgg16_bn"]  # tens of millions of weights: a few seconds each on 2 cores
@@ -24,15 +17,13 @@ def train_one_step(tmp_path: Path, model: str, conv: str) -> dict:
                  "trainer.device=cpu"]
     if model == "timm":
         overrides.append("model.name=resnet10t")
-    with initialize_config_dir(config_dir=str(CONFIGS), version_base="1.3"):
-        cfg = compose("train", overrides=overrides)
-    return run(cfg, tmp_path)
+    return run_in_process(tmp_path, *overrides)
 
 
 def check(tmp_path: Path, model: str, conv: str) -> None:
     results = train_one_step(tmp_path, model, conv)
     assert results["status"] == "completed" and results["eval_samples"] == 6
-    weights = torch.load(tmp_path / "checkpoints/last.pt", weights_only=True)["model"]
+    weights = load(tmp_path / "checkpoints/last.pt")["model"]
     has_sigma = any(key.endswith("sigma_raw") for key in weights)
     assert has_sigma == (conv == "gmconv"), f"{model}/{conv}: σ in checkpoint = {has_sigma}"
 

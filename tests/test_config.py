@@ -2,21 +2,12 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
-from hydra import compose, initialize_config_dir
+from helpers import CONFIGS, compose_train
 from hydra.errors import ConfigCompositionException
+from omegaconf import OmegaConf
 
-from engine.config import register_configs, validate
-
-CONFIGS = Path(__file__).resolve().parents[1] / "configs"
-register_configs()
-
-
-def compose_train(*overrides: str):
-    with initialize_config_dir(config_dir=str(CONFIGS), version_base="1.3"):
-        return compose("train", overrides=list(overrides))
+from engine.config import resume_changes, validate
 
 
 def options(group: str) -> list[str]:
@@ -30,7 +21,7 @@ def test_default_is_resnet20_gmconv_on_digits():
     validate(cfg)
 
 
-@pytest.mark.parametrize("group", ["model", "conv", "data", "optim", "sched", "trainer"])
+@pytest.mark.parametrize("group", ["model", "conv", "data", "optim", "sched"])
 def test_every_group_option_composes(group):
     for option in options(group):
         cfg = compose_train(f"{group}={option}")
@@ -50,9 +41,24 @@ def test_conv_variants_map_onto_gmconv_options():
     assert compose_train("conv=standard").conv.type == "standard"
 
 
+def test_help_lists_only_real_choices():
+    """The schema is not a group option: no conv_schema/model_schema/... among the choices."""
+    cfg = compose_train(hydra=True)
+    for group in ("model", "conv", "data", "optim", "sched"):
+        with pytest.raises(ConfigCompositionException):
+            compose_train(f"{group}={group}_schema")
+    assert "trainer" not in OmegaConf.to_container(cfg.hydra.runtime.choices)
+
+
 def test_misspelt_key_fails_at_compose():
     with pytest.raises(ConfigCompositionException, match="epoch"):
         compose_train("trainer.epoch=3")
+
+
+@pytest.mark.parametrize("override, key", [("+trainer.epoch=1", "trainer.epoch"), ("+conv.sigma_int=3", "conv.sigma_int")])
+def test_keys_added_with_plus_are_refused(override, key):
+    with pytest.raises(ValueError, match=key.replace(".", r"\.") + " is not a setting"):
+        validate(compose_train(override))
 
 
 @pytest.mark.parametrize("override, choice", [
@@ -68,15 +74,38 @@ def test_enum_values_are_checked():
         compose_train("trainer.amp=fp8")
 
 
-@pytest.mark.parametrize("override, key", [
-    ("trainer.epochs=0", "trainer.epochs"),
-    ("optim.lr=-0.1", "optim.lr"),
-    ("data.batch_size=0", "data.batch_size"),
-    ("data.batch_size=-1", "data.batch_size"),
-    ("optim.lr=0", "optim.lr"),
-    ("trainer.label_smoothing=1.5", "trainer.label_smoothing"),
-    ("eval_only=true", "ckpt"),
+@pytest.mark.parametrize("overrides, key", [
+    (["trainer.epochs=0"], "trainer.epochs"),
+    (["optim.lr=-0.1"], "optim.lr"),
+    (["data.batch_size=0"], "data.batch_size"),
+    (["data.batch_size=-1"], "data.batch_size"),
+    (["optim.lr=0"], "optim.lr"),
+    (["trainer.label_smoothing=1.5"], "trainer.label_smoothing"),
+    (["eval_only=true"], "ckpt"),
+    (["ckpt=x.pt"], "ckpt"),
+    (["eval_only=true", "ckpt=x.pt", "resume=auto"], "resume"),
+    (["optim.name=nosuchopt"], "optim.name"),
+    (["conv.sigma_min=0"], "sigma_min"),
+    (["conv.sigma_granularity=pixel"], "sigma_granularity"),
+    (["model.small_input=maybe"], "model.small_input"),
+    # settings that the chosen options would silently ignore
+    (["conv=standard", "conv.sigma_init=3"], "conv.sigma_init"),
+    (["data.num_classes=5"], "data.num_classes"),
+    (["data.train_size=100"], "data.train_size"),
+    (["sched=multistep", "sched.milestones=[5,2]"], "sched.milestones"),
+    (["sched.milestones=[5]"], "sched.milestones"),
+    (["optim=adamw", "optim.nesterov=true"], "optim.nesterov"),
 ])
-def test_out_of_range_values_name_the_key(override, key):
+def test_bad_or_unused_values_name_the_key(overrides, key):
     with pytest.raises(ValueError, match=key.replace(".", r"\.")):
-        validate(compose_train(override))
+        validate(compose_train(*overrides))
+
+
+def test_resume_applies_schedule_and_optimizer_changes_but_refuses_another_experiment():
+    saved = OmegaConf.to_container(compose_train(), resolve=True, enum_to_str=True)
+    assert resume_changes(saved, compose_train()) == []
+    assert resume_changes(saved, compose_train("trainer.epochs=20", "optim.lr=0.5")) == [
+        "optim.lr 0.1 → 0.5", "trainer.epochs 10 → 20"]
+    for override in ("conv=standard", "model=resnet32", "data.batch_size=32", "seed=1", "optim=adamw"):
+        with pytest.raises(ValueError, match="cannot change on resume"):
+            resume_changes(saved, compose_train(override))

@@ -8,18 +8,12 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 import torch
-from hydra import compose, initialize_config_dir
+from helpers import ROOT, load, run_in_process, wait_for_checkpoint
 
-from engine.config import register_configs
-from engine.runner import run
-
-ROOT = Path(__file__).resolve().parents[1]
-register_configs()
 QUICK = ["trainer.device=cpu", "trainer.progress=false", "trainer.limit_val_batches=2"]
 
 
@@ -41,18 +35,7 @@ def results(run_dir: Path) -> dict:
 
 
 def weights(run_dir: Path) -> dict[str, torch.Tensor]:
-    return torch.load(run_dir / "checkpoints/last.pt", map_location="cpu", weights_only=True)["model"]
-
-
-def wait_for_checkpoint(proc: subprocess.Popen, path: Path, done=lambda ckpt: True, timeout: float = 240) -> dict:
-    deadline = time.time() + timeout
-    while time.time() < deadline and proc.poll() is None:
-        if path.is_file():
-            ckpt = torch.load(path, map_location="cpu", weights_only=True)
-            if done(ckpt):
-                return ckpt
-        time.sleep(0.1)
-    raise AssertionError(f"no checkpoint at {path} before the run ended (exit {proc.poll()})")
+    return load(run_dir / "checkpoints/last.pt")["model"]
 
 
 @contextlib.contextmanager
@@ -110,10 +93,9 @@ def test_two_processes_match_one_with_the_same_global_batch(tmp_path):
 
 def test_evaluation_counts_every_sample_once_for_any_world_size(tmp_path):
     data = ["data=fake", "data.val_size=101", "data.batch_size=8", "data.eval_batch_size=7", "model=resnet20"]
-    with initialize_config_dir(config_dir=str(ROOT / "configs"), version_base="1.3"):
-        cfg = compose("train", overrides=[*data, "trainer.device=cpu", "trainer.progress=false", "trainer.epochs=1",
-                                          "trainer.limit_train_batches=4"])
-    run(cfg, tmp_path / "train")  # the checkpoint to evaluate, trained in this process
+    # the checkpoint to evaluate, trained in this process
+    run_in_process(tmp_path / "train", *data, "trainer.device=cpu", "trainer.progress=false", "trainer.epochs=1",
+                   "trainer.limit_train_batches=4")
     ckpt = tmp_path / "train/checkpoints/last.pt"
     seen = []
     for world_size in (1, 2, 3):
@@ -140,7 +122,7 @@ def test_a_killed_worker_is_restarted_and_the_run_resumes(tmp_path):
     r = results(run_dir)
     assert r["status"] == "completed" and r["epochs"] == 3
     assert "resumed from" in (run_dir / "train.log").read_text()
-    assert torch.load(run_dir / "checkpoints/last.pt", weights_only=True)["step"] == 3 * 8
+    assert load(run_dir / "checkpoints/last.pt")["step"] == 3 * 8
 
 
 @pytest.mark.slow
@@ -152,12 +134,13 @@ def test_sigterm_saves_a_checkpoint_and_a_relaunch_continues(tmp_path):
         wait_for_checkpoint(proc, run_dir / "checkpoints/last.pt", lambda c: c["epoch"] >= 1)
         proc.send_signal(signal.SIGTERM)
         proc.wait(timeout=120)
-    ckpt = torch.load(run_dir / "checkpoints/last.pt", weights_only=True)
+    ckpt = load(run_dir / "checkpoints/last.pt")
     assert ckpt["batches_done"] > 0 or ckpt["epoch"] == 3, "no mid-epoch checkpoint was written"
     assert not (run_dir / "results.json").exists() or ckpt["epoch"] == 3
-    assert "stopped by a signal" in (run_dir / "train.log").read_text()
+    log = (run_dir / "train.log").read_text()
+    assert "stopped by a signal" in log and "the same torchrun command with resume=" in log
 
     torchrun(2, f"resume={run_dir}")
     r = results(run_dir)
     assert r["status"] == "completed" and r["world_size"] == 2
-    assert torch.load(run_dir / "checkpoints/last.pt", weights_only=True)["step"] == 3 * 12
+    assert load(run_dir / "checkpoints/last.pt")["step"] == 3 * 12

@@ -11,16 +11,16 @@ import torch
 from omegaconf import OmegaConf
 from torch import nn
 
-from engine.checkpoint import capture_rng, restore_rng
+from engine.checkpoint import TrainState, capture_rng, restore_rng
 from engine.config import OptimConfig, SchedConfig
 from engine.metrics import topk_correct
 from engine.optim import build_optimizer, build_scheduler, param_groups, scaled_lr
-from gmconv import GMConv2d
+from gmconv import DynamicGMConv2d, GMConv2d
 
 
 def test_no_weight_decay_on_sigma_biases_and_norms():
     model = nn.Sequential(GMConv2d(3, 8, 3, sigma_granularity="kernel"), nn.BatchNorm2d(8),
-                          GMConv2d(8, 8, 3, dynamic=True), nn.Flatten(), nn.LazyLinear(2))
+                          DynamicGMConv2d(8, 8, 3), nn.Flatten(), nn.LazyLinear(2))
     model(torch.randn(2, 3, 6, 6))
     decayed, plain = param_groups(model, 0.1)
     names = {id(p): n for n, p in model.named_parameters()}
@@ -69,3 +69,27 @@ def test_topk_counts_cap_k_at_the_number_of_classes():
     targets = torch.tensor([1, 2, 0])
     top1, top5 = topk_correct(logits, targets, (1, 5))
     assert top1.item() == 1 and top5.item() == 3
+
+
+def test_restored_optimizer_keeps_its_buffers_but_takes_the_configured_hyperparameters():
+    """A resumed run's momentum continues; a changed lr or weight decay applies (with unchanged settings
+    the restored groups equal the saved ones exactly)."""
+    def state_for(lr: float) -> TrainState:
+        model = nn.Linear(2, 2)
+        optimizer = build_optimizer(model, OmegaConf.structured(OptimConfig(lr=lr)), lr)
+        scheduler = build_scheduler(optimizer, OmegaConf.structured(SchedConfig(name="none")), epochs=2,
+                                    steps_per_epoch=3)
+        return TrainState(model=model, optimizer=optimizer, scheduler=scheduler)
+
+    trained = state_for(0.1)
+    trained.model(torch.randn(4, 2)).sum().backward()
+    trained.optimizer.step()
+    trained.step = 1
+    saved = trained.state_dict()
+    for lr in (0.1, 0.5):
+        resumed = state_for(lr)
+        resumed.load_progress(saved)
+        assert {g["lr"] for g in resumed.optimizer.param_groups} == {lr}
+        momentum = resumed.optimizer.state_dict()["state"][0]["momentum_buffer"]
+        torch.testing.assert_close(momentum, saved["optimizer"]["state"][0]["momentum_buffer"])
+        assert resumed.step == 1

@@ -7,14 +7,10 @@ from pathlib import Path
 
 import pytest
 import submitit
-from hydra import compose, initialize_config_dir
+from helpers import compose_train
 from hydra.utils import instantiate
 
-from engine.config import register_configs
-from engine.distributed import export_submitit_environment
-
-CONFIGS = Path(__file__).resolve().parents[1] / "configs"
-register_configs()
+from engine.process import export_submitit_environment
 
 
 @pytest.fixture
@@ -29,10 +25,8 @@ def fake_slurm(tmp_path, monkeypatch):
 
 def sbatch_text(tmp_path: Path, monkeypatch, *overrides: str) -> str:
     """The sbatch file that the real launcher plugin would submit for these overrides."""
-    with initialize_config_dir(config_dir=str(CONFIGS), version_base="1.3"):
-        cfg = compose("train", overrides=["hydra/launcher=slurm", f"hydra.sweep.dir={tmp_path}/sweep",
-                                          f"hydra.launcher.submitit_folder={tmp_path}/submitit", *overrides],
-                      return_hydra_config=True)
+    cfg = compose_train("hydra/launcher=slurm", f"hydra.sweep.dir={tmp_path}/sweep",
+                        f"hydra.launcher.submitit_folder={tmp_path}/submitit", *overrides, hydra=True)
     launcher = instantiate(cfg.hydra.launcher)
     launcher.config = cfg
     captured = []

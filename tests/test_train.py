@@ -1,44 +1,28 @@
-"""train.py end to end, as a user runs it: run folders, results, checkpoints, resume, bad input."""
+"""train.py end to end, as a user runs it: run folders, results, checkpoints, resume, sweeps, bad input.
+
+One trained run (module fixture) serves every test that only needs a finished run; tests that change a
+run work on a copy of it. Runs go through the real command line where the command line is what is
+tested (argument handling, Hydra, exit codes), and through the runner in-process elsewhere.
+"""
 
 from __future__ import annotations
 
+import csv
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 import torch
+from helpers import QUICK, ROOT, failed_with, load, ok, run_in_process, train, wait_for_checkpoint
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from engine.checkpoint import load_checkpoint
-
-ROOT = Path(__file__).resolve().parents[1]
-# A few seconds a run: CIFAR ResNet-20 on 4 batches of digits per epoch.
-QUICK = ["trainer.epochs=1", "trainer.limit_train_batches=4", "trainer.limit_val_batches=2", "data.batch_size=32"]
-
-
-def train(*overrides: str, timeout: float = 300) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    return subprocess.run([sys.executable, "train.py", *overrides], cwd=ROOT, capture_output=True, text=True,
-                          timeout=timeout, env=env)
-
-
-def ok(proc: subprocess.CompletedProcess) -> subprocess.CompletedProcess:
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    return proc
-
-
-def failed_with(proc: subprocess.CompletedProcess, *fragments: str) -> str:
-    out = proc.stdout + proc.stderr
-    assert proc.returncode != 0, out[-2000:]
-    assert "Traceback" not in out, out[-3000:]
-    for fragment in fragments:
-        assert fragment in out, out[-2000:]
-    return out
+from engine.preemption import StopRequest
 
 
 def scalar_tags(tb_dir: Path) -> set[str]:
@@ -50,58 +34,175 @@ def scalar_tags(tb_dir: Path) -> set[str]:
     return tags
 
 
-def model_weights(ckpt: Path) -> dict[str, torch.Tensor]:
-    return torch.load(ckpt, map_location="cpu", weights_only=True)["model"]
+def metrics_rows(run_dir: Path) -> list[dict[str, str]]:
+    with (run_dir / "metrics.csv").open(newline="") as f:
+        return list(csv.DictReader(f))
 
 
-def test_default_run_writes_the_whole_run_folder(tmp_path):
-    ok(train(*QUICK, "trainer.epochs=2", f"hydra.run.dir={tmp_path}"))
-    results = json.loads((tmp_path / "results.json").read_text())
+def record(run_dir: Path) -> dict[str, bytes]:
+    """Every file of a run folder's record, by path: what no other command may change."""
+    return {str(p.relative_to(run_dir)): p.read_bytes() for p in sorted(run_dir.rglob("*"))
+            if p.is_file() and p.name != "train.log"}
+
+
+@pytest.fixture(scope="module")
+def finished(tmp_path_factory) -> tuple[Path, subprocess.CompletedProcess]:
+    """A finished 2-epoch run of ResNet-20 with one σ per layer on the digits, through the command line."""
+    run_dir = tmp_path_factory.mktemp("finished") / "run"
+    proc = ok(train(*QUICK, "trainer.epochs=2", "conv=gmconv_layer", f"hydra.run.dir={run_dir}"))
+    return run_dir, proc
+
+
+@pytest.fixture
+def finished_copy(finished, tmp_path) -> Path:
+    copy = tmp_path / "run"
+    shutil.copytree(finished[0], copy)
+    return copy
+
+
+def test_a_run_writes_the_whole_run_folder(finished):
+    run_dir, proc = finished
+    results = json.loads((run_dir / "results.json").read_text())
     assert results["status"] == "completed"
-    assert (results["model"], results["conv"], results["data"]) == ("resnet20", "gmconv", "digits")
+    assert (results["model"], results["conv"], results["data"]) == ("resnet20", "gmconv_layer", "digits")
     assert 0 <= results["top1"] <= results["top5"] <= 100
     assert results["params"] > 250_000 and results["flops"] > 0 and results["eval_samples"] == 64
     assert results["best_epoch"] in (1, 2)
-    for name in ("train.log", ".hydra/config.yaml", "checkpoints/last.pt", "checkpoints/best.pt"):
-        assert (tmp_path / name).is_file(), name
-    assert "epoch 2/2" in (tmp_path / "train.log").read_text()
-    tags = scalar_tags(tmp_path / "tb")
+    assert "conv=gmconv_layer" in results["overrides"] and results["config"]["conv"]["sigma_granularity"] == "layer"
+    for name in ("train.log", ".hydra/config.yaml", ".hydra/overrides.yaml", "checkpoints/last.pt",
+                 "checkpoints/best.pt", "metrics.csv"):
+        assert (run_dir / name).is_file(), name
+    assert "epoch 2/2" in (run_dir / "train.log").read_text()
+    tags = scalar_tags(run_dir / "tb")
     expected = {"train/loss", "train/top1", "lr", "val/loss", "val/top1", "val/top5", "perf/images_per_s",
                 "perf/epoch_time_s", "sigma/conv1/mean", "sigma/layer3.2.conv2/max", "hparam/top1"}
     assert expected <= tags, expected - tags
-    ckpt = torch.load(tmp_path / "checkpoints/last.pt", map_location="cpu", weights_only=True)
+    ckpt = load(run_dir / "checkpoints/last.pt")
     assert ckpt["epoch"] == 2 and ckpt["step"] == 8
     assert ckpt["config"]["model"]["name"] == "resnet20"
-    assert {"optimizer", "scheduler", "rng", "best_top1"} <= ckpt.keys()
+    assert {"optimizer", "rng", "best_top1"} <= ckpt.keys()
+    rows = metrics_rows(run_dir)
+    assert [int(r["epoch"]) for r in rows] == [1, 2]
+    assert float(rows[1]["val_top1"]) == pytest.approx(results["top1"])
+    assert float(rows[1]["lr"]) > 0  # the mean lr of the epoch's steps, not the 0 the cosine ends at
+    out = proc.stdout + proc.stderr
+    assert "run complete: best top-1" in out and str(run_dir / "results.json") in out
 
 
 def test_cifar10_and_imagefolder_train_from_files(tmp_path, cifar10_root, imagefolder_root):
-    ok(train(*QUICK, "data=cifar10", f"data.root={cifar10_root}", "data.batch_size=4", "data.num_workers=0",
-             f"hydra.run.dir={tmp_path / 'cifar'}"))
-    assert json.loads((tmp_path / "cifar/results.json").read_text())["eval_samples"] == 8
-    ok(train(*QUICK, "data=imagefolder", f"data.root={imagefolder_root}", "data.image_size=32", "data.val_resize=36",
-             "data.batch_size=4", "data.num_workers=0", f"hydra.run.dir={tmp_path / 'folder'}"))
-    assert json.loads((tmp_path / "folder/results.json").read_text())["eval_samples"] == 8
+    results = run_in_process(tmp_path / "cifar", *QUICK, "data=cifar10", f"data.root={cifar10_root}",
+                             "data.batch_size=4", "data.num_workers=0")
+    assert results["eval_samples"] == 8
+    results = run_in_process(tmp_path / "folder", *QUICK, "data=imagefolder", f"data.root={imagefolder_root}",
+                             "data.image_size=32", "data.val_resize=36", "data.batch_size=4", "data.num_workers=0")
+    assert results["eval_samples"] == 8
 
 
-def test_multirun_writes_one_folder_per_job(tmp_path):
-    ok(train("-m", "conv=standard,gmconv", *QUICK, f"hydra.sweep.dir={tmp_path}"))
+def test_a_sweep_runs_every_good_job_and_counts_the_bad_ones(tmp_path):
+    """The second job has an invalid lr: it is reported and skipped, the later jobs still run."""
+    proc = train("-m", "conv=standard,gmconv", "optim.lr=0.05,-1", *QUICK, f"hydra.sweep.dir={tmp_path}")
+    out = failed_with(proc, "2 job(s) of the sweep failed", "optim.lr=-1")
+    assert proc.returncode == 2, out[-2000:]
     results = {json.loads(r.read_text())["conv"]: r.parent for r in tmp_path.rglob("results.json")}
     assert sorted(results) == ["gmconv", "standard"]
     for conv, run_dir in results.items():  # σ curves exactly for the GMConv run
         has_sigma = any(tag.startswith("sigma/") for tag in scalar_tags(run_dir / "tb"))
         assert has_sigma == (conv == "gmconv"), conv
+    assert len([p for p in tmp_path.iterdir() if p.is_dir() and p.name != ".submitit"]) == 2  # failed jobs leave none
 
 
-def test_eval_only_reports_the_checkpoint(tmp_path):
-    ok(train(*QUICK, f"hydra.run.dir={tmp_path / 'run'}"))
-    trained = json.loads((tmp_path / "run/results.json").read_text())
-    proc = ok(train("eval_only=true", f"ckpt={tmp_path / 'run/checkpoints/last.pt'}", "trainer.limit_val_batches=2",
-                    "data.batch_size=32", f"hydra.run.dir={tmp_path / 'eval'}"))
+def test_eval_only_takes_model_conv_and_data_from_the_checkpoint(finished, tmp_path):
+    run_dir, _ = finished
+    before = record(run_dir)
+    proc = ok(train("eval_only=true", f"ckpt={run_dir}", "trainer.limit_val_batches=2",
+                    f"hydra.run.dir={tmp_path / 'eval'}"))
     evaluated = json.loads((tmp_path / "eval/results.json").read_text())
-    assert evaluated["status"] == "evaluated"
-    assert evaluated["top1"] == pytest.approx(trained["top1"])
+    trained = json.loads((run_dir / "results.json").read_text())
+    assert evaluated["status"] == "evaluated" and evaluated["conv"] == "gmconv_layer"
+    assert evaluated["checkpoint"].endswith("best.pt")
+    assert evaluated["top1"] == pytest.approx(trained["best_top1"])
     assert "top1" in proc.stdout + proc.stderr
+    assert record(run_dir) == before
+
+
+def test_a_mistaken_resume_or_eval_leaves_the_run_record_intact_and_a_later_resume_extends_it(finished_copy):
+    run_dir = finished_copy
+    before = record(run_dir)
+    failed_with(train(f"resume={run_dir}", "conv=standard"), "conv.name=standard", "cannot change on resume")
+    failed_with(train("eval_only=true", f"resume={run_dir}", f"hydra.run.dir={run_dir.parent / 'eval'}"), "eval_only")
+    failed_with(train(f"hydra.run.dir={run_dir}", *QUICK), "already holds a completed run", "resume=")
+    assert record(run_dir) == before
+
+    weights = load(run_dir / "checkpoints/last.pt")["model"]
+    proc = ok(train(f"resume={run_dir}", "trainer.epochs=3"))
+    assert "trainer.epochs 2 → 3" in proc.stdout + proc.stderr
+    after = load(run_dir / "checkpoints/last.pt")
+    assert after["epoch"] == 3
+    assert max((after["model"][k].float() - weights[k].float()).abs().max().item() for k in weights) > 0
+    rows = metrics_rows(run_dir)
+    assert [int(r["epoch"]) for r in rows] == [1, 2, 3] and float(rows[2]["lr"]) > 0
+    assert json.loads((run_dir / "results.json").read_text())["epochs"] == 3
+    assert (run_dir / ".hydra/overrides.yaml").read_bytes() == before[".hydra/overrides.yaml"]
+
+
+def test_resuming_a_complete_run_says_so_and_changes_nothing(finished_copy, caplog):
+    caplog.set_level("INFO")
+    before = record(finished_copy)
+    results = run_in_process(finished_copy, *QUICK, "trainer.epochs=2", "conv=gmconv_layer",
+                             f"resume={finished_copy}")
+    assert results["status"] == "completed"
+    assert "already complete" in caplog.text
+    assert record(finished_copy) == before
+
+
+def test_a_run_folder_with_quotes_spaces_commas_and_equals_resumes_in_place(tmp_path):
+    run_dir = tmp_path / "my run,lr=0.1"
+    ok(train(*QUICK, f"hydra.run.dir='{run_dir}'"))
+    ok(train(f"resume='{run_dir}'", "trainer.epochs=2"))
+    assert load(run_dir / "checkpoints/last.pt")["epoch"] == 2  # continued in its own folder
+    assert json.loads((run_dir / "results.json").read_text())["epochs"] == 2
+
+
+def test_a_changed_lr_on_resume_is_applied(tmp_path, caplog):
+    caplog.set_level("INFO")
+    common = [*QUICK, "sched=none", "trainer.amp=fp16"]
+    run_in_process(tmp_path, *common)
+    assert "trainer.amp=fp16 on the CPU" in caplog.text
+    run_in_process(tmp_path, *common, "trainer.epochs=2", "optim.lr=0.5", f"resume={tmp_path}")
+    assert "optim.lr 0.1 → 0.5" in caplog.text
+    assert [float(r["lr"]) for r in metrics_rows(tmp_path)] == pytest.approx([0.1, 0.5])
+    assert {g["lr"] for g in load(tmp_path / "checkpoints/last.pt")["optimizer"]["param_groups"]} == {0.5}
+
+
+def test_resume_auto_starts_fresh_then_continues(tmp_path, caplog):
+    caplog.set_level("INFO")
+    run_in_process(tmp_path, *QUICK, "resume=auto")
+    assert load(tmp_path / "checkpoints/last.pt")["epoch"] == 1
+    run_in_process(tmp_path, *QUICK, "trainer.epochs=2", "resume=auto")
+    assert "resumed" in caplog.text
+    assert load(tmp_path / "checkpoints/last.pt")["epoch"] == 2
+
+
+def test_a_stop_at_an_epochs_last_step_finishes_that_epoch(tmp_path, monkeypatch):
+    """A signal seen at the last step: the epoch is evaluated and saved, and the resumed run trains on."""
+    monkeypatch.setattr(StopRequest, "should_stop", lambda self, step, sync=False: step >= 4)
+    with pytest.raises(Exception, match="stopped by a signal"):
+        run_in_process(tmp_path, *QUICK, "trainer.epochs=2")
+    ckpt = load(tmp_path / "checkpoints/last.pt")
+    assert (ckpt["epoch"], ckpt["batches_done"], ckpt["step"]) == (1, 0, 4)
+    monkeypatch.undo()
+    run_in_process(tmp_path, *QUICK, "trainer.epochs=2", f"resume={tmp_path}")
+    rows = metrics_rows(tmp_path)
+    assert [int(r["epoch"]) for r in rows] == [1, 2]
+    assert all(float(r["train_loss"]) > 0 and float(r["images_per_s"]) > 0 for r in rows)
+
+
+def test_progress_lines_when_not_on_a_terminal(tmp_path, caplog):
+    caplog.set_level("INFO")
+    run_in_process(tmp_path, *QUICK, "trainer.progress=true", "trainer.log_every_steps=2")
+    lines = [r.getMessage() for r in caplog.records if "ETA" in r.getMessage()]
+    assert [line.split("batch ")[1].split()[0] for line in lines] == ["2/4", "4/4"]
+    assert all("img/s" in line and "loss" in line and "lr" in line for line in lines)
 
 
 @pytest.mark.slow
@@ -115,49 +216,40 @@ def test_resumed_run_ends_with_the_same_weights(tmp_path):
     proc = subprocess.Popen([sys.executable, "train.py", *args, f"hydra.run.dir={killed}"], cwd=ROOT,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     last = killed / "checkpoints/last.pt"
-    deadline = time.time() + 240
-    while time.time() < deadline and proc.poll() is None:
-        if last.is_file() and torch.load(last, map_location="cpu", weights_only=True)["epoch"] >= 2:
-            proc.send_signal(signal.SIGKILL)
-            break
-        time.sleep(0.05)
-    proc.wait()
+    try:
+        wait_for_checkpoint(proc, last, lambda ckpt: ckpt["epoch"] >= 2)
+        proc.send_signal(signal.SIGKILL)
+    finally:
+        proc.wait()
     assert proc.returncode == -signal.SIGKILL, "the run finished before it could be killed"
     assert not (killed / "results.json").exists()
 
     ok(train(f"resume={killed}"))
     results = json.loads((killed / "results.json").read_text())
     assert results["status"] == "completed" and results["epochs"] == 4
-    full, resumed = model_weights(tmp_path / "full/checkpoints/last.pt"), model_weights(last)
+    full, resumed = load(tmp_path / "full/checkpoints/last.pt")["model"], load(last)["model"]
     assert full.keys() == resumed.keys()
     for key in full:
         torch.testing.assert_close(resumed[key], full[key], rtol=0, atol=1e-6, msg=key)
-
-
-def test_resume_auto_starts_fresh_then_continues(tmp_path):
-    ok(train(*QUICK, "resume=auto", f"hydra.run.dir={tmp_path}"))
-    assert torch.load(tmp_path / "checkpoints/last.pt", weights_only=True)["epoch"] == 1
-    proc = ok(train(*QUICK[1:], "trainer.epochs=2", "resume=auto", f"hydra.run.dir={tmp_path}"))
-    assert "resumed from" in proc.stdout + proc.stderr
-    assert torch.load(tmp_path / "checkpoints/last.pt", weights_only=True)["epoch"] == 2
 
 
 # One case per stage that can reject a setting; tests/test_config.py covers every kind in-process.
 @pytest.mark.parametrize("overrides, fragments", [
     (["model=resnet999"], ["resnet999", "resnet20"]),  # Hydra: unknown group option, choices listed
     (["trainer.epoch=3"], ["epoch"]),  # Hydra: key not in the typed schema
+    (["+trainer.epoch=3"], ["trainer.epoch", "not a setting"]),  # engine.config.validate: added with +
     (["trainer.epochs=0"], ["trainer.epochs=0"]),  # engine.config.validate
 ])
-def test_bad_settings_fail_in_one_clear_line(tmp_path, overrides, fragments):
-    failed_with(train(*QUICK, *overrides, f"hydra.run.dir={tmp_path}"), *fragments)
-    assert not (tmp_path / "results.json").exists()
+def test_bad_settings_fail_in_one_clear_line_and_leave_no_folder(tmp_path, overrides, fragments):
+    failed_with(train(*QUICK, *overrides, f"hydra.run.dir={tmp_path / 'run'}"), *fragments)
+    assert not (tmp_path / "run").exists()
 
 
-def test_missing_dataset_fails_in_one_clear_line(tmp_path):
+def test_missing_dataset_fails_in_one_clear_line_and_leaves_no_folder(tmp_path):
     out = failed_with(train(*QUICK, "data=cifar10", f"data.root={tmp_path / 'nowhere'}",
                             f"hydra.run.dir={tmp_path / 'run'}"), "data.download")
     assert str(tmp_path / "nowhere") in out
-    assert not (tmp_path / "run/results.json").exists()
+    assert not (tmp_path / "run").exists()
 
 
 def bad_checkpoints(good: Path, tmp_path: Path) -> list[Path]:
@@ -171,26 +263,25 @@ def bad_checkpoints(good: Path, tmp_path: Path) -> list[Path]:
     return [truncated, garbage, malicious]
 
 
-def test_unreadable_checkpoints_are_refused_without_running_code(tmp_path):
-    ok(train(*QUICK, f"hydra.run.dir={tmp_path / 'run'}"))
-    good = tmp_path / "run/checkpoints/last.pt"
+def test_unreadable_checkpoints_are_refused_without_running_code(finished, tmp_path):
+    good = finished[0] / "checkpoints/last.pt"
     for bad in bad_checkpoints(good, tmp_path):
         with pytest.raises(ValueError, match="cannot read checkpoint"):
             load_checkpoint(bad)
     assert not (tmp_path / "pwned").exists()
-    assert load_checkpoint(good)["epoch"] == 1
+    assert load_checkpoint(good)["epoch"] == 2
 
 
-def test_bad_checkpoints_fail_in_one_clear_line(tmp_path):
-    ok(train(*QUICK, f"hydra.run.dir={tmp_path / 'run'}"))
-    good = tmp_path / "run/checkpoints/last.pt"
+def test_bad_checkpoints_fail_in_one_clear_line(finished, tmp_path):
+    good = finished[0] / "checkpoints/last.pt"
     truncated = bad_checkpoints(good, tmp_path)[0]
     failed_with(train("eval_only=true", f"ckpt={truncated}", f"hydra.run.dir={tmp_path / 'eval'}"),
                 str(truncated), "cannot read checkpoint")
     failed_with(train("eval_only=true", f"ckpt={good}", "model=resnet32", f"hydra.run.dir={tmp_path / 'eval'}"),
                 "model=resnet20", "same model/conv settings")
     failed_with(train(f"resume={tmp_path / 'absent.pt'}", f"hydra.run.dir={tmp_path / 'eval'}"), "absent.pt")
-    assert not (tmp_path / "eval/results.json").exists()
+    failed_with(train("eval_only=true", f"ckpt={tmp_path}"), "holds no checkpoint")
+    assert not (tmp_path / "eval").exists()
 
 
 class RunsCode:

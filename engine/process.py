@@ -1,12 +1,18 @@
-"""torch.distributed set-up from torchrun's environment; one process per GPU (or CPU worker)."""
+"""This process: its place in a torchrun group, its device, its seeds and determinism.
+
+One process per GPU (or CPU worker); without torchrun everything here is a no-op or the obvious
+single-process choice, so one code path serves 1 and N processes.
+"""
 
 from __future__ import annotations
 
 import logging
 import os
+import random
 from dataclasses import dataclass
 from datetime import datetime
 
+import numpy as np
 import torch
 import torch.distributed as dist
 from torch.distributed.constants import default_pg_timeout
@@ -103,3 +109,28 @@ def barrier(info: DistInfo) -> None:
 def cleanup() -> None:
     if dist.is_initialized():
         dist.destroy_process_group()
+
+
+def select_device(device: str, dist_info: DistInfo) -> torch.device:
+    """``trainer.device``: auto picks CUDA when present; under torchrun, GPU number LOCAL_RANK."""
+    if device == "cuda" and not torch.cuda.is_available():
+        raise ValueError("trainer.device=cuda but no CUDA device is available; use trainer.device=cpu or auto")
+    if device == "cpu" or not torch.cuda.is_available():
+        return torch.device("cpu")
+    torch.cuda.set_device(dist_info.local_rank)
+    return torch.device("cuda", dist_info.local_rank)
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def configure_determinism(deterministic: bool) -> None:
+    """``trainer.deterministic``: torch's deterministic kernels (errors on ops that have none)."""
+    if deterministic:
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    torch.use_deterministic_algorithms(deterministic, warn_only=False)
+    torch.backends.cudnn.deterministic = deterministic
+    torch.backends.cudnn.benchmark = not deterministic
