@@ -2,7 +2,7 @@
 
 A checkpoint is a dict of tensors and plain data: the model's and optimizer's state, the GradScaler,
 the position in training (epoch, batch within the epoch, optimizer step), the best top-1 so far,
-every RNG state, and the resolved config. It is written atomically (a temporary file renamed into
+every RNG state, the resolved config and the data facts the model was built for (``data_info``). It is written atomically (a temporary file renamed into
 place, so a crash never leaves half a file) and read with ``weights_only=True`` (a file can never
 run code). The learning-rate schedule is not stored: it is a function of the optimizer step and the
 config, so a resumed run with more epochs or another lr re-plans it instead of replaying the old plan.
@@ -134,8 +134,10 @@ def save_json(obj: Any, path: str | os.PathLike) -> None:
     atomic_write(path, write)
 
 
-def save_checkpoint(path: str | Path, state: TrainState, config: dict[str, Any]) -> None:
-    checkpoint = {**state.state_dict(), "rng": capture_rng(), "config": config}
+def save_checkpoint(path: str | Path, state: TrainState, config: dict[str, Any], data_info: dict[str, Any]) -> None:
+    """``data_info``: what the model was built for (class count, image size, normalisation), so analysis
+    tools can rebuild the network from the checkpoint alone, even where the dataset is absent."""
+    checkpoint = {**state.state_dict(), "rng": capture_rng(), "config": config, "data_info": data_info}
     atomic_write(path, lambda tmp: torch.save(checkpoint, tmp))
 
 

@@ -56,6 +56,8 @@ class OptimConfig:
     momentum: float = 0.9  # sgd only
     nesterov: bool = False  # sgd only
     lr_scaling: LrScaling = LrScaling.none
+    # GMConv's σ learns at lr × sigma_lr_scale (its own parameter group, never weight-decayed)
+    sigma_lr_scale: float = 1.0
     kwargs: dict[str, Any] = field(default_factory=dict)  # more timm optimizer arguments (e.g. betas)
 
 
@@ -116,6 +118,10 @@ def validate(cfg: DictConfig) -> None:
     parse_small_input(cfg.model.small_input)
     _check_conv(cfg.conv)
     _check_optim(cfg.optim)
+    learns_sigma = ConvType(cfg.conv.type) is ConvType.gmconv and cfg.conv.learnable_sigma
+    if not learns_sigma and cfg.optim.sigma_lr_scale != OptimConfig.sigma_lr_scale:
+        raise ValueError(f"optim.sigma_lr_scale={cfg.optim.sigma_lr_scale} has no effect: conv={cfg.conv.name} "
+                         "learns no σ; remove it or choose a GMConv conv with a learnable σ")
     _check_sched(cfg.sched)
     if cfg.eval_only and cfg.resume:
         raise ValueError("resume= continues training and cannot be combined with eval_only=true; "
@@ -138,6 +144,7 @@ def _check_ranges(cfg: DictConfig) -> None:
         (cfg.trainer.epochs > 0, "trainer.epochs", cfg.trainer.epochs, "a positive integer"),
         (cfg.optim.lr > 0, "optim.lr", cfg.optim.lr, "a positive number"),
         (cfg.optim.weight_decay >= 0, "optim.weight_decay", cfg.optim.weight_decay, ">= 0"),
+        (cfg.optim.sigma_lr_scale >= 0, "optim.sigma_lr_scale", cfg.optim.sigma_lr_scale, ">= 0"),
         (cfg.trainer.eval_every > 0, "trainer.eval_every", cfg.trainer.eval_every, "a positive integer"),
         (cfg.trainer.log_every_steps > 0, "trainer.log_every_steps", cfg.trainer.log_every_steps,
          "a positive integer"),

@@ -17,22 +17,25 @@ _SGD_NAMES = {False: "momentum", True: "nesterov"}
 _SCHED_NAMES = {"cosine": "cosine", "multistep": "multistep", "none": "constant"}
 
 
-def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
-    """Weight decay only on conv/linear weights.
+def param_groups(model: nn.Module, weight_decay: float, sigma_lr_scale: float = 1.0) -> list[dict]:
+    """Weight decay only on conv/linear weights; GMConv's σ in a group of its own.
 
     Biases and normalisation parameters (ndim <= 1) are not decayed, as usual; nor is anything
     that produces GMConv's σ: decaying σ would pull every mask towards its centre tap and shrink
-    every receptive field to one pixel, which is the opposite of regularisation.
+    every receptive field to one pixel, which is the opposite of regularisation. The σ group's
+    learning rate is the schedule's times ``sigma_lr_scale`` (timm's schedulers honour ``lr_scale``):
+    gmconv/README.md ("How fast σ learns") gives the measurements behind the default.
     """
-    sigma_params = {id(p) for p in sigma_parameters(model)}
+    sigma_params = sigma_parameters(model)
+    sigma_ids = {id(p) for p in sigma_params}
     decay, no_decay = [], []
     for p in model.parameters():
-        if p.requires_grad:
-            (no_decay if p.ndim <= 1 or id(p) in sigma_params else decay).append(p)
-    return [
-        {"params": decay, "weight_decay": weight_decay},
-        {"params": no_decay, "weight_decay": 0.0},
-    ]
+        if p.requires_grad and id(p) not in sigma_ids:
+            (no_decay if p.ndim <= 1 else decay).append(p)
+    groups = [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    if sigma_params:
+        groups.append({"params": sigma_params, "weight_decay": 0.0, "lr_scale": sigma_lr_scale})
+    return groups
 
 
 def scaled_lr(cfg: DictConfig, global_batch: int) -> float:
@@ -49,7 +52,7 @@ def build_optimizer(model: nn.Module, cfg: DictConfig, lr: float) -> Optimizer:
         extra["momentum"] = cfg.momentum
     try:
         return create_optimizer_v2(
-            param_groups(model, cfg.weight_decay), opt=name, lr=lr, weight_decay=cfg.weight_decay, **extra
+            param_groups(model, cfg.weight_decay, cfg.sigma_lr_scale), opt=name, lr=lr, weight_decay=cfg.weight_decay, **extra
         )
     except (ValueError, AssertionError) as err:
         raise ValueError(f"optim.name={cfg.name} could not be built by timm ({err}); use sgd or adamw") from err

@@ -9,6 +9,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import shlex
 import subprocess
@@ -86,7 +87,7 @@ def train(cfg: DictConfig, ctx: Context) -> dict[str, Any]:
         folder.check_free(restart=cfg.resume == "auto")
     barrier(ctx.dist)  # every rank has checked the folder before rank 0 records this run in it
 
-    train_loader, val_loader, model, description = _build(cfg, ctx)
+    train_loader, val_loader, model, description, data_info = _build(cfg, ctx)
     model = _prepare_model(model, cfg.trainer, ctx.device, ctx.dist)
     global_batch = cfg.data.batch_size * ctx.dist.world_size
     lr = scaled_lr(cfg.optim, global_batch)
@@ -108,7 +109,7 @@ def train(cfg: DictConfig, ctx: Context) -> dict[str, Any]:
     if ctx.dist.is_main and not continuing:
         folder.write_config(cfg, ctx.hydra_config, ctx.overrides)
 
-    outcome = fit(state, cfg, train_loader, val_loader, ctx, steps_per_epoch, resumed=ckpt is not None)
+    outcome = fit(state, cfg, train_loader, val_loader, ctx, steps_per_epoch, data_info, resumed=ckpt is not None)
     results = {**description, **outcome, "world_size": ctx.dist.world_size, "global_batch": global_batch,
                "wall_time_s": time.perf_counter() - started, "overrides": ctx.overrides,
                "config": OmegaConf.to_container(cfg, resolve=True, enum_to_str=True)}
@@ -127,7 +128,7 @@ def evaluate_checkpoint(cfg: DictConfig, ctx: Context) -> dict[str, Any]:
     ckpt = checkpoint.load_checkpoint(path)
     ctx.folder.check_free()
     barrier(ctx.dist)
-    _, val_loader, model, description = _build(cfg, ctx)
+    _, val_loader, model, description, _ = _build(cfg, ctx)
     model = _prepare_model(model, cfg.trainer, ctx.device, ctx.dist)
     checkpoint.load_model_weights(model, ckpt, path)
     val = evaluate(without_ddp(model), val_loader, cfg.trainer, ctx.device, progress=_progress(cfg, ctx))
@@ -149,6 +150,7 @@ def fit(
     val_loader: Any,
     ctx: Context,
     steps_per_epoch: int,
+    data_info: dict[str, Any],
     *,
     resumed: bool,
 ) -> dict[str, Any]:
@@ -162,7 +164,7 @@ def fit(
 
     def save(path: Path) -> None:
         if ctx.dist.is_main:
-            checkpoint.save_checkpoint(path, state, config)
+            checkpoint.save_checkpoint(path, state, config, data_info)
 
     def on_step(state: TrainState) -> bool:
         if state.step % cfg.trainer.log_every_steps == 0:
@@ -237,8 +239,9 @@ _TB_TAGS = {"train_loss": "train/loss", "train_top1": "train/top1", "val_loss": 
             "val_top5": "val/top5", "images_per_s": "perf/images_per_s", "epoch_time_s": "perf/epoch_time_s"}
 
 
-def _build(cfg: DictConfig, ctx: Context) -> tuple[Any, Any, nn.Module, dict[str, Any]]:
-    """Data loaders and model for this process, and the run's description for results.json."""
+def _build(cfg: DictConfig, ctx: Context) -> tuple[Any, Any, nn.Module, dict[str, Any], dict[str, Any]]:
+    """Data loaders and model for this process, the run's description for results.json, and the data
+    facts the model was built for (stored in checkpoints)."""
     if cfg.trainer.amp == "fp16" and ctx.device.type == "cpu":
         log.warning("trainer.amp=fp16 on the CPU is emulated and many times slower than fp32; "
                     "use trainer.amp=bf16 or none on the CPU")
@@ -252,7 +255,7 @@ def _build(cfg: DictConfig, ctx: Context) -> tuple[Any, Any, nn.Module, dict[str
                    "git_commit": _git_commit()}
     log.info("%s (%s): %.2fM parameters, %.3f GFLOPs per image", cfg.model.name, cfg.conv.name,
              description["params"] / 1e6, description["flops"] / 1e9)
-    return train_loader, val_loader, model, description
+    return train_loader, val_loader, model, description, dataclasses.asdict(info)
 
 
 def _resume_checkpoint(resume: str | None, folder: RunFolder) -> Path | None:

@@ -95,6 +95,9 @@ def test_enum_values_are_checked():
     (["sched=multistep", "sched.milestones=[5,2]"], "sched.milestones"),
     (["sched.milestones=[5]"], "sched.milestones"),
     (["optim=adamw", "optim.nesterov=true"], "optim.nesterov"),
+    (["conv=standard", "optim.sigma_lr_scale=10"], "optim.sigma_lr_scale"),
+    (["conv=gmconv_fixed", "optim.sigma_lr_scale=10"], "optim.sigma_lr_scale"),
+    (["optim.sigma_lr_scale=-1"], "optim.sigma_lr_scale"),
 ])
 def test_bad_or_unused_values_name_the_key(overrides, key):
     with pytest.raises(ValueError, match=key.replace(".", r"\.")):

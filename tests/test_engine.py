@@ -18,16 +18,30 @@ from engine.optim import build_optimizer, build_scheduler, param_groups, scaled_
 from gmconv import DynamicGMConv2d, GMConv2d
 
 
-def test_no_weight_decay_on_sigma_biases_and_norms():
+def test_no_weight_decay_on_sigma_biases_and_norms_and_sigma_in_its_own_group():
     model = nn.Sequential(GMConv2d(3, 8, 3, sigma_granularity="kernel"), nn.BatchNorm2d(8),
                           DynamicGMConv2d(8, 8, 3), nn.Flatten(), nn.LazyLinear(2))
     model(torch.randn(2, 3, 6, 6))
-    decayed, plain = param_groups(model, 0.1)
+    decayed, plain, sigma = param_groups(model, 0.1, sigma_lr_scale=30.0)
     names = {id(p): n for n, p in model.named_parameters()}
     assert {names[id(p)] for p in decayed["params"]} == {"0.weight", "2.weight", "4.weight"}
-    assert {"0.sigma_raw", "2.sigma_predictor.0.weight", "1.weight", "1.bias", "4.bias"} <= {
-        names[id(p)] for p in plain["params"]}
-    assert decayed["weight_decay"] == 0.1 and plain["weight_decay"] == 0.0
+    assert {names[id(p)] for p in plain["params"]} == {"0.bias", "1.weight", "1.bias", "2.bias", "4.bias"}
+    assert {"0.sigma_raw", "2.sigma_predictor.0.weight", "2.sigma_predictor.2.bias"} <= {
+        names[id(p)] for p in sigma["params"]}
+    assert decayed["weight_decay"] == 0.1 and plain["weight_decay"] == sigma["weight_decay"] == 0.0
+    assert sigma["lr_scale"] == 30.0
+    assert len(param_groups(nn.Conv2d(3, 8, 3), 0.1)) == 2  # no σ, no σ group
+
+
+def test_sigma_learns_at_the_scaled_rate_through_the_schedule():
+    model = nn.Sequential(GMConv2d(3, 4, 3), nn.Flatten(), nn.LazyLinear(2))
+    model(torch.randn(1, 3, 5, 5))
+    optimizer = build_optimizer(model, OmegaConf.structured(OptimConfig(lr=0.1, sigma_lr_scale=10.0)), 0.1)
+    scheduler = build_scheduler(optimizer, OmegaConf.structured(SchedConfig(name="cosine")), epochs=1,
+                                steps_per_epoch=4)
+    scheduler.step_update(num_updates=2)
+    lrs = [group["lr"] for group in optimizer.param_groups]
+    assert lrs[2] == pytest.approx(10 * lrs[0]) and lrs[0] == pytest.approx(0.05)
 
 
 def test_linear_lr_scaling_and_optimizer_choice():
