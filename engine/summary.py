@@ -1,0 +1,298 @@
+"""Run folders summarised per experimental setting: mean ± std over seeds and the gain over the standard conv.
+
+    read_runs   run folders → completed training runs + unfinished ones (never averaged in)
+    group_runs  runs → groups: equal in every setting of the resolved config except seed and bookkeeping
+    summarize   groups → rows: top-1/top-5 mean ± std, cost, and Δ top-1 paired by seed against the
+                standard-conv group that is equal in every other setting
+    markdown / csv_text  rows → the table (scripts/summarize.py prints and writes them)
+
+Accuracies are the final epoch's (results.json ``top1``/``top5``), not the best epoch's, which is
+chosen on the same validation set and so biased upwards. std is the sample standard deviation (n-1).
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import statistics
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Optional
+
+import torch
+
+from .checkpoint import LAST
+from .run_folder import RESULTS, RunFolder
+
+# Keys of the resolved config that say how or where a run was executed, not what was trained: runs
+# that differ only here are the same experiment. (trainer.device is "auto" almost always, so it does
+# not even say where a run went; data.download only fetches missing files.)
+BOOKKEEPING = frozenset({
+    "seed", "resume", "eval_only", "ckpt",
+    "trainer.progress", "trainer.device", "trainer.log_every_steps", "trainer.checkpoint_every_steps",
+    "data.root", "data.download", "data.num_workers", "data.pin_memory", "data.persistent_workers",
+})
+# What a GMConv run may set and a standard run may not (engine/config.py refuses σ's learning-rate scale
+# without a learned σ): a group's baseline is the standard-conv group equal in everything else.
+CONV_ONLY = ("conv.", "optim.sigma_lr_scale")
+STANDARD = "standard"
+# Config groups whose ``<group>.name`` labels a group instead of the sub-settings that come with it.
+NAME_KEYS = {f"{group}.name": group for group in ("model", "conv", "data", "optim", "sched")}
+
+Settings = tuple[tuple[str, Any], ...]
+
+
+@dataclass(frozen=True)
+class Run:
+    path: Path
+    results: dict[str, Any]
+    settings: dict[str, Any]  # flattened resolved config without BOOKKEEPING, plus world_size
+
+    @property
+    def seed(self) -> int:
+        return self.results["config"]["seed"]
+
+
+@dataclass(frozen=True)
+class Unfinished:
+    path: Path
+    what: str  # what is there, e.g. "no results.json; last checkpoint at epoch 3/10"
+
+
+@dataclass(frozen=True)
+class Group:
+    label: str
+    settings: Settings
+    runs: tuple[Run, ...]
+
+    @property
+    def is_standard(self) -> bool:
+        return dict(self.settings).get("conv.type") == STANDARD
+
+
+@dataclass(frozen=True)
+class Stat:
+    mean: float
+    std: Optional[float]  # None for a single value
+    n: int
+
+
+@dataclass(frozen=True)
+class Row:
+    group: Group
+    top1: Stat
+    top5: Stat
+    params_m: float
+    gflops: float
+    images_per_s: float
+    baseline: Optional[Group]  # the matching standard-conv group (None for a standard group or without one)
+    delta: Optional[Stat]  # paired top-1 differences; None where there is no pair
+
+
+def flatten(config: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """``{"optim": {"lr": 0.1}}`` → ``{"optim.lr": 0.1}``; lists become tuples, so settings compare and hash."""
+    flat: dict[str, Any] = {}
+    for key, value in config.items():
+        if isinstance(value, dict):
+            flat.update(flatten(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = _hashable(value)
+    return flat
+
+
+def _hashable(value: Any) -> Any:
+    if isinstance(value, (list, tuple)):
+        return tuple(_hashable(v) for v in value)
+    if isinstance(value, dict):
+        return tuple(sorted((k, _hashable(v)) for k, v in value.items()))
+    return value
+
+
+def settings_of(results: dict[str, Any]) -> dict[str, Any]:
+    """The experimental settings of a completed run: its resolved config without BOOKKEEPING, and the
+    number of processes (the global batch is data.batch_size × world_size)."""
+    flat = {key: value for key, value in flatten(results["config"]).items() if key not in BOOKKEEPING}
+    flat["world_size"] = results.get("world_size", 1)
+    return flat
+
+
+def read_runs(folders: list[Path]) -> tuple[list[Run], list[Unfinished], int]:
+    """The completed training runs, the unfinished or failed ones, and how many evaluation-only runs were skipped."""
+    runs, unfinished, evaluations = [], [], 0
+    for path in folders:
+        folder = RunFolder(path)
+        if not folder.results.is_file():
+            unfinished.append(Unfinished(path, f"no {RESULTS}; {checkpoint_state(folder)}"))
+            continue
+        try:
+            results = json.loads(folder.results.read_text())
+        except (OSError, ValueError) as err:
+            unfinished.append(Unfinished(path, f"unreadable {RESULTS} ({err})"))
+            continue
+        status = results.get("status")
+        if status == "evaluated":
+            evaluations += 1
+        elif status != "completed":
+            unfinished.append(Unfinished(path, f"{RESULTS} with status {status!r}; {checkpoint_state(folder)}"))
+        elif "config" not in results:
+            unfinished.append(Unfinished(path, f"{RESULTS} without the resolved config (an older version wrote it)"))
+        else:
+            runs.append(Run(path, results, settings_of(results)))
+    return runs, unfinished, evaluations
+
+
+def checkpoint_state(folder: RunFolder) -> str:
+    """How far an unfinished run got, from its last.pt (memory-mapped: the weights are not read)."""
+    if not folder.last.is_file():
+        saved = sorted(p.name for p in folder.checkpoints.glob("*.pt")) if folder.checkpoints.is_dir() else []
+        return f"checkpoints: {', '.join(saved)}" if saved else "no checkpoint"
+    try:
+        ckpt = torch.load(folder.last, map_location="cpu", weights_only=True, mmap=True)
+        epochs = ckpt["config"]["trainer"]["epochs"]
+        where = f"last checkpoint at epoch {ckpt['epoch']}/{epochs}"
+        if ckpt["batches_done"]:
+            where += f" (+{ckpt['batches_done']} batches of epoch {ckpt['epoch'] + 1})"
+        return where
+    except (OSError, RuntimeError, KeyError, TypeError, ValueError) as err:
+        return f"unreadable {LAST} ({type(err).__name__})"
+
+
+def group_runs(runs: list[Run]) -> list[Group]:
+    """Runs equal in every setting (seed and BOOKKEEPING aside) form a group, labelled by what differs
+    between the groups."""
+    keys = sorted({key for run in runs for key in run.settings})
+    by_settings: dict[Settings, list[Run]] = {}
+    for run in runs:
+        by_settings.setdefault(tuple((key, run.settings.get(key)) for key in keys), []).append(run)
+    shown = label_keys([dict(settings) for settings in by_settings])
+    groups = [Group(_label(dict(settings), shown), settings, tuple(sorted(members, key=lambda r: (r.seed, r.path))))
+              for settings, members in by_settings.items()]
+    return sorted(groups, key=lambda group: group.label)
+
+
+def label_keys(settings: list[dict[str, Any]]) -> list[str]:
+    """The keys that differ between groups, with ``<group>.<key>`` left out where ``<group>.name`` already
+    tells it; for a single group, its model, conv and data."""
+    differing = [key for key in settings[0] if len({s[key] for s in settings}) > 1]
+    names = {NAME_KEYS[key] for key in differing if key in NAME_KEYS}
+
+    def implied(key: str) -> bool:
+        group = key.split(".", 1)[0]
+        if group not in names or key == f"{group}.name":
+            return False
+        values: dict[Any, set[Any]] = {}
+        for s in settings:
+            values.setdefault(s[f"{group}.name"], set()).add(s[key])
+        return all(len(v) == 1 for v in values.values())
+
+    shown = [key for key in differing if not implied(key)] or [key for key in ("model.name", "conv.name", "data.name")
+                                                                if key in settings[0]]  # one group: what it is
+    order = {key: i for i, key in enumerate(NAME_KEYS)}
+    return sorted(shown, key=lambda key: (order.get(key, len(order)), key))
+
+
+def _label(settings: dict[str, Any], keys: list[str]) -> str:
+    """``conv=gmconv`` for conv.name, as the option is chosen on the command line; ``key=value`` otherwise."""
+    return " ".join(f"{NAME_KEYS.get(key, key)}={format_value(settings[key])}" for key in keys)
+
+
+def format_value(value: Any) -> str:
+    """A setting as it is typed on the command line: 10 (not 10.0), true, null."""
+    if isinstance(value, bool):
+        return str(value).lower()
+    if value is None:
+        return "null"
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))
+    return str(value)
+
+
+def baseline_of(group: Group, groups: list[Group]) -> Optional[Group]:
+    """The standard-conv group equal to ``group`` outside CONV_ONLY; None for a standard group, or
+    where there is no such group (or, impossibly for validated configs, several)."""
+    if group.is_standard:
+        return None
+    rest = _without_conv(group.settings)
+    matches = [g for g in groups if g.is_standard and _without_conv(g.settings) == rest]
+    return matches[0] if len(matches) == 1 else None
+
+
+def _without_conv(settings: Settings) -> Settings:
+    return tuple((key, value) for key, value in settings if not key.startswith(CONV_ONLY))
+
+
+def stat(values: list[float]) -> Stat:
+    return Stat(statistics.mean(values), statistics.stdev(values) if len(values) > 1 else None, len(values))
+
+
+def paired_delta(group: Group, baseline: Group) -> Optional[Stat]:
+    """top-1 of ``group`` minus ``baseline``'s, over the seeds both ran (runs repeated with one seed averaged first)."""
+    mine, theirs = _top1_by_seed(group), _top1_by_seed(baseline)
+    seeds = sorted(mine.keys() & theirs.keys())
+    return stat([mine[s] - theirs[s] for s in seeds]) if seeds else None
+
+
+def _top1_by_seed(group: Group) -> dict[int, float]:
+    seeds: dict[int, list[float]] = {}
+    for run in group.runs:
+        seeds.setdefault(run.seed, []).append(run.results["top1"])
+    return {seed: statistics.mean(values) for seed, values in seeds.items()}
+
+
+def summarize(groups: list[Group]) -> list[Row]:
+    rows = []
+    for group in groups:
+        values = {key: [run.results[key] for run in group.runs] for key in ("top1", "top5", "params", "flops",
+                                                                            "images_per_s")}
+        baseline = baseline_of(group, groups)
+        rows.append(Row(group, stat(values["top1"]), stat(values["top5"]), statistics.mean(values["params"]) / 1e6,
+                        statistics.mean(values["flops"]) / 1e9, statistics.mean(values["images_per_s"]), baseline,
+                        paired_delta(group, baseline) if baseline else None))
+    return rows
+
+
+def format_stat(s: Stat, sign: str = "") -> str:
+    return f"{s.mean:{sign}.2f} ± {'—' if s.std is None else f'{s.std:.2f}'}"
+
+
+def format_delta(row: Row) -> str:
+    if row.baseline is None:
+        return "—"
+    if row.delta is None:
+        return "— (no common seed)"
+    return f"{format_stat(row.delta, '+')} ({row.delta.n} pair{'s' if row.delta.n > 1 else ''})"
+
+
+def markdown(rows: list[Row], unfinished: list[Unfinished], evaluations: int) -> str:
+    """The table, then the runs it leaves out and why."""
+    lines = ["| group | n | top-1 (%) | top-5 (%) | params (M) | GFLOPs | images/s | Δ top-1 vs standard |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|"] if rows else ["No completed training run."]
+    lines += [f"| {r.group.label} | {r.top1.n} | {format_stat(r.top1)} | {format_stat(r.top5)} | {r.params_m:.4f} "
+              f"| {r.gflops:.4f} | {r.images_per_s:.0f} | {format_delta(r)} |" for r in rows]
+    if rows:
+        lines += ["", "top-1/top-5: final epoch, mean ± sample std over seeds; Δ: paired by seed with the "
+                  "standard-conv group of the same other settings."]
+    if unfinished:
+        lines += ["", f"Unfinished or failed runs ({len(unfinished)}, not averaged in):", ""]
+        lines += [f"- `{u.path}`: {u.what}" for u in unfinished]
+    if evaluations:
+        lines += ["", f"{evaluations} evaluation-only run{'s' if evaluations > 1 else ''} (eval_only=true) left out."]
+    return "\n".join(lines) + "\n"
+
+
+CSV_COLUMNS = ["group", "n", "top1_mean", "top1_std", "top5_mean", "top5_std", "params_m", "gflops", "images_per_s",
+               "delta_top1_mean", "delta_top1_std", "delta_pairs", "baseline"]
+
+
+def csv_text(rows: list[Row]) -> str:
+    """One line per group, full precision; empty cells where a value does not exist (std of one run, no baseline)."""
+    out = io.StringIO()
+    writer = csv.writer(out, lineterminator="\n")
+    writer.writerow(CSV_COLUMNS)
+    for r in rows:
+        delta = (r.delta.mean, r.delta.std, r.delta.n) if r.delta else (None, None, 0 if r.baseline else None)
+        cells = [r.group.label, r.top1.n, r.top1.mean, r.top1.std, r.top5.mean, r.top5.std, r.params_m, r.gflops,
+                 r.images_per_s, *delta, r.baseline.label if r.baseline else None]
+        writer.writerow(["" if cell is None else cell for cell in cells])
+    return out.getvalue()
