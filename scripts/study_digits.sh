@@ -1,0 +1,25 @@
+#!/usr/bin/env bash
+# Regenerates docs/STUDY.md's numbers and figures on the digits data (CPU, about 30 minutes on 2 cores).
+#   bash scripts/study_digits.sh [OUT]        OUT: where the runs go (default outputs/study)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+out=${1:-outputs/study}
+figures=docs/study
+
+# 1. How fast σ learns: optim.sigma_lr_scale on ResNet-20 + GMConv, 3 seeds each.
+python train.py -m optim.sigma_lr_scale=1,10,30,100,300,1000 seed=0,1,2 trainer.progress=false \
+    hydra.sweep.dir="$out/sigma_lr"
+python scripts/summarize.py "$out/sigma_lr" --out "$figures/sigma_lr.md"
+python scripts/sigma_report.py "$out"/sigma_lr/*seed=0* --out "$out/sigma_lr_report"
+
+# 2. Standard vs GMConv and the σ ablations, ResNet-20 and ResNet-32, 5 seeds each.
+python train.py -m model=resnet20,resnet32 conv=standard,gmconv,gmconv_fixed,gmconv_layer seed=0,1,2,3,4 \
+    trainer.progress=false hydra.sweep.dir="$out/digits"
+python scripts/summarize.py "$out/digits" --out "$figures/digits.md"
+
+# 3. Effective receptive fields (seed 0 of each conv type, trained and at initialisation) and learned σ.
+for model in resnet20 resnet32; do
+    python scripts/erf.py "$out"/digits/*model="$model",seed=0 --images 64 --out "$figures/erf_$model"
+    python scripts/sigma_report.py "$out"/digits/*conv=gmconv,model="$model",seed=0 \
+        "$out"/digits/*conv=gmconv_layer,model="$model",seed=0 --out "$figures/sigma_$model"
+done
