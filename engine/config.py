@@ -88,6 +88,9 @@ class TrainerConfig:
     deterministic: bool = False
     limit_train_batches: Optional[int] = None  # smoke runs: stop each epoch after this many batches
     limit_val_batches: Optional[int] = None
+    # TensorBoard images (sigma_mask/<layer>) of each GMConv layer's masks at its smallest, median and
+    # largest σ at every epoch's end, beside the σ curves: receptive fields seen narrowing or widening
+    log_masks: bool = False
 
 
 @dataclass
@@ -122,6 +125,10 @@ def validate(cfg: DictConfig) -> None:
     if not learns_sigma and cfg.optim.sigma_lr_scale != OptimConfig.sigma_lr_scale:
         raise ValueError(f"optim.sigma_lr_scale={cfg.optim.sigma_lr_scale} has no effect: conv={cfg.conv.name} "
                          "learns no σ; remove it or choose a GMConv conv with a learnable σ")
+    if cfg.trainer.log_masks and (ConvType(cfg.conv.type) is ConvType.standard or cfg.conv.dynamic):
+        why = "predicts σ for each image, so no layer has one mask" if cfg.conv.dynamic else "has no Gaussian mask"
+        raise ValueError(f"trainer.log_masks=true has no effect: conv={cfg.conv.name} {why}; "
+                         "remove it or choose conv=gmconv (or a static variant)")
     _check_sched(cfg.sched)
     if cfg.eval_only and cfg.resume:
         raise ValueError("resume= continues training and cannot be combined with eval_only=true; "

@@ -8,17 +8,23 @@ summary.csv gives), for people who plot with pandas; a resumed run drops the row
 from __future__ import annotations
 
 import csv
+import math
 from pathlib import Path
 from typing import Any
 
+import torch
+import torch.nn.functional as F
 from torch import nn
 from torch.utils.tensorboard import SummaryWriter
 
 from gmconv import GMConv2d, sigma_stats
+from gmconv.stats import masks_by_sigma
 
 from .checkpoint import atomic_write
 
 METRICS_CSV = "metrics.csv"
+MASK_CHANNELS = 3  # Tracker.masks shows the masks of the smallest, median and largest σ of a layer
+MASK_PIXELS = 24  # at least this many pixels per mask side, so a 3×3 mask is visible in TensorBoard
 
 
 class Tracker:
@@ -61,6 +67,18 @@ class Tracker:
             if isinstance(module, GMConv2d) and module.sigma.numel() > 1:
                 self.writer.add_histogram(f"sigma_hist/{name}", module.sigma, step)
 
+    def masks(self, model: nn.Module, step: int) -> None:
+        """An image per GMConv2d layer: the masks of its smallest, median and largest σ, side by side.
+
+        Grey levels are the mask values (white = 1 at the centre), on one scale for every layer and step, so
+        a narrowing σ shows as a shrinking bright spot. ``DynamicGMConv2d`` has no mask of its own: skipped.
+        """
+        if not self.writer:
+            return
+        for name, module in model.named_modules():
+            if isinstance(module, GMConv2d):
+                self.writer.add_image(f"sigma_mask/{name}", mask_strip(module), step, dataformats="HW")
+
     def hparams(self, hparams: dict[str, Any], metrics: dict[str, float]) -> None:
         """Written into the run's own event folder so TensorBoard's HPARAMS tab lines runs up."""
         if self.writer:
@@ -86,3 +104,13 @@ class Tracker:
                 writer.writerows(kept)
 
         atomic_write(self.csv_path, write)
+
+
+def mask_strip(layer: GMConv2d) -> torch.Tensor:
+    """(H, W) image in [0, 1]: ``MASK_CHANNELS`` masks of ``layer``, upscaled (nearest), one black column apart."""
+    masks, _ = masks_by_sigma(layer, MASK_CHANNELS)
+    scale = math.ceil(MASK_PIXELS / max(layer.kernel_size))
+    big = F.interpolate(masks[:, None], scale_factor=scale, mode="nearest")[:, 0]
+    gap = torch.zeros(big.shape[1], 1)
+    tiles = [part for mask in big for part in (mask, gap)][:-1]
+    return torch.cat(tiles, dim=1)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import torch
 from torch import nn
 
 from .conv import GMConv2d
@@ -27,3 +28,19 @@ def sigma_stats(model: nn.Module) -> dict[str, dict[str, float]]:
             "count": float(sigma.numel()),
         }
     return stats
+
+
+def masks_by_sigma(layer: GMConv2d, count: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """``count`` of the layer's masks, (k, kh, kw), and their σ, (k,), from the smallest σ to the largest.
+
+    The σ values are picked evenly along their sorted order (3: smallest, median, largest), so a few
+    small images show the range of receptive fields a layer learned; k < ``count`` when the layer has
+    fewer σ values. With ``sigma_granularity="kernel"`` an entry is one (output, input) kernel.
+    """
+    if count < 1:
+        raise ValueError(f"count={count} must be >= 1")
+    sigma = layer.sigma.flatten()
+    masks = layer.mask().detach().reshape(-1, *layer.kernel_size)  # one mask per σ value, in σ's order
+    order = sigma.argsort()
+    chosen = order[torch.linspace(0, len(order) - 1, min(count, len(order))).round().long()]
+    return masks[chosen].float(), sigma[chosen].float()

@@ -107,3 +107,34 @@ def test_restored_optimizer_keeps_its_buffers_but_takes_the_configured_hyperpara
         momentum = resumed.optimizer.state_dict()["state"][0]["momentum_buffer"]
         torch.testing.assert_close(momentum, saved["optimizer"]["state"][0]["momentum_buffer"])
         assert resumed.step == 1
+
+
+def test_tracker_writes_one_mask_image_per_gmconv_layer_and_none_for_a_standard_model(tmp_path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    from engine.tracking import Tracker
+
+    gm = nn.Sequential(GMConv2d(3, 8, 3), nn.ReLU(), GMConv2d(8, 4, 5, sigma_granularity="kernel"),
+                       DynamicGMConv2d(4, 4, 3), nn.Conv2d(4, 4, 1))
+    with torch.no_grad():
+        gm[0].sigma_raw.copy_(torch.linspace(-2.0, 2.0, 8))  # 8 different widths
+    for name, model in (("gm", gm), ("standard", nn.Sequential(nn.Conv2d(3, 8, 3), nn.Conv2d(8, 8, 3)))):
+        tracker = Tracker(tmp_path / name, enabled=True)
+        tracker.masks(model, step=3)
+        tracker.close()
+    images = EventAccumulator(str(tmp_path / "gm" / "tb")).Reload()
+    assert images.Tags()["images"] == ["sigma_mask/0", "sigma_mask/2"]  # not the dynamic or the plain conv
+    first = images.Images("sigma_mask/0")
+    assert [event.step for event in first] == [3]
+    assert (first[0].width, first[0].height) == (3 * 24 + 2, 24)  # 3 masks of 3×3 upscaled ×8, 1-px gaps
+    assert EventAccumulator(str(tmp_path / "standard" / "tb")).Reload().Tags()["images"] == []
+
+
+@pytest.mark.parametrize("conv", ["standard", "gmconv_dynamic"])
+def test_mask_images_are_refused_where_no_layer_has_a_mask(conv):
+    from engine.config import validate
+    from helpers import compose_train
+
+    validate(compose_train("trainer.log_masks=true"))
+    with pytest.raises(ValueError, match=f"trainer.log_masks=true has no effect: conv={conv}"):
+        validate(compose_train("trainer.log_masks=true", f"conv={conv}"))
