@@ -211,6 +211,8 @@ def fit(
             tracker.scalars({_TB_TAGS.get(key, key): value for key, value in row.items() if key != "step"}, state.step)
             tracker.epoch_row(row)
             tracker.sigma(unwrap(state.model), state.step)
+            if cfg.trainer.log_masks:
+                tracker.masks(unwrap(state.model), state.step)
             save(folder.last)
             if stop.should_stop(state.step, sync=True) and state.epoch < epochs:
                 raise preempted()
