@@ -25,12 +25,12 @@ from engine.checkpoint import load_checkpoint
 from engine.preemption import StopRequest
 
 
-def scalar_tags(tb_dir: Path) -> set[str]:
+def scalar_tags(tb_dir: Path, kind: str = "scalars") -> set[str]:
     tags: set[str] = set()
     for events in tb_dir.rglob("events.out.tfevents.*"):
         acc = EventAccumulator(str(events))
         acc.Reload()
-        tags |= set(acc.Tags()["scalars"])
+        tags |= set(acc.Tags()[kind])
     return tags
 
 
@@ -49,7 +49,8 @@ def record(run_dir: Path) -> dict[str, bytes]:
 def finished(tmp_path_factory) -> tuple[Path, subprocess.CompletedProcess]:
     """A finished 2-epoch run of ResNet-20 with one σ per layer on the digits, through the command line."""
     run_dir = tmp_path_factory.mktemp("finished") / "run"
-    proc = ok(train(*QUICK, "trainer.epochs=2", "conv=gmconv_layer", f"hydra.run.dir={run_dir}"))
+    proc = ok(train(*QUICK, "trainer.epochs=2", "conv=gmconv_layer", "trainer.log_masks=true",
+                    f"hydra.run.dir={run_dir}"))
     return run_dir, proc
 
 
@@ -77,6 +78,7 @@ def test_a_run_writes_the_whole_run_folder(finished):
     expected = {"train/loss", "train/top1", "lr", "val/loss", "val/top1", "val/top5", "perf/images_per_s",
                 "perf/epoch_time_s", "sigma/conv1/mean", "sigma/layer3.2.conv2/max", "hparam/top1"}
     assert expected <= tags, expected - tags
+    assert "sigma_mask/layer3.2.conv2" in scalar_tags(run_dir / "tb", "images")  # trainer.log_masks=true
     ckpt = load(run_dir / "checkpoints/last.pt")
     assert ckpt["epoch"] == 2 and ckpt["step"] == 8
     assert ckpt["config"]["model"]["name"] == "resnet20"
