@@ -1,20 +1,45 @@
-"""gmconv.erf against closed-form answers, and the model left untouched."""
+"""gmconv.erf against closed-form answers, the model left untouched, and scripts/erf.py end to end."""
 
 from __future__ import annotations
 
 import copy
+import importlib.util
+import json
 import math
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
+from PIL import Image
 from torch import nn
 
 from gmconv import DynamicGMConv2d, GMConv2d, erf_map, erf_stats
 from gmconv.erf import spatial_layers
+from helpers import ROOT, failed_with, ok, run_in_process
 from models.cifar_resnet import CifarResNet
 
+TINY_RUN = ["trainer.epochs=1", "trainer.limit_train_batches=2", "trainer.limit_val_batches=1", "data.batch_size=16",
+            "trainer.progress=false"]
 STAT_KEYS = {"centroid_y", "centroid_x", "sigma_y", "sigma_x",
              "area_ratio@0.2", "area_ratio@0.3", "area_ratio@0.5", "area_ratio@0.99"}
+
+
+def _script():
+    """scripts/erf.py as a module, to call its functions in-process."""
+    spec = importlib.util.spec_from_file_location("erf_script", ROOT / "scripts" / "erf.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # its dataclass looks its module up
+    spec.loader.exec_module(module)
+    return module
+
+
+def _script_run(*args: str) -> subprocess.CompletedProcess:
+    """``python scripts/erf.py *args`` with one thread: tiny tensors, and a 2-core CPU shared with other jobs."""
+    return subprocess.run([sys.executable, "scripts/erf.py", *args], cwd=ROOT, capture_output=True, text=True,
+                          timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})
 
 
 def _conv(kernel: torch.Tensor) -> nn.Conv2d:
@@ -127,3 +152,64 @@ def test_a_cifar_resnet_is_measured_at_its_last_stage(one_thread):
         erf_map(model, images, layer="fc")
     with pytest.raises(ValueError, match="no module with a spatial"):
         erf_map(nn.Sequential(nn.Flatten(), nn.Linear(12, 2)), torch.randn(1, 3, 2, 2))
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory) -> list[Path]:
+    """Two tiny trained runs on digits, GMConv and standard (a few seconds each, on one thread)."""
+    root = tmp_path_factory.mktemp("erf_runs")
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        for conv in ("gmconv", "standard"):
+            run_in_process(root / conv, f"conv={conv}", *TINY_RUN)
+    finally:
+        torch.set_num_threads(threads)
+    return [root / "gmconv", root / "standard"]
+
+
+def test_script_writes_the_figure_json_and_table(runs, tmp_path):
+    out = tmp_path / "erf"
+    proc = ok(_script_run(*map(str, runs), "--images", "4", "--out", str(out)))
+    summary = json.loads((out / "erf.json").read_text())
+    labels = ["resnet20-gmconv seed 0", "resnet20-gmconv at init (seed 0)",
+              "resnet20-standard seed 0", "resnet20-standard at init (seed 0)"]
+    assert [p["label"] for p in summary["panels"]] == labels and summary["num_panels"] == 4
+    assert [p["kind"] for p in summary["panels"]] == ["trained", "init", "trained", "init"]
+    for panel in summary["panels"]:
+        assert set(panel["stats"]) == STAT_KEYS and panel["layer"] == "layer3"
+        assert panel["images"] == "4 validation images of digits"
+    with Image.open(out / "erf.png") as png:
+        assert png.width <= 1600 and png.height <= 600
+    assert "4 validation images of digits" in proc.stdout
+    assert all(label in proc.stdout for label in labels) and "area_ratio@0.99" in proc.stdout
+
+
+def test_one_figure_panel_per_map_and_one_init_per_architecture(runs, tmp_path, one_thread):
+    script = _script()
+    assert script.main([str(runs[0]), str(runs[0]), "--images", "2", "--out", str(tmp_path)]) == 0
+    summary = json.loads((tmp_path / "erf.json").read_text())
+    assert [p["kind"] for p in summary["panels"]] == ["trained", "init", "trained"]  # the same architecture twice
+    assert [p["label"] for p in summary["panels"]] == [
+        "resnet20-gmconv seed 0 (gmconv) #1", "resnet20-gmconv at init (seed 0)", "resnet20-gmconv seed 0 (gmconv) #2"]
+    maps = [torch.rand(8, 8, dtype=torch.float64) for _ in range(5)]
+    maps[0][0, 0] = 0.0  # the log scale copes with zeros
+    panels = [script.Panel(f"run {i}", "trained", "", "", "layer3", "", erf) for i, erf in enumerate(maps)]
+    for log in (False, True):
+        figure = script.erf_figure(panels, log=log)
+        assert sum(bool(ax.images) for ax in figure.axes) == 5
+
+
+def test_script_refuses_bad_input_in_one_line(runs, tmp_path, capsys, one_thread):
+    empty = tmp_path / "not_a_run"
+    empty.mkdir()
+    proc = _script_run(str(empty))
+    assert proc.returncode == 2
+    assert len(failed_with(proc, "holds no checkpoint").strip().splitlines()) == 1
+    script = _script()
+    capsys.readouterr()
+    assert script.main([str(runs[0]), "--layer", "layer9", "--out", str(tmp_path)]) == 2
+    error = capsys.readouterr().err.strip()
+    assert len(error.splitlines()) == 1 and "'layer9' is not a module" in error and "'layer3'" in error
+    assert script.main([str(runs[0]), "--images", "0"]) == 2
+    assert "--images=0 must be at least 1" in capsys.readouterr().err
