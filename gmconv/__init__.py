@@ -3,11 +3,13 @@
 The reusable layer of this project; it depends on torch alone.
 
     from gmconv import GMConv2d, GMConvOptions, convert_to_gmconv, fold_gmconv, sigma_parameters, sigma_stats
+    from gmconv import erf_map, erf_stats  # effective receptive fields, to measure what σ does
 """
 
 from .conv import GMConv2d
 from .convert import ConversionReport, convert_to_gmconv, enlarge_kernel, gmconv_from_conv
 from .dynamic import DynamicGMConv2d
+from .erf import erf_map, erf_stats
 from .fold import fold_gmconv, fold_layer
 from .options import GMConvOptions
 from .params import sigma_parameters
@@ -20,6 +22,8 @@ __all__ = [
     "GMConvOptions",
     "convert_to_gmconv",
     "enlarge_kernel",
+    "erf_map",
+    "erf_stats",
     "fold_gmconv",
     "fold_layer",
     "gmconv_from_conv",
