@@ -12,6 +12,8 @@ chosen on the same validation set and so biased upwards. std is the sample stand
 
 from __future__ import annotations
 
+import re
+
 import csv
 import io
 import json
@@ -168,7 +170,7 @@ def group_runs(runs: list[Run]) -> list[Group]:
     shown = label_keys([dict(settings) for settings in by_settings])
     groups = [Group(_label(dict(settings), shown), settings, tuple(sorted(members, key=lambda r: (r.seed, r.path))))
               for settings, members in by_settings.items()]
-    return sorted(groups, key=lambda group: group.label)
+    return sorted(groups, key=lambda group: _natural(group.label))
 
 
 def label_keys(settings: list[dict[str, Any]]) -> list[str]:
@@ -296,3 +298,16 @@ def csv_text(rows: list[Row]) -> str:
                  r.images_per_s, *delta, r.baseline.label if r.baseline else None]
         writer.writerow(["" if cell is None else cell for cell in cells])
     return out.getvalue()
+
+
+def _natural(label: str) -> list:
+    """Sort key that puts sigma_lr_scale=30 before 100 (numbers compared as numbers)."""
+    return [(0, float(part), "") if _is_number(part) else (1, 0.0, part) for part in re.split(r"([0-9.]+)", label)]
+
+
+def _is_number(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
