@@ -12,14 +12,18 @@ python train.py -m optim.sigma_lr_scale=1,10,30,100,300,1000 seed=0,1,2 trainer.
 python scripts/summarize.py "$out/sigma_lr" --out "$figures/sigma_lr.md"
 python scripts/sigma_report.py "$out"/sigma_lr/*seed=0* --out "$out/sigma_lr_report"
 
-# 2. Standard vs GMConv and the σ ablations, ResNet-20 and ResNet-32, 5 seeds each.
+# 2. Standard vs GMConv and the σ ablations, ResNet-20 and ResNet-32, 5 seeds each; and GMConv with σ
+#    learning 100x faster (a separate sweep: conv=standard takes no optim.sigma_lr_scale).
 python train.py -m model=resnet20,resnet32 conv=standard,gmconv,gmconv_fixed,gmconv_layer seed=0,1,2,3,4 \
-    trainer.progress=false hydra.sweep.dir="$out/digits"
+    trainer.progress=false hydra.sweep.dir="$out/digits/main"
+python train.py -m model=resnet20,resnet32 optim.sigma_lr_scale=100 seed=0,1,2,3,4 trainer.progress=false \
+    hydra.sweep.dir="$out/digits/sigma_lr_100"
 python scripts/summarize.py "$out/digits" --out "$figures/digits.md"
 
 # 3. Effective receptive fields (seed 0 of each conv type, trained and at initialisation) and learned σ.
 for model in resnet20 resnet32; do
-    python scripts/erf.py "$out"/digits/*model="$model",seed=0 --images 64 --out "$figures/erf_$model"
-    python scripts/sigma_report.py "$out"/digits/*conv=gmconv,model="$model",seed=0 \
-        "$out"/digits/*conv=gmconv_layer,model="$model",seed=0 --out "$figures/sigma_$model"
+    python scripts/erf.py "$out"/digits/main/*model="$model",seed=0 "$out"/digits/sigma_lr_100/*model="$model",*seed=0 \
+        --images 64 --out "$figures/erf_$model"
+    python scripts/sigma_report.py "$out"/digits/main/*conv=gmconv,model="$model",seed=0 \
+        "$out"/digits/sigma_lr_100/*model="$model",*seed=0 --out "$figures/sigma_$model"
 done
