@@ -130,7 +130,7 @@ def test_eval_only_takes_model_conv_and_data_from_the_checkpoint(finished, tmp_p
 def test_a_mistaken_resume_or_eval_leaves_the_run_record_intact_and_a_later_resume_extends_it(finished_copy):
     run_dir = finished_copy
     before = record(run_dir)
-    failed_with(train(f"resume={run_dir}", "conv=standard"), "conv.name=standard", "cannot change on resume")
+    failed_with(train(f"resume={run_dir}", "model=resnet32"), "model.name=resnet32", "cannot change on resume")
     failed_with(train("eval_only=true", f"resume={run_dir}", f"hydra.run.dir={run_dir.parent / 'eval'}"), "eval_only")
     failed_with(train(f"hydra.run.dir={run_dir}", *QUICK), "already holds a completed run", "resume=")
     assert record(run_dir) == before
