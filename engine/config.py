@@ -21,7 +21,7 @@ from timm.optim import list_optimizers
 
 from data import DataConfig, check_data_config
 from gmconv import GMConvOptions
-from models.config import ConvConfig, ConvType, ModelConfig
+from models.config import ConvConfig, ConvType, ModelConfig, gmconv_options
 from models.small_input import parse_small_input
 
 
@@ -120,15 +120,8 @@ def validate(cfg: DictConfig) -> None:
     check_data_config(cfg.data)
     parse_small_input(cfg.model.small_input)
     _check_conv(cfg.conv)
+    _check_settings_that_need_sigma(cfg)
     _check_optim(cfg.optim)
-    learns_sigma = ConvType(cfg.conv.type) is ConvType.gmconv and cfg.conv.learnable_sigma
-    if not learns_sigma and cfg.optim.sigma_lr_scale != OptimConfig.sigma_lr_scale:
-        raise ValueError(f"optim.sigma_lr_scale={cfg.optim.sigma_lr_scale} has no effect: conv={cfg.conv.name} "
-                         "learns no σ; remove it or choose a GMConv conv with a learnable σ")
-    if cfg.trainer.log_masks and (ConvType(cfg.conv.type) is ConvType.standard or cfg.conv.dynamic):
-        why = "predicts σ for each image, so no layer has one mask" if cfg.conv.dynamic else "has no Gaussian mask"
-        raise ValueError(f"trainer.log_masks=true has no effect: conv={cfg.conv.name} {why}; "
-                         "remove it or choose conv=gmconv (or a static variant)")
     _check_sched(cfg.sched)
     if cfg.eval_only and cfg.resume:
         raise ValueError("resume= continues training and cannot be combined with eval_only=true; "
@@ -175,11 +168,6 @@ def _check_ranges(cfg: DictConfig) -> None:
             raise ValueError(f"{key}={value} is invalid: expected {expected}")
 
 
-def gmconv_options(conv: DictConfig) -> GMConvOptions:
-    """The GMConv library's options as the ``conv`` group sets them."""
-    return GMConvOptions(**{f.name: _plain(conv[f.name]) for f in fields(GMConvOptions)})
-
-
 def _plain(value: Any) -> Any:
     return OmegaConf.to_container(value) if OmegaConf.is_config(value) else getattr(value, "value", value)
 
@@ -194,6 +182,18 @@ def _check_conv(conv: DictConfig) -> None:
             options.validate()
         except ValueError as err:
             raise ValueError(f"conv.{err}") from err
+
+
+def _check_settings_that_need_sigma(cfg: DictConfig) -> None:
+    """σ's learning rate and the mask images mean nothing without a (learned, static) Gaussian mask."""
+    gmconv = ConvType(cfg.conv.type) is ConvType.gmconv
+    if not (gmconv and cfg.conv.learnable_sigma) and cfg.optim.sigma_lr_scale != OptimConfig.sigma_lr_scale:
+        raise ValueError(f"optim.sigma_lr_scale={cfg.optim.sigma_lr_scale} has no effect: conv={cfg.conv.name} "
+                         "learns no σ; remove it or choose a GMConv conv with a learnable σ")
+    if cfg.trainer.log_masks and not (gmconv and not cfg.conv.dynamic):
+        why = "predicts σ for each image, so no layer has one mask" if cfg.conv.dynamic else "has no Gaussian mask"
+        raise ValueError(f"trainer.log_masks=true has no effect: conv={cfg.conv.name} {why}; "
+                         "remove it or choose conv=gmconv (or a static variant)")
 
 
 def _check_optim(optim: DictConfig) -> None:

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from enum import Enum
 from typing import Any, Optional
+
+from omegaconf import OmegaConf
 
 from gmconv import GMConvOptions
 
@@ -39,3 +41,11 @@ class ConvConfig(GMConvOptions):
 
     name: str = "standard"  # the label used in run-folder names
     type: ConvType = ConvType.standard
+
+
+def gmconv_options(conv_cfg: Any) -> GMConvOptions:
+    """The library's options as the ``conv`` config sets them (a ConvConfig or its Hydra DictConfig)."""
+    def plain(value: Any) -> Any:  # a ListConfig as a list, a str Enum as its string
+        return OmegaConf.to_container(value) if OmegaConf.is_config(value) else getattr(value, "value", value)
+
+    return GMConvOptions(**{f.name: plain(getattr(conv_cfg, f.name)) for f in fields(GMConvOptions)})

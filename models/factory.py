@@ -10,13 +10,12 @@ converted model has room for: the σ of a GMConv run's checkpoint.
 from __future__ import annotations
 
 import logging
-from dataclasses import fields
 
 from torch import nn
 
 from gmconv import ConversionReport, GMConvOptions, convert_to_gmconv
 
-from .config import ConvConfig, ConvType, ModelConfig, ModelSource
+from .config import ConvConfig, ConvType, ModelConfig, ModelSource, gmconv_options
 from .pretrained import PretrainedWeights, read_pretrained
 from .registry import create_backbone
 from .small_input import maybe_adapt_to_small_input, parse_small_input
@@ -71,7 +70,7 @@ def apply_conv(model: nn.Module, conv_cfg: ConvConfig, *, model_name: str | None
     """
     if ConvType(conv_cfg.type) is ConvType.standard:
         return None
-    options = GMConvOptions(**{f.name: getattr(conv_cfg, f.name) for f in fields(GMConvOptions)})
+    options = gmconv_options(conv_cfg)
     report = ConversionReport()
     converted = convert_to_gmconv(model, options, report=report)
     if converted is not model:  # only happens for a bare nn.Conv2d, which cannot change type in place
