@@ -243,8 +243,8 @@ def resume_changes(saved: dict[str, Any], cfg: DictConfig) -> list[str]:
     Everything else a resumed run applies for real (more epochs re-plan the schedule from where it
     stands, a new lr or weight decay takes effect at once); a setting in FIXED_ON_RESUME is refused.
     """
-    before = _flatten(saved)
-    now = _flatten(OmegaConf.to_container(cfg, resolve=True, enum_to_str=True))
+    before = flatten(saved)
+    now = flatten(OmegaConf.to_container(cfg, resolve=True, enum_to_str=True))
     changes = []
     for key in sorted(before.keys() | now.keys()):
         if key.split(".")[0] in _NOT_SETTINGS or before.get(key) == now.get(key):
@@ -257,11 +257,20 @@ def resume_changes(saved: dict[str, Any], cfg: DictConfig) -> list[str]:
     return changes
 
 
-def _flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+def flatten(config: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """``{"optim": {"lr": 0.1}}`` → ``{"optim.lr": 0.1}``; lists become tuples, so settings compare and hash."""
     flat: dict[str, Any] = {}
-    for key, value in tree.items():
-        if isinstance(value, dict) and value:
-            flat.update(_flatten(value, f"{prefix}{key}."))
+    for key, value in config.items():
+        if isinstance(value, dict):
+            flat.update(flatten(value, f"{prefix}{key}."))
         else:
-            flat[f"{prefix}{key}"] = value
+            flat[f"{prefix}{key}"] = _hashable(value)
     return flat
+
+
+def _hashable(value: Any) -> Any:
+    if isinstance(value, (list, tuple)):
+        return tuple(_hashable(v) for v in value)
+    if isinstance(value, dict):
+        return tuple(sorted((k, _hashable(v)) for k, v in value.items()))
+    return value

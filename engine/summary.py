@@ -12,11 +12,10 @@ chosen on the same validation set and so biased upwards. std is the sample stand
 
 from __future__ import annotations
 
-import re
-
 import csv
 import io
 import json
+import re
 import statistics
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,6 +24,7 @@ from typing import Any, Optional
 import torch
 
 from .checkpoint import LAST
+from .config import flatten
 from .run_folder import RESULTS, RunFolder
 
 # Keys of the resolved config that say how or where a run was executed, not what was trained: runs
@@ -90,25 +90,6 @@ class Row:
     images_per_s: float
     baseline: Optional[Group]  # the matching standard-conv group (None for a standard group or without one)
     delta: Optional[Stat]  # paired top-1 differences; None where there is no pair
-
-
-def flatten(config: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    """``{"optim": {"lr": 0.1}}`` → ``{"optim.lr": 0.1}``; lists become tuples, so settings compare and hash."""
-    flat: dict[str, Any] = {}
-    for key, value in config.items():
-        if isinstance(value, dict):
-            flat.update(flatten(value, f"{prefix}{key}."))
-        else:
-            flat[f"{prefix}{key}"] = _hashable(value)
-    return flat
-
-
-def _hashable(value: Any) -> Any:
-    if isinstance(value, (list, tuple)):
-        return tuple(_hashable(v) for v in value)
-    if isinstance(value, dict):
-        return tuple(sorted((k, _hashable(v)) for k, v in value.items()))
-    return value
 
 
 def settings_of(results: dict[str, Any]) -> dict[str, Any]:

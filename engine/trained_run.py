@@ -17,7 +17,7 @@ from data import build_loaders
 from models import build_model
 
 from .checkpoint import BEST, LAST, find_checkpoint, load_checkpoint, load_model_weights
-from .config import TrainConfig
+from .config import TrainConfig, flatten
 
 log = logging.getLogger(__name__)
 
@@ -45,6 +45,22 @@ def load_run(run_dir: str | Path, prefer: tuple[str, ...] = (BEST, LAST)) -> Tra
     model = build_untrained(config, ckpt["data_info"])
     load_model_weights(model, ckpt, path)
     return TrainedRun(Path(run_dir), config, path, ckpt, model.eval())
+
+
+def distinct_labels(runs: list[TrainedRun]) -> list[str]:
+    """Each run's label, followed where labels repeat by the settings that tell those runs apart
+    (``resnet20-gmconv seed 0 (optim.sigma_lr_scale=100)``), and by its position if none does."""
+    labels = [run.label for run in runs]
+    result = []
+    for i, (run, label) in enumerate(zip(runs, labels)):
+        twins = [other for other, other_label in zip(runs, labels) if other_label == label]
+        if len(twins) > 1:
+            settings = [flatten(OmegaConf.to_container(twin.config, resolve=True, enum_to_str=True)) for twin in twins]
+            mine = flatten(OmegaConf.to_container(run.config, resolve=True, enum_to_str=True))
+            differing = sorted(key for key in mine if any(other.get(key) != mine[key] for other in settings))
+            label += f" ({', '.join(f'{key}={mine[key]}' for key in differing)})" if differing else f" #{i + 1}"
+        result.append(label)
+    return result
 
 
 def build_untrained(config: DictConfig, data_info: dict[str, Any]) -> nn.Module:

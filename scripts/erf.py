@@ -31,7 +31,7 @@ from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from anywhere without installing
 
-from engine.trained_run import TrainedRun, build_untrained, load_run, validation_images  # noqa: E402
+from engine.trained_run import build_untrained, distinct_labels, load_run, validation_images  # noqa: E402
 from gmconv.erf import erf_map, erf_stats, spatial_layers  # noqa: E402
 
 THRESHOLDS = (0.2, 0.3, 0.5, 0.99)
@@ -72,18 +72,11 @@ def measure(model: nn.Module, images: torch.Tensor, layer: str | None) -> tuple[
     return layer, erf_map(model, images, layer=layer)
 
 
-def unique_labels(runs: list[TrainedRun]) -> list[str]:
-    """Each run's label; where labels repeat, with its folder name, and where those repeat too, its position."""
-    labels = [run.label for run in runs]
-    labels = [f"{label} ({run.path.name})" if labels.count(label) > 1 else label for run, label in zip(runs, labels)]
-    return [f"{label} #{i + 1}" if labels.count(label) > 1 else label for i, label in enumerate(labels)]
-
-
 def collect(run_dirs: list[str], count: int, layer: str | None) -> list[Panel]:
     """A trained panel per run, each followed by an init panel if its architecture is new."""
     runs = [load_run(run_dir) for run_dir in run_dirs]
     panels, seen = [], set()
-    for run, label in zip(runs, unique_labels(runs)):
+    for run, label in zip(runs, distinct_labels(runs)):
         images, described = validation_images(run, count)
         print(f"{label}: {described}")
         used, erf = measure(run.model, images, layer)

@@ -26,7 +26,6 @@ import json
 import math
 import re
 import sys
-from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -44,7 +43,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from anywhere without installing
 
 from engine.checkpoint import BEST, LAST  # noqa: E402
-from engine.trained_run import load_run  # noqa: E402
+from engine.trained_run import TrainedRun, distinct_labels, load_run  # noqa: E402
 from gmconv import DynamicGMConv2d, GMConv2d  # noqa: E402
 from gmconv.stats import masks_by_sigma  # noqa: E402
 
@@ -68,6 +67,7 @@ class Layer:
 @dataclass
 class Run:
     path: Path
+    trained: TrainedRun
     label: str
     checkpoint: Path
     ckpt: dict[str, Any]
@@ -97,7 +97,7 @@ def read_run(path: Path, checkpoint: str) -> Run:
                        "to report")
     if not layers:
         raise BadInput(f"{path} was trained with conv={conv}: no σ to report")
-    return Run(path, trained.label, trained.checkpoint, trained.ckpt, conv, layers, dynamic,
+    return Run(path, trained, trained.label, trained.checkpoint, trained.ckpt, conv, layers, dynamic,
                read_trajectories(path / "tb", [layer.name for layer in layers]))
 
 
@@ -237,14 +237,6 @@ def table(summaries: list[dict[str, Any]], top: int = 3) -> str:
     return "\n".join(lines)
 
 
-def tell_apart(runs: list[Run]) -> None:
-    """Runs of one sweep share model, conv and seed: their folder names then go into the labels."""
-    counts = Counter(run.label for run in runs)
-    for run in runs:
-        if counts[run.label] > 1:
-            run.label = f"{run.label} ({run.path.resolve().name})"
-
-
 def slug(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]+", "_", text).strip("_") or "run"
 
@@ -277,7 +269,8 @@ def main(argv: list[str] | None = None) -> int:
     except BadInput as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    tell_apart(runs)
+    for run, label in zip(runs, distinct_labels([run.trained for run in runs])):
+        run.label = label
     write_report(runs, args.out or args.runs[0] / "sigma_report", args.channels, args.checkpoint)
     return 0
 

@@ -191,7 +191,7 @@ def test_one_figure_panel_per_map_and_one_init_per_architecture(runs, tmp_path, 
     summary = json.loads((tmp_path / "erf.json").read_text())
     assert [p["kind"] for p in summary["panels"]] == ["trained", "init", "trained"]  # the same architecture twice
     assert [p["label"] for p in summary["panels"]] == [
-        "resnet20-gmconv seed 0 (gmconv) #1", "resnet20-gmconv at init (seed 0)", "resnet20-gmconv seed 0 (gmconv) #2"]
+        "resnet20-gmconv seed 0 #1", "resnet20-gmconv at init (seed 0)", "resnet20-gmconv seed 0 #2"]
     maps = [torch.rand(8, 8, dtype=torch.float64) for _ in range(5)]
     maps[0][0, 0] = 0.0  # the log scale copes with zeros
     panels = [script.Panel(f"run {i}", "trained", "", "", "layer3", "", erf) for i, erf in enumerate(maps)]

@@ -17,7 +17,10 @@ from typing import Any
 
 import pytest
 from helpers import ROOT, failed_with, ok, run_in_process
+from omegaconf import OmegaConf
 
+from engine.config import TrainConfig
+from engine.trained_run import TrainedRun, distinct_labels
 from engine.summary import Run, format_delta, group_runs, markdown, settings_of, summarize
 
 TINY = ["trainer.epochs=1", "trainer.limit_train_batches=2", "trainer.limit_val_batches=1", "data.batch_size=16",
@@ -157,3 +160,15 @@ def test_a_setting_the_conv_name_does_not_imply_is_labelled_and_splits_groups():
 def test_an_empty_or_missing_folder_fails_in_one_line(tmp_path, name, error):
     out = failed_with(summarize_cli(str(tmp_path / name)), error)
     assert len(out.strip().splitlines()) == 1, out
+
+
+def test_analysis_labels_name_the_settings_that_tell_runs_apart():
+    """Figures of several runs of one model/conv/seed label each with what differs between them."""
+    def run(**optim):
+        config = OmegaConf.merge(OmegaConf.structured(TrainConfig), {"conv": {"name": "gmconv"}, "optim": optim})
+        return TrainedRun(Path("."), config, Path("."), {}, None)
+
+    assert distinct_labels([run(sigma_lr_scale=1.0), run(sigma_lr_scale=100.0), run(lr=0.5)]) == [
+        "resnet20-gmconv seed 0 (optim.lr=0.1, optim.sigma_lr_scale=1.0)",
+        "resnet20-gmconv seed 0 (optim.lr=0.1, optim.sigma_lr_scale=100.0)",
+        "resnet20-gmconv seed 0 (optim.lr=0.5, optim.sigma_lr_scale=1.0)"]
