@@ -20,6 +20,7 @@ import argparse
 import json
 import math
 import sys
+import textwrap
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -107,7 +108,7 @@ def erf_figure(panels: list[Panel], log: bool = False) -> Figure:
     for ax, panel, erf in zip(axes, panels, maps):
         image = ax.imshow(erf, cmap="magma", norm=norm, interpolation="nearest")
         stats = panel.stats
-        ax.set_title(f"{panel.label}\n{panel.layer}: σx {stats['sigma_x']:.1f}, σy {stats['sigma_y']:.1f} px",
+        ax.set_title(f"{textwrap.fill(panel.label, 40)}\n{panel.layer}: σx {stats['sigma_x']:.1f}, σy {stats['sigma_y']:.1f} px",
                      fontsize=7)
         ax.set_xticks([])
         ax.set_yticks([])

@@ -1,16 +1,17 @@
 #!/usr/bin/env bash
-# Regenerates docs/STUDY.md's numbers and figures on the digits data (CPU, about 30 minutes on 2 cores).
+# Regenerates docs/STUDY.md's numbers and figures on the digits data (CPU, about an hour on 2 cores).
 #   bash scripts/study_digits.sh [OUT]        OUT: where the runs go (default outputs/study)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 out=${1:-outputs/study}
 figures=docs/study
 
-# 1. How fast σ learns: optim.sigma_lr_scale on ResNet-20 + GMConv, 3 seeds each.
+# 1. How fast σ learns: optim.sigma_lr_scale on ResNet-20 + GMConv, 3 seeds each (gmconv/README.md).
 python train.py -m optim.sigma_lr_scale=1,10,30,100,300,1000 seed=0,1,2 trainer.progress=false \
     hydra.sweep.dir="$out/sigma_lr"
 python scripts/summarize.py "$out/sigma_lr" --out "$figures/sigma_lr.md"
-python scripts/sigma_report.py "$out"/sigma_lr/*seed=0* --out "$out/sigma_lr_report"
+python scripts/sigma_report.py "$out"/sigma_lr/*seed=0 --out "$out/sigma_lr_report"
+mkdir -p "$figures/sigma_lr" && cp "$out"/sigma_lr_report/{sigma_by_depth.png,sigma_report.json} "$figures/sigma_lr/"
 
 # 2. Standard vs GMConv and the σ ablations, ResNet-20 and ResNet-32, 5 seeds each; and GMConv with σ
 #    learning 100x faster (a separate sweep: conv=standard takes no optim.sigma_lr_scale).
@@ -19,6 +20,12 @@ python train.py -m model=resnet20,resnet32 conv=standard,gmconv,gmconv_fixed,gmc
 python train.py -m model=resnet20,resnet32 optim.sigma_lr_scale=100 seed=0,1,2,3,4 trainer.progress=false \
     hydra.sweep.dir="$out/digits/sigma_lr_100"
 python scripts/summarize.py "$out/digits" --out "$figures/digits.md"
+# ResNet-32 again with a 1-epoch warmup: without one, some seeds of every arm fail to train (docs/STUDY.md).
+python train.py -m model=resnet32 conv=standard,gmconv,gmconv_fixed,gmconv_layer seed=0,1,2,3,4 sched.warmup_epochs=1 \
+    trainer.progress=false hydra.sweep.dir="$out/digits_warmup/main"
+python train.py -m model=resnet32 optim.sigma_lr_scale=100 seed=0,1,2,3,4 sched.warmup_epochs=1 trainer.progress=false \
+    hydra.sweep.dir="$out/digits_warmup/sigma_lr_100"
+python scripts/summarize.py "$out/digits_warmup" --out "$figures/digits_warmup.md"
 
 # 3. Effective receptive fields (seed 0 of each conv type, trained and at initialisation) and learned σ.
 for model in resnet20 resnet32; do
@@ -27,3 +34,19 @@ for model in resnet20 resnet32; do
     python scripts/sigma_report.py "$out"/digits/main/*conv=gmconv,model="$model",seed=0 \
         "$out"/digits/sigma_lr_100/*model="$model",*seed=0 --out "$figures/sigma_$model"
 done
+
+# 4. ERF statistics of every seed (mean ± std per configuration) for ResNet-20.
+python scripts/erf.py "$out"/digits/main/*model=resnet20,* "$out"/digits/sigma_lr_100/*model=resnet20,* \
+    --images 64 --out "$out/erf_all_resnet20"
+python - "$out/erf_all_resnet20/erf.json" <<'PY'
+import json, re, statistics as st, sys
+from collections import defaultdict
+groups = defaultdict(list)
+for panel in json.load(open(sys.argv[1]))["panels"]:
+    if panel["kind"] == "trained":
+        groups[re.sub(r" seed \d+", "", panel["label"])].append(panel["stats"])
+for name, stats in groups.items():
+    cells = [f"{st.mean(s[k] for s in stats):.3f} ± {st.stdev(s[k] for s in stats):.3f}"
+             for k in ("sigma_x", "sigma_y", "area_ratio@0.5", "area_ratio@0.99")]
+    print(f"| {name} | {len(stats)} | " + " | ".join(cells) + " |")
+PY
