@@ -27,13 +27,16 @@ python train.py -m model=resnet32 optim.sigma_lr_scale=100 seed=0,1,2,3,4 sched.
     hydra.sweep.dir="$out/digits_warmup/sigma_lr_100"
 python scripts/summarize.py "$out/digits_warmup" --out "$figures/digits_warmup.md"
 
-# 3. Effective receptive fields (seed 0 of each conv type, trained and at initialisation) and learned σ.
-for model in resnet20 resnet32; do
-    python scripts/erf.py "$out"/digits/main/*model="$model",seed=0 "$out"/digits/sigma_lr_100/*model="$model",*seed=0 \
-        --images 64 --out "$figures/erf_$model"
-    python scripts/sigma_report.py "$out"/digits/main/*conv=gmconv,model="$model",seed=0 \
-        "$out"/digits/sigma_lr_100/*model="$model",*seed=0 --out "$figures/sigma_$model"
-done
+# 3. Effective receptive fields (seed 0 of each conv type, trained and at initialisation) and learned σ;
+#    ResNet-32 from the warmup sweep, where every seed trained.
+python scripts/erf.py "$out"/digits/main/*model=resnet20,seed=0 "$out"/digits/sigma_lr_100/*model=resnet20,*seed=0 \
+    --images 64 --out "$figures/erf_resnet20"
+python scripts/sigma_report.py "$out"/digits/main/*conv=gmconv,model=resnet20,seed=0 \
+    "$out"/digits/sigma_lr_100/*model=resnet20,*seed=0 --out "$figures/sigma_resnet20"
+python scripts/erf.py "$out"/digits_warmup/main/*seed=0 "$out"/digits_warmup/sigma_lr_100/*seed=0 \
+    --images 64 --out "$figures/erf_resnet32"
+python scripts/sigma_report.py "$out"/digits_warmup/main/*conv=gmconv,*seed=0 "$out"/digits_warmup/sigma_lr_100/*seed=0 \
+    --out "$figures/sigma_resnet32"
 
 # 4. ERF statistics of every seed (mean ± std per configuration) for ResNet-20.
 python scripts/erf.py "$out"/digits/main/*model=resnet20,* "$out"/digits/sigma_lr_100/*model=resnet20,* \
