@@ -208,8 +208,7 @@ def fit(
                     save(folder.best)
             row.update({"images_per_s": train["images_per_s"], "epoch_time_s": train["seconds"]})
             log.info("%s  lr %.4g  %.0f img/s  %.1fs", summary, train["lr"], train["images_per_s"], train["seconds"])
-            tracker.scalars({_TB_TAGS.get(key, key): value for key, value in row.items() if key != "step"}, state.step)
-            tracker.epoch_row(row)
+            tracker.epoch(row)
             tracker.sigma(unwrap(state.model), state.step)
             if cfg.trainer.log_masks:
                 tracker.masks(unwrap(state.model), state.step)
@@ -234,11 +233,6 @@ def fit(
     finally:
         stop.close()
         tracker.close()
-
-
-# metrics.csv column → TensorBoard tag
-_TB_TAGS = {"train_loss": "train/loss", "train_top1": "train/top1", "val_loss": "val/loss", "val_top1": "val/top1",
-            "val_top5": "val/top5", "images_per_s": "perf/images_per_s", "epoch_time_s": "perf/epoch_time_s"}
 
 
 def _build(cfg: DictConfig, ctx: Context) -> tuple[Any, Any, nn.Module, dict[str, Any], dict[str, Any]]:

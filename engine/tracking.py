@@ -23,6 +23,9 @@ from gmconv.stats import masks_by_sigma
 from .checkpoint import atomic_write
 
 METRICS_CSV = "metrics.csv"
+# metrics.csv column → TensorBoard tag (other columns keep their name; "step" is the x-axis)
+TB_TAGS = {"train_loss": "train/loss", "train_top1": "train/top1", "val_loss": "val/loss", "val_top1": "val/top1",
+           "val_top5": "val/top5", "images_per_s": "perf/images_per_s", "epoch_time_s": "perf/epoch_time_s"}
 MASK_CHANNELS = 3  # Tracker.masks shows the masks of the smallest, median and largest σ of a layer
 MASK_PIXELS = 24  # at least this many pixels per mask side, so a 3×3 mask is visible in TensorBoard
 
@@ -46,9 +49,11 @@ class Tracker:
             for tag, value in values.items():
                 self.writer.add_scalar(tag, value, step)
 
-    def epoch_row(self, row: dict[str, Any]) -> None:
+    def epoch(self, row: dict[str, Any]) -> None:
+        """One epoch's numbers (with its ``step``): TensorBoard scalars and a metrics.csv row."""
         if not self.writer:
             return
+        self.scalars({TB_TAGS.get(key, key): value for key, value in row.items() if key != "step"}, row["step"])
         new = not self.csv_path.is_file()
         with self.csv_path.open("a", newline="") as f:
             writer = csv.DictWriter(f, fieldnames=list(row))

@@ -4,7 +4,6 @@ some of its validation images, without retyping any setting (scripts/erf.py, scr
 
 from __future__ import annotations
 
-import logging
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -18,8 +17,6 @@ from models import build_model
 
 from .checkpoint import BEST, LAST, find_checkpoint, load_checkpoint, load_model_weights
 from .config import TrainConfig, flatten
-
-log = logging.getLogger(__name__)
 
 
 @dataclass
