@@ -5,10 +5,11 @@ from __future__ import annotations
 from dataclasses import fields
 
 from .config import DataConfig
-from .registry import BUILDERS
+from .registry import AUGMENTATIONS, BUILDERS
 
 DEFAULTS = {field.name: field.default for field in fields(DataConfig)}
-POSITIVE = ("batch_size", "eval_batch_size", "image_size", "val_resize", "num_classes", "train_size", "val_size")
+POSITIVE = ("batch_size", "eval_batch_size", "image_size", "val_resize", "test_image_size", "num_classes",
+            "train_size", "val_size")
 
 
 def _shown(value: object) -> str:
@@ -39,3 +40,35 @@ def check_data_config(cfg: DataConfig) -> None:
             raise ValueError(f"data.{key}={value} is invalid: set {fix}")
     if cfg.num_workers < 0:
         raise ValueError(f"data.num_workers={cfg.num_workers} is invalid: set 0 (load in the main process) or more")
+    _check_augmentation(cfg)
+    _check_centre_crop(cfg)
+
+
+def _check_augmentation(cfg: DataConfig) -> None:
+    if not cfg.augment:
+        for key in AUGMENTATIONS:
+            if getattr(cfg, key) != DEFAULTS[key]:
+                raise ValueError(f"data.{key}={getattr(cfg, key)} has no effect with data.augment=false; "
+                                 "remove it or set data.augment=true")
+    if cfg.color_jitter < 0:
+        raise ValueError(f"data.color_jitter={cfg.color_jitter} is invalid: set >= 0 (0.4 is timm's usual; 0 is off)")
+    if not 0 <= cfg.random_erasing <= 1:
+        raise ValueError(f"data.random_erasing={cfg.random_erasing} is invalid: set a probability in [0, 1] "
+                         "(0.25 is timm's usual; 0 is off)")
+    if cfg.auto_augment is not None:
+        from .transforms import augmentation_policy  # torchvision and timm: imported only when a policy is set
+
+        augmentation_policy(cfg.auto_augment, cfg.image_size, (0.5, 0.5, 0.5))
+
+
+def _check_centre_crop(cfg: DataConfig) -> None:
+    if not 0 < cfg.crop_pct <= 1:
+        raise ValueError(f"data.crop_pct={cfg.crop_pct} is invalid: set a fraction in (0, 1] "
+                         f"(the default {DEFAULTS['crop_pct']} resizes 224 px crops from 256 px)")
+    if cfg.val_resize is not None and cfg.crop_pct != DEFAULTS["crop_pct"]:
+        raise ValueError(f"data.val_resize={cfg.val_resize} and data.crop_pct={cfg.crop_pct} both set the validation "
+                         "resize; keep one of them")
+    test_size = cfg.test_image_size or cfg.image_size
+    if cfg.val_resize is not None and cfg.val_resize < test_size:
+        raise ValueError(f"data.val_resize={cfg.val_resize} is smaller than the {test_size} px validation crop; "
+                         f"set data.val_resize >= {test_size} or use data.crop_pct")

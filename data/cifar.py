@@ -54,7 +54,7 @@ def build_cifar(cfg: DataConfig) -> Splits:
         fix = (f"the download failed ({err}); put the python-pickle files there by hand" if cfg.download
                else "put the python-pickle files there or set data.download=true")
         raise FileNotFoundError(f"{title} not found under {root} (expected {expected}); {fix}") from err
-    train_tf, val_tf = small_image_transforms(32, mean, std, augment=cfg.augment, padding=4, flip=True)
+    train_tf, val_tf = small_image_transforms(cfg, mean, std, padding=4, flip=True)
     return Splits(
         train=TensorImages(*_as_tensors(train), train_tf),
         val=TensorImages(*_as_tensors(val), val_tf),

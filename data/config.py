@@ -17,9 +17,16 @@ class DataConfig:
     num_workers: int = 0
     pin_memory: bool = True  # used only on CUDA
     persistent_workers: bool = True  # used only with num_workers > 0
-    image_size: int = 32  # training crop (and validation crop)
-    val_resize: Optional[int] = None  # imagenet/imagefolder: resize before the centre crop (256 for 224)
+    image_size: int = 32  # training crop (and validation crop unless test_image_size is set)
+    val_resize: Optional[int] = None  # imagenet/imagefolder: resize before the centre crop (null: from crop_pct)
     augment: bool = True
+    # Training recipe (README "Augmentation and evaluation"); every augmentation needs augment=true.
+    auto_augment: Optional[str] = None  # timm policy string (rand-m9-mstd0.5-inc1, augmix-m5-w4-d2, original,
+    #   v0, ...) or a torchvision policy (randaugment | trivialaugment | autoaugment); null: none
+    color_jitter: float = 0.0  # brightness, contrast and saturation each jittered by up to ± this; 0: off
+    random_erasing: float = 0.0  # probability of erasing a random rectangle with noise, after normalising
+    test_image_size: Optional[int] = None  # validation image size (null: image_size); not cifar*
+    crop_pct: float = 0.875  # imagenet/imagefolder: validation resizes to test_image_size / crop_pct, then crops
     num_classes: Optional[int] = None  # fake: class count; others take it from the data
     train_size: Optional[int] = None  # fake: number of training images
     val_size: Optional[int] = None  # fake: number of validation images

@@ -30,9 +30,11 @@ def build_digits(cfg: DataConfig) -> Splits:
 
     The statistics are computed here rather than hard-coded because they depend on ``image_size``
     (bilinear upsampling changes them slightly); at 32 px they are ≈ 0.3054 / 0.3237 on every channel.
+    Validation images are upsampled from the 8×8 originals to ``test_image_size``, with the same statistics.
     """
     digits = load_digits()
-    images = _to_rgb_uint8(torch.from_numpy(digits.images), cfg.image_size)
+    pixels = torch.from_numpy(digits.images)
+    images = _to_rgb_uint8(pixels, cfg.image_size)
     targets = torch.from_numpy(digits.target)
     train_idx, val_idx = train_test_split(
         np.arange(len(targets)), test_size=VAL_FRACTION, stratify=digits.target, random_state=SPLIT_SEED
@@ -43,12 +45,11 @@ def build_digits(cfg: DataConfig) -> Splits:
     std = tuple(train_pixels.std(dim=(0, 2, 3)).tolist())
     # Mirrored digits are not the same digit: crop only. The shift is half an original pixel (2 px at
     # 32 px) because the strokes fill the 8×8 frame and larger shifts would crop them.
-    train_tf, val_tf = small_image_transforms(
-        cfg.image_size, mean, std, augment=cfg.augment, padding=max(1, cfg.image_size // 16), flip=False
-    )
+    train_tf, val_tf = small_image_transforms(cfg, mean, std, padding=max(1, cfg.image_size // 16), flip=False)
+    val_images = _to_rgb_uint8(pixels, cfg.test_image_size or cfg.image_size)
     return Splits(
         train=TensorImages(images[train_idx], targets[train_idx], train_tf),
-        val=TensorImages(images[val_idx], targets[val_idx], val_tf),
+        val=TensorImages(val_images[val_idx], targets[val_idx], val_tf),
         classes=[str(name) for name in digits.target_names],
         mean=mean,
         std=std,

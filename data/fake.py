@@ -56,7 +56,7 @@ def build_fake(cfg: DataConfig) -> Splits:
     val_size = _or_default(cfg.val_size, DEFAULT_VAL_SIZE)
     return Splits(
         train=FakeImages(train_size, num_classes, cfg.image_size),
-        val=FakeImages(val_size, num_classes, cfg.image_size, first=train_size),
+        val=FakeImages(val_size, num_classes, cfg.test_image_size or cfg.image_size, first=train_size),
         classes=[f"class_{i}" for i in range(num_classes)],
         mean=(0.0, 0.0, 0.0),  # already normalised: de-normalising is the identity
         std=(1.0, 1.0, 1.0),

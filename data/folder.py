@@ -45,8 +45,7 @@ def build_folder(cfg: DataConfig) -> Splits:
     root = require_root(cfg, LAYOUT)
     if not root.is_dir():
         raise FileNotFoundError(f"data.root={root} does not exist; set data.root to a folder holding {LAYOUT}")
-    train_tf, val_tf = folder_transforms(cfg.image_size, cfg.val_resize, IMAGENET_MEAN, IMAGENET_STD,
-                                         augment=cfg.augment)
+    train_tf, val_tf = folder_transforms(cfg, IMAGENET_MEAN, IMAGENET_STD)
     train, val = _split(root / "train", train_tf), _split(root / "val", val_tf)
     _require_two_classes(root / "train", train.classes)
     if train.classes != val.classes:

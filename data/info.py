@@ -21,10 +21,15 @@ class Splits(NamedTuple):
 @dataclass
 class DataInfo:
     """Facts the model (class count, input size) and logging/analysis (mean/std to de-normalise, class names)
-    need; every dataset yields 3-channel images. Split sizes are ``len(loader.dataset)``."""
+    need; every dataset yields 3-channel images. Split sizes are ``len(loader.dataset)``.
+
+    ``image_size`` is the training images' side (it decides ``model.small_input=auto``);
+    ``test_image_size`` the validation images' (FLOPs are counted there, as papers quote them).
+    """
 
     num_classes: int
     image_size: int
+    test_image_size: int
     mean: tuple[float, ...]
     std: tuple[float, ...]
     classes: list[str]

@@ -13,9 +13,10 @@ from .registry import BUILDERS
 from .samplers import ResumableSampler, ShardSampler
 
 
-def _epoch_seed(seed: int, epoch: int) -> int:
-    """A well-mixed 63-bit seed per (run seed, epoch), so nearby pairs give unrelated streams."""
-    return int(np.random.SeedSequence([seed, epoch]).generate_state(1, np.uint64)[0] >> np.uint64(1))
+def _epoch_seed(seed: int, epoch: int, rank: int) -> int:
+    """A well-mixed 63-bit seed per (run seed, epoch, rank), so nearby triples give unrelated streams and
+    each process of a torchrun job draws its own augmentations."""
+    return int(np.random.SeedSequence([seed, epoch, rank]).generate_state(1, np.uint64)[0] >> np.uint64(1))
 
 
 def build_loaders(
@@ -33,7 +34,8 @@ def build_loaders(
     ``check_data_config(cfg)`` runs first, so a bad setting fails before any file is read.
 
     Worker processes need no ``worker_init_fn``: PyTorch seeds each worker's ``torch``, ``random`` and
-    ``numpy`` from the loader's generator and the worker id, and ``set_epoch`` reseeds that generator.
+    ``numpy`` from the loader's generator and the worker id, and ``set_epoch`` reseeds that generator
+    from (seed, epoch, rank): ranks augment differently, and a run augments the same way every time.
     """
     check_data_config(cfg)
     if seed < 0:
@@ -52,20 +54,21 @@ def build_loaders(
     train = DataLoader(
         splits.train, batch_size=cfg.batch_size, drop_last=True,
         sampler=ResumableSampler(splits.train, rank=rank, world_size=world_size, seed=seed),
-        generator=torch.Generator().manual_seed(_epoch_seed(seed, 0)), **common,
+        generator=torch.Generator().manual_seed(_epoch_seed(seed, 0, rank)), **common,
     )
     val = DataLoader(
         splits.val, batch_size=cfg.eval_batch_size or cfg.batch_size,
         sampler=ShardSampler(splits.val, rank=rank, world_size=world_size),
-        generator=torch.Generator().manual_seed(_epoch_seed(seed, 0)), **common,
+        generator=torch.Generator().manual_seed(_epoch_seed(seed, 0, rank)), **common,
     )
-    info = DataInfo(num_classes=len(splits.classes), image_size=cfg.image_size, mean=splits.mean, std=splits.std,
+    info = DataInfo(num_classes=len(splits.classes), image_size=cfg.image_size,
+                    test_image_size=cfg.test_image_size or cfg.image_size, mean=splits.mean, std=splits.std,
                     classes=splits.classes)
     return train, val, info
 
 
 def set_epoch(loader: DataLoader, epoch: int, *, start_batch: int = 0) -> None:
-    """Make epoch ``epoch`` a pure function of (seed, epoch): call on the training loader before each epoch.
+    """Make epoch ``epoch`` a pure function of (seed, epoch, rank): call on the training loader before each epoch.
 
     Sets the sampler's shuffle and reseeds the generator that PyTorch draws worker seeds from, so a
     run resumed at epoch k shuffles and augments epoch k exactly as an uninterrupted run did.
@@ -82,4 +85,4 @@ def set_epoch(loader: DataLoader, epoch: int, *, start_batch: int = 0) -> None:
         raise ValueError(f"start_batch={start_batch} is invalid: an epoch has "
                          f"{loader.sampler.num_samples // loader.batch_size} batches per process")
     loader.sampler.set_epoch(epoch, start=skip)
-    loader.generator.manual_seed(_epoch_seed(loader.sampler.seed, epoch))
+    loader.generator.manual_seed(_epoch_seed(loader.sampler.seed, epoch, loader.sampler.rank))

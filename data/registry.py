@@ -27,11 +27,15 @@ class Builder:
         return getattr(importlib.import_module(module), function)
 
 
+# Settings read by every dataset that augments (all but fake), and by those that resize for validation.
+AUGMENTATIONS = ("auto_augment", "color_jitter", "random_erasing")
+CENTRE_CROP = ("val_resize", "crop_pct", "test_image_size")
+
 BUILDERS: dict[str, Builder] = {
-    "digits": Builder("data.digits:build_digits"),
-    "cifar10": Builder("data.cifar:build_cifar", takes=("root", "download")),
-    "cifar100": Builder("data.cifar:build_cifar", takes=("root", "download")),
-    "imagenet": Builder("data.folder:build_folder", takes=("root", "val_resize")),
-    "imagefolder": Builder("data.folder:build_folder", takes=("root", "val_resize")),
-    "fake": Builder("data.fake:build_fake", takes=("num_classes", "train_size", "val_size")),
+    "digits": Builder("data.digits:build_digits", takes=(*AUGMENTATIONS, "test_image_size")),
+    "cifar10": Builder("data.cifar:build_cifar", takes=("root", "download", *AUGMENTATIONS)),
+    "cifar100": Builder("data.cifar:build_cifar", takes=("root", "download", *AUGMENTATIONS)),
+    "imagenet": Builder("data.folder:build_folder", takes=("root", *CENTRE_CROP, *AUGMENTATIONS)),
+    "imagefolder": Builder("data.folder:build_folder", takes=("root", *CENTRE_CROP, *AUGMENTATIONS)),
+    "fake": Builder("data.fake:build_fake", takes=("num_classes", "train_size", "val_size", "test_image_size")),
 }

@@ -1,40 +1,137 @@
-"""Per-sample transform pipelines, shared by the datasets so that every one ends in the same normalisation."""
+"""Per-sample transform pipelines, built here for every dataset so that all share one order:
+geometry (crop, flip) → augmentation policy → colour jitter → float, normalised → random erasing."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import math
+import re
+from collections.abc import Callable, Sequence
 
 import torch
+from PIL import Image
+from timm.data import auto_augment as timm_aa
+from timm.data.auto_augment import augment_and_mix_transform, auto_augment_transform, rand_augment_transform
 from torchvision.transforms import v2
 
+from .config import DataConfig
 
-def _normalized(steps: Sequence[v2.Transform], mean: Sequence[float], std: Sequence[float]) -> v2.Compose:
-    # ToImage accepts PIL images (folders) and uint8 tensors (in-memory data) alike.
-    return v2.Compose([*steps, v2.ToImage(), v2.ToDtype(torch.float32, scale=True), v2.Normalize(mean, std)])
+# torchvision's policies work on uint8 tensors and PIL images alike.
+TORCHVISION_POLICIES: dict[str, Callable[[], v2.Transform]] = {
+    "randaugment": v2.RandAugment,
+    "trivialaugment": v2.TrivialAugmentWide,
+    "autoaugment": v2.AutoAugment,  # the ImageNet policy
+}
+# timm's, keyed by a policy string's first section; they work on PIL images only.
+TIMM_POLICIES: dict[str, Callable[..., Callable]] = {
+    "rand": rand_augment_transform,
+    "augmix": augment_and_mix_transform,
+    **dict.fromkeys(("original", "originalr", "v0", "v0r", "3a"), auto_augment_transform),
+}
+POLICY_HELP = ("use a timm policy string (rand-m9-mstd0.5-inc1, augmix-m5-w4-d2, original, originalr, v0, v0r, 3a) "
+               f"or one of torchvision's {', '.join(TORCHVISION_POLICIES)}")
+# A section after the first is <key><number> (m9, mstd0.5, inc1), or t<name> for RandAugment's op set.
+# timm skips a section without a digit, and takes an unknown op set for the default, silently; refusing
+# both keeps a typo from training another recipe.
+_SECTION = re.compile(r"[a-z]+[0-9.]+")
+RAND_OP_SETS = ("tweights", "t3aw", "t3a")
+
+
+def augmentation_policy(policy: str, size: int, mean: Sequence[float]) -> list[Callable]:
+    """The transforms of ``data.auto_augment=policy`` for ``size`` px images of mean ``mean``.
+
+    timm's policies get the hyper-parameters timm's own ``create_transform`` gives them (translations
+    up to 45 % of the image, the dataset mean as fill colour) and a PIL conversion in front, which
+    leaves PIL input untouched. Raises a one-line ValueError naming ``data.auto_augment`` for a
+    string neither library accepts.
+    """
+    if policy in TORCHVISION_POLICIES:
+        return [TORCHVISION_POLICIES[policy]()]
+    name, *sections = policy.split("-")
+    bad = [section for section in sections if not _known_section(name, section)]
+    if name not in TIMM_POLICIES:
+        problem = f"unknown policy {name!r}"
+    elif bad:
+        problem = f"section {bad[0]!r} is not <key><number>" + (f" or one of {', '.join(RAND_OP_SETS)}"
+                                                                 if name == "rand" else "")
+    else:
+        hparams = {"translate_const": int(size * 0.45), "img_mean": tuple(min(255, round(255 * m)) for m in mean)}
+        if name == "augmix":
+            hparams["translate_pct"] = 0.3
+        try:
+            return [v2.ToPILImage(), _posterize_to_zero_bits(TIMM_POLICIES[name](policy, hparams))]
+        except (AssertionError, ValueError, KeyError) as err:  # timm asserts on unknown keys and names
+            problem = str(err) or type(err).__name__
+    raise ValueError(f"data.auto_augment={policy} is invalid ({problem}); {POLICY_HELP}")
+
+
+def _known_section(policy: str, section: str) -> bool:
+    if policy == "rand" and section.startswith("t"):
+        return section in RAND_OP_SETS
+    return _SECTION.fullmatch(section) is not None
+
+
+def _posterize(image: Image.Image, bits_to_keep: int, **kwargs: object) -> Image.Image:
+    """Keeping 0 bits gives a black image, as in the TensorFlow reference and Pillow before 13, which
+    raises instead; timm asks for 0 bits at some magnitudes (v0 policies, RandAugment with mstd or inc1)."""
+    return Image.new(image.mode, image.size) if bits_to_keep <= 0 else timm_aa.posterize(image, bits_to_keep)
+
+
+def _posterize_to_zero_bits(policy: Callable) -> Callable:
+    """``policy`` (a timm RandAugment, AutoAugment or AugMix) with its posterize ops using ``_posterize``."""
+    ops = policy.ops if hasattr(policy, "ops") else [op for sub_policy in policy.policy for op in sub_policy]
+    for op in ops:
+        if op.aug_fn is timm_aa.posterize:
+            op.aug_fn = _posterize
+    return policy
+
+
+def _pipeline(
+    geometry: Sequence[Callable], mean: Sequence[float], std: Sequence[float], cfg: DataConfig | None = None
+) -> v2.Compose:
+    """``geometry`` then, for training (``cfg`` given), the augmentations ``cfg`` asks for, around the
+    normalisation. ToImage accepts PIL images (folders) and uint8 tensors (in-memory data) alike."""
+    before, after = [], []
+    if cfg is not None:
+        if cfg.auto_augment:
+            before += augmentation_policy(cfg.auto_augment, cfg.image_size, mean)
+        if cfg.color_jitter:
+            before.append(v2.ColorJitter(brightness=cfg.color_jitter, contrast=cfg.color_jitter,
+                                         saturation=cfg.color_jitter))
+        if cfg.random_erasing:  # noise-filled like timm's mode="pixel", so it is applied after normalising
+            after.append(v2.RandomErasing(p=cfg.random_erasing, value="random"))
+    return v2.Compose([*geometry, *before, v2.ToImage(), v2.ToDtype(torch.float32, scale=True),
+                       v2.Normalize(mean, std), *after])
 
 
 def small_image_transforms(
-    size: int, mean: Sequence[float], std: Sequence[float], *, augment: bool, padding: int, flip: bool
+    cfg: DataConfig, mean: Sequence[float], std: Sequence[float], *, padding: int, flip: bool
 ) -> tuple[v2.Compose, v2.Compose]:
     """(train, val) pipelines for images already stored at their final size (digits, CIFAR).
 
-    Augmentation is the classic padded random crop; ``flip`` is a flag because mirrored digits are
+    The geometry is the classic padded random crop; ``flip`` is a flag because mirrored digits are
     different (or no) digits.
     """
-    augmentation = [v2.RandomCrop(size, padding=padding)] + ([v2.RandomHorizontalFlip()] if flip else [])
-    val = _normalized([], mean, std)
-    return (_normalized(augmentation, mean, std) if augment else val), val
-
-
-def folder_transforms(
-    size: int, val_resize: int | None, mean: Sequence[float], std: Sequence[float], *, augment: bool
-) -> tuple[v2.Compose, v2.Compose]:
-    """(train, val) pipelines for decoded photos of any size (ImageNet recipe).
-
-    Validation resizes to ``size / 0.875`` by default (256 for 224), the ratio ImageNet results are quoted at.
-    """
-    resize = val_resize or round(size / 0.875)
-    val = _normalized([v2.Resize(resize), v2.CenterCrop(size)], mean, std)
-    if not augment:
+    val = _pipeline([], mean, std)
+    if not cfg.augment:
         return val, val
-    return _normalized([v2.RandomResizedCrop(size), v2.RandomHorizontalFlip()], mean, std), val
+    geometry = [v2.RandomCrop(cfg.image_size, padding=padding)] + ([v2.RandomHorizontalFlip()] if flip else [])
+    return _pipeline(geometry, mean, std, cfg), val
+
+
+def resize_for_crop(size: int, cfg: DataConfig) -> int:
+    """The side an image is resized to before its ``size`` px centre crop: ``floor(size / crop_pct)``, as
+    timm computes it (256 for 224 at the default 0.875). ``data.val_resize``, when set, overrides it."""
+    return math.floor(size / cfg.crop_pct)
+
+
+def folder_transforms(cfg: DataConfig, mean: Sequence[float], std: Sequence[float]) -> tuple[v2.Compose, v2.Compose]:
+    """(train, val) pipelines for decoded photos of any size (the ImageNet recipe): RandomResizedCrop and
+    flip for training; resize by ``crop_pct`` and centre-crop for validation, at ``test_image_size``.
+    Unaugmented training images are centre-cropped the same way, at the training size."""
+    test_size = cfg.test_image_size or cfg.image_size
+    val = _pipeline([v2.Resize(cfg.val_resize or resize_for_crop(test_size, cfg)), v2.CenterCrop(test_size)],
+                    mean, std)
+    if not cfg.augment:
+        size = cfg.image_size
+        return _pipeline([v2.Resize(resize_for_crop(size, cfg)), v2.CenterCrop(size)], mean, std), val
+    return _pipeline([v2.RandomResizedCrop(cfg.image_size), v2.RandomHorizontalFlip()], mean, std, cfg), val

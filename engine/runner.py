@@ -247,10 +247,10 @@ def _build(cfg: DictConfig, ctx: Context) -> tuple[Any, Any, nn.Module, dict[str
     )
     model = build_model(cfg.model, cfg.conv, num_classes=info.num_classes, image_size=info.image_size)
     description = {"model": cfg.model.name, "conv": cfg.conv.name, "data": cfg.data.name, "seed": cfg.seed,
-                   "params": count_parameters(model), "flops": count_flops(model, info.image_size),
+                   "params": count_parameters(model), "flops": count_flops(model, info.test_image_size),
                    "git_commit": _git_commit()}
-    log.info("%s (%s): %.2fM parameters, %.3f GFLOPs per image", cfg.model.name, cfg.conv.name,
-             description["params"] / 1e6, description["flops"] / 1e9)
+    log.info("%s (%s): %.2fM parameters, %.3f GFLOPs per %d px image", cfg.model.name, cfg.conv.name,
+             description["params"] / 1e6, description["flops"] / 1e9, info.test_image_size)
     return train_loader, val_loader, model, description, dataclasses.asdict(info)
 
 

@@ -75,7 +75,8 @@ def validation_images(run: TrainedRun, count: int) -> tuple[torch.Tensor, str]:
     try:
         _, val_loader, _ = build_loaders(run.config.data, seed=run.config.seed)
     except (FileNotFoundError, ValueError) as err:
-        size = run.ckpt["data_info"]["image_size"]
+        info = run.ckpt["data_info"]
+        size = info.get("test_image_size", info["image_size"])  # checkpoints before data.test_image_size lack it
         generator = torch.Generator().manual_seed(0)
         return torch.randn(count, 3, size, size, generator=generator), f"random images ({err})"
     images = []
