@@ -207,11 +207,14 @@ def test_sigma_without_gradient_names_zero_init_blocks_and_1x1_maps():
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("builder", ["fasterrcnn_mobilenet_v3_large_320_fpn", "retinanet_resnet50_fpn"])
-def test_detection_models_convert_train_and_fold_exactly(builder):
+@pytest.mark.parametrize("builder, kwargs", [
+    ("fasterrcnn_mobilenet_v3_large_320_fpn", {}),
+    ("retinanet_resnet50_fpn", {"score_thresh": 0.0}),  # untrained, every score is under the default 0.05
+])
+def test_detection_models_convert_train_and_fold_exactly(builder, kwargs):
     torch.manual_seed(0)
     model = torchvision.models.get_model(builder, weights=None, weights_backbone=None, num_classes=3,
-                                         min_size=64, max_size=64)
+                                         min_size=64, max_size=64, **kwargs)
     report = ConversionReport()
     model = convert_to_gmconv(model, report=report)
     assert report.converted and all(isinstance(model.get_submodule(n), GMConv2d) for n in report.converted)
@@ -227,6 +230,7 @@ def test_detection_models_convert_train_and_fold_exactly(builder):
         expected = model(images)
         folded = fold_gmconv(model)(images)
     assert not any(isinstance(m, GMConv2d) for m in model.modules())
+    assert all(len(detections["boxes"]) > 0 for detections in expected)
     for got, want in zip(folded, expected, strict=True):
         for key in ("boxes", "scores", "labels"):
             torch.testing.assert_close(got[key], want[key], rtol=1e-5, atol=1e-5)
