@@ -45,7 +45,8 @@ class ConversionReport:
         if self.unmatched:
             lines.append(f"  patterns matching no convolution: {', '.join(self.unmatched)}")
         if self.reparameterizable:
-            lines.append(f"  re-parameterisable blocks (they fold their masks first): {_shorten(self.reparameterizable)}")
+            names = _shorten(self.reparameterizable)
+            lines.append(f"  re-parameterisable blocks (they fold their masks first): {names}")
         return "\n".join(lines)
 
 

@@ -83,7 +83,8 @@ class DynamicGMConv2d(nn.Conv2d):
         )
         nn.init.normal_(self.sigma_predictor[2].weight, std=0.01)
         start = initial_sigma(self.sigma_init, self.sigma_mode, self.kernel_size)
-        nn.init.constant_(self.sigma_predictor[2].bias, raw_from_sigma(start, self.sigma_parametrization, self.sigma_min))
+        raw_start = raw_from_sigma(start, self.sigma_parametrization, self.sigma_min)
+        nn.init.constant_(self.sigma_predictor[2].bias, raw_start)
         self.last_sigma: torch.Tensor | None = None
 
     @property
@@ -127,6 +128,6 @@ class DynamicGMConv2d(nn.Conv2d):
     def extra_repr(self) -> str:
         return (
             f"{super().extra_repr()}, sigma_init={self.sigma_init}, sigma_mode={self.sigma_mode}, "
-            f"sigma_granularity={self.sigma_granularity}, sigma_parametrization={self.sigma_parametrization}, sigma_min={self.sigma_min}, "
-            f"dynamic_reduction={self.dynamic_reduction}"
+            f"sigma_granularity={self.sigma_granularity}, sigma_parametrization={self.sigma_parametrization}, "
+            f"sigma_min={self.sigma_min}, dynamic_reduction={self.dynamic_reduction}"
         )

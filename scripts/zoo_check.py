@@ -254,7 +254,8 @@ def markdown(rows: list[dict[str, str]], args: argparse.Namespace, seconds: floa
               for r in checked]
     skipped = [r for r in rows if "note" in r]
     if skipped:
-        lines += ["", f"Not run at {args.size} px:", ""] + [f"- {r['model']} ({r['family']}): {r['note']}" for r in skipped]
+        lines += ["", f"Not run at {args.size} px:", ""]
+        lines += [f"- {r['model']} ({r['family']}): {r['note']}" for r in skipped]
     return "\n".join(lines) + "\n"
 
 
