@@ -255,7 +255,8 @@ def zoo_check():
 
 @pytest.mark.parametrize("spec", ZOO_FAMILIES)
 def test_zoo_check_every_invariant_holds(zoo_check, spec):
-    row = zoo_check.check_model(spec, size=64)
+    # torch.export takes seconds a model: timm's tiny test_* models run it here, the export tests above the rest
+    row = zoo_check.check_model(spec, size=64, skip=() if spec.startswith("timm:test_") else ("export",))
     assert "note" not in row, row["note"]
     failed = {c: row[c] for c in zoo_check.CHECKS if row[c].startswith("FAIL")}
     assert not failed, failed
