@@ -7,6 +7,7 @@ from __future__ import annotations
 import copy
 import importlib.util
 import math
+import re
 
 import pytest
 import timm
@@ -261,3 +262,13 @@ def test_zoo_check_every_invariant_holds(zoo_check, spec):
     failed = {c: row[c] for c in zoo_check.CHECKS if row[c].startswith("FAIL")}
     assert not failed, failed
     assert int(row["converted"].split()[0]) > 0 or "patchify" in row["converted"]
+
+
+def test_zoo_check_writes_its_table_and_refuses_unprefixed_names(zoo_check, tmp_path):
+    out = tmp_path / "compat.md"
+    zoo_check.main(["--models", "timm:test_resnet", "--out", str(out)])
+    text = out.read_text()
+    assert "**1 models checked** (1 families), **1 pass every check**" in text
+    assert re.search(r"^\| timm:test_resnet \| resnet \| \d+ of \d+ \| ok \|", text, re.M) and "Incomplete" not in text
+    with pytest.raises(SystemExit, match="resnet18: name models as timm:<name> or tv:<name>"):
+        zoo_check.main(["--models", "resnet18"])
