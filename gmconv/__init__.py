@@ -3,6 +3,7 @@
 The reusable layer of this project; it depends on torch alone.
 
     from gmconv import GMConv2d, GMConvOptions, convert_to_gmconv, fold_gmconv, sigma_parameters, sigma_stats
+    from gmconv import reparameterize  # fold, then timm's re-parameterisation (RepVGG, MobileOne, ...)
     from gmconv import erf_map, erf_stats  # effective receptive fields, to measure what σ does
 """
 
@@ -13,7 +14,8 @@ from .erf import erf_map, erf_stats
 from .fold import fold_gmconv, fold_layer
 from .options import GMConvOptions
 from .params import sigma_parameters
-from .stats import sigma_stats
+from .reparam import reparameterize
+from .stats import sigma_stats, sigma_without_gradient
 
 __all__ = [
     "ConversionReport",
@@ -27,6 +29,8 @@ __all__ = [
     "fold_gmconv",
     "fold_layer",
     "gmconv_from_conv",
+    "reparameterize",
     "sigma_parameters",
     "sigma_stats",
+    "sigma_without_gradient",
 ]

@@ -16,8 +16,12 @@ from typing import Any
 import torch
 from torch import nn
 
-from .mask import gaussian_mask, raw_from_sigma, sigma_from_raw, sigma_shape, squared_distances
+from .mask import gaussian_mask, initial_sigma, raw_from_sigma, sigma_from_raw, sigma_shape, squared_distances
 from .options import GMConvOptions
+
+# torch.fx traces ``gaussian_mask`` as one call: its dtype checks are Python control flow that a
+# symbolic tracer cannot follow, and the eager forward keeps them (free) instead of extra casts.
+torch.fx.wrap("gaussian_mask")
 
 
 class GMConv2d(nn.Conv2d):
@@ -29,6 +33,10 @@ class GMConv2d(nn.Conv2d):
         Initial σ in kernel taps (> sigma_min). The default 2.0 keeps 3×3 kernels close to a
         plain convolution (corner taps weighted 0.78) so converted pretrained weights still work,
         while a 7×7 stem already gets a clearly Gaussian profile (outer taps 0.10–0.32).
+    sigma_mode:
+        ``"absolute"`` (default): ``sigma_init`` is in taps, whatever the kernel size.
+        ``"relative"``: σ starts at ``sigma_init`` × the kernel radius ((k - 1) / 2, at least 1), so
+        every kernel size starts with the profile a 3×3 kernel gets at σ = ``sigma_init``.
     sigma_granularity:
         ``"layer"`` (one σ), ``"channel"`` (one σ per output channel, the default: each filter is
         its own detector and gets its own receptive field), or ``"kernel"`` (one σ per
@@ -58,6 +66,7 @@ class GMConv2d(nn.Conv2d):
         dtype: Any = None,
         *,
         sigma_init: float = GMConvOptions.sigma_init,
+        sigma_mode: str = GMConvOptions.sigma_mode,
         sigma_granularity: str = GMConvOptions.sigma_granularity,
         sigma_parametrization: str = GMConvOptions.sigma_parametrization,
         sigma_min: float = GMConvOptions.sigma_min,
@@ -68,17 +77,19 @@ class GMConv2d(nn.Conv2d):
             padding_mode, device, dtype,
         )
         options = GMConvOptions.validated(
-            sigma_init=sigma_init, sigma_granularity=sigma_granularity,
+            sigma_init=sigma_init, sigma_mode=sigma_mode, sigma_granularity=sigma_granularity,
             sigma_parametrization=sigma_parametrization, sigma_min=sigma_min, learnable_sigma=learnable_sigma,
         )
         self.sigma_init = float(options.sigma_init)
+        self.sigma_mode = options.sigma_mode
         self.sigma_granularity = options.sigma_granularity
         self.sigma_parametrization = options.sigma_parametrization
         self.sigma_min = float(options.sigma_min)
         self.learnable_sigma = options.learnable_sigma
         self.register_buffer("sq_dist", squared_distances(self.kernel_size, device), persistent=False)
         shape = sigma_shape(self.sigma_granularity, out_channels, in_channels // groups)
-        raw_init = raw_from_sigma(self.sigma_init, self.sigma_parametrization, self.sigma_min)
+        start = initial_sigma(self.sigma_init, self.sigma_mode, self.kernel_size)
+        raw_init = raw_from_sigma(start, self.sigma_parametrization, self.sigma_min)
         raw = torch.full(shape, raw_init, device=device, dtype=dtype)
         if self.learnable_sigma:
             self.sigma_raw = nn.Parameter(raw)
@@ -101,11 +112,21 @@ class GMConv2d(nn.Conv2d):
     def forward(self, input: torch.Tensor) -> torch.Tensor:
         return self._conv_forward(input, self.masked_weight(), self.bias)
 
+    def __prepare_scriptable__(self) -> nn.Module:
+        """``torch.jit.script`` asks this first: say what works instead of failing inside the mask code."""
+        raise RuntimeError(
+            "torch.jit.script cannot compile GMConv2d; fold the masks into plain convolutions first "
+            "(gmconv.fold_gmconv(model), then torch.jit.script works), or use torch.export.export(model, (x,)) "
+            "or torch.jit.trace(model, x)"
+        )
+
     def extra_repr(self) -> str:
         gm = (
             f"sigma_init={self.sigma_init}, sigma_granularity={self.sigma_granularity}, "
             f"sigma_parametrization={self.sigma_parametrization}, sigma_min={self.sigma_min}"
         )
+        if self.sigma_mode != GMConvOptions.sigma_mode:
+            gm += f", sigma_mode={self.sigma_mode}"
         if not self.learnable_sigma:
             gm += ", learnable_sigma=False"
         return f"{super().extra_repr()}, {gm}"

@@ -13,7 +13,9 @@ from torch import nn
 
 from .conv import GMConv2d
 from .dynamic import DynamicGMConv2d
+from .modules import copy_module_state, module_aliases, replace_everywhere
 from .options import GMConvOptions, option_names
+from .reparam import guard_reparameterization
 
 GMConvLayer = GMConv2d | DynamicGMConv2d
 
@@ -24,11 +26,14 @@ class ConversionReport:
 
     converted: names of the converted layers. skipped: name → reason for every other nn.Conv2d.
     unmatched: include/exclude patterns that matched no nn.Conv2d name (most likely a typo).
+    reparameterizable: blocks holding GMConv layers whose re-parameterisation (timm's ``fuse`` /
+    ``reparameterize`` / ``switch_to_deploy``) now folds their masks first (gmconv/reparam.py).
     """
 
     converted: list[str] = field(default_factory=list)
     skipped: dict[str, str] = field(default_factory=dict)
     unmatched: list[str] = field(default_factory=list)
+    reparameterizable: list[str] = field(default_factory=list)
 
     def summary(self) -> str:
         lines = [f"GMConv: converted {len(self.converted)} conv layers, skipped {len(self.skipped)}"]
@@ -39,6 +44,9 @@ class ConversionReport:
             lines.append(f"  skipped ({reason}): {_shorten(names)}")
         if self.unmatched:
             lines.append(f"  patterns matching no convolution: {', '.join(self.unmatched)}")
+        if self.reparameterizable:
+            names = _shorten(self.reparameterizable)
+            lines.append(f"  re-parameterisable blocks (they fold their masks first): {names}")
         return "\n".join(lines)
 
 
@@ -59,6 +67,10 @@ def _skip_reason(name: str, module: nn.Conv2d, options: GMConvOptions) -> str | 
         return f"{type(module).__name__} is a Conv2d subclass with its own forward"
     if max(module.kernel_size) < options.min_kernel_size:
         return f"kernel smaller than min_kernel_size={options.min_kernel_size}"
+    if module.stride == module.kernel_size and max(module.kernel_size) > 1 and not options.convert_patchify:
+        # A patch embedding: each output sees one non-overlapping patch, there is no receptive field
+        # to modulate, and a mask would only down-weight the patch's outer pixels.
+        return "patchify (stride equals the kernel size; convert_patchify=True converts it)"
     if options.include and not _matches(name, options.include):
         return "not matched by include"
     if _matches(name, options.exclude):
@@ -100,16 +112,8 @@ def enlarge_kernel(conv: nn.Conv2d, kernel_size: int | tuple[int, int]) -> nn.Co
         bigger.weight.copy_(F.pad(conv.weight, (pad_w, pad_w, pad_h, pad_h)))
         if conv.bias is not None:
             bigger.bias.copy_(conv.bias)
-    _copy_module_state(conv, bigger)
+    copy_module_state(conv, bigger)
     return bigger
-
-
-def _copy_module_state(src: nn.Conv2d, dst: nn.Conv2d) -> None:
-    """Carry train/eval mode and frozen (requires_grad=False) weight/bias over to a replacement."""
-    dst.train(src.training)
-    dst.weight.requires_grad_(src.weight.requires_grad)
-    if src.bias is not None and dst.bias is not None:
-        dst.bias.requires_grad_(src.bias.requires_grad)
 
 
 def gmconv_from_conv(
@@ -128,7 +132,7 @@ def gmconv_from_conv(
         gm.weight.copy_(conv.weight)
         if conv.bias is not None:
             gm.bias.copy_(conv.bias)
-    _copy_module_state(conv, gm)
+    copy_module_state(conv, gm)
     return gm
 
 
@@ -177,7 +181,7 @@ def convert_to_gmconv(
             report.skipped[name] = reason
     if not convs:
         warnings.warn(f"convert_to_gmconv: {type(model).__name__} has no nn.Conv2d layer; nothing converted")
-    aliases = _module_aliases(model)
+    aliases = module_aliases(model)
     for name, conv in targets:
         source = conv
         if options.enlarge_by:
@@ -185,27 +189,9 @@ def convert_to_gmconv(
             conv = enlarge_kernel(conv, grown)
         gm = gmconv_from_conv(conv, layer_type, **layer_kwargs)
         if name:
-            _replace_everywhere(model, aliases[id(source)], gm)
+            replace_everywhere(model, aliases[id(source)], gm)
         else:  # ``model`` is itself a Conv2d: it cannot be replaced in place, return the new layer
             model = gm
         report.converted.append(name)
+    report.reparameterizable.extend(guard_reparameterization(model))
     return model
-
-
-def _set_submodule(model: nn.Module, name: str, module: nn.Module) -> None:
-    parent_name, _, child = name.rpartition(".")
-    setattr(model.get_submodule(parent_name) if parent_name else model, child, module)
-
-
-def _module_aliases(model: nn.Module) -> dict[int, list[str]]:
-    """Every name under which each module is reachable (a shared module has several)."""
-    aliases: dict[int, list[str]] = {}
-    for name, module in model.named_modules(remove_duplicate=False):
-        aliases.setdefault(id(module), []).append(name)
-    return aliases
-
-
-def _replace_everywhere(model: nn.Module, names: list[str], module: nn.Module) -> None:
-    """Put ``module`` at every name of a (possibly shared) module, so that sharing survives."""
-    for name in names:
-        _set_submodule(model, name, module)

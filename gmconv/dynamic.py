@@ -15,15 +15,21 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .mask import gaussian_mask, raw_from_sigma, sigma_from_raw, sigma_shape, squared_distances
+from .mask import (
+    compute_dtype, gaussian_mask, initial_sigma, raw_from_sigma, sigma_from_raw, sigma_shape, squared_distances,
+)
 from .options import GMConvOptions
+
+# One call each in an fx graph, as in conv.py: a traced dtype cannot go through torch.promote_types.
+torch.fx.wrap("gaussian_mask")
+torch.fx.wrap("compute_dtype")
 
 
 class DynamicGMConv2d(nn.Conv2d):
     """``nn.Conv2d`` whose Gaussian mask width σ is predicted for each sample.
 
-    sigma_init, sigma_granularity, sigma_parametrization and sigma_min mean what they mean for
-    ``GMConv2d`` (every sample starts near ``sigma_init``: the predictor's last layer starts with
+    sigma_init, sigma_mode, sigma_granularity, sigma_parametrization and sigma_min mean what they mean
+    for ``GMConv2d`` (every sample starts near the initial σ: the predictor's last layer starts with
     small weights and its bias at the raw value of ``sigma_init``).
 
     dynamic_reduction:
@@ -46,6 +52,7 @@ class DynamicGMConv2d(nn.Conv2d):
         dtype: Any = None,
         *,
         sigma_init: float = GMConvOptions.sigma_init,
+        sigma_mode: str = GMConvOptions.sigma_mode,
         sigma_granularity: str = GMConvOptions.sigma_granularity,
         sigma_parametrization: str = GMConvOptions.sigma_parametrization,
         sigma_min: float = GMConvOptions.sigma_min,
@@ -56,10 +63,12 @@ class DynamicGMConv2d(nn.Conv2d):
             padding_mode, device, dtype,
         )
         options = GMConvOptions.validated(
-            sigma_init=sigma_init, sigma_granularity=sigma_granularity, sigma_parametrization=sigma_parametrization,
+            sigma_init=sigma_init, sigma_mode=sigma_mode, sigma_granularity=sigma_granularity,
+            sigma_parametrization=sigma_parametrization,
             sigma_min=sigma_min, dynamic=True, dynamic_reduction=dynamic_reduction,
         )
         self.sigma_init = float(options.sigma_init)
+        self.sigma_mode = options.sigma_mode
         self.sigma_granularity = options.sigma_granularity
         self.sigma_parametrization = options.sigma_parametrization
         self.sigma_min = float(options.sigma_min)
@@ -73,9 +82,9 @@ class DynamicGMConv2d(nn.Conv2d):
             nn.Linear(hidden, math.prod(self._sigma_shape), device=device, dtype=dtype),
         )
         nn.init.normal_(self.sigma_predictor[2].weight, std=0.01)
-        nn.init.constant_(
-            self.sigma_predictor[2].bias, raw_from_sigma(self.sigma_init, self.sigma_parametrization, self.sigma_min)
-        )
+        start = initial_sigma(self.sigma_init, self.sigma_mode, self.kernel_size)
+        raw_start = raw_from_sigma(start, self.sigma_parametrization, self.sigma_min)
+        nn.init.constant_(self.sigma_predictor[2].bias, raw_start)
         self.last_sigma: torch.Tensor | None = None
 
     @property
@@ -92,25 +101,33 @@ class DynamicGMConv2d(nn.Conv2d):
     def forward(self, input: torch.Tensor) -> torch.Tensor:
         """All samples in one grouped convolution: sample b uses its own masked kernel."""
         batch = input.shape[0]
-        pooled = input.mean(dim=(2, 3), dtype=torch.promote_types(input.dtype, torch.float32))
+        pooled = input.mean(dim=(2, 3), dtype=compute_dtype(input.dtype))
         raw = self.sigma_predictor(pooled.to(self.sigma_predictor[0].weight.dtype))
-        raw = raw.to(torch.promote_types(raw.dtype, torch.float32))
+        raw = raw.to(compute_dtype(raw.dtype))
         sigma = sigma_from_raw(raw, self.sigma_parametrization, self.sigma_min).reshape(batch, *self._sigma_shape)
-        self.last_sigma = sigma.detach()
+        if not (isinstance(sigma, torch.fx.Proxy) or torch.compiler.is_exporting()):  # a graph keeps no σ
+            self.last_sigma = sigma.detach()
         masks = self.mask_for(sigma)  # (B, out|1, in/g|1, kh, kw), in the weight's dtype
-        weight = (self.weight.unsqueeze(0) * masks).reshape(-1, *self.weight.shape[1:])
+        weight = (self.weight.unsqueeze(0) * masks).flatten(0, 1)
         bias = self.bias.repeat(batch) if self.bias is not None else None
-        x = input.reshape(1, -1, *input.shape[2:])
+        x = input.reshape(1, -1, input.shape[-2], input.shape[-1])
         padding: Any = self.padding
         if self.padding_mode != "zeros":
             x = F.pad(x, self._reversed_padding_repeated_twice, mode=self.padding_mode)
             padding = 0
         out = F.conv2d(x, weight, bias, self.stride, padding, self.dilation, self.groups * batch)
-        return out.reshape(batch, self.out_channels, *out.shape[2:])
+        return out.reshape(batch, self.out_channels, out.shape[-2], out.shape[-1])
+
+    def __prepare_scriptable__(self) -> nn.Module:
+        """``torch.jit.script`` asks this first: say what works instead of failing inside the mask code."""
+        raise RuntimeError(
+            "torch.jit.script cannot compile DynamicGMConv2d (and, its mask depending on the input, it cannot be "
+            "folded); use torch.export.export(model, (x,)) or torch.jit.trace(model, x) instead"
+        )
 
     def extra_repr(self) -> str:
         return (
-            f"{super().extra_repr()}, sigma_init={self.sigma_init}, sigma_granularity={self.sigma_granularity}, "
-            f"sigma_parametrization={self.sigma_parametrization}, sigma_min={self.sigma_min}, "
-            f"dynamic_reduction={self.dynamic_reduction}"
+            f"{super().extra_repr()}, sigma_init={self.sigma_init}, sigma_mode={self.sigma_mode}, "
+            f"sigma_granularity={self.sigma_granularity}, sigma_parametrization={self.sigma_parametrization}, "
+            f"sigma_min={self.sigma_min}, dynamic_reduction={self.dynamic_reduction}"
         )

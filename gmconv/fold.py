@@ -6,7 +6,7 @@ import torch
 from torch import nn
 
 from .conv import GMConv2d
-from .convert import _copy_module_state, _module_aliases, _replace_everywhere
+from .modules import copy_module_state, module_aliases, replace_everywhere
 from .dynamic import DynamicGMConv2d
 
 
@@ -26,9 +26,9 @@ def fold_gmconv(model: nn.Module) -> nn.Module:
             "train with dynamic=False to deploy as plain convolutions"
         )
     layers = [(name, m) for name, m in model.named_modules() if isinstance(m, GMConv2d)]
-    aliases = _module_aliases(model)
+    aliases = module_aliases(model)
     for name, layer in layers:
-        _replace_everywhere(model, aliases[id(layer)], fold_layer(layer))
+        replace_everywhere(model, aliases[id(layer)], fold_layer(layer))
     return model
 
 
@@ -47,5 +47,5 @@ def fold_layer(layer: GMConv2d) -> nn.Conv2d:
         conv.weight.copy_(layer.masked_weight())
         if layer.bias is not None:
             conv.bias.copy_(layer.bias)
-    _copy_module_state(layer, conv)
+    copy_module_state(layer, conv)
     return conv

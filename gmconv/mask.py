@@ -26,6 +26,14 @@ def sigma_from_raw(raw: torch.Tensor, parametrization: str, sigma_min: float) ->
     return positive + sigma_min
 
 
+def initial_sigma(sigma_init: float, sigma_mode: str, kernel_size: tuple[int, int]) -> float:
+    """Where σ starts, in taps: ``sigma_init`` itself ("absolute"), or ``sigma_init`` × the kernel radius
+    ("relative"; radius (k - 1) / 2 of the larger side, at least 1, so a 3×3 kernel starts alike in both modes)."""
+    if sigma_mode == "absolute":
+        return sigma_init
+    return sigma_init * max(1.0, (max(kernel_size) - 1) / 2)
+
+
 def raw_from_sigma(sigma: float, parametrization: str, sigma_min: float) -> float:
     """The raw value that ``sigma_from_raw`` maps to ``sigma`` (> sigma_min): where σ starts."""
     value = sigma - sigma_min
@@ -43,6 +51,11 @@ def squared_distances(kernel_size: tuple[int, int], device: torch.device | str |
     return rows[:, None] ** 2 + cols[None, :] ** 2
 
 
+def compute_dtype(dtype: torch.dtype) -> torch.dtype:
+    """The dtype σ and the mask are computed in: at least float32 (float64 stays float64)."""
+    return torch.promote_types(dtype, torch.float32)
+
+
 def gaussian_mask(
     sigma: torch.Tensor, sq_dist: torch.Tensor, granularity: str, dtype: torch.dtype
 ) -> torch.Tensor:
@@ -51,7 +64,7 @@ def gaussian_mask(
     The exponent is evaluated in at least float32 (float64 for a float64 layer, so gradcheck is
     exact) and the result cast to ``dtype``, the weight's: under autocast the mask stays accurate.
     """
-    compute = torch.promote_types(dtype, torch.float32)
+    compute = compute_dtype(dtype)
     grid = sq_dist if sq_dist.dtype == compute else sq_dist.to(compute)
     sigma = sigma if sigma.dtype == compute else sigma.to(compute)
     # -1/(2σ²) on the few σ values, then one view that broadcasts it over (in/groups?, kh, kw).

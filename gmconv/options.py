@@ -13,6 +13,7 @@ from typing import Any
 
 GRANULARITIES = ("layer", "channel", "kernel")
 PARAMETRIZATIONS = ("softplus", "exp")
+SIGMA_MODES = ("absolute", "relative")
 
 
 @dataclass
@@ -23,6 +24,7 @@ class GMConvOptions:
     """
 
     sigma_init: float = 2.0
+    sigma_mode: str = "absolute"
     sigma_granularity: str = "channel"
     sigma_parametrization: str = "softplus"
     sigma_min: float = 0.1
@@ -30,6 +32,7 @@ class GMConvOptions:
     dynamic: bool = False
     dynamic_reduction: int = 16
     min_kernel_size: int = 3
+    convert_patchify: bool = False
     include: list[str] = field(default_factory=list)
     exclude: list[str] = field(default_factory=list)
     enlarge_by: int = 0
@@ -38,6 +41,7 @@ class GMConvOptions:
         """Raise ValueError naming the first invalid option and its valid range or choices."""
         _check_choice("sigma_granularity", self.sigma_granularity, GRANULARITIES)
         _check_choice("sigma_parametrization", self.sigma_parametrization, PARAMETRIZATIONS)
+        _check_choice("sigma_mode", self.sigma_mode, SIGMA_MODES)
         if not self.sigma_min > 0:
             raise ValueError(f"sigma_min={self.sigma_min} must be > 0 (at σ = 0 the centre tap is 0/0)")
         if not self.sigma_init > self.sigma_min:

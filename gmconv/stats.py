@@ -30,6 +30,27 @@ def sigma_stats(model: nn.Module) -> dict[str, dict[str, float]]:
     return stats
 
 
+def sigma_without_gradient(model: nn.Module) -> list[str]:
+    """Names of the GMConv layers whose σ got no gradient (None or exactly 0) in the last backward pass.
+
+    Call it after ``backward()`` and before ``zero_grad()``. Fixed-σ layers are left out (they never
+    learn σ). The usual causes (gmconv/README.md): the layer's output is multiplied by a zero-initialised
+    norm (timm's ``zero_init_last``) so nothing behind it gets a gradient in the first step, or the layer
+    sees 1×1 feature maps, where only the centre tap touches the input and the mask is 1 there.
+    """
+    names = []
+    for name, module in model.named_modules():
+        if isinstance(module, GMConv2d) and module.learnable_sigma:
+            params = [module.sigma_raw]
+        elif isinstance(module, DynamicGMConv2d):
+            params = list(module.sigma_predictor.parameters())
+        else:
+            continue
+        if all(p.grad is None or not p.grad.any() for p in params):
+            names.append(name)
+    return names
+
+
 def masks_by_sigma(layer: GMConv2d, count: int) -> tuple[torch.Tensor, torch.Tensor]:
     """``count`` of the layer's masks, (k, kh, kw), and their σ, (k,), from the smallest σ to the largest.
 

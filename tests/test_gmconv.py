@@ -284,6 +284,7 @@ def test_dynamic_layer_bad_reduction_and_static_layer_has_no_dynamic_options():
         (dict(min_kernel_size=0), r"^min_kernel_size=0 must be >= 1$"),
         (dict(enlarge_by=1), r"^enlarge_by=1 must be an even number >= 0"),
         (dict(enlarge_by=-2), r"^enlarge_by=-2 must be an even number >= 0"),
+        (dict(sigma_mode="radius"), r"^sigma_mode='radius' is not valid; choose one of absolute, relative$"),
     ],
 )
 def test_options_validate_names_the_option_and_its_valid_values(changes, match):
@@ -303,10 +304,10 @@ def test_options_defaults_are_valid_and_are_the_layers_defaults():
                                        options.sigma_min, options.learnable_sigma)
     assert dynamic.dynamic_reduction == options.dynamic_reduction
     assert options.layer_kwargs(GMConv2d) == dict(
-        sigma_init=2.0, sigma_granularity="channel", sigma_parametrization="softplus", sigma_min=0.1,
+        sigma_init=2.0, sigma_mode="absolute", sigma_granularity="channel", sigma_parametrization="softplus", sigma_min=0.1,
         learnable_sigma=True)
     assert options.layer_kwargs(DynamicGMConv2d) == dict(
-        sigma_init=2.0, sigma_granularity="channel", sigma_parametrization="softplus", sigma_min=0.1,
+        sigma_init=2.0, sigma_mode="absolute", sigma_granularity="channel", sigma_parametrization="softplus", sigma_min=0.1,
         dynamic_reduction=16)
 
 
