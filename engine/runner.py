@@ -293,7 +293,7 @@ def _prepare_model(model: nn.Module, cfg: DictConfig, device: torch.device, dist
     if dist_info.enabled and cfg.sync_bn:
         model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
     if cfg.compile:
-        model = torch.compile(model)
+        model = torch.compile(model, mode=cfg.compile_mode.value)
     if dist_info.enabled:
         model = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
     return model
