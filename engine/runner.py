@@ -243,7 +243,7 @@ def _build(cfg: DictConfig, ctx: Context) -> tuple[Any, Any, nn.Module, dict[str
                     "use trainer.amp=bf16 or none on the CPU")
     train_loader, val_loader, info = build_loaders(
         cfg.data, seed=cfg.seed, rank=ctx.dist.rank, world_size=ctx.dist.world_size,
-        pin_memory=cfg.data.pin_memory and ctx.device.type == "cuda",
+        pin_memory=cfg.data.pin_memory and ctx.device.type == "cuda", device=ctx.device,
     )
     model = build_model(cfg.model, cfg.conv, num_classes=info.num_classes, image_size=info.image_size)
     description = {"model": cfg.model.name, "conv": cfg.conv.name, "data": cfg.data.name, "seed": cfg.seed,

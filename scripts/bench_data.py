@@ -72,7 +72,7 @@ def main() -> None:
     rows = []
     for count in workers:
         cfg.data.num_workers = count
-        loader, _, info = build_loaders(cfg.data, seed=cfg.seed, pin_memory=device.type == "cuda")
+        loader, _, info = build_loaders(cfg.data, seed=cfg.seed, pin_memory=device.type == "cuda", device=device)
         batches = min(args.batches, len(loader) - args.warmup)
         if batches < 1:
             sys.exit(f"the training set has {len(loader)} batches, fewer than --warmup {args.warmup} + 1: "

@@ -65,7 +65,7 @@ def main() -> None:
     validate(cfg)
     device = select_device(cfg.trainer.device, DistInfo())
     torch.manual_seed(cfg.seed)
-    loader, _, info = build_loaders(cfg.data, seed=cfg.seed, pin_memory=device.type == "cuda")
+    loader, _, info = build_loaders(cfg.data, seed=cfg.seed, pin_memory=device.type == "cuda", device=device)
     steps = min(len(loader), cfg.trainer.limit_train_batches or len(loader))
 
     def fresh_model() -> torch.nn.Module:
