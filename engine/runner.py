@@ -111,8 +111,8 @@ def train(cfg: DictConfig, ctx: Context) -> dict[str, Any]:
 
     outcome = fit(state, cfg, train_loader, val_loader, ctx, steps_per_epoch, data_info, resumed=ckpt is not None)
     results = {**description, **outcome, "world_size": ctx.dist.world_size, "global_batch": global_batch,
-               "wall_time_s": time.perf_counter() - started, "overrides": ctx.overrides,
-               "config": OmegaConf.to_container(cfg, resolve=True, enum_to_str=True)}
+               "wall_time_s": time.perf_counter() - started, **_peak_gpu_memory(ctx.device),
+               "overrides": ctx.overrides, "config": OmegaConf.to_container(cfg, resolve=True, enum_to_str=True)}
     if ctx.dist.is_main:
         folder.write_results(results)
         log.info("run complete: best top-1 %.2f%% at epoch %d; final top-1 %.2f%%, top-5 %.2f%%; %s wall time\n"
@@ -277,6 +277,13 @@ def _position(state: TrainState, epochs: int, steps_per_epoch: int) -> str:
 def _resume_command(run_dir: Path, dist: DistInfo) -> str:
     resume = f"resume={shlex.quote(str(run_dir))}"
     return f"the same torchrun command with {resume}" if dist.enabled else f"python train.py {resume}"
+
+
+def _peak_gpu_memory(device: torch.device) -> dict[str, float]:
+    """This process's peak GPU memory held by tensors, for results.json (nothing on a CPU)."""
+    if device.type != "cuda":
+        return {}
+    return {"peak_gpu_memory_mib": torch.cuda.max_memory_allocated(device) / 2**20}
 
 
 def _progress(cfg: DictConfig, ctx: Context) -> Progress:
