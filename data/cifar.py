@@ -7,9 +7,8 @@ from torchvision import datasets
 
 from .config import DataConfig
 from .info import Splits
-from .memory import TensorImages
+from .memory import tensor_splits
 from .paths import require_root
-from .transforms import small_image_transforms
 
 CIFAR10_MEAN, CIFAR10_STD = (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)
 CIFAR100_MEAN, CIFAR100_STD = (0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762)
@@ -48,17 +47,17 @@ def build_cifar(cfg: DataConfig) -> Splits:
     root = require_root(cfg, dataset.base_folder)
     expected = root / dataset.base_folder
     try:
-        train = dataset(str(root), train=True, download=cfg.download)
-        val = dataset(str(root), train=False)
+        train_set = dataset(str(root), train=True, download=cfg.download)
+        val_set = dataset(str(root), train=False)
     except (RuntimeError, OSError) as err:  # torchvision: files missing; urllib: no network
         fix = (f"the download failed ({err}); put the python-pickle files there by hand" if cfg.download
                else "put the python-pickle files there or set data.download=true")
         raise FileNotFoundError(f"{title} not found under {root} (expected {expected}); {fix}") from err
-    train_tf, val_tf = small_image_transforms(cfg, mean, std, padding=4, flip=True)
+    train, val = tensor_splits(cfg, _as_tensors(train_set), _as_tensors(val_set), mean, std, padding=4, flip=True)
     return Splits(
-        train=TensorImages(*_as_tensors(train), train_tf),
-        val=TensorImages(*_as_tensors(val), val_tf),
-        classes=list(train.classes),
+        train=train,
+        val=val,
+        classes=list(train_set.classes),
         mean=mean,
         std=std,
     )

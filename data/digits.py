@@ -10,8 +10,7 @@ from sklearn.model_selection import train_test_split
 
 from .config import DataConfig
 from .info import Splits
-from .memory import TensorImages
-from .transforms import small_image_transforms
+from .memory import tensor_splits
 
 # Fixed, and independent of the run seed, so every run validates on the same 360 images.
 SPLIT_SEED = 0
@@ -45,11 +44,12 @@ def build_digits(cfg: DataConfig) -> Splits:
     std = tuple(train_pixels.std(dim=(0, 2, 3)).tolist())
     # Mirrored digits are not the same digit: crop only. The shift is half an original pixel (2 px at
     # 32 px) because the strokes fill the 8×8 frame and larger shifts would crop them.
-    train_tf, val_tf = small_image_transforms(cfg, mean, std, padding=max(1, cfg.image_size // 16), flip=False)
     val_images = _to_rgb_uint8(pixels, cfg.test_image_size or cfg.image_size)
+    train, val = tensor_splits(cfg, (images[train_idx], targets[train_idx]), (val_images[val_idx], targets[val_idx]),
+                               mean, std, padding=max(1, cfg.image_size // 16), flip=False)
     return Splits(
-        train=TensorImages(images[train_idx], targets[train_idx], train_tf),
-        val=TensorImages(val_images[val_idx], targets[val_idx], val_tf),
+        train=train,
+        val=val,
         classes=[str(name) for name in digits.target_names],
         mean=mean,
         std=std,

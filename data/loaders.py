@@ -2,15 +2,22 @@
 
 from __future__ import annotations
 
+from typing import Any, Union
+
 import numpy as np
 import torch
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, Dataset
+
+from .batch_augment import BatchAugmentedLoader, batch_collate
 
 from .checks import check_data_config
 from .config import DataConfig
 from .info import DataInfo
 from .registry import BUILDERS
 from .samplers import ResumableSampler, ShardSampler
+
+# What build_loaders returns: a DataLoader, or one wrapped to augment whole batches on the device.
+Loader = Union[DataLoader, BatchAugmentedLoader]
 
 
 def _epoch_seed(seed: int, epoch: int, rank: int) -> int:
@@ -20,8 +27,9 @@ def _epoch_seed(seed: int, epoch: int, rank: int) -> int:
 
 
 def build_loaders(
-    cfg: DataConfig, *, seed: int, rank: int = 0, world_size: int = 1, pin_memory: bool = False
-) -> tuple[DataLoader, DataLoader, DataInfo]:
+    cfg: DataConfig, *, seed: int, rank: int = 0, world_size: int = 1, pin_memory: bool = False,
+    device: torch.device | str = "cpu",
+) -> tuple[Loader, Loader, DataInfo]:
     """(train loader, val loader, info) for this process.
 
     ``cfg.batch_size`` is per process: the global batch is ``batch_size × world_size``. Training always
@@ -30,6 +38,10 @@ def build_loaders(
     (``ShardSampler``): sum metrics over ranks. ``seed`` must be >= 0 and equal on every rank. Call
     ``set_epoch`` on the training loader before each epoch. ``pin_memory`` is the caller's decision
     (CUDA only); ``cfg.pin_memory`` is not read here.
+
+    In-memory datasets whose augmentation is batchable (``TensorImages`` with a ``batch_transform``)
+    load whole uint8 batches and are augmented on ``device`` (``BatchAugmentedLoader``): their
+    batches arrive there, ready. Other batches arrive on the CPU.
 
     ``check_data_config(cfg)`` runs first, so a bad setting fails before any file is read.
 
@@ -51,23 +63,37 @@ def build_loaders(
                   persistent_workers=cfg.persistent_workers and cfg.num_workers > 0)
     # Each loader owns a generator: starting an epoch or a validation pass then never draws from the
     # global RNG that training uses, and validating cannot shift the training workers' seeds.
-    train = DataLoader(
+    train = _on_device(DataLoader(
         splits.train, batch_size=cfg.batch_size, drop_last=True,
         sampler=ResumableSampler(splits.train, rank=rank, world_size=world_size, seed=seed),
         generator=torch.Generator().manual_seed(_epoch_seed(seed, 0, rank)), **common,
-    )
-    val = DataLoader(
+        **_collation(splits.train),
+    ), device, seed, rank)
+    val = _on_device(DataLoader(
         splits.val, batch_size=cfg.eval_batch_size or cfg.batch_size,
         sampler=ShardSampler(splits.val, rank=rank, world_size=world_size),
         generator=torch.Generator().manual_seed(_epoch_seed(seed, 0, rank)), **common,
-    )
+        **_collation(splits.val),
+    ), device, seed, rank)
     info = DataInfo(num_classes=len(splits.classes), image_size=cfg.image_size,
                     test_image_size=cfg.test_image_size or cfg.image_size, mean=splits.mean, std=splits.std,
                     classes=splits.classes)
     return train, val, info
 
 
-def set_epoch(loader: DataLoader, epoch: int, *, start_batch: int = 0) -> None:
+def _collation(dataset: Dataset) -> dict[str, Any]:
+    """Batches that ``TensorImages.__getitems__`` already assembled need no collation."""
+    return {"collate_fn": batch_collate} if getattr(dataset, "batch_transform", None) is not None else {}
+
+
+def _on_device(loader: DataLoader, device: torch.device | str, seed: int, rank: int) -> Loader:
+    augment = getattr(loader.dataset, "batch_transform", None)
+    if augment is None:
+        return loader
+    return BatchAugmentedLoader(loader, augment, torch.device(device), seed=seed, rank=rank)
+
+
+def set_epoch(loader: Loader, epoch: int, *, start_batch: int = 0) -> None:
     """Make epoch ``epoch`` a pure function of (seed, epoch, rank): call on the training loader before each epoch.
 
     Sets the sampler's shuffle and reseeds the generator that PyTorch draws worker seeds from, so a
@@ -78,11 +104,14 @@ def set_epoch(loader: DataLoader, epoch: int, *, start_batch: int = 0) -> None:
     Exact only for the shuffle in two cases: with ``start_batch > 0`` and workers, batches land on
     other workers than before, and persistent workers are seeded once, when they start; either way
     the augmentation draws differ from the uninterrupted run's. With ``num_workers=0`` augmentation
-    draws from the main process's global RNG, which the caller restores.
+    draws from the main process's global RNG, which the caller restores. Batch-augmented loaders
+    have none of these limits: each batch's draws depend only on (seed, epoch, rank, batch index).
     """
     skip = start_batch * loader.batch_size
     if not 0 <= skip <= loader.sampler.num_samples:
         raise ValueError(f"start_batch={start_batch} is invalid: an epoch has "
                          f"{loader.sampler.num_samples // loader.batch_size} batches per process")
     loader.sampler.set_epoch(epoch, start=skip)
+    if isinstance(loader, BatchAugmentedLoader):
+        loader.position(epoch, start_batch)
     loader.generator.manual_seed(_epoch_seed(loader.sampler.seed, epoch, loader.sampler.rank))

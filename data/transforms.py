@@ -13,6 +13,7 @@ from timm.data import auto_augment as timm_aa
 from timm.data.auto_augment import augment_and_mix_transform, auto_augment_transform, rand_augment_transform
 from torchvision.transforms import v2
 
+from .batch_augment import BatchAugment
 from .config import DataConfig
 
 # torchvision's policies work on uint8 tensors and PIL images alike.
@@ -116,6 +117,21 @@ def small_image_transforms(
         return val, val
     geometry = [v2.RandomCrop(cfg.image_size, padding=padding)] + ([v2.RandomHorizontalFlip()] if flip else [])
     return _pipeline(geometry, mean, std, cfg), val
+
+
+def small_image_batch_transforms(
+    cfg: DataConfig, mean: Sequence[float], std: Sequence[float], *, padding: int, flip: bool
+) -> tuple[BatchAugment | None, BatchAugment]:
+    """(train, val) batch transforms for images already stored at their final size (digits, CIFAR): the
+    same padded crop, flip and normalisation as ``small_image_transforms``, one batch at a time. The
+    train transform is None where ``cfg`` asks for what only the per-sample pipeline has (a policy,
+    colour jitter, random erasing)."""
+    val = BatchAugment(mean, std)
+    if not cfg.augment:
+        return val, val
+    if cfg.auto_augment or cfg.color_jitter or cfg.random_erasing:
+        return None, val
+    return BatchAugment(mean, std, padding=padding, flip=flip), val
 
 
 def resize_for_crop(size: int, cfg: DataConfig) -> int:

@@ -37,6 +37,16 @@ class Amp(str, Enum):
     fp16 = "fp16"
 
 
+class CompileMode(str, Enum):
+    """torch.compile's modes: reduce_overhead adds CUDA graphs (one launch for a whole step's small
+    kernels, such as GMConv's mask operations), max_autotune also searches kernel configurations."""
+
+    default = "default"
+    reduce_overhead = "reduce-overhead"
+    max_autotune = "max-autotune"
+    max_autotune_no_cudagraphs = "max-autotune-no-cudagraphs"
+
+
 class LrScaling(str, Enum):
     none = "none"
     linear = "linear"  # lr × global batch / 256, the ImageNet convention (Goyal et al., 2017)
@@ -78,6 +88,7 @@ class TrainerConfig:
     amp: Amp = Amp.none
     channels_last: bool = False
     compile: bool = False
+    compile_mode: CompileMode = CompileMode.default  # with compile=true
     sync_bn: bool = False  # under torchrun: BatchNorm statistics over all processes (SyncBatchNorm)
     grad_clip: Optional[float] = None  # max global gradient norm; null turns clipping off
     label_smoothing: float = 0.0
@@ -123,6 +134,9 @@ def validate(cfg: DictConfig) -> None:
     _check_settings_that_need_sigma(cfg)
     _check_optim(cfg.optim)
     _check_sched(cfg.sched)
+    if not cfg.trainer.compile and CompileMode(cfg.trainer.compile_mode) is not TrainerConfig.compile_mode:
+        raise ValueError(f"trainer.compile_mode={CompileMode(cfg.trainer.compile_mode).name} has no effect without "
+                         "trainer.compile=true; add trainer.compile=true or remove it")
     if cfg.eval_only and cfg.resume:
         raise ValueError("resume= continues training and cannot be combined with eval_only=true; "
                          "evaluate a run with eval_only=true ckpt=<run folder>")

@@ -111,8 +111,8 @@ def train(cfg: DictConfig, ctx: Context) -> dict[str, Any]:
 
     outcome = fit(state, cfg, train_loader, val_loader, ctx, steps_per_epoch, data_info, resumed=ckpt is not None)
     results = {**description, **outcome, "world_size": ctx.dist.world_size, "global_batch": global_batch,
-               "wall_time_s": time.perf_counter() - started, "overrides": ctx.overrides,
-               "config": OmegaConf.to_container(cfg, resolve=True, enum_to_str=True)}
+               "wall_time_s": time.perf_counter() - started, **_peak_gpu_memory(ctx.device),
+               "overrides": ctx.overrides, "config": OmegaConf.to_container(cfg, resolve=True, enum_to_str=True)}
     if ctx.dist.is_main:
         folder.write_results(results)
         log.info("run complete: best top-1 %.2f%% at epoch %d; final top-1 %.2f%%, top-5 %.2f%%; %s wall time\n"
@@ -243,7 +243,7 @@ def _build(cfg: DictConfig, ctx: Context) -> tuple[Any, Any, nn.Module, dict[str
                     "use trainer.amp=bf16 or none on the CPU")
     train_loader, val_loader, info = build_loaders(
         cfg.data, seed=cfg.seed, rank=ctx.dist.rank, world_size=ctx.dist.world_size,
-        pin_memory=cfg.data.pin_memory and ctx.device.type == "cuda",
+        pin_memory=cfg.data.pin_memory and ctx.device.type == "cuda", device=ctx.device,
     )
     model = build_model(cfg.model, cfg.conv, num_classes=info.num_classes, image_size=info.image_size)
     description = {"model": cfg.model.name, "conv": cfg.conv.name, "data": cfg.data.name, "seed": cfg.seed,
@@ -279,6 +279,13 @@ def _resume_command(run_dir: Path, dist: DistInfo) -> str:
     return f"the same torchrun command with {resume}" if dist.enabled else f"python train.py {resume}"
 
 
+def _peak_gpu_memory(device: torch.device) -> dict[str, float]:
+    """This process's peak GPU memory held by tensors, for results.json (nothing on a CPU)."""
+    if device.type != "cuda":
+        return {}
+    return {"peak_gpu_memory_mib": torch.cuda.max_memory_allocated(device) / 2**20}
+
+
 def _progress(cfg: DictConfig, ctx: Context) -> Progress:
     return Progress.choose(cfg.trainer.progress, ctx.dist.is_main)
 
@@ -293,7 +300,7 @@ def _prepare_model(model: nn.Module, cfg: DictConfig, device: torch.device, dist
     if dist_info.enabled and cfg.sync_bn:
         model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
     if cfg.compile:
-        model = torch.compile(model)
+        model = torch.compile(model, mode=cfg.compile_mode.value)
     if dist_info.enabled:
         model = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
     return model

@@ -9,6 +9,11 @@ What is timed (per repetition, one call each, in a rotating order A B C ... / B 
   under ``torch.inference_mode()``. ``folded`` is ``fold_gmconv`` of the GMConv model, i.e. what you
   deploy: it should run at the standard network's speed.
 
+``ops/step`` counts the ATen operations one training step dispatches (forward, backward, optimizer),
+counted once, untimed: on a GPU each is at least one kernel launch, which is what GMConv's cost is
+made of at small batch sizes, so the count shows where the difference comes from even on a CPU.
+On CUDA the peak memory of a training step is measured too.
+
 All variants start from the same weights. Medians over ``--reps`` repetitions after ``--warmup``
 untimed ones are printed with ratios to the standard network (and, below, the ratios of each
 variant's fastest repetition). On a shared CPU, interleaving
@@ -20,6 +25,7 @@ spreads background load evenly over the variants; the spread (IQR/median) shows 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import copy
 import os
 import platform
@@ -33,6 +39,7 @@ import torch
 import torch.nn.functional as F
 import torchvision
 from torch import nn
+from torch.utils._python_dispatch import TorchDispatchMode
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from anywhere without installing
 
@@ -44,9 +51,43 @@ def sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def train_step(model: nn.Module, opt: torch.optim.Optimizer, x: torch.Tensor, y: torch.Tensor) -> Callable[[], None]:
+class CountOps(TorchDispatchMode):
+    """Counts the ATen operations dispatched while active (autograd's backward included)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.count = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self.count += 1
+        return func(*args, **(kwargs or {}))
+
+
+def ops_per_call(step: Callable[[], None]) -> int:
+    with CountOps() as counter:
+        step()
+    return counter.count
+
+
+def peak_memory_mib(step: Callable[[], None], device: torch.device) -> float:
+    """Peak CUDA memory allocated during one call (NaN on a CPU, where it is not tracked)."""
+    if device.type != "cuda":
+        return float("nan")
+    sync(device)
+    torch.cuda.reset_peak_memory_stats(device)
+    step()
+    sync(device)
+    return torch.cuda.max_memory_allocated(device) / 2**20
+
+
+def train_step(model: nn.Module, opt: torch.optim.Optimizer, x: torch.Tensor, y: torch.Tensor,
+               amp: str = "none") -> Callable[[], None]:
+    autocast = (torch.autocast(x.device.type, dtype=torch.bfloat16) if amp == "bf16"
+                else contextlib.nullcontext())
+
     def step() -> None:
-        loss = F.cross_entropy(model(x), y)
+        with autocast:
+            loss = F.cross_entropy(model(x), y)
         loss.backward()
         opt.step()
         opt.zero_grad(set_to_none=True)
@@ -54,9 +95,12 @@ def train_step(model: nn.Module, opt: torch.optim.Optimizer, x: torch.Tensor, y:
     return step
 
 
-def infer_step(model: nn.Module, x: torch.Tensor) -> Callable[[], None]:
+def infer_step(model: nn.Module, x: torch.Tensor, amp: str = "none") -> Callable[[], None]:
+    autocast = (torch.autocast(x.device.type, dtype=torch.bfloat16) if amp == "bf16"
+                else contextlib.nullcontext())
+
     def step() -> None:
-        with torch.inference_mode():
+        with torch.inference_mode(), autocast:
             model(x)
 
     return step
@@ -77,11 +121,11 @@ def bench_model(name: str, args: argparse.Namespace, device: torch.device) -> di
     y = torch.randint(0, 1000, (args.batch_size,), device=device)
     sgd = dict(lr=1e-3, momentum=0.9)
     steps = {
-        "train standard": train_step(standard, torch.optim.SGD(standard.parameters(), **sgd), x, y),
-        "train gmconv": train_step(gm, torch.optim.SGD(gm.parameters(), **sgd), x, y),
-        "infer standard": infer_step(standard_eval, x),
-        "infer gmconv": infer_step(gm_eval, x),
-        "infer folded": infer_step(folded, x),
+        "train standard": train_step(standard, torch.optim.SGD(standard.parameters(), **sgd), x, y, args.amp),
+        "train gmconv": train_step(gm, torch.optim.SGD(gm.parameters(), **sgd), x, y, args.amp),
+        "infer standard": infer_step(standard_eval, x, args.amp),
+        "infer gmconv": infer_step(gm_eval, x, args.amp),
+        "infer folded": infer_step(folded, x, args.amp),
     }
     names = list(steps)
     print(f"{name}: {n_gm} GMConv2d layers; warming up ...", flush=True)
@@ -89,6 +133,8 @@ def bench_model(name: str, args: argparse.Namespace, device: torch.device) -> di
         for key in names:
             steps[key]()
     sync(device)
+    extras = {f"ops {key}": [float(ops_per_call(steps[key]))] for key in ("train standard", "train gmconv")}
+    extras.update({f"MiB {key}": [peak_memory_mib(steps[key], device)] for key in ("train standard", "train gmconv")})
     times: dict[str, list[float]] = {key: [] for key in names}
     for rep in range(args.reps):
         order = names[rep % len(names):] + names[: rep % len(names)]  # rotate: no variant always first
@@ -98,7 +144,7 @@ def bench_model(name: str, args: argparse.Namespace, device: torch.device) -> di
             steps[key]()
             sync(device)
             times[key].append(time.perf_counter() - start)
-    return times
+    return times, extras
 
 
 def spread(values: list[float]) -> float:
@@ -119,6 +165,7 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=2, help="untimed repetitions per variant first")
     parser.add_argument("--device", choices=["cpu", "cuda"], default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads (CPU); default: torch's")
+    parser.add_argument("--amp", choices=["none", "bf16"], default="none", help="bf16 autocast for every variant")
     args = parser.parse_args()
 
     device = torch.device(args.device)
@@ -131,11 +178,12 @@ def main() -> None:
         hw = f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, {torch.get_num_threads()} threads"
     load = f", load avg {os.getloadavg()[0]:.2f}" if hasattr(os, "getloadavg") else ""
     print(f"torch {torch.__version__} on {device.type} ({hw}){load}; batch {args.batch_size}, "
-          f"{args.image_size}px, {args.reps} reps after {args.warmup} warmup, interleaved")
+          f"{args.image_size}px, amp {args.amp}, {args.reps} reps after {args.warmup} warmup, interleaved")
 
-    rows, best_rows = [], []
+    rows, best_rows, extra_rows = [], [], []
     for name in args.models:
-        times = bench_model(name, args, device)
+        times, extras = bench_model(name, args, device)
+        extra_rows.append((name, {key: v[0] for key, v in extras.items()}))
         med = {key: statistics.median(v) * 1000 for key, v in times.items()}
         noise = max(spread(v) for v in times.values())
         rows.append((name, med, noise))
@@ -156,6 +204,12 @@ def main() -> None:
         print(f"{name:<10} train gm/std {best['train gmconv'] / best['train standard']:.3f}   "
               f"infer gm/std {best['infer gmconv'] / best['infer standard']:.3f}   "
               f"infer folded/std {best['infer folded'] / best['infer standard']:.3f}")
+    print("\none training step: ATen ops dispatched (≈ kernel launches on a GPU) and peak CUDA memory:")
+    for name, extra in extra_rows:
+        print(f"{name:<10} ops std {extra['ops train standard']:.0f}  ops gm {extra['ops train gmconv']:.0f}  "
+              f"gm/std {extra['ops train gmconv'] / extra['ops train standard']:.3f}   "
+              f"MiB std {extra['MiB train standard']:.0f}  MiB gm {extra['MiB train gmconv']:.0f}  "
+              f"gm/std {extra['MiB train gmconv'] / extra['MiB train standard']:.3f}")
     if hasattr(os, "getloadavg"):
         print(f"\nload avg at the end: {os.getloadavg()[0]:.2f} (other jobs on the machine add noise)")
 

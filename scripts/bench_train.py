@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import subprocess
 import sys
@@ -33,10 +34,16 @@ def train_once(args: argparse.Namespace, conv: str, run_dir: Path) -> dict:
         f"trainer.channels_last={str(args.channels_last).lower()}", "trainer.progress=false",
         f"trainer.device={args.device}", "trainer.limit_val_batches=1", f"hydra.run.dir={run_dir}",
     ]
-    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
+    log = run_dir.with_suffix(".log")
+    with open(log, "w") as out:
+        proc = subprocess.Popen(cmd, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT)
+        _, status, usage = os.wait4(proc.pid, 0)  # the child's own peak resident memory, unlike getrusage
+        proc.returncode = os.waitstatus_to_exitcode(status)
     if proc.returncode != 0:
-        sys.exit(f"{conv} failed:\n{proc.stdout[-2000:]}\n{proc.stderr[-4000:]}")
-    return json.loads((run_dir / "results.json").read_text())
+        sys.exit(f"{conv} failed:\n{log.read_text()[-4000:]}")
+    results = json.loads((run_dir / "results.json").read_text())
+    # ru_maxrss is in KiB on Linux: the launcher's largest process (one rank with --nproc 1)
+    return {**results, "peak_rss_mib": usage.ru_maxrss / 1024}
 
 
 def main() -> None:
@@ -57,22 +64,26 @@ def main() -> None:
 
     convs = args.convs.split(",")
     speeds: dict[str, list[float]] = {conv: [] for conv in convs}
+    memory: dict[str, list[float]] = {conv: [] for conv in convs}
     with tempfile.TemporaryDirectory() as tmp:
         for round_ in range(args.repeats):
             for conv in convs:
                 result = train_once(args, conv, Path(tmp) / f"{conv}-{round_}")
                 speeds[conv].append(result["images_per_s"])
+                memory[conv].append(result.get("peak_gpu_memory_mib") or result["peak_rss_mib"])
                 print(f"round {round_ + 1} {conv}: {result['images_per_s']:.1f} img/s", flush=True)
 
     device = torch.cuda.get_device_name(0) if torch.cuda.is_available() and args.device != "cpu" else "CPU"
     baseline = statistics.median(speeds[convs[0]])
     print(f"\n{args.model}, {args.image_size} px, batch {args.batch_size} × {args.nproc} process(es), amp {args.amp}, "
           f"channels_last {args.channels_last}, {args.steps} steps, torch {torch.__version__}, {device}\n")
-    print("| conv | images/s (median) | ratio to " + convs[0] + " |")
-    print("|---|---|---|")
+    where = "GPU memory allocated" if device != "CPU" else "resident memory (RSS) of the launcher's largest process"
+    base_memory = statistics.median(memory[convs[0]])
+    print(f"| conv | images/s (median) | ratio to {convs[0]} | peak MiB ({where}) | ratio |")
+    print("|---|---|---|---|---|")
     for conv in convs:
-        median = statistics.median(speeds[conv])
-        print(f"| {conv} | {median:.1f} | {median / baseline:.3f} |")
+        median, peak = statistics.median(speeds[conv]), statistics.median(memory[conv])
+        print(f"| {conv} | {median:.1f} | {median / baseline:.3f} | {peak:.0f} | {peak / base_memory:.3f} |")
 
 
 if __name__ == "__main__":

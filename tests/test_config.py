@@ -98,6 +98,7 @@ def test_enum_values_are_checked():
     (["conv=standard", "optim.sigma_lr_scale=10"], "optim.sigma_lr_scale"),
     (["conv=gmconv_fixed", "optim.sigma_lr_scale=10"], "optim.sigma_lr_scale"),
     (["optim.sigma_lr_scale=-1"], "optim.sigma_lr_scale"),
+    (["trainer.compile_mode=reduce_overhead"], "trainer.compile_mode"),
 ])
 def test_bad_or_unused_values_name_the_key(overrides, key):
     with pytest.raises(ValueError, match=key.replace(".", r"\.")):

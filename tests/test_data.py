@@ -19,9 +19,11 @@ import torch
 from omegaconf import OmegaConf
 from sklearn.datasets import load_digits
 from torch.utils.data import Dataset
+from torchvision.transforms import v2
 
 from data import DataConfig, build_loaders, check_data_config, set_epoch
 from data import fake
+from data.batch_augment import BatchAugment, BatchAugmentedLoader
 from data.info import Splits
 from data.registry import BUILDERS, Builder
 
@@ -125,7 +127,7 @@ def test_digits_split_is_fixed_stratified_and_normalised_by_its_train_statistics
         assert val_counts[digit] + train_counts[digit] == total
         assert abs(val_counts[digit] - 0.2 * total) <= 1
 
-    train_pixels = train.dataset.transform(train.dataset.images)  # without augmentation it takes a batch
+    train_pixels = train.dataset.batch_transform(train.dataset.images)
     assert train_pixels.mean(dim=(0, 2, 3)).abs().max() < 1e-4
     assert (train_pixels.std(dim=(0, 2, 3)) - 1).abs().max() < 1e-3
     assert train.dataset.images.dtype == torch.uint8
@@ -143,6 +145,46 @@ def test_digits_augmentation_shifts_but_never_mirrors() -> None:
         assert any(torch.allclose(view, shift, atol=1e-5) for shift in shifts)
     assert not any(torch.allclose(original.flip(-1), shift, atol=1e-5) for shift in shifts)
     assert len({tuple(v.flatten().tolist()) for v in views}) > 1
+
+
+@pytest.mark.parametrize("flip", [False, True])
+def test_batch_augmentation_draws_the_per_sample_pipelines_crops_and_flips(flip: bool) -> None:
+    """Every batch-augmented image is one of the padded crops (or, with flip, their mirror images) that
+    v2.RandomCrop + RandomHorizontalFlip can produce, normalised the same way; all of them occur."""
+    images = torch.randint(0, 256, (1, 3, 8, 8), dtype=torch.uint8).expand(400, -1, -1, -1)
+    mean, std = (0.3, 0.4, 0.5), (0.2, 0.25, 0.3)
+    out = BatchAugment(mean, std, padding=2, flip=flip)(images, torch.Generator().manual_seed(0))
+    crop = v2.Compose([v2.RandomCrop(8, padding=2), v2.ToDtype(torch.float32, scale=True), v2.Normalize(mean, std)])
+    padded = torch.nn.functional.pad(images[0].float() / 255, (2, 2, 2, 2))  # RandomCrop's zero fill
+    crops = [v2.functional.normalize(padded[:, dy:dy + 8, dx:dx + 8], mean, std) for dy in range(5) for dx in range(5)]
+    assert any(torch.allclose(crop(images[0]), c, atol=1e-5) for c in crops)  # the candidates are v2's
+    candidates = crops + ([c.flip(-1) for c in crops] if flip else [])
+    hits = [next(i for i, c in enumerate(candidates) if torch.allclose(view, c, atol=1e-5)) for view in out]
+    assert set(hits) == set(range(len(candidates)))  # 400 draws: every crop (and mirror) occurs
+
+
+def test_batch_augmented_loaders_resume_mid_epoch_exactly_and_differ_per_rank() -> None:
+    def batches(rank: int, start_batch: int, workers: int) -> list[torch.Tensor]:
+        train, _, _ = build_loaders(DataConfig(num_workers=workers, persistent_workers=False), seed=3, rank=rank,
+                                    world_size=2)
+        assert isinstance(train, BatchAugmentedLoader)
+        set_epoch(train, 1, start_batch=start_batch)
+        return [images for images, _ in train]
+
+    full = batches(rank=0, start_batch=0, workers=0)
+    for start, workers in ((4, 0), (5, 2)):
+        resumed = batches(rank=0, start_batch=start, workers=workers)
+        assert len(resumed) == len(full) - start
+        assert all(torch.equal(a, b) for a, b in zip(full[start:], resumed))
+    assert not torch.equal(full[0], batches(rank=1, start_batch=0, workers=0)[0])
+
+
+def test_augmentations_only_the_per_sample_pipeline_has_keep_it() -> None:
+    train, val, _ = build_loaders(DataConfig(auto_augment="trivialaugment"), seed=0)
+    assert not isinstance(train, BatchAugmentedLoader) and train.dataset.transform is not None
+    assert isinstance(val, BatchAugmentedLoader)
+    images, _ = next(iter(train))
+    assert images.shape == (64, 3, 32, 32) and images.dtype == torch.float32
 
 
 # ----------------------------------------------------------------------------------------------- CIFAR

@@ -10,9 +10,11 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 from torch import nn
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from engine.checkpoint import TrainState, capture_rng, restore_rng
 from engine.config import OptimConfig, SchedConfig
+from engine.loop import Progress, train_one_epoch
 from engine.metrics import topk_correct
 from engine.optim import build_optimizer, build_scheduler, param_groups, scaled_lr
 from gmconv import DynamicGMConv2d, GMConv2d
@@ -138,3 +140,47 @@ def test_mask_images_are_refused_where_no_layer_has_a_mask(conv):
     validate(compose_train("trainer.log_masks=true"))
     with pytest.raises(ValueError, match=f"trainer.log_masks=true has no effect: conv={conv}"):
         validate(compose_train("trainer.log_masks=true", f"conv={conv}"))
+
+
+class _HostReads(TorchDispatchMode):
+    """Counts the operations that make a CPU wait for a CUDA device: a tensor built from host values
+    (``torch.tensor(...)``, a blocking copy to the device) and a scalar read (``.item()``)."""
+
+    SYNCING = {"aten.lift_fresh.default", "aten._local_scalar_dense.default"}
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.count = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self.count += str(func) in self.SYNCING
+        return func(*args, **(kwargs or {}))
+
+
+@pytest.mark.parametrize("progress", [Progress.off, Progress.lines])
+def test_a_training_step_never_waits_for_the_device(progress, monkeypatch):
+    """The host reads and host-built tensors of an epoch must not grow with its steps: on CUDA each one
+    in a step would stall the CPU until the GPU caught up. (Progress lines read the sums on every
+    step here, through ``MetricSums.running``, which on CUDA never waits: see ``_AsyncReadout``.)"""
+    tolist_calls = []
+    original_tolist = torch.Tensor.tolist
+    monkeypatch.setattr(torch.Tensor, "tolist", lambda t: tolist_calls.append(1) or original_tolist(t))
+    trainer = OmegaConf.create({"epochs": 1, "limit_train_batches": None, "channels_last": False, "amp": "none",
+                                "label_smoothing": 0.0, "grad_clip": 1.0, "log_every_steps": 1})
+
+    def host_reads(steps: int) -> int:
+        torch.manual_seed(0)
+        model = nn.Sequential(GMConv2d(3, 4, 3, padding=1), nn.Flatten(), nn.Linear(4 * 8 * 8, 10))
+        optimizer = build_optimizer(model, OmegaConf.structured(OptimConfig()), 0.1)
+        scheduler = build_scheduler(optimizer, OmegaConf.structured(SchedConfig(warmup_epochs=0.5)), epochs=1,
+                                    steps_per_epoch=steps)
+        state = TrainState(model=model, optimizer=optimizer, scheduler=scheduler)
+        batches = [(torch.randn(4, 3, 8, 8), torch.randint(0, 10, (4,))) for _ in range(steps)]
+        tolist_calls.clear()
+        with _HostReads() as reads:
+            result = train_one_epoch(state, batches, trainer, torch.device("cpu"), epoch=0, progress=progress)
+        assert math.isfinite(result["loss"])
+        syncs_on_cuda = len(tolist_calls) if progress is Progress.off else 0
+        return reads.count + syncs_on_cuda
+
+    assert host_reads(2) == host_reads(6)

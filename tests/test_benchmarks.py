@@ -1,0 +1,31 @@
+"""The benchmark scripts run as documented and print their verdicts (speed itself is not tested)."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+
+from helpers import ROOT
+
+TINY = ["model=resnet20", "data=fake", "data.image_size=16", "data.batch_size=8", "data.train_size=64"]
+
+
+def _script(name: str, *args: str) -> str:
+    proc = subprocess.run([sys.executable, f"scripts/{name}", *args], cwd=ROOT, capture_output=True, text=True,
+                          timeout=300)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    return proc.stdout
+
+
+def test_bench_engine_reports_the_engine_against_a_bare_loop():
+    out = _script("bench_engine.py", "--rounds", "1", *TINY, "trainer.limit_train_batches=3")
+    ratio = re.search(r"\| engine \(train_one_epoch \+ DataLoader\) \| [\d.]+ \| ([\d.]+) \|", out)
+    assert ratio and float(ratio.group(1)) > 0, out
+    assert "3 batches of 8" in out
+
+
+def test_bench_data_names_what_limits_the_run():
+    out = _script("bench_data.py", "--workers", "0,1", "--batches", "2", "--warmup", "1", "--rounds", "1", *TINY)
+    assert "| loader, 0 workers |" in out and "| loader, 1 workers |" in out, out
+    assert re.search(r"limits this run", out), out
