@@ -212,6 +212,14 @@ def test_bad_recipe_settings_stop_at_start_up_naming_the_key(overrides, message)
         validate(compose_train(*overrides))
 
 
+def test_a_whole_recipe_passes_the_start_up_check():
+    validate(compose_train("model=timm", "optim=adamw", "optim.layer_decay=0.7", "optim.lr_scaling=sqrt", "sched=step",
+                           "trainer.ema_decay=0.999", "trainer.ema_warmup=true", "trainer.best_of=ema",
+                           "data.mixup_alpha=0.1", "data.cutmix_alpha=1", "data.mix_switch_prob=0.3", "trainer.loss=bce",
+                           "trainer.bce_target_threshold=0.2", "trainer.accumulate_steps=4", "model.drop_path_rate=0.05"))
+    validate(compose_train("sched=poly", "sched.power=2", "sched.min_lr=1e-5"))
+
+
 def test_each_rank_draws_its_own_numbers_reproducibly():
     def draws(rank: int) -> tuple:
         seed_everything(7, rank)
