@@ -73,6 +73,22 @@ def test_accumulated_batches_take_the_steps_of_one_larger_batch():
     assert not torch.equal(acc.model[3].weight, _net()[3].weight)  # it did train
 
 
+def test_an_epoch_stopped_after_an_accumulated_step_continues_with_the_same_groups():
+    """5 batches in groups of 2, 2, 1: stopped after the first step and continued with the remaining
+    batches (as a mid-epoch resume does), the weights are those of the uninterrupted epoch."""
+    batches = _batches(5, 4)
+    trainer = TrainerConfig(accumulate_steps=2, epochs=2, ema_decay=0.5)
+    whole = _state(_net(), steps_per_epoch=3, trainer=trainer)
+    _epoch(whole, batches, trainer)
+    parts = _state(_net(), steps_per_epoch=3, trainer=trainer)
+    assert _epoch(parts, batches, trainer, on_step=lambda s: True)["stopped"] and parts.batches_done == 2
+    _epoch(parts, batches[2:], trainer)
+    assert parts.step == whole.step == 3 and parts.batches_done == 5
+    for a, b in zip([*parts.model.parameters(), *parts.ema.parameters()],
+                    [*whole.model.parameters(), *whole.ema.parameters()]):
+        assert torch.equal(a, b)
+
+
 def test_ema_weights_follow_the_closed_form_update():
     decay = 0.8
     trainer = TrainerConfig(ema_decay=decay)
