@@ -42,6 +42,7 @@ def check_data_config(cfg: DataConfig) -> None:
         raise ValueError(f"data.num_workers={cfg.num_workers} is invalid: set 0 (load in the main process) or more")
     _check_augmentation(cfg)
     _check_centre_crop(cfg)
+    _check_mixing(cfg)
 
 
 def _check_augmentation(cfg: DataConfig) -> None:
@@ -72,3 +73,21 @@ def _check_centre_crop(cfg: DataConfig) -> None:
     if cfg.val_resize is not None and cfg.val_resize < test_size:
         raise ValueError(f"data.val_resize={cfg.val_resize} is smaller than the {test_size} px validation crop; "
                          f"set data.val_resize >= {test_size} or use data.crop_pct")
+
+
+def _check_mixing(cfg: DataConfig) -> None:
+    """Mixup/CutMix: non-negative alphas, probabilities in [0, 1], and an even batch (timm mixes x with x flipped)."""
+    for key in ("mixup_alpha", "cutmix_alpha"):
+        if getattr(cfg, key) < 0:
+            raise ValueError(f"data.{key}={getattr(cfg, key)} is invalid: set 0 (off) or a positive number such as 0.2")
+    for key in ("mix_prob", "mix_switch_prob"):
+        if not 0 <= getattr(cfg, key) <= 1:
+            raise ValueError(f"data.{key}={getattr(cfg, key)} is invalid: set a probability in [0, 1]")
+    mixing = cfg.mixup_alpha > 0 or cfg.cutmix_alpha > 0
+    for key in ("mix_prob", "mix_switch_prob"):
+        if not mixing and getattr(cfg, key) != DEFAULTS[key]:
+            raise ValueError(f"data.{key}={getattr(cfg, key)} has no effect without mixing; set data.mixup_alpha "
+                             "or data.cutmix_alpha, or remove it")
+    if mixing and cfg.batch_size % 2:
+        raise ValueError(f"data.batch_size={cfg.batch_size} is odd, and mixup/cutmix pairs each image with another "
+                         "of the batch; set an even data.batch_size")

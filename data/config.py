@@ -30,3 +30,8 @@ class DataConfig:
     num_classes: Optional[int] = None  # fake: class count; others take it from the data
     train_size: Optional[int] = None  # fake: number of training images
     val_size: Optional[int] = None  # fake: number of validation images
+    # Mixup / CutMix (timm Mixup) on each training batch, with soft targets; 0: off. Needs an even batch_size.
+    mixup_alpha: float = 0.0  # Beta(α, α) mixing coefficient of mixup
+    cutmix_alpha: float = 0.0  # Beta(α, α) area coefficient of cutmix
+    mix_prob: float = 1.0  # probability that a batch is mixed at all
+    mix_switch_prob: float = 0.5  # with both on: probability of cutmix rather than mixup for a batch

@@ -1,8 +1,9 @@
 """The checkpoint format, owned here alone: what a checkpoint holds, how it is written and read.
 
 A checkpoint is a dict of tensors and plain data: the model's and optimizer's state, the GradScaler,
-the position in training (epoch, batch within the epoch, optimizer step), the best top-1 so far,
-every RNG state, the resolved config and the data facts the model was built for (``data_info``). It is written atomically (a temporary file renamed into
+the weights' moving average (EMA, when trained with one), the position in training (epoch, batch
+within the epoch, optimizer step), the best top-1 so far, every RNG state of every process (a list
+indexed by rank: each rank draws its own augmentation and mixing), the resolved config and the data facts the model was built for (``data_info``). It is written atomically (a temporary file renamed into
 place, so a crash never leaves half a file) and read with ``weights_only=True`` (a file can never
 run code). The learning-rate schedule is not stored: it is a function of the optimizer step and the
 config, so a resumed run with more epochs or another lr re-plans it instead of replaying the old plan.
@@ -21,6 +22,7 @@ from typing import Any, Callable, Optional
 import numpy as np
 import torch
 from timm.scheduler.scheduler import Scheduler
+from timm.utils import ModelEmaV3
 from torch import nn
 from torch.optim import Optimizer
 
@@ -52,6 +54,7 @@ class TrainState:
     optimizer: Optimizer
     scheduler: Scheduler
     scaler: Optional[torch.amp.GradScaler] = None
+    ema: Optional[ModelEmaV3] = None  # trainer.ema_decay: the weights' moving average, updated every step
     epoch: int = 0  # epochs completed
     batches_done: int = 0  # batches of the current epoch already trained (a mid-epoch checkpoint)
     step: int = 0  # optimizer steps taken
@@ -64,6 +67,7 @@ class TrainState:
             "model": unwrap(self.model).state_dict(),
             "optimizer": self.optimizer.state_dict(),
             "scaler": self.scaler.state_dict() if self.scaler is not None else None,
+            "ema": self.ema.module.state_dict() if self.ema is not None else None,
             **{key: getattr(self, key) for key in PROGRESS_KEYS},
         }
 
@@ -80,6 +84,11 @@ class TrainState:
             group.update(settings)
         if self.scaler is not None and ckpt.get("scaler"):
             self.scaler.load_state_dict(ckpt["scaler"])
+        if self.ema is not None:  # an EMA added on resume starts from the resumed weights
+            if ckpt.get("ema") is not None:
+                self.ema.module.load_state_dict(ckpt["ema"])
+            else:
+                self.ema.set(unwrap(self.model))
         for key in PROGRESS_KEYS:
             setattr(self, key, ckpt[key])
         self.scheduler.step_update(num_updates=self.step)
@@ -98,6 +107,7 @@ def capture_rng() -> dict[str, Any]:
 
 
 def restore_rng(rng: dict[str, Any]) -> None:
+    """Set every RNG to a ``capture_rng`` state."""
     random.setstate(_as_tuples(rng["python"]))
     np_state = dict(rng["numpy"])
     np_state["state"] = {"key": np_state["state"]["key"].numpy().astype(np.uint32), "pos": np_state["state"]["pos"]}
@@ -134,10 +144,17 @@ def save_json(obj: Any, path: str | os.PathLike) -> None:
     atomic_write(path, write)
 
 
-def save_checkpoint(path: str | Path, state: TrainState, config: dict[str, Any], data_info: dict[str, Any]) -> None:
+def save_checkpoint(path: str | Path, state: TrainState, config: dict[str, Any], data_info: dict[str, Any],
+                    rng: list[dict[str, Any]], *, ema_weights: bool = False) -> None:
     """``data_info``: what the model was built for (class count, image size, normalisation), so analysis
-    tools can rebuild the network from the checkpoint alone, even where the dataset is absent."""
-    checkpoint = {**state.state_dict(), "rng": capture_rng(), "config": config, "data_info": data_info}
+    tools can rebuild the network from the checkpoint alone, even where the dataset is absent.
+    ``rng``: every process's ``capture_rng()``, by rank. ``ema_weights``: the ``model`` entry holds the
+    EMA's weights (best.pt under trainer.best_of=ema), so every reader of the file sees the kept weights;
+    ``weights`` says which they are."""
+    checkpoint = {**state.state_dict(), "rng": rng, "config": config, "data_info": data_info,
+                  "weights": "ema" if ema_weights else "model"}
+    if ema_weights:
+        checkpoint["model"] = checkpoint["ema"]
     atomic_write(path, lambda tmp: torch.save(checkpoint, tmp))
 
 
@@ -185,10 +202,16 @@ def load_model_weights(model: nn.Module, ckpt: dict[str, Any], path: str | Path)
         ) from err
 
 
-def restore(state: TrainState, ckpt: dict[str, Any], path: str | Path) -> None:
+def restore(state: TrainState, ckpt: dict[str, Any], path: str | Path, rank: int = 0) -> bool:
+    """Weights, optimizer, position and this rank's RNG state; False when the checkpoint has no RNG state
+    for ``rank`` (written by fewer processes): that rank's draws then go on from its own seed."""
     load_model_weights(state.model, ckpt, path)
     state.load_progress(ckpt)
-    restore_rng(ckpt["rng"])
+    states = ckpt["rng"] if isinstance(ckpt["rng"], list) else [ckpt["rng"]]  # one dict: an older checkpoint
+    if rank >= len(states):
+        return False
+    restore_rng(states[rank])
+    return True
 
 
 def _first_line(err: Exception) -> str:

@@ -21,7 +21,7 @@ from timm.optim import list_optimizers
 
 from data import DataConfig, check_data_config
 from gmconv import GMConvOptions
-from models.config import ConvConfig, ConvType, ModelConfig, gmconv_options
+from models.config import ConvConfig, ConvType, ModelConfig, ModelSource, gmconv_options
 from models.small_input import parse_small_input
 
 
@@ -50,12 +50,25 @@ class CompileMode(str, Enum):
 class LrScaling(str, Enum):
     none = "none"
     linear = "linear"  # lr × global batch / 256, the ImageNet convention (Goyal et al., 2017)
+    sqrt = "sqrt"  # lr × sqrt(global batch / 256), timm's choice for adaptive optimizers (LAMB, AdamW)
 
 
 class SchedName(str, Enum):
     cosine = "cosine"
+    step = "step"
     multistep = "multistep"
+    poly = "poly"
     none = "none"
+
+
+class Loss(str, Enum):
+    ce = "ce"  # cross-entropy (soft-target cross-entropy under mixup/cutmix)
+    bce = "bce"  # binary cross-entropy per class, as in "ResNet strikes back" (Wightman et al., 2021)
+
+
+class BestOf(str, Enum):
+    model = "model"  # best.pt keeps the trained weights at their best val top-1
+    ema = "ema"  # best.pt keeps the EMA weights at the EMA's best val top-1
 
 
 @dataclass
@@ -68,6 +81,8 @@ class OptimConfig:
     lr_scaling: LrScaling = LrScaling.none
     # GMConv's σ learns at lr × sigma_lr_scale (its own parameter group, never weight-decayed)
     sigma_lr_scale: float = 1.0
+    # timm models: lr × layer_decay^(depth from the head) per layer group (BEiT); null: off
+    layer_decay: Optional[float] = None
     kwargs: dict[str, Any] = field(default_factory=dict)  # more timm optimizer arguments (e.g. betas)
 
 
@@ -78,7 +93,9 @@ class SchedConfig:
     warmup_lr: float = 1e-5  # learning rate at the first warmup step
     min_lr: float = 0.0  # cosine: final learning rate
     milestones: list[int] = field(default_factory=list)  # multistep: epochs at which lr × gamma
-    gamma: float = 0.1  # multistep
+    gamma: float = 0.1  # multistep, step
+    decay_epochs: Optional[float] = None  # step: lr × gamma every this many epochs
+    power: float = 1.0  # poly: lr falls as (1 - t/T)^power towards min_lr
 
 
 @dataclass
@@ -92,6 +109,13 @@ class TrainerConfig:
     sync_bn: bool = False  # under torchrun: BatchNorm statistics over all processes (SyncBatchNorm)
     grad_clip: Optional[float] = None  # max global gradient norm; null turns clipping off
     label_smoothing: float = 0.0
+    loss: Loss = Loss.ce
+    bce_target_threshold: Optional[float] = None  # loss=bce: targets above it become 1, the rest 0 (timm)
+    # optimizer steps average the gradients of this many batches: the same update as one batch this many times larger
+    accumulate_steps: int = 1
+    ema_decay: Optional[float] = None  # a moving average of the weights (timm ModelEmaV3), evaluated each epoch; null: off
+    ema_warmup: bool = False  # decay grows as 1 - (1 + step)^(-2/3) up to ema_decay (timm), so early weights fade fast
+    best_of: BestOf = BestOf.model  # which weights best.pt keeps (and ranks by val top-1)
     eval_every: int = 1  # epochs; the last epoch is always evaluated
     checkpoint_every_steps: Optional[int] = None  # also save last.pt every this many steps
     log_every_steps: int = 20  # step-level TensorBoard scalars, and a progress line when not on a terminal
@@ -133,10 +157,12 @@ def validate(cfg: DictConfig) -> None:
     _check_conv(cfg.conv)
     _check_settings_that_need_sigma(cfg)
     _check_optim(cfg.optim)
+    _check_layer_decay(cfg)
     _check_sched(cfg.sched)
     if not cfg.trainer.compile and CompileMode(cfg.trainer.compile_mode) is not TrainerConfig.compile_mode:
         raise ValueError(f"trainer.compile_mode={CompileMode(cfg.trainer.compile_mode).name} has no effect without "
                          "trainer.compile=true; add trainer.compile=true or remove it")
+    _check_trainer_recipe(cfg.trainer)
     if cfg.eval_only and cfg.resume:
         raise ValueError("resume= continues training and cannot be combined with eval_only=true; "
                          "evaluate a run with eval_only=true ckpt=<run folder>")
@@ -222,20 +248,60 @@ def _check_optim(optim: DictConfig) -> None:
                                  f"pass it through optim.kwargs if that optimizer takes it, or remove it")
 
 
-_SCHED_ONLY = {"milestones": "multistep", "gamma": "multistep", "min_lr": "cosine"}
+def _check_layer_decay(cfg: DictConfig) -> None:
+    layer_decay = cfg.optim.layer_decay
+    if layer_decay is None:
+        return
+    if not 0 < layer_decay <= 1:
+        raise ValueError(f"optim.layer_decay={layer_decay} is invalid: expected a number in (0, 1] or null")
+    if ModelSource(cfg.model.source) is not ModelSource.timm:
+        raise ValueError(f"optim.layer_decay={layer_decay} needs a timm model's layer groups (group_matcher), and "
+                         f"model={cfg.model.name} is a {ModelSource(cfg.model.source).value} model; remove it or use "
+                         "model=timm model.name=<timm model>")
+
+
+_SCHED_ONLY = {"milestones": ("multistep",), "gamma": ("multistep", "step"), "min_lr": ("cosine", "poly"),
+               "decay_epochs": ("step",), "power": ("poly",)}
 
 
 def _check_sched(sched: DictConfig) -> None:
     defaults = SchedConfig()
     name = SchedName(sched.name).value
-    for key, owner in _SCHED_ONLY.items():
-        if name != owner and _plain(sched[key]) != getattr(defaults, key):
-            raise ValueError(f"sched.{key}={_plain(sched[key])} is used by sched={owner} only, not sched={name}; "
-                             "remove it or choose that schedule")
+    for key, owners in _SCHED_ONLY.items():
+        if name not in owners and _plain(sched[key]) != getattr(defaults, key):
+            raise ValueError(f"sched.{key}={_plain(sched[key])} is used by sched={'|'.join(owners)} only, not "
+                             f"sched={name}; remove it or choose that schedule")
+    if name == "step" and not (sched.decay_epochs or 0) > 0:
+        raise ValueError(f"sched.decay_epochs={sched.decay_epochs} is invalid: sched=step needs the epochs between "
+                         "two lr × gamma steps, e.g. sched.decay_epochs=30")
+    if sched.power <= 0:
+        raise ValueError(f"sched.power={sched.power} is invalid: expected a positive number")
     milestones = list(sched.milestones)
     if name == "multistep" and (not milestones or milestones != sorted(set(milestones)) or milestones[0] <= 0):
         raise ValueError(f"sched.milestones={milestones} is invalid: sched=multistep needs positive epochs "
                          "in increasing order, e.g. [30,60]")
+
+
+def _check_trainer_recipe(trainer: DictConfig) -> None:
+    """Accumulation, loss and EMA settings: ranges, and the ones that only mean something together."""
+    if trainer.accumulate_steps < 1:
+        raise ValueError(f"trainer.accumulate_steps={trainer.accumulate_steps} is invalid: expected a positive "
+                         "integer (1: an optimizer step per batch)")
+    threshold = trainer.bce_target_threshold
+    if threshold is not None and Loss(trainer.loss) is not Loss.bce:
+        raise ValueError(f"trainer.bce_target_threshold={threshold} is used by trainer.loss=bce only; remove it "
+                         "or set trainer.loss=bce")
+    if threshold is not None and not 0 <= threshold < 1:
+        raise ValueError(f"trainer.bce_target_threshold={threshold} is invalid: expected a number in [0, 1) or null")
+    decay = trainer.ema_decay
+    if decay is not None and not 0 < decay < 1:
+        raise ValueError(f"trainer.ema_decay={decay} is invalid: expected a number in (0, 1) such as 0.9998, "
+                         "or null for no EMA")
+    if decay is None and trainer.ema_warmup:
+        raise ValueError("trainer.ema_warmup=true has no effect without an EMA; set trainer.ema_decay or remove it")
+    if decay is None and BestOf(trainer.best_of) is BestOf.ema:
+        raise ValueError("trainer.best_of=ema needs an EMA; set trainer.ema_decay (e.g. 0.9998) or use "
+                         "trainer.best_of=model")
 
 
 def _refuse_changed(current: Any, defaults: Any, group: str, why: str) -> None:
@@ -247,7 +313,8 @@ def _refuse_changed(current: Any, defaults: Any, group: str, why: str) -> None:
 # Settings that define what a run trains: changing one on resume would continue another experiment
 # (or break the saved position inside an epoch), so it is refused rather than silently mixed.
 FIXED_ON_RESUME = ("model", "conv", "data.name", "data.image_size", "data.batch_size", "data.num_classes",
-                   "data.train_size", "data.val_size", "optim.name", "seed", "trainer.limit_train_batches")
+                   "data.train_size", "data.val_size", "optim.name", "seed", "trainer.limit_train_batches",
+                   "trainer.accumulate_steps", "trainer.best_of")
 _NOT_SETTINGS = ("resume", "eval_only", "ckpt")
 
 

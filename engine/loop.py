@@ -16,8 +16,9 @@ from omegaconf import DictConfig
 from torch import nn
 from tqdm import tqdm
 
+from .checkpoint import TrainState, unwrap
 from .metrics import MetricSums
-from .checkpoint import TrainState
+from .recipe import Objective
 
 log = logging.getLogger(__name__)
 
@@ -64,50 +65,52 @@ def train_one_epoch(
     *,
     epoch: int,
     progress: Progress,
+    objective: Objective,
     on_step: Optional[Callable[[TrainState], bool]] = None,
 ) -> dict[str, float]:
     """Train one epoch (the rest of it, after a mid-epoch checkpoint); returns mean loss, top-1 (%),
     the mean learning rate of its steps, images/s, seconds, and whether ``on_step`` asked to stop.
 
-    ``cfg`` is the ``trainer`` config group. ``on_step`` runs after every optimizer step (step
-    logging, checkpoints every N steps) and returns True to stop at this step boundary.
+    ``cfg`` is the ``trainer`` config group; ``objective`` mixes the batch and computes the loss. An
+    optimizer step follows every ``cfg.accumulate_steps`` batches (and the epoch's last, smaller group),
+    with each batch's loss divided by its group's size: the update of one batch that many times larger.
+    Under mixup/cutmix, top-1 counts a prediction right when it names the label with the larger share
+    of its mixed image. ``on_step`` runs after every optimizer step (step logging, checkpoints every N
+    steps) and returns True to stop at this step boundary.
     """
-    model, optimizer, scaler = state.model, state.optimizer, state.scaler
+    model, optimizer = state.model, state.optimizer
     model.train()
     sums = MetricSums(device)
     start_batch = state.batches_done
     batches, total = _batches(loader, None if cfg.limit_train_batches is None else cfg.limit_train_batches - start_batch)
+    epoch_batches, group = start_batch + total, cfg.accumulate_steps
     bar = tqdm(batches, total=total, desc=f"train {epoch + 1}/{cfg.epochs}", disable=progress is not Progress.bar,
                leave=False, dynamic_ncols=True, file=sys.stdout)
     start = time.perf_counter()
     stopped = False
     lr_sum, steps = 0.0, 0
     for i, (images, targets) in enumerate(bar):
-        lr_sum, steps = lr_sum + current_lr(state), steps + 1
+        batch = start_batch + i
+        group_start = batch - batch % group
+        group_size = min(group, epoch_batches - group_start)
+        last_of_group = batch + 1 == group_start + group_size
         images, targets = _to_device(images, targets, device, cfg.channels_last)
-        with autocast(device, cfg.amp):
-            logits = model(images)
-            loss = F.cross_entropy(logits, targets, label_smoothing=cfg.label_smoothing)
-        optimizer.zero_grad(set_to_none=True)
-        if scaler is not None:
-            scaler.scale(loss).backward()
-            scaler.unscale_(optimizer)
-        else:
-            loss.backward()
-        if cfg.grad_clip is not None:
-            nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-        if scaler is not None:
-            scaler.step(optimizer)
-            scaler.update()
-        else:
-            optimizer.step()
-        state.step += 1
-        state.batches_done = start_batch + i + 1
-        state.scheduler.step_update(num_updates=state.step)
-        sums.update(loss.detach() * targets.shape[0], logits.detach().float(), targets)
-        if on_step is not None and on_step(state):
-            stopped = True
-            break
+        images, targets = objective.mix(images, targets)
+        if batch == group_start:
+            optimizer.zero_grad(set_to_none=True)
+        with _sync_gradients(model, last_of_group):
+            with autocast(device, cfg.amp):
+                logits = model(images)
+                loss = objective.criterion(logits, targets)
+            _backward(state, loss / group_size)
+        sums.update(loss.detach() * targets.shape[0], logits.detach().float(), objective.dominant_labels(targets))
+        if last_of_group:
+            lr_sum, steps = lr_sum + current_lr(state), steps + 1
+            _optimizer_step(state, cfg.grad_clip)
+            state.batches_done = batch + 1
+            if on_step is not None and on_step(state):
+                stopped = True
+                break
         if progress is Progress.bar and (i % 10 == 0 or i == total - 1):
             bar.set_postfix(_running(sums, start, state))
         elif progress is Progress.lines and (i + 1) % cfg.log_every_steps == 0:
@@ -123,6 +126,36 @@ def train_one_epoch(
     images_per_s = metrics["samples"] / seconds if seconds > 0 else 0.0
     return {"loss": metrics["loss"], "top1": metrics["top1"], "lr": lr_sum / max(steps, 1), "images_per_s": images_per_s,
             "seconds": seconds, "stopped": stopped}
+
+
+def _sync_gradients(model: nn.Module, sync: bool) -> contextlib.AbstractContextManager:
+    """DDP all-reduces gradients only on a group's last batch; the others accumulate locally (no_sync,
+    which must hold the forward pass as well as the backward)."""
+    if sync or not isinstance(model, nn.parallel.DistributedDataParallel):
+        return contextlib.nullcontext()
+    return model.no_sync()
+
+
+def _backward(state: TrainState, loss: torch.Tensor) -> None:
+    (state.scaler.scale(loss) if state.scaler is not None else loss).backward()
+
+
+def _optimizer_step(state: TrainState, grad_clip: Optional[float]) -> None:
+    """One optimizer step on the accumulated gradients, then the schedule and the EMA follow it."""
+    optimizer, scaler = state.optimizer, state.scaler
+    if scaler is not None:
+        scaler.unscale_(optimizer)
+    if grad_clip is not None:
+        nn.utils.clip_grad_norm_(state.model.parameters(), grad_clip)
+    if scaler is not None:
+        scaler.step(optimizer)
+        scaler.update()
+    else:
+        optimizer.step()
+    state.step += 1
+    state.scheduler.step_update(num_updates=state.step)
+    if state.ema is not None:
+        state.ema.update(unwrap(state.model), step=state.step)
 
 
 def _running(sums: MetricSums, start: float, state: TrainState) -> dict[str, str]:

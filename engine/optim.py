@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import math
+from typing import Optional
+
 from omegaconf import DictConfig
-from timm.optim import create_optimizer_v2
+from timm.optim import create_optimizer_v2, param_groups_layer_decay, param_groups_weight_decay
 from timm.scheduler import create_scheduler_v2
 from timm.scheduler.scheduler import Scheduler
 from torch import nn
@@ -14,35 +17,48 @@ from gmconv import sigma_parameters
 # timm's optimizer names for the config's "sgd": timm's own "sgd" is Nesterov SGD.
 _SGD_NAMES = {False: "momentum", True: "nesterov"}
 # timm's scheduler names for the config's sched.name ("none": timm's constant lr, warmup still applies)
-_SCHED_NAMES = {"cosine": "cosine", "multistep": "multistep", "none": "constant"}
+_SCHED_NAMES = {"cosine": "cosine", "step": "step", "multistep": "multistep", "poly": "poly", "none": "constant"}
 
 
-def param_groups(model: nn.Module, weight_decay: float, sigma_lr_scale: float = 1.0) -> list[dict]:
-    """Weight decay only on conv/linear weights; GMConv's σ in a group of its own.
+def param_groups(model: nn.Module, weight_decay: float, sigma_lr_scale: float = 1.0,
+                 layer_decay: Optional[float] = None) -> list[dict]:
+    """timm's parameter groups, with GMConv's σ taken out into a group of its own.
 
-    Biases and normalisation parameters (ndim <= 1) are not decayed, as usual; nor is anything
-    that produces GMConv's σ: decaying σ would pull every mask towards its centre tap and shrink
-    every receptive field to one pixel, which is the opposite of regularisation. The σ group's
-    learning rate is the schedule's times ``sigma_lr_scale`` (timm's schedulers honour ``lr_scale``):
-    gmconv/README.md ("How fast σ learns") gives the measurements behind the default.
+    timm decides the rest: no weight decay on biases, normalisation parameters (ndim <= 1) and the
+    names a model lists in ``no_weight_decay()`` (position embeddings, tokens); with ``layer_decay``,
+    one group per layer of the model's ``group_matcher`` whose ``lr_scale`` is layer_decay^(depth
+    from the head). Nothing that produces σ is decayed: decaying σ would pull every mask towards its
+    centre tap and shrink every receptive field to one pixel. The σ group's learning rate is the
+    schedule's times ``sigma_lr_scale`` (timm's schedulers honour ``lr_scale``; under layer decay
+    σ takes ``sigma_lr_scale`` alone): gmconv/README.md ("How fast σ learns") gives the measurements.
+    Decayed groups come first, so the group order of a plain model is [decay, no decay, σ].
     """
+    no_decay_names = set(getattr(model, "no_weight_decay", set)())
+    if layer_decay is None:
+        groups = param_groups_weight_decay(model, weight_decay, no_weight_decay_list=no_decay_names)
+    else:
+        if not hasattr(model, "group_matcher"):
+            raise ValueError(f"optim.layer_decay={layer_decay} needs a model with timm's group_matcher() to know its "
+                             f"layers, and {type(model).__name__} has none; remove optim.layer_decay")
+        groups = param_groups_layer_decay(model, weight_decay, no_weight_decay_list=no_decay_names,
+                                          layer_decay=layer_decay)
     sigma_params = sigma_parameters(model)
     sigma_ids = {id(p) for p in sigma_params}
-    decay, no_decay = [], []
-    for p in model.parameters():
-        if p.requires_grad and id(p) not in sigma_ids:
-            (no_decay if p.ndim <= 1 else decay).append(p)
-    groups = [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    for group in groups:
+        group["params"] = [p for p in group["params"] if id(p) not in sigma_ids]
+    groups = sorted((g for g in groups if g["params"]), key=lambda g: g["weight_decay"] == 0)
     if sigma_params:
         groups.append({"params": sigma_params, "weight_decay": 0.0, "lr_scale": sigma_lr_scale})
     return groups
 
 
 def scaled_lr(cfg: DictConfig, global_batch: int) -> float:
-    """The configured lr, times global_batch / 256 under ``optim.lr_scaling=linear``."""
-    if cfg.lr_scaling == "linear":
-        return cfg.lr * global_batch / 256
-    return cfg.lr
+    """The configured lr, times global_batch / 256 (``linear``) or its square root (``sqrt``).
+
+    ``global_batch`` is the batch of one optimizer step: per-process batch × processes × accumulate_steps.
+    """
+    ratio = global_batch / 256
+    return cfg.lr * {"none": 1.0, "linear": ratio, "sqrt": math.sqrt(ratio)}[cfg.lr_scaling]
 
 
 def build_optimizer(model: nn.Module, cfg: DictConfig, lr: float) -> Optimizer:
@@ -50,22 +66,25 @@ def build_optimizer(model: nn.Module, cfg: DictConfig, lr: float) -> Optimizer:
     extra = dict(cfg.kwargs)
     if cfg.name == "sgd":
         extra["momentum"] = cfg.momentum
+    groups = param_groups(model, cfg.weight_decay, cfg.sigma_lr_scale, cfg.layer_decay)
     try:
-        return create_optimizer_v2(
-            param_groups(model, cfg.weight_decay, cfg.sigma_lr_scale), opt=name, lr=lr, weight_decay=cfg.weight_decay, **extra
-        )
+        return create_optimizer_v2(groups, opt=name, lr=lr, weight_decay=cfg.weight_decay, **extra)
     except (ValueError, AssertionError) as err:
         raise ValueError(f"optim.name={cfg.name} could not be built by timm ({err}); use sgd or adamw") from err
 
 
 def build_scheduler(optimizer: Optimizer, cfg: DictConfig, epochs: int, steps_per_epoch: int) -> Scheduler:
-    """A per-iteration schedule (``step_update`` after every optimizer step), warmup included."""
+    """A per-iteration schedule (``step_update`` after every optimizer step), warmup included.
+
+    ``steps_per_epoch`` counts optimizer steps (batches / accumulate_steps, rounded up).
+    """
     scheduler, _ = create_scheduler_v2(
         optimizer,
         sched=_SCHED_NAMES[cfg.name],
         num_epochs=epochs,
+        decay_epochs=cfg.decay_epochs,
         decay_milestones=list(cfg.milestones),
-        decay_rate=cfg.gamma,
+        decay_rate=cfg.power if cfg.name == "poly" else cfg.gamma,  # timm: poly's power is its decay_rate
         min_lr=cfg.min_lr,
         warmup_lr=cfg.warmup_lr,
         warmup_epochs=cfg.warmup_epochs,

@@ -11,6 +11,7 @@ import os
 import random
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Any
 
 import numpy as np
 import torch
@@ -121,10 +122,23 @@ def select_device(device: str, dist_info: DistInfo) -> torch.device:
     return torch.device("cuda", dist_info.local_rank)
 
 
-def seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
+def seed_everything(seed: int, rank: int = 0) -> None:
+    """Seed Python, NumPy and torch with ``seed + rank`` (timm's rule): each process draws its own
+    augmentation (num_workers=0) and mixup/cutmix, and a run stays reproducible. The model's initial
+    weights differ per rank too, until DDP broadcasts rank 0's."""
+    random.seed(seed + rank)
+    np.random.seed((seed + rank) % 2**32)
+    torch.manual_seed(seed + rank)
+
+
+def gather_to_main(obj: Any, info: DistInfo) -> list[Any]:
+    """``obj`` of every rank, in rank order, on rank 0 (other ranks get an empty list); a collective:
+    every rank must call it at the same point."""
+    if not info.enabled:
+        return [obj]
+    gathered = [None] * info.world_size if info.is_main else None
+    dist.gather_object(obj, gathered, dst=0)
+    return gathered or []
 
 
 def configure_determinism(deterministic: bool) -> None:

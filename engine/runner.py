@@ -27,11 +27,13 @@ from models import build_model, count_flops, count_parameters
 
 from . import checkpoint
 from .checkpoint import BEST, LAST, TrainState, unwrap, without_ddp
-from .config import resume_changes, validate
+from .config import BestOf, resume_changes, validate
 from .loop import Progress, current_lr, evaluate, format_duration, train_one_epoch
 from .optim import build_optimizer, build_scheduler, scaled_lr
 from .preemption import Preempted, StopRequest
-from .process import DistInfo, barrier, cleanup, configure_determinism, init_distributed, seed_everything, select_device
+from .process import (DistInfo, barrier, cleanup, configure_determinism, gather_to_main, init_distributed,
+                      seed_everything, select_device)
+from .recipe import Objective, build_ema, build_objective
 from .run_folder import RunFolder
 from .tracking import Tracker
 
@@ -68,7 +70,7 @@ def run(cfg: DictConfig, run_dir: Path, *, overrides: list[str] | None = None,
 
 def train(cfg: DictConfig, ctx: Context) -> dict[str, Any]:
     started = time.perf_counter()
-    seed_everything(cfg.seed)
+    seed_everything(cfg.seed, ctx.dist.rank)
     configure_determinism(cfg.trainer.deterministic)
     folder = ctx.folder
     resume_from = _resume_checkpoint(cfg.resume, folder)
@@ -90,33 +92,43 @@ def train(cfg: DictConfig, ctx: Context) -> dict[str, Any]:
     train_loader, val_loader, model, description, data_info = _build(cfg, ctx)
     model = _prepare_model(model, cfg.trainer, ctx.device, ctx.dist)
     global_batch = cfg.data.batch_size * ctx.dist.world_size
-    lr = scaled_lr(cfg.optim, global_batch)
-    log.info("global batch %d (%d per process × %d process%s), lr %.4g", global_batch, cfg.data.batch_size,
-             ctx.dist.world_size, "es" if ctx.dist.world_size > 1 else "", lr)
-    steps_per_epoch = min(len(train_loader), cfg.trainer.limit_train_batches or len(train_loader))
+    accumulate = cfg.trainer.accumulate_steps
+    lr = scaled_lr(cfg.optim, global_batch * accumulate)
+    log.info("global batch %d (%d per process × %d process%s)%s, lr %.4g", global_batch, cfg.data.batch_size,
+             ctx.dist.world_size, "es" if ctx.dist.world_size > 1 else "",
+             f"; {global_batch * accumulate} per optimizer step ({accumulate} batches accumulated)" if accumulate > 1
+             else "", lr)
+    steps_per_epoch = min(len(train_loader), cfg.trainer.limit_train_batches or len(train_loader))  # batches
     optimizer = build_optimizer(unwrap(model), cfg.optim, lr)
     state = TrainState(
         model=model,
         optimizer=optimizer,
-        scheduler=build_scheduler(optimizer, cfg.sched, cfg.trainer.epochs, steps_per_epoch),
+        scheduler=build_scheduler(optimizer, cfg.sched, cfg.trainer.epochs, -(-steps_per_epoch // accumulate)),
         scaler=torch.amp.GradScaler(ctx.device.type) if cfg.trainer.amp == "fp16" else None,
+        ema=build_ema(unwrap(model), cfg.trainer),  # after DDP has given every rank rank 0's weights
     )
     if ckpt is not None:
-        checkpoint.restore(state, ckpt, resume_from)
+        if not checkpoint.restore(state, ckpt, resume_from, ctx.dist.rank):
+            log.warning("%s holds no random state for rank %d (it was written by fewer processes): this rank's "
+                        "augmentation draws start afresh from seed + rank", resume_from, ctx.dist.rank)
         log.info("resumed from %s %s", resume_from, _position(state, cfg.trainer.epochs, steps_per_epoch))
         for change in changes:
             log.info("resume: applying a changed setting: %s", change)
     if ctx.dist.is_main and not continuing:
         folder.write_config(cfg, ctx.hydra_config, ctx.overrides)
 
-    outcome = fit(state, cfg, train_loader, val_loader, ctx, steps_per_epoch, data_info, resumed=ckpt is not None)
+    objective = build_objective(cfg.data, cfg.trainer, data_info["num_classes"])
+    outcome = fit(state, cfg, train_loader, val_loader, ctx, steps_per_epoch, data_info, objective,
+                  resumed=ckpt is not None)
     results = {**description, **outcome, "world_size": ctx.dist.world_size, "global_batch": global_batch,
+               "accumulate_steps": accumulate,
                "wall_time_s": time.perf_counter() - started, **_peak_gpu_memory(ctx.device),
                "overrides": ctx.overrides, "config": OmegaConf.to_container(cfg, resolve=True, enum_to_str=True)}
     if ctx.dist.is_main:
         folder.write_results(results)
-        log.info("run complete: best top-1 %.2f%% at epoch %d; final top-1 %.2f%%, top-5 %.2f%%; %s wall time\n"
-                 "  run folder: %s\n  results:    %s", results["best_top1"], results["best_epoch"], results["top1"],
+        log.info("run complete: best top-1 %.2f%% at epoch %d%s; final top-1 %.2f%%, top-5 %.2f%%; %s wall time\n"
+                 "  run folder: %s\n  results:    %s", results["best_top1"], results["best_epoch"],
+                 " (EMA weights)" if results["best_of"] == "ema" else "", results["top1"],
                  results["top5"], format_duration(results["wall_time_s"]), folder.path, folder.results)
     barrier(ctx.dist)
     return results
@@ -151,10 +163,14 @@ def fit(
     ctx: Context,
     steps_per_epoch: int,
     data_info: dict[str, Any],
+    objective: Objective,
     *,
     resumed: bool,
 ) -> dict[str, Any]:
-    """The epoch loop: train, evaluate, log, checkpoint. Raises ``Preempted`` when a signal stopped it."""
+    """The epoch loop: train, evaluate (the EMA too), log, checkpoint. Raises ``Preempted`` when a signal stopped it.
+
+    ``best.pt`` keeps the weights that ``trainer.best_of`` names at that one's best val top-1.
+    """
     config = OmegaConf.to_container(cfg, resolve=True, enum_to_str=True)
     folder, epochs = ctx.folder, cfg.trainer.epochs
     tracker = Tracker(folder.path, ctx.dist.is_main, resumed_at=(state.step, state.epoch) if resumed else None)
@@ -162,9 +178,10 @@ def fit(
     eval_model = without_ddp(state.model)
     progress = _progress(cfg, ctx)
 
-    def save(path: Path) -> None:
+    def save(path: Path, ema_weights: bool = False) -> None:
+        rng = gather_to_main(checkpoint.capture_rng(), ctx.dist)  # every rank, at the same point
         if ctx.dist.is_main:
-            checkpoint.save_checkpoint(path, state, config, data_info)
+            checkpoint.save_checkpoint(path, state, config, data_info, rng, ema_weights=ema_weights)
 
     def on_step(state: TrainState) -> bool:
         if state.step % cfg.trainer.log_every_steps == 0:
@@ -183,12 +200,14 @@ def fit(
         return Preempted(f"stopped by a signal at step {state.step}")
 
     val: dict[str, float] = {}
+    ema_val: dict[str, float] = {}
+    best_of_ema = BestOf(cfg.trainer.best_of) is BestOf.ema
     images_per_s = 0.0
     try:
         for epoch in range(state.epoch, epochs):
             set_epoch(train_loader, epoch, start_batch=state.batches_done)
             train = train_one_epoch(state, train_loader, cfg.trainer, ctx.device, epoch=epoch, progress=progress,
-                                    on_step=on_step)
+                                    objective=objective, on_step=on_step)
             state.train_time_s += train["seconds"]
             if train["stopped"]:
                 save(folder.last)
@@ -203,9 +222,15 @@ def fit(
                 row.update({"val_loss": val["loss"], "val_top1": val["top1"], "val_top5": val["top5"]})
                 summary += (f"  val loss {val['loss']:.4f} top1 {val['top1']:.2f}% top5 {val['top5']:.2f}% "
                             f"({val['samples']} images)")
-                if val["top1"] > state.best_top1:
-                    state.best_top1, state.best_epoch = val["top1"], state.epoch
-                    save(folder.best)
+                if state.ema is not None:
+                    ema_val = evaluate(state.ema.module, val_loader, cfg.trainer, ctx.device, progress=progress)
+                    row.update({"val_ema_loss": ema_val["loss"], "val_ema_top1": ema_val["top1"],
+                                "val_ema_top5": ema_val["top5"]})
+                    summary += f"  EMA top1 {ema_val['top1']:.2f}% top5 {ema_val['top5']:.2f}%"
+                kept = ema_val if best_of_ema else val
+                if kept["top1"] > state.best_top1:
+                    state.best_top1, state.best_epoch = kept["top1"], state.epoch
+                    save(folder.best, ema_weights=best_of_ema)
             row.update({"images_per_s": train["images_per_s"], "epoch_time_s": train["seconds"]})
             log.info("%s  lr %.4g  %.0f img/s  %.1fs", summary, train["lr"], train["images_per_s"], train["seconds"])
             tracker.epoch(row)
@@ -217,12 +242,17 @@ def fit(
                 raise preempted()
         if not val:  # resumed a run whose last epoch was saved but whose results were not written
             val = evaluate(eval_model, val_loader, cfg.trainer, ctx.device, progress=progress)
+            if state.ema is not None:
+                ema_val = evaluate(state.ema.module, val_loader, cfg.trainer, ctx.device, progress=progress)
         tracker.hparams(_hparams(cfg), {"hparam/top1": val["top1"], "hparam/top5": val["top5"]})
         return {
             "epochs": epochs,
             "top1": val["top1"],
             "top5": val["top5"],
             "loss": val["loss"],
+            **({"ema_top1": ema_val["top1"], "ema_top5": ema_val["top5"], "ema_loss": ema_val["loss"]}
+               if ema_val else {}),
+            "best_of": BestOf(cfg.trainer.best_of).value,
             "best_top1": state.best_top1,
             "best_epoch": state.best_epoch,
             "eval_samples": val["samples"],

@@ -25,7 +25,8 @@ from .checkpoint import atomic_write
 METRICS_CSV = "metrics.csv"
 # metrics.csv column → TensorBoard tag (other columns keep their name; "step" is the x-axis)
 TB_TAGS = {"train_loss": "train/loss", "train_top1": "train/top1", "val_loss": "val/loss", "val_top1": "val/top1",
-           "val_top5": "val/top5", "images_per_s": "perf/images_per_s", "epoch_time_s": "perf/epoch_time_s"}
+           "val_top5": "val/top5", "val_ema_loss": "val_ema/loss", "val_ema_top1": "val_ema/top1",
+           "val_ema_top5": "val_ema/top5", "images_per_s": "perf/images_per_s", "epoch_time_s": "perf/epoch_time_s"}
 MASK_CHANNELS = 3  # Tracker.masks shows the masks of the smallest, median and largest σ of a layer
 MASK_PIXELS = 24  # at least this many pixels per mask side, so a 3×3 mask is visible in TensorBoard
 

@@ -31,7 +31,11 @@ class ModelConfig:
     pretrained: Optional[str] = None
     # auto: CIFAR-style stem when the data's images are 64 px or smaller; true / false force it.
     small_input: str = "auto"
-    # extra keyword arguments for the backbone's constructor (e.g. timm's drop_rate)
+    # null: the backbone's own default. timm models: drop_rate (before the classifier) and drop_path_rate
+    # (stochastic depth); torchvision: its `dropout` and `stochastic_depth_prob` where the model has them.
+    drop_rate: Optional[float] = None
+    drop_path_rate: Optional[float] = None
+    # extra keyword arguments for the backbone's constructor
     kwargs: dict[str, Any] = field(default_factory=dict)
 
 
@@ -41,6 +45,14 @@ class ConvConfig(GMConvOptions):
 
     name: str = "standard"  # the label used in run-folder names
     type: ConvType = ConvType.standard
+
+
+# model.drop_rate / model.drop_path_rate → the constructor argument of each source (none for the local models)
+REGULARISATION_ARGS = {
+    ModelSource.timm: {"drop_rate": "drop_rate", "drop_path_rate": "drop_path_rate"},
+    ModelSource.torchvision: {"drop_rate": "dropout", "drop_path_rate": "stochastic_depth_prob"},
+    ModelSource.local: {},
+}
 
 
 def gmconv_options(conv_cfg: Any) -> GMConvOptions:

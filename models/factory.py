@@ -9,13 +9,14 @@ converted model has room for: the σ of a GMConv run's checkpoint.
 
 from __future__ import annotations
 
+import inspect
 import logging
 
 from torch import nn
 
 from gmconv import ConversionReport, GMConvOptions, convert_to_gmconv
 
-from .config import ConvConfig, ConvType, ModelConfig, ModelSource, gmconv_options
+from .config import REGULARISATION_ARGS, ConvConfig, ConvType, ModelConfig, ModelSource, gmconv_options
 from .pretrained import PretrainedWeights, read_pretrained
 from .registry import create_backbone
 from .small_input import maybe_adapt_to_small_input, parse_small_input
@@ -52,12 +53,46 @@ def _backbone(
     """The backbone after the first pass of its weights file, and that file (None without one)."""
     small_input = parse_small_input(model_cfg.small_input)  # a typo fails before the (slow) build
     source = ModelSource(model_cfg.source)
-    model = create_backbone(source, model_cfg.name, num_classes, **dict(model_cfg.kwargs))
+    model = _create_regularised(model_cfg, source, num_classes)
     weights = read_pretrained(model_cfg.pretrained, source=source, name=model_cfg.name)
     if weights is not None:
         weights.load_into(model)
     model = maybe_adapt_to_small_input(model, small_input, source=source, name=model_cfg.name, image_size=image_size)
     return model, weights
+
+
+def _create_regularised(model_cfg: ModelConfig, source: ModelSource, num_classes: int) -> nn.Module:
+    """The backbone with ``model.drop_rate`` / ``drop_path_rate`` passed as its constructor's arguments;
+    a backbone without such an argument is a ValueError naming the setting (never silently ignored)."""
+    settings = {key: getattr(model_cfg, key) for key in ("drop_rate", "drop_path_rate")
+                if getattr(model_cfg, key) is not None}
+    names = REGULARISATION_ARGS[source]
+    unsupported = [key for key in settings if key not in names]
+    if unsupported:
+        raise ValueError(f"model.{unsupported[0]}={settings[unsupported[0]]} is not supported by the {source.value} "
+                         f"model {model_cfg.name} (no dropout or stochastic-depth argument); remove it")
+    kwargs = {names[key]: value for key, value in settings.items()}
+    clash = sorted(kwargs.keys() & dict(model_cfg.kwargs).keys())
+    if clash:
+        raise ValueError(f"model.kwargs.{clash[0]} repeats model.drop_rate/drop_path_rate; set it once")
+    try:
+        model = create_backbone(source, model_cfg.name, num_classes, **kwargs, **dict(model_cfg.kwargs))
+    except TypeError as err:
+        rejected = next((key for key, arg in names.items() if key in settings and f"'{arg}'" in str(err)), None)
+        if rejected is None:
+            raise
+        raise _unsupported(rejected, settings[rejected], model_cfg.name, names[rejected]) from err
+    # some constructors swallow unknown keywords (**kwargs): the argument must be one the class names
+    taken = inspect.signature(type(model).__init__).parameters
+    for key in settings:
+        if names[key] not in taken:
+            raise _unsupported(key, settings[key], model_cfg.name, names[key])
+    return model
+
+
+def _unsupported(key: str, value: float, model_name: str, argument: str) -> ValueError:
+    return ValueError(f"model.{key}={value} is not supported by {model_name} (its builder does not accept {argument}); "
+                      "remove it")
 
 
 def apply_conv(model: nn.Module, conv_cfg: ConvConfig, *, model_name: str | None = None) -> ConversionReport | None:

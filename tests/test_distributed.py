@@ -109,6 +109,25 @@ def test_evaluation_counts_every_sample_once_for_any_world_size(tmp_path):
 
 
 @pytest.mark.slow
+def test_ranks_draw_their_own_augmentation_and_a_resumed_run_is_bit_exact(tmp_path):
+    """Each rank's global RNG (augmentation with num_workers=0, cutmix) is its own, and every rank's
+    state is in the checkpoint: 1 epoch + resume ends with the weights of 2 epochs straight."""
+    common = [*QUICK, "data.batch_size=16", "trainer.limit_train_batches=3", "data.cutmix_alpha=1.0", "sched=none",
+              "trainer.ema_decay=0.9", "seed=2"]
+    torchrun(2, *common, "trainer.epochs=2", f"hydra.run.dir={tmp_path / 'full'}")
+    torchrun(2, *common, "trainer.epochs=1", f"hydra.run.dir={tmp_path / 'part'}")
+    torchrun(2, f"resume={tmp_path / 'part'}", "trainer.epochs=2")
+    full, part = load(tmp_path / "full/checkpoints/last.pt"), load(tmp_path / "part/checkpoints/last.pt")
+    ranks = full["rng"]
+    assert len(ranks) == 2
+    assert not torch.equal(ranks[0]["torch"], ranks[1]["torch"])
+    assert not torch.equal(ranks[0]["numpy"]["state"]["key"], ranks[1]["numpy"]["state"]["key"])
+    for entry in ("model", "ema"):
+        for key in full[entry]:
+            assert torch.equal(full[entry][key], part[entry][key]), f"{entry}.{key}"
+
+
+@pytest.mark.slow
 def test_a_killed_worker_is_restarted_and_the_run_resumes(tmp_path):
     run_dir = tmp_path / "run"
     args = [*QUICK, "trainer.epochs=3", "trainer.limit_train_batches=8", "data.batch_size=16", "resume=auto",

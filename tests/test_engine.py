@@ -16,6 +16,7 @@ from engine.checkpoint import TrainState, capture_rng, restore_rng
 from engine.config import OptimConfig, SchedConfig
 from engine.loop import Progress, train_one_epoch
 from engine.metrics import topk_correct
+from engine.recipe import build_ema, build_objective
 from engine.optim import build_optimizer, build_scheduler, param_groups, scaled_lr
 from gmconv import DynamicGMConv2d, GMConv2d
 
@@ -160,13 +161,16 @@ class _HostReads(TorchDispatchMode):
 @pytest.mark.parametrize("progress", [Progress.off, Progress.lines])
 def test_a_training_step_never_waits_for_the_device(progress, monkeypatch):
     """The host reads and host-built tensors of an epoch must not grow with its steps: on CUDA each one
-    in a step would stall the CPU until the GPU caught up. (Progress lines read the sums on every
+    in a step would stall the CPU until the GPU caught up. The step here has everything a recipe adds:
+    cutmix/mixup, label smoothing, gradient accumulation, clipping, a warmup schedule and an EMA. (Progress lines read the sums on every
     step here, through ``MetricSums.running``, which on CUDA never waits: see ``_AsyncReadout``.)"""
     tolist_calls = []
     original_tolist = torch.Tensor.tolist
     monkeypatch.setattr(torch.Tensor, "tolist", lambda t: tolist_calls.append(1) or original_tolist(t))
     trainer = OmegaConf.create({"epochs": 1, "limit_train_batches": None, "channels_last": False, "amp": "none",
-                                "label_smoothing": 0.0, "grad_clip": 1.0, "log_every_steps": 1})
+                                "label_smoothing": 0.1, "grad_clip": 1.0, "log_every_steps": 1, "accumulate_steps": 2,
+                                "loss": "ce", "bce_target_threshold": None, "ema_decay": 0.9, "ema_warmup": False})
+    mixing = OmegaConf.create({"mixup_alpha": 0.2, "cutmix_alpha": 1.0, "mix_prob": 1.0, "mix_switch_prob": 0.5})
 
     def host_reads(steps: int) -> int:
         torch.manual_seed(0)
@@ -174,11 +178,12 @@ def test_a_training_step_never_waits_for_the_device(progress, monkeypatch):
         optimizer = build_optimizer(model, OmegaConf.structured(OptimConfig()), 0.1)
         scheduler = build_scheduler(optimizer, OmegaConf.structured(SchedConfig(warmup_epochs=0.5)), epochs=1,
                                     steps_per_epoch=steps)
-        state = TrainState(model=model, optimizer=optimizer, scheduler=scheduler)
+        state = TrainState(model=model, optimizer=optimizer, scheduler=scheduler, ema=build_ema(model, trainer))
         batches = [(torch.randn(4, 3, 8, 8), torch.randint(0, 10, (4,))) for _ in range(steps)]
         tolist_calls.clear()
         with _HostReads() as reads:
-            result = train_one_epoch(state, batches, trainer, torch.device("cpu"), epoch=0, progress=progress)
+            result = train_one_epoch(state, batches, trainer, torch.device("cpu"), epoch=0, progress=progress,
+                                     objective=build_objective(mixing, trainer, num_classes=10))
         assert math.isfinite(result["loss"])
         syncs_on_cuda = len(tolist_calls) if progress is Progress.off else 0
         return reads.count + syncs_on_cuda
