@@ -3,6 +3,7 @@ timm parameter groups and layer decay, schedules, regularisation, per-rank seeds
 
 from __future__ import annotations
 
+import math
 import random
 
 import numpy as np
@@ -261,3 +262,27 @@ def test_a_resumed_run_with_ema_mixup_and_accumulation_is_bit_exact(tmp_path):
     assert resumed["ema_top1"] == full["ema_top1"] and resumed["best_of"] == "ema"
     best = load(tmp_path / "full/checkpoints/best.pt")
     assert best["weights"] == "ema" and all(torch.equal(best["model"][k], best["ema"][k]) for k in best["ema"])
+
+
+@pytest.mark.parametrize("experiment, data", [
+    ("imagenet_resnet50_rsb_a3", "imagefolder_root"),
+    ("imagenet_resnet50_tv", "imagefolder_root"),
+    ("cifar10_resnet56_modern", "cifar10_root"),
+])
+def test_recipe_experiments_train_a_few_steps_on_their_data_format(experiment, data, request, tmp_path):
+    """Each recipe as written (optimizer, loss, mixing, policy, EMA, train/test sizes), on tiny files of its
+    data's real format; only the sizes, the length and the CPU-unfriendly settings are scaled down."""
+    root = request.getfixturevalue(data)
+    imagenet = data == "imagefolder_root"
+    sizes = ["data=imagefolder", "data.image_size=32", "data.test_image_size=40"] if imagenet else []
+    if experiment == "imagenet_resnet50_tv":
+        sizes.append("data.val_resize=44")  # the recipe's 232 for 224, scaled to the 40 px test crop
+    results = run_in_process(
+        tmp_path / "run", f"experiment={experiment}", *sizes, f"data.root={root}", "data.batch_size=4",
+        "data.num_workers=0", "trainer.epochs=1", "trainer.limit_train_batches=2", "trainer.limit_val_batches=1",
+        "trainer.amp=none", "trainer.channels_last=false", "trainer.progress=false", "sched.warmup_epochs=0",
+    )
+    assert results["status"] == "completed" and load(tmp_path / "run" / "checkpoints" / "last.pt")["step"] == 2
+    assert math.isfinite(results["loss"]) and 0 <= results["top1"] <= 100
+    config = results["config"]
+    assert config["data"]["mixup_alpha"] > 0 or config["trainer"]["ema_decay"] is not None
