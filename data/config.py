@@ -20,6 +20,7 @@ class DataConfig:
     image_size: int = 32  # training crop (and validation crop)
     val_resize: Optional[int] = None  # imagenet/imagefolder: resize before the centre crop (256 for 224)
     augment: bool = True
+    skip_bad_images: bool = False  # imagenet/imagefolder: train on past unreadable files, counted (data/bad_images.py)
     num_classes: Optional[int] = None  # fake: class count; others take it from the data
     train_size: Optional[int] = None  # fake: number of training images
     val_size: Optional[int] = None  # fake: number of validation images

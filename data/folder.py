@@ -7,6 +7,7 @@ from pathlib import Path
 from torchvision import datasets
 from torchvision.transforms import v2
 
+from .bad_images import SkipUnreadable, read_image
 from .config import DataConfig
 from .info import Splits
 from .paths import require_root
@@ -22,7 +23,7 @@ def _split(directory: Path, transform: v2.Compose) -> datasets.ImageFolder:
         raise FileNotFoundError(f"{directory} not found: data.root must hold {LAYOUT}; fix data.root or the tree")
     try:
         # torchvision's default loader converts every image to RGB (greyscale and CMYK JPEGs exist in ImageNet).
-        return datasets.ImageFolder(str(directory), transform=transform)
+        return datasets.ImageFolder(str(directory), transform=transform, loader=read_image)
     except FileNotFoundError as err:
         raise FileNotFoundError(f"no images under {directory} ({err}); put images in {directory}/<class>/ "
                                 f"or fix data.root") from err
@@ -53,4 +54,7 @@ def build_folder(cfg: DataConfig) -> Splits:
         raise ValueError(f"train/ and val/ under {root} hold different classes (only in train: "
                          f"{_differences(train.classes, val.classes)}; only in val: "
                          f"{_differences(val.classes, train.classes)}); give both the same class folders")
-    return Splits(train=train, val=val, classes=list(train.classes), mean=IMAGENET_MEAN, std=IMAGENET_STD)
+    classes = list(train.classes)
+    if cfg.skip_bad_images:
+        train, val = SkipUnreadable(train), SkipUnreadable(val)
+    return Splits(train=train, val=val, classes=classes, mean=IMAGENET_MEAN, std=IMAGENET_STD)

@@ -6,6 +6,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
+from .bad_images import CountingLoader
 from .checks import check_data_config
 from .config import DataConfig
 from .info import DataInfo
@@ -49,12 +50,12 @@ def build_loaders(
                   persistent_workers=cfg.persistent_workers and cfg.num_workers > 0)
     # Each loader owns a generator: starting an epoch or a validation pass then never draws from the
     # global RNG that training uses, and validating cannot shift the training workers' seeds.
-    train = DataLoader(
+    train = CountingLoader(
         splits.train, batch_size=cfg.batch_size, drop_last=True,
         sampler=ResumableSampler(splits.train, rank=rank, world_size=world_size, seed=seed),
         generator=torch.Generator().manual_seed(_epoch_seed(seed, 0)), **common,
     )
-    val = DataLoader(
+    val = CountingLoader(
         splits.val, batch_size=cfg.eval_batch_size or cfg.batch_size,
         sampler=ShardSampler(splits.val, rank=rank, world_size=world_size),
         generator=torch.Generator().manual_seed(_epoch_seed(seed, 0)), **common,

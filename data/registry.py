@@ -31,7 +31,7 @@ BUILDERS: dict[str, Builder] = {
     "digits": Builder("data.digits:build_digits"),
     "cifar10": Builder("data.cifar:build_cifar", takes=("root", "download")),
     "cifar100": Builder("data.cifar:build_cifar", takes=("root", "download")),
-    "imagenet": Builder("data.folder:build_folder", takes=("root", "val_resize")),
-    "imagefolder": Builder("data.folder:build_folder", takes=("root", "val_resize")),
+    "imagenet": Builder("data.folder:build_folder", takes=("root", "val_resize", "skip_bad_images")),
+    "imagefolder": Builder("data.folder:build_folder", takes=("root", "val_resize", "skip_bad_images")),
     "fake": Builder("data.fake:build_fake", takes=("num_classes", "train_size", "val_size")),
 }

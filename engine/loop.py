@@ -18,6 +18,7 @@ from tqdm import tqdm
 
 from .metrics import MetricSums
 from .checkpoint import TrainState
+from .nonfinite import NonFiniteGuard
 
 log = logging.getLogger(__name__)
 
@@ -65,12 +66,14 @@ def train_one_epoch(
     epoch: int,
     progress: Progress,
     on_step: Optional[Callable[[TrainState], bool]] = None,
+    guard: Optional[NonFiniteGuard] = None,
 ) -> dict[str, float]:
     """Train one epoch (the rest of it, after a mid-epoch checkpoint); returns mean loss, top-1 (%),
     the mean learning rate of its steps, images/s, seconds, and whether ``on_step`` asked to stop.
 
     ``cfg`` is the ``trainer`` config group. ``on_step`` runs after every optimizer step (step
-    logging, checkpoints every N steps) and returns True to stop at this step boundary.
+    logging, checkpoints every N steps) and returns True to stop at this step boundary. ``guard`` watches
+    for a non-finite loss or gradients and says when a step's update must be skipped (engine/nonfinite.py).
     """
     model, optimizer, scaler = state.model, state.optimizer, state.scaler
     model.train()
@@ -94,12 +97,15 @@ def train_one_epoch(
             scaler.unscale_(optimizer)
         else:
             loss.backward()
+        grad_norm = None
         if cfg.grad_clip is not None:
-            nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-        if scaler is not None:
+            grad_norm = nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+        skip = guard is not None and guard.observe(loss, model, step=state.step + 1, epoch=epoch + 1,
+                                                   lr=current_lr(state), grad_norm=grad_norm, scaler=scaler)
+        if scaler is not None:  # the scaler itself skips a step whose gradients are not finite
             scaler.step(optimizer)
             scaler.update()
-        else:
+        elif not skip:
             optimizer.step()
         state.step += 1
         state.batches_done = start_batch + i + 1
