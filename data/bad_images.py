@@ -12,19 +12,15 @@ from __future__ import annotations
 
 import logging
 import signal
-from pathlib import Path
 from typing import Any, Iterator
 
 import torch
-from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 from torch.utils.data._utils.collate import default_collate
-from torchvision.datasets.folder import default_loader
 
 log = logging.getLogger(__name__)
 
 MAX_TRIES = 16  # unreadable files in a row before even skip mode gives up: the data is broken, not a file
-FILE_ERRORS = (OSError, SyntaxError, ValueError, Image.DecompressionBombError)  # what PIL raises on a bad file
 
 
 class UnreadableImage(ValueError):
@@ -36,18 +32,6 @@ class UnreadableImage(ValueError):
         last = str(err).strip().splitlines()[-1]
         prefix = f"{cls.__module__}.{cls.__qualname__}: "
         return cls(last[len(prefix):] if last.startswith(prefix) else last)
-
-
-def read_image(path: str) -> Any:
-    """torchvision's image loader (RGB), with one error for every way a file can be unreadable."""
-    try:
-        return default_loader(path)
-    except FILE_ERRORS as err:
-        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        root = Path(path).parents[2]  # <root>/<split>/<class>/<file>
-        raise UnreadableImage(f"cannot read image {path} ({reason}); replace or remove it (python "
-                              f"scripts/check_data.py {root} lists every bad file), or set "
-                              "data.skip_bad_images=true to train on without it") from None
 
 
 class Replaced(tuple):

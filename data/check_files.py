@@ -10,7 +10,7 @@ from typing import Optional
 
 from torchvision.datasets.folder import IMG_EXTENSIONS, default_loader
 
-from .bad_images import FILE_ERRORS
+from .folder import FILE_ERRORS, first_line
 
 SPLITS = ("train", "val")
 
@@ -52,6 +52,5 @@ def file_problem(path: Path) -> Optional[str]:
             return f"{path}: empty file"
         default_loader(str(path))
     except FILE_ERRORS as err:
-        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        return f"{path}: unreadable ({reason})"
+        return f"{path}: unreadable ({first_line(err)})"
     return None

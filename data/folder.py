@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
+from PIL import Image
 from torchvision import datasets
+from torchvision.datasets.folder import default_loader
 from torchvision.transforms import v2
 
-from .bad_images import SkipUnreadable, read_image
+from .bad_images import SkipUnreadable, UnreadableImage
 from .config import DataConfig
 from .info import Splits
 from .paths import require_root
@@ -15,6 +18,22 @@ from .transforms import folder_transforms
 
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 LAYOUT = "train/<class>/<image> and val/<class>/<image>"
+FILE_ERRORS = (OSError, SyntaxError, ValueError, Image.DecompressionBombError)  # what PIL raises on a bad file
+
+
+def read_image(path: str) -> Any:
+    """torchvision's image loader (RGB), with one error for every way a file can be unreadable."""
+    try:
+        return default_loader(path)
+    except FILE_ERRORS as err:
+        root = Path(path).parents[2]  # <root>/<split>/<class>/<file>
+        raise UnreadableImage(f"cannot read image {path} ({first_line(err)}); replace or remove it (python "
+                              f"scripts/check_data.py {root} lists every bad file), or set "
+                              "data.skip_bad_images=true to train on without it") from None
+
+
+def first_line(err: Exception) -> str:
+    return str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
 
 
 def _split(directory: Path, transform: v2.Compose) -> datasets.ImageFolder:
