@@ -21,12 +21,13 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers import QUICK, ROOT, failed_with, load, ok, run_in_process, train, wait_for_checkpoint
+from helpers import QUICK, ROOT, compose_train, failed_with, load, ok, run_in_process, train, wait_for_checkpoint
 from PIL import Image
 
 import engine.checkpoint
 import engine.loop
 from data.bad_images import UnreadableImage
+from engine.config import validate
 from engine.faults import StorageError
 from engine.nonfinite import Diverged, NonFiniteGuard
 from engine.preemption import StopRequest
@@ -110,6 +111,16 @@ def test_skip_mode_skips_non_finite_steps_counts_them_and_stops_past_its_limit(t
         run_in_process(tmp_path / "limit", *QUICK, "trainer.epochs=2", "trainer.nonfinite=skip",
                        "trainer.nonfinite_limit=1")
     assert all_finite(load(tmp_path / "limit/checkpoints/last.pt")["model"])  # epoch 1, one step skipped
+
+
+@pytest.mark.parametrize("override, fragment", [
+    ("trainer.nonfinite_limit=5", "trainer.nonfinite=skip"),  # a limit that stop mode would ignore
+    ("trainer.nonfinite=skip trainer.nonfinite_limit=0", "positive"),
+    ("data.skip_bad_images=true", "not used by data=digits"),  # in-memory data has no files to skip
+])
+def test_reliability_settings_that_would_be_ignored_or_are_invalid_are_refused(override, fragment):
+    with pytest.raises(ValueError, match=fragment):
+        validate(compose_train(*override.split()))
 
 
 def test_fp16_scaler_overflows_are_not_divergence_but_a_nan_loss_is():
