@@ -9,7 +9,8 @@
 
 Hydra would write .hydra/ into whatever folder it is given, before any check could run, so it is
 told not to (``hydra.output_subdir: null`` in configs/train.yaml) and the run writes it here, after
-it has checked that the folder is free.
+it has checked that the folder is free. The folder itself is made by ``ClaimRunFolder``, a Hydra
+callback that runs before Hydra opens train.log in it.
 """
 
 from __future__ import annotations
