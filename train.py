@@ -22,6 +22,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from engine.command_line import expand_command_line
 from engine.config import register_configs
+from engine.faults import RunFailed
 from engine.preemption import Preempted
 from engine.process import agree_on_run_time, init_distributed, quiet_non_main_logging
 from engine.run_folder import RunFolder
@@ -41,13 +42,20 @@ def main(cfg: DictConfig) -> float | None:
         results = run(cfg, run_dir, overrides=list(hydra_config.overrides.task), hydra_config=hydra_config)
     except Preempted:
         return None  # a clean stop: the checkpoint is saved and the log says how to continue
+    except KeyboardInterrupt:  # a second Ctrl-C (engine/preemption.py), or one before training started
+        last = RunFolder(run_dir).last
+        kept = f"{last} is kept; continue with: python train.py resume={run_dir}" if last.is_file() else "nothing saved"
+        log.error("error: interrupted: stopped at once, without saving; %s", kept)
+        RunFolder(run_dir).remove_if_unused()
+        sys.exit(130)
     except Exception as err:
-        known = isinstance(err, (ValueError, FileNotFoundError))
+        bad_input = isinstance(err, (ValueError, FileNotFoundError))
+        known = bad_input or isinstance(err, RunFailed)  # one line says it all: no traceback
         log.debug("details", exc_info=True) if known else log.exception("the run failed")
         log.error("error: %s", err)
         RunFolder(run_dir).remove_if_unused()
         if hydra_config.mode != RunMode.MULTIRUN:
-            sys.exit(2 if known else 1)
+            sys.exit(2 if bad_input else 1)
         failed_jobs.append(f"job {hydra_config.job.num} ({' '.join(hydra_config.overrides.task)}): {err}")
         return None  # the sweep goes on with its next job
     return results.get("top1")  # for Hydra sweepers that optimise a metric

@@ -1,8 +1,9 @@
 """Datasets and loaders: ``build_loaders(cfg, seed=...)`` once, ``set_epoch(train_loader, epoch)`` every epoch."""
 
+from .bad_images import ReplacedImages
 from .checks import check_data_config
 from .config import DataConfig
 from .info import DataInfo
 from .loaders import build_loaders, set_epoch
 
-__all__ = ["DataConfig", "DataInfo", "build_loaders", "check_data_config", "set_epoch"]
+__all__ = ["DataConfig", "DataInfo", "ReplacedImages", "build_loaders", "check_data_config", "set_epoch"]

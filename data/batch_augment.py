@@ -93,6 +93,11 @@ class BatchAugmentedLoader:
         return self.loader.dataset
 
     @property
+    def replaced(self) -> int:
+        """Unreadable images replaced (data.bad_images): none, in memory, but the engine reads the count."""
+        return getattr(self.loader, "replaced", 0)
+
+    @property
     def generator(self) -> torch.Generator:
         return self.loader.generator
 

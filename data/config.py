@@ -27,6 +27,7 @@ class DataConfig:
     random_erasing: float = 0.0  # probability of erasing a random rectangle with noise, after normalising
     test_image_size: Optional[int] = None  # validation image size (null: image_size); not cifar*
     crop_pct: float = 0.875  # imagenet/imagefolder: validation resizes to test_image_size / crop_pct, then crops
+    skip_bad_images: bool = False  # imagenet/imagefolder: train on past unreadable files, counted (data/bad_images.py)
     num_classes: Optional[int] = None  # fake: class count; others take it from the data
     train_size: Optional[int] = None  # fake: number of training images
     val_size: Optional[int] = None  # fake: number of validation images

@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
+from PIL import Image
 from torchvision import datasets
+from torchvision.datasets.folder import default_loader
 from torchvision.transforms import v2
 
+from .bad_images import SkipUnreadable, UnreadableImage
 from .config import DataConfig
 from .info import Splits
 from .paths import require_root
@@ -14,6 +18,22 @@ from .transforms import folder_transforms
 
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 LAYOUT = "train/<class>/<image> and val/<class>/<image>"
+FILE_ERRORS = (OSError, SyntaxError, ValueError, Image.DecompressionBombError)  # what PIL raises on a bad file
+
+
+def read_image(path: str) -> Any:
+    """torchvision's image loader (RGB), with one error for every way a file can be unreadable."""
+    try:
+        return default_loader(path)
+    except FILE_ERRORS as err:
+        root = Path(path).parents[2]  # <root>/<split>/<class>/<file>
+        raise UnreadableImage(f"cannot read image {path} ({first_line(err)}); replace or remove it (python "
+                              f"scripts/check_data.py {root} lists every bad file), or set "
+                              "data.skip_bad_images=true to train on without it") from None
+
+
+def first_line(err: Exception) -> str:
+    return str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
 
 
 def _split(directory: Path, transform: v2.Compose) -> datasets.ImageFolder:
@@ -22,7 +42,7 @@ def _split(directory: Path, transform: v2.Compose) -> datasets.ImageFolder:
         raise FileNotFoundError(f"{directory} not found: data.root must hold {LAYOUT}; fix data.root or the tree")
     try:
         # torchvision's default loader converts every image to RGB (greyscale and CMYK JPEGs exist in ImageNet).
-        return datasets.ImageFolder(str(directory), transform=transform)
+        return datasets.ImageFolder(str(directory), transform=transform, loader=read_image)
     except FileNotFoundError as err:
         raise FileNotFoundError(f"no images under {directory} ({err}); put images in {directory}/<class>/ "
                                 f"or fix data.root") from err
@@ -52,4 +72,7 @@ def build_folder(cfg: DataConfig) -> Splits:
         raise ValueError(f"train/ and val/ under {root} hold different classes (only in train: "
                          f"{_differences(train.classes, val.classes)}; only in val: "
                          f"{_differences(val.classes, train.classes)}); give both the same class folders")
-    return Splits(train=train, val=val, classes=list(train.classes), mean=IMAGENET_MEAN, std=IMAGENET_STD)
+    classes = list(train.classes)
+    if cfg.skip_bad_images:
+        train, val = SkipUnreadable(train), SkipUnreadable(val)
+    return Splits(train=train, val=val, classes=classes, mean=IMAGENET_MEAN, std=IMAGENET_STD)

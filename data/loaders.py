@@ -10,6 +10,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from .batch_augment import BatchAugmentedLoader, batch_collate
 
+from .bad_images import CountingLoader
 from .checks import check_data_config
 from .config import DataConfig
 from .info import DataInfo
@@ -63,13 +64,13 @@ def build_loaders(
                   persistent_workers=cfg.persistent_workers and cfg.num_workers > 0)
     # Each loader owns a generator: starting an epoch or a validation pass then never draws from the
     # global RNG that training uses, and validating cannot shift the training workers' seeds.
-    train = _on_device(DataLoader(
+    train = _on_device(CountingLoader(
         splits.train, batch_size=cfg.batch_size, drop_last=True,
         sampler=ResumableSampler(splits.train, rank=rank, world_size=world_size, seed=seed),
         generator=torch.Generator().manual_seed(_epoch_seed(seed, 0, rank)), **common,
         **_collation(splits.train),
     ), device, seed, rank)
-    val = _on_device(DataLoader(
+    val = _on_device(CountingLoader(
         splits.val, batch_size=cfg.eval_batch_size or cfg.batch_size,
         sampler=ShardSampler(splits.val, rank=rank, world_size=world_size),
         generator=torch.Generator().manual_seed(_epoch_seed(seed, 0, rank)), **common,
@@ -86,7 +87,7 @@ def _collation(dataset: Dataset) -> dict[str, Any]:
     return {"collate_fn": batch_collate} if getattr(dataset, "batch_transform", None) is not None else {}
 
 
-def _on_device(loader: DataLoader, device: torch.device | str, seed: int, rank: int) -> Loader:
+def _on_device(loader: CountingLoader, device: torch.device | str, seed: int, rank: int) -> Loader:
     augment = getattr(loader.dataset, "batch_transform", None)
     if augment is None:
         return loader

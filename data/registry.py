@@ -35,7 +35,7 @@ BUILDERS: dict[str, Builder] = {
     "digits": Builder("data.digits:build_digits", takes=(*AUGMENTATIONS, "test_image_size")),
     "cifar10": Builder("data.cifar:build_cifar", takes=("root", "download", *AUGMENTATIONS)),
     "cifar100": Builder("data.cifar:build_cifar", takes=("root", "download", *AUGMENTATIONS)),
-    "imagenet": Builder("data.folder:build_folder", takes=("root", *CENTRE_CROP, *AUGMENTATIONS)),
-    "imagefolder": Builder("data.folder:build_folder", takes=("root", *CENTRE_CROP, *AUGMENTATIONS)),
+    "imagenet": Builder("data.folder:build_folder", takes=("root", *CENTRE_CROP, *AUGMENTATIONS, "skip_bad_images")),
+    "imagefolder": Builder("data.folder:build_folder", takes=("root", *CENTRE_CROP, *AUGMENTATIONS, "skip_bad_images")),
     "fake": Builder("data.fake:build_fake", takes=("num_classes", "train_size", "val_size", "test_image_size")),
 }

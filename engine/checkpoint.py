@@ -11,11 +11,12 @@ config, so a resumed run with more epochs or another lr re-plans it instead of r
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import random
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Optional
 
@@ -26,7 +27,10 @@ from timm.utils import ModelEmaV3
 from torch import nn
 from torch.optim import Optimizer
 
+from .faults import storage_error
+
 LAST, BEST = "last.pt", "best.pt"
+PARTIAL = ".tmp"  # suffix of a file being written
 PROGRESS_KEYS = ("epoch", "batches_done", "step", "best_top1", "best_epoch", "train_time_s")
 
 
@@ -61,6 +65,8 @@ class TrainState:
     best_top1: float = float("-inf")
     best_epoch: int = 0
     train_time_s: float = 0.0  # time spent training, summed over resumptions
+    # events counted over the whole run, e.g. skipped non-finite steps and replaced unreadable images
+    counters: dict[str, int] = field(default_factory=dict)
 
     def state_dict(self) -> dict[str, Any]:
         return {
@@ -69,6 +75,7 @@ class TrainState:
             "scaler": self.scaler.state_dict() if self.scaler is not None else None,
             "ema": self.ema.module.state_dict() if self.ema is not None else None,
             **{key: getattr(self, key) for key in PROGRESS_KEYS},
+            "counters": dict(self.counters),
         }
 
     def load_progress(self, ckpt: dict[str, Any]) -> None:
@@ -91,6 +98,7 @@ class TrainState:
                 self.ema.set(unwrap(self.model))
         for key in PROGRESS_KEYS:
             setattr(self, key, ckpt[key])
+        self.counters = dict(ckpt.get("counters", {}))  # absent in checkpoints written before it existed
         self.scheduler.step_update(num_updates=self.step)
 
 
@@ -122,16 +130,25 @@ def _as_tuples(value: Any) -> Any:
 
 
 def atomic_write(path: str | os.PathLike, write: Callable[[str], None]) -> None:
-    """Call ``write(tmp_path)`` on a temporary file beside ``path``, then rename it into place."""
+    """Call ``write(tmp_path)`` on a temporary file beside ``path``, then rename it into place.
+
+    A failed write (disk full, read-only folder) raises ``StorageError`` in one line and leaves the old
+    ``path`` as it was; a process killed mid-write leaves a ``.<name>.*.tmp`` file that
+    ``RunFolder.remove_partial_writes`` clears.
+    """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
+    tmp = None
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=PARTIAL)
+        os.close(fd)
         write(tmp)
         os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+    except BaseException as err:
+        if tmp is not None:
+            Path(tmp).unlink(missing_ok=True)
+        if isinstance(err, OSError):
+            raise storage_error(err, path) from err
         raise
 
 
@@ -155,7 +172,19 @@ def save_checkpoint(path: str | Path, state: TrainState, config: dict[str, Any],
                   "weights": "ema" if ema_weights else "model"}
     if ema_weights:
         checkpoint["model"] = checkpoint["ema"]
-    atomic_write(path, lambda tmp: torch.save(checkpoint, tmp))
+    atomic_write(path, lambda tmp: _write_durably(tmp, checkpoint))
+
+
+def _write_durably(path: str, obj: Any) -> None:
+    """Serialised in memory first: torch.save writing to a file turns a full disk into an opaque
+    RuntimeError, while a plain write raises the OSError (ENOSPC) that names it. fsync before the
+    rename, so a machine crash cannot leave a renamed but empty checkpoint."""
+    buffer = io.BytesIO()
+    torch.save(obj, buffer)
+    with open(path, "wb") as f:
+        f.write(buffer.getbuffer())
+        f.flush()
+        os.fsync(f.fileno())
 
 
 def load_checkpoint(path: str | Path) -> dict[str, Any]:

@@ -47,6 +47,11 @@ class CompileMode(str, Enum):
     max_autotune_no_cudagraphs = "max-autotune-no-cudagraphs"
 
 
+class NonFinite(str, Enum):
+    stop = "stop"  # stop the run; checkpoints keep the last finite state (engine/nonfinite.py)
+    skip = "skip"  # skip the step's update and count it, up to trainer.nonfinite_limit steps
+
+
 class LrScaling(str, Enum):
     none = "none"
     linear = "linear"  # lr × global batch / 256, the ImageNet convention (Goyal et al., 2017)
@@ -126,6 +131,9 @@ class TrainerConfig:
     # TensorBoard images (sigma_mask/<layer>) of each GMConv layer's masks at its smallest, median and
     # largest σ at every epoch's end, beside the σ curves: receptive fields seen narrowing or widening
     log_masks: bool = False
+    # a NaN/inf loss or gradient: stop (default) or skip the step (one host sync per step), see engine/nonfinite.py
+    nonfinite: NonFinite = NonFinite.stop
+    nonfinite_limit: int = 50  # nonfinite=skip: stop once more steps than this were skipped in the run
 
 
 @dataclass
@@ -197,6 +205,11 @@ def _check_ranges(cfg: DictConfig) -> None:
          "trainer.limit_val_batches", cfg.trainer.limit_val_batches, positive_or_null),
         (cfg.trainer.checkpoint_every_steps is None or cfg.trainer.checkpoint_every_steps > 0,
          "trainer.checkpoint_every_steps", cfg.trainer.checkpoint_every_steps, positive_or_null),
+        (cfg.trainer.nonfinite_limit > 0, "trainer.nonfinite_limit", cfg.trainer.nonfinite_limit,
+         "a positive integer"),
+        (cfg.trainer.nonfinite == "skip" or cfg.trainer.nonfinite_limit == TrainerConfig.nonfinite_limit,
+         "trainer.nonfinite_limit", cfg.trainer.nonfinite_limit, "its default: it limits trainer.nonfinite=skip "
+         "only"),
         (cfg.sched.warmup_epochs >= 0, "sched.warmup_epochs", cfg.sched.warmup_epochs, ">= 0"),
         (cfg.seed >= 0, "seed", cfg.seed, "a non-negative integer"),
         (not cfg.eval_only or cfg.ckpt, "ckpt", cfg.ckpt, "a run folder or checkpoint file when eval_only=true"),

@@ -18,6 +18,7 @@ from tqdm import tqdm
 
 from .checkpoint import TrainState, unwrap
 from .metrics import MetricSums
+from .nonfinite import NonFiniteGuard
 from .recipe import Objective
 
 log = logging.getLogger(__name__)
@@ -67,6 +68,7 @@ def train_one_epoch(
     progress: Progress,
     objective: Objective,
     on_step: Optional[Callable[[TrainState], bool]] = None,
+    guard: Optional[NonFiniteGuard] = None,
 ) -> dict[str, float]:
     """Train one epoch (the rest of it, after a mid-epoch checkpoint); returns mean loss, top-1 (%),
     the mean learning rate of its steps, images/s, seconds, and whether ``on_step`` asked to stop.
@@ -76,7 +78,8 @@ def train_one_epoch(
     with each batch's loss divided by its group's size: the update of one batch that many times larger.
     Under mixup/cutmix, top-1 counts a prediction right when it names the label with the larger share
     of its mixed image. ``on_step`` runs after every optimizer step (step logging, checkpoints every N
-    steps) and returns True to stop at this step boundary.
+    steps) and returns True to stop at this step boundary. ``guard`` watches for a non-finite loss or
+    gradients and says when a step's update must be skipped (engine/nonfinite.py).
     """
     model, optimizer = state.model, state.optimizer
     model.train()
@@ -106,7 +109,7 @@ def train_one_epoch(
         sums.update(loss.detach() * targets.shape[0], logits.detach().float(), objective.dominant_labels(targets))
         if last_of_group:
             lr_sum, steps = lr_sum + current_lr(state), steps + 1
-            _optimizer_step(state, cfg.grad_clip)
+            _optimizer_step(state, cfg.grad_clip, guard, loss, epoch)
             state.batches_done = batch + 1
             if on_step is not None and on_step(state):
                 stopped = True
@@ -140,17 +143,20 @@ def _backward(state: TrainState, loss: torch.Tensor) -> None:
     (state.scaler.scale(loss) if state.scaler is not None else loss).backward()
 
 
-def _optimizer_step(state: TrainState, grad_clip: Optional[float]) -> None:
-    """One optimizer step on the accumulated gradients, then the schedule and the EMA follow it."""
+def _optimizer_step(state: TrainState, grad_clip: Optional[float], guard: Optional[NonFiniteGuard],
+                    loss: torch.Tensor, epoch: int) -> None:
+    """One optimizer step on the accumulated gradients (unless ``guard`` skips it: a non-finite loss or
+    gradients under trainer.nonfinite=skip), then the schedule and the EMA follow it."""
     optimizer, scaler = state.optimizer, state.scaler
     if scaler is not None:
         scaler.unscale_(optimizer)
-    if grad_clip is not None:
-        nn.utils.clip_grad_norm_(state.model.parameters(), grad_clip)
-    if scaler is not None:
+    grad_norm = nn.utils.clip_grad_norm_(state.model.parameters(), grad_clip) if grad_clip is not None else None
+    skip = guard is not None and guard.observe(loss, state.model, step=state.step + 1, epoch=epoch + 1,
+                                               lr=current_lr(state), grad_norm=grad_norm, scaler=scaler)
+    if scaler is not None:  # the scaler itself skips a step whose gradients are not finite
         scaler.step(optimizer)
         scaler.update()
-    else:
+    elif not skip:
         optimizer.step()
     state.step += 1
     state.scheduler.step_update(num_updates=state.step)

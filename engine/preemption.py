@@ -1,4 +1,4 @@
-"""Stop at a step boundary on SIGTERM / SIGUSR1 (cluster preemption), on every rank at the same step."""
+"""Stop at a step boundary on SIGTERM / SIGUSR1 (cluster preemption) or Ctrl-C, on every rank at the same step."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from .process import DistInfo
 
 log = logging.getLogger(__name__)
 
-SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
+SIGNALS = (signal.SIGTERM, signal.SIGUSR1, signal.SIGINT)
 
 
 class Preempted(Exception):
@@ -41,8 +41,14 @@ class StopRequest:
                 self._previous[sig] = signal.signal(sig, self._handle)
 
     def _handle(self, signum: int, frame: object) -> None:
+        """A second Ctrl-C is someone who will not wait: stop at once (the last checkpoint is kept, and an
+        interrupted checkpoint write leaves the previous file whole)."""
+        if signum == signal.SIGINT and self.received == signal.SIGINT:
+            raise KeyboardInterrupt
         self.received = signum
-        log.warning("received %s: saving a checkpoint at the next step boundary", signal.Signals(signum).name)
+        again = " (Ctrl-C again stops at once, without saving)" if signum == signal.SIGINT else ""
+        log.warning("received %s: saving a checkpoint at the next step boundary%s", signal.Signals(signum).name,
+                    again)
 
     def should_stop(self, step: int, *, sync: bool = False) -> bool:
         """Whether any rank received a signal; under DDP known every SYNC_EVERY steps, or now with ``sync``."""

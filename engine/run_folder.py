@@ -5,26 +5,41 @@
     <run>/tb/, metrics.csv                       curves (engine/tracking.py)
     <run>/checkpoints/{last,best}.pt             engine/checkpoint.py
     <run>/results.json                           written once, when the run completes
+    <run>/.lock                                  held (flock) by the process writing the run, see ``hold``
 
 Hydra would write .hydra/ into whatever folder it is given, before any check could run, so it is
 told not to (``hydra.output_subdir: null`` in configs/train.yaml) and the run writes it here, after
-it has checked that the folder is free.
+it has checked that the folder is free. The folder itself is made by ``ClaimRunFolder``, a Hydra
+callback that runs before Hydra opens train.log in it.
 """
 
 from __future__ import annotations
 
+import contextlib
+import errno
+import fcntl
 import json
+import logging
 import shutil
+import sys
+import tempfile
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
-from omegaconf import DictConfig, OmegaConf
+import torch.distributed as dist
+from hydra.experimental.callback import Callback
+from omegaconf import DictConfig, OmegaConf, open_dict, read_write
 
-from .checkpoint import BEST, LAST, atomic_write, save_json
+from .checkpoint import BEST, LAST, PARTIAL, atomic_write, save_json
+from .faults import storage_error
+from .process import init_distributed
+
+log = logging.getLogger(__name__)
 
 CONFIG_DIR = ".hydra"
 RESULTS = "results.json"
 LOG = "train.log"
+LOCK = ".lock"
 
 
 class RunFolder:
@@ -64,6 +79,37 @@ class RunFolder:
             raise ValueError(f"{self.path} already holds {self.describe()}; continue it with resume={self.path}, "
                              "or start a new run in another folder (leave hydra.run.dir unset for a fresh one)")
 
+    @contextlib.contextmanager
+    def hold(self) -> Iterator[None]:
+        """Be the one process writing this folder: a second one (two resumes of one run) is refused.
+
+        The kernel releases an ``flock`` when its process dies, however it dies, so a killed run never
+        leaves the folder locked. Once held, the partial files a killed process left are removed.
+        """
+        path = self.path / LOCK
+        try:
+            self.path.mkdir(parents=True, exist_ok=True)
+            lock = path.open("a")
+        except OSError as err:
+            raise storage_error(err, path) from err
+        with lock:
+            try:
+                fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                raise ValueError(f"{self.path} is in use by another process (it holds {path}); wait for that "
+                                 "run to end or stop it, then try again (a killed process frees it at once)") from None
+            except OSError as err:  # a file system without flock, e.g. some NFS or Lustre mounts
+                log.warning("cannot lock %s (%s): nothing stops a second process from writing this run folder "
+                            "at the same time", path, err.strerror)
+            self.remove_partial_writes()
+            yield
+
+    def remove_partial_writes(self) -> None:
+        """The temporary files of writes that a killed process never finished (see ``atomic_write``)."""
+        for folder in (self.path, self.path / CONFIG_DIR, self.checkpoints):
+            for partial in folder.glob(f".*{PARTIAL}"):
+                partial.unlink(missing_ok=True)
+
     def write_config(self, config: DictConfig, hydra_config: DictConfig | None, overrides: list[str]) -> None:
         folder = self.path / CONFIG_DIR
         for name, node in (("config.yaml", config), ("hydra.yaml", hydra_config), ("overrides.yaml", overrides)):
@@ -79,6 +125,59 @@ class RunFolder:
 
     def remove_if_unused(self) -> None:
         """After a failed start: remove the folder if nothing but the start-up log was written to it."""
-        if not self.path.is_dir() or {p.name for p in self.path.iterdir()} - {LOG}:
+        if not self.path.is_dir() or {p.name for p in self.path.iterdir()} - {LOG, LOCK}:
             return
         shutil.rmtree(self.path, ignore_errors=True)
+
+
+class ClaimRunFolder(Callback):
+    """Hydra callback (configs/train.yaml) that makes the run folder before Hydra opens train.log in it.
+
+    A folder named by the start time (the default, ``${run_time:...}``) is made unique: a second run
+    started in the same second gets ``<time>_2``, so two runs never share a folder. A folder that cannot
+    be made or written (its parent is a file, no permission, a read-only disk) stops the run in one line
+    instead of Hydra's traceback. Under torchrun rank 0 chooses and every rank uses its choice.
+    """
+
+    def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
+        run = config.hydra.run
+        unique = "${run_time:" in OmegaConf.to_container(run, resolve=False)["dir"]
+        info = init_distributed()
+        chosen: list[Any] = [None]
+        if info.is_main:
+            try:
+                chosen = [str(claim_folder(Path(run.dir), unique=unique))]
+            except ValueError as err:
+                chosen = [err]
+        if info.enabled:
+            dist.broadcast_object_list(chosen, src=0)
+        if isinstance(chosen[0], ValueError):
+            print(f"error: {chosen[0]}", file=sys.stderr)
+            sys.exit(2)
+        with read_write(run), open_dict(run):
+            run.dir = chosen[0]
+
+
+def claim_folder(path: Path, *, unique: bool) -> Path:
+    """Make ``path`` (with ``unique``, the first free one of ``path``, ``path_2``, ``path_3``, ...: ``mkdir``
+    is atomic, so two processes never get the same one) and check that a file can be written in it."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        folder, number = path, 1
+        while unique:
+            try:
+                folder.mkdir()
+                break
+            except FileExistsError:
+                number += 1
+                folder = path.with_name(f"{path.name}_{number}")
+        folder.mkdir(exist_ok=True)
+        with tempfile.TemporaryFile(dir=folder):
+            pass
+    except OSError as err:
+        blocking_file = next((p for p in path.parents if p.exists() and not p.is_dir()), None)
+        code = errno.errorcode.get(err.errno, "") if err.errno else ""
+        reason = f"{blocking_file} is a file, not a folder" if blocking_file else f"{err.strerror or err} [{code}]"
+        raise ValueError(f"cannot use {path} as the run folder: {reason}; choose a writable place with "
+                         "hydra.run.dir=<folder>") from err
+    return folder

@@ -9,6 +9,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import shlex
@@ -22,13 +23,15 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
-from data import build_loaders, set_epoch
+from data import ReplacedImages, build_loaders, set_epoch
 from models import build_model, count_flops, count_parameters
 
 from . import checkpoint
 from .checkpoint import BEST, LAST, TrainState, unwrap, without_ddp
 from .config import BestOf, resume_changes, validate
+from .faults import StorageError
 from .loop import Progress, current_lr, evaluate, format_duration, train_one_epoch
+from .nonfinite import SKIPPED, NonFiniteGuard
 from .optim import build_optimizer, build_scheduler, scaled_lr
 from .preemption import Preempted, StopRequest
 from .process import (DistInfo, barrier, cleanup, configure_determinism, gather_to_main, init_distributed,
@@ -63,7 +66,8 @@ def run(cfg: DictConfig, run_dir: Path, *, overrides: list[str] | None = None,
     try:
         ctx = Context(dist_info, select_device(cfg.trainer.device, dist_info), RunFolder(run_dir),
                       list(overrides or []), hydra_config)
-        return evaluate_checkpoint(cfg, ctx) if cfg.eval_only else train(cfg, ctx)
+        with ctx.folder.hold() if dist_info.is_main else contextlib.nullcontext():
+            return evaluate_checkpoint(cfg, ctx) if cfg.eval_only else train(cfg, ctx)
     finally:
         cleanup()
 
@@ -175,13 +179,21 @@ def fit(
     folder, epochs = ctx.folder, cfg.trainer.epochs
     tracker = Tracker(folder.path, ctx.dist.is_main, resumed_at=(state.step, state.epoch) if resumed else None)
     stop = StopRequest(ctx.dist, ctx.device)
+    guard = NonFiniteGuard(cfg.trainer.nonfinite, cfg.trainer.nonfinite_limit, cfg.trainer.log_every_steps,
+                           state.counters, distributed=ctx.dist.enabled, kept=lambda: _kept(folder, ctx.dist))
+    replaced = ReplacedImages(state.counters, train_loader, val_loader, enabled=cfg.data.skip_bad_images)
     eval_model = without_ddp(state.model)
     progress = _progress(cfg, ctx)
 
     def save(path: Path, ema_weights: bool = False) -> None:
+        guard.check(state.model)  # a checkpoint never holds non-finite weights
+        replaced.record()
         rng = gather_to_main(checkpoint.capture_rng(), ctx.dist)  # every rank, at the same point
         if ctx.dist.is_main:
-            checkpoint.save_checkpoint(path, state, config, data_info, rng, ema_weights=ema_weights)
+            try:
+                checkpoint.save_checkpoint(path, state, config, data_info, rng, ema_weights=ema_weights)
+            except StorageError as err:
+                raise StorageError(f"{err}; then {_kept(folder, ctx.dist)}") from err
 
     def on_step(state: TrainState) -> bool:
         if state.step % cfg.trainer.log_every_steps == 0:
@@ -207,8 +219,9 @@ def fit(
         for epoch in range(state.epoch, epochs):
             set_epoch(train_loader, epoch, start_batch=state.batches_done)
             train = train_one_epoch(state, train_loader, cfg.trainer, ctx.device, epoch=epoch, progress=progress,
-                                    objective=objective, on_step=on_step)
+                                    objective=objective, on_step=on_step, guard=guard)
             state.train_time_s += train["seconds"]
+            guard.check(state.model)
             if train["stopped"]:
                 save(folder.last)
                 raise preempted()
@@ -232,6 +245,7 @@ def fit(
                     state.best_top1, state.best_epoch = kept["top1"], state.epoch
                     save(folder.best, ema_weights=best_of_ema)
             row.update({"images_per_s": train["images_per_s"], "epoch_time_s": train["seconds"]})
+            summary += replaced.epoch_summary() + _skipped_summary(state.counters)
             log.info("%s  lr %.4g  %.0f img/s  %.1fs", summary, train["lr"], train["images_per_s"], train["seconds"])
             tracker.epoch(row)
             tracker.sigma(unwrap(state.model), state.step)
@@ -258,6 +272,8 @@ def fit(
             "eval_samples": val["samples"],
             "train_time_s": state.train_time_s,
             "images_per_s": images_per_s,
+            "bad_images_replaced": replaced.totals(),
+            SKIPPED: state.counters.get(SKIPPED, 0),
             "status": "completed",
         }
     finally:
@@ -291,6 +307,18 @@ def _resume_checkpoint(resume: str | None, folder: RunFolder) -> Path | None:
     if resume == "auto":
         return folder.last if folder.last.is_file() else None
     return checkpoint.find_checkpoint(resume, (LAST,))
+
+
+def _kept(folder: RunFolder, dist: DistInfo) -> str:
+    """What a failed run leaves and how to go on, for its one-line message."""
+    if not folder.last.is_file():
+        return "no checkpoint was saved yet: start the run again"
+    return (f"{folder.last} holds the last state saved before it; continue from there with: "
+            f"{_resume_command(folder.path, dist)}")
+
+
+def _skipped_summary(counters: dict[str, int]) -> str:
+    return f"  non-finite steps skipped: {counters[SKIPPED]}" if counters.get(SKIPPED) else ""
 
 
 def _complete(ckpt: dict[str, Any], cfg: DictConfig) -> bool:

@@ -3,11 +3,15 @@
 Every TensorBoard curve uses the optimizer step as its x-axis (the epoch is a curve of its own): one
 axis that a resumed run can purge back to exactly. metrics.csv has one row per epoch (what timm's
 summary.csv gives), for people who plot with pandas; a resumed run drops the rows after its checkpoint.
+
+Curves are worth less than the run: a write that fails (full disk, lost mount) is reported once and the
+curves stop there, while training and its checkpoints go on.
 """
 
 from __future__ import annotations
 
 import csv
+import logging
 import math
 from pathlib import Path
 from typing import Any
@@ -21,6 +25,8 @@ from gmconv import GMConv2d, sigma_stats
 from gmconv.stats import masks_by_sigma
 
 from .checkpoint import atomic_write
+
+log = logging.getLogger(__name__)
 
 METRICS_CSV = "metrics.csv"
 # metrics.csv column → TensorBoard tag (other columns keep their name; "step" is the x-axis)
@@ -39,7 +45,7 @@ class Tracker:
         if not enabled:
             return
         # purge_step drops events a crashed run wrote after its last checkpoint, so resumed curves do not double back
-        self.writer = SummaryWriter(str(run_dir / "tb"), purge_step=resumed_at[0] if resumed_at else None)
+        self.writer = _Tolerant(SummaryWriter(str(run_dir / "tb"), purge_step=resumed_at[0] if resumed_at else None))
         if resumed_at:
             self._keep_rows_up_to(resumed_at[1])
         else:
@@ -56,11 +62,14 @@ class Tracker:
             return
         self.scalars({TB_TAGS.get(key, key): value for key, value in row.items() if key != "step"}, row["step"])
         new = not self.csv_path.is_file()
-        with self.csv_path.open("a", newline="") as f:
-            writer = csv.DictWriter(f, fieldnames=list(row))
-            if new:
-                writer.writeheader()
-            writer.writerow(row)
+        try:
+            with self.csv_path.open("a", newline="") as f:
+                writer = csv.DictWriter(f, fieldnames=list(row))
+                if new:
+                    writer.writeheader()
+                writer.writerow(row)
+        except OSError as err:
+            log.warning("cannot write %s (%s); training and checkpoints go on", self.csv_path, err)
 
     def sigma(self, model: nn.Module, step: int) -> None:
         """Per-layer σ of a GMConv model: mean/min/max scalars and a histogram per layer."""
@@ -70,7 +79,8 @@ class Tracker:
             for key in ("mean", "min", "max"):
                 self.writer.add_scalar(f"sigma/{name}/{key}", stats[key], step)
         for name, module in model.named_modules():
-            if isinstance(module, GMConv2d) and module.sigma.numel() > 1:
+            # TensorBoard cannot bin NaN or inf ("The histogram is empty"); a diverged σ shows in the scalars
+            if isinstance(module, GMConv2d) and module.sigma.numel() > 1 and torch.isfinite(module.sigma).all():
                 self.writer.add_histogram(f"sigma_hist/{name}", module.sigma, step)
 
     def masks(self, model: nn.Module, step: int) -> None:
@@ -110,6 +120,30 @@ class Tracker:
                 writer.writerows(kept)
 
         atomic_write(self.csv_path, write)
+
+
+class _Tolerant:
+    """A SummaryWriter whose first failed write (an OSError, raised by the call after the one whose
+    background write failed) is logged once and turns the writer off."""
+
+    def __init__(self, writer: SummaryWriter) -> None:
+        self.writer, self.failed = writer, False
+
+    def __getattr__(self, name: str) -> Any:
+        method = getattr(self.writer, name)
+
+        def call(*args: Any, **kwargs: Any) -> Any:
+            if self.failed:
+                return None
+            try:
+                return method(*args, **kwargs)
+            except OSError as err:
+                self.failed = True
+                log.warning("TensorBoard cannot write (%s): its curves stop here; training and checkpoints go on",
+                            err)
+                return None
+
+        return call
 
 
 def mask_strip(layer: GMConv2d) -> torch.Tensor:

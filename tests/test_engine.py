@@ -16,6 +16,7 @@ from engine.checkpoint import TrainState, capture_rng, restore_rng
 from engine.config import OptimConfig, SchedConfig
 from engine.loop import Progress, train_one_epoch
 from engine.metrics import topk_correct
+from engine.nonfinite import NonFiniteGuard
 from engine.recipe import build_ema, build_objective
 from engine.optim import build_optimizer, build_scheduler, param_groups, scaled_lr
 from gmconv import DynamicGMConv2d, GMConv2d
@@ -162,7 +163,8 @@ class _HostReads(TorchDispatchMode):
 def test_a_training_step_never_waits_for_the_device(progress, monkeypatch):
     """The host reads and host-built tensors of an epoch must not grow with its steps: on CUDA each one
     in a step would stall the CPU until the GPU caught up. The step here has everything a recipe adds:
-    cutmix/mixup, label smoothing, gradient accumulation, clipping, a warmup schedule and an EMA. (Progress lines read the sums on every
+    cutmix/mixup, label smoothing, gradient accumulation, clipping, a warmup schedule, an EMA and the
+    divergence guard. (Progress lines read the sums on every
     step here, through ``MetricSums.running``, which on CUDA never waits: see ``_AsyncReadout``.)"""
     tolist_calls = []
     original_tolist = torch.Tensor.tolist
@@ -179,11 +181,13 @@ def test_a_training_step_never_waits_for_the_device(progress, monkeypatch):
         scheduler = build_scheduler(optimizer, OmegaConf.structured(SchedConfig(warmup_epochs=0.5)), epochs=1,
                                     steps_per_epoch=steps)
         state = TrainState(model=model, optimizer=optimizer, scheduler=scheduler, ema=build_ema(model, trainer))
+        # the divergence guard reads its window every check_every steps (a sync by design), never per step
+        guard = NonFiniteGuard("stop", 50, check_every=100, counters={}, distributed=False, kept=str)
         batches = [(torch.randn(4, 3, 8, 8), torch.randint(0, 10, (4,))) for _ in range(steps)]
         tolist_calls.clear()
         with _HostReads() as reads:
             result = train_one_epoch(state, batches, trainer, torch.device("cpu"), epoch=0, progress=progress,
-                                     objective=build_objective(mixing, trainer, num_classes=10))
+                                     objective=build_objective(mixing, trainer, num_classes=10), guard=guard)
         assert math.isfinite(result["loss"])
         syncs_on_cuda = len(tolist_calls) if progress is Progress.off else 0
         return reads.count + syncs_on_cuda
