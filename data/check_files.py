@@ -8,9 +8,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
 
-from torchvision.datasets.folder import IMG_EXTENSIONS, default_loader
+from torchvision.datasets.folder import IMG_EXTENSIONS
 
-from .folder import FILE_ERRORS, first_line
+from .folder import FILE_ERRORS, decode, first_line
 
 SPLITS = ("train", "val")
 
@@ -50,7 +50,7 @@ def file_problem(path: Path) -> Optional[str]:
     try:
         if path.stat().st_size == 0:
             return f"{path}: empty file"
-        default_loader(str(path))
+        decode(str(path))
     except FILE_ERRORS as err:
         return f"{path}: unreadable ({first_line(err)})"
     return None

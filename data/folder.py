@@ -5,9 +5,11 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import torch
 from PIL import Image
 from torchvision import datasets
 from torchvision.datasets.folder import default_loader
+from torchvision.io import ImageReadMode, decode_image, read_file
 from torchvision.transforms import v2
 
 from .bad_images import SkipUnreadable, UnreadableImage
@@ -18,13 +20,26 @@ from .transforms import folder_transforms
 
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 LAYOUT = "train/<class>/<image> and val/<class>/<image>"
-FILE_ERRORS = (OSError, SyntaxError, ValueError, Image.DecompressionBombError)  # what PIL raises on a bad file
+# what PIL (OSError, SyntaxError, ValueError, decompression bombs) and torchvision.io (RuntimeError) raise on a bad file
+FILE_ERRORS = (OSError, SyntaxError, ValueError, RuntimeError, Image.DecompressionBombError)
+# Decoded by torchvision.io (libjpeg-turbo, libpng, libwebp) straight to a uint8 tensor: about twice PIL's
+# images/s per loader worker (docs/BENCHMARKS.md). Other formats (BMP, TIFF, PPM, ...) go through PIL.
+TENSOR_DECODED = (".jpg", ".jpeg", ".png", ".webp")
+
+
+def decode(path: str) -> Any:
+    """An image file as RGB: a uint8 3×H×W tensor (JPEG, PNG, WebP) or a PIL image (other formats);
+    the transforms (torchvision v2) take either."""
+    if not path.lower().endswith(TENSOR_DECODED):
+        return default_loader(path)
+    image = decode_image(read_file(path), mode=ImageReadMode.RGB)
+    return image if image.dtype == torch.uint8 else v2.functional.to_dtype(image, torch.uint8, scale=True)
 
 
 def read_image(path: str) -> Any:
-    """torchvision's image loader (RGB), with one error for every way a file can be unreadable."""
+    """``decode``, with one error for every way a file can be unreadable."""
     try:
-        return default_loader(path)
+        return decode(path)
     except FILE_ERRORS as err:
         root = Path(path).parents[2]  # <root>/<split>/<class>/<file>
         raise UnreadableImage(f"cannot read image {path} ({first_line(err)}); replace or remove it (python "
@@ -41,7 +56,7 @@ def _split(directory: Path, transform: v2.Compose) -> datasets.ImageFolder:
     if not directory.is_dir():
         raise FileNotFoundError(f"{directory} not found: data.root must hold {LAYOUT}; fix data.root or the tree")
     try:
-        # torchvision's default loader converts every image to RGB (greyscale and CMYK JPEGs exist in ImageNet).
+        # Every image is decoded to RGB (greyscale and CMYK JPEGs exist in ImageNet).
         return datasets.ImageFolder(str(directory), transform=transform, loader=read_image)
     except FileNotFoundError as err:
         raise FileNotFoundError(f"no images under {directory} ({err}); put images in {directory}/<class>/ "

@@ -30,14 +30,16 @@ from engine.config import register_configs, validate  # noqa: E402
 from engine.loop import Progress, train_one_epoch  # noqa: E402
 from engine.optim import build_optimizer, build_scheduler  # noqa: E402
 from engine.process import DistInfo, select_device  # noqa: E402
+from engine.recipe import Objective, build_objective  # noqa: E402
 from models import build_model  # noqa: E402
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 
 
-def engine_epoch(state: TrainState, loader, cfg, device: torch.device, epoch: int) -> float:
+def engine_epoch(state: TrainState, loader, cfg, device: torch.device, epoch: int, objective: Objective) -> float:
     set_epoch(loader, epoch)
-    return train_one_epoch(state, loader, cfg.trainer, device, epoch=epoch, progress=Progress.off)["images_per_s"]
+    return train_one_epoch(state, loader, cfg.trainer, device, epoch=epoch, progress=Progress.off,
+                           objective=objective)["images_per_s"]
 
 
 def bare_epoch(model: torch.nn.Module, optimizer: torch.optim.Optimizer, batches: list, device: torch.device) -> float:
@@ -75,6 +77,7 @@ def main() -> None:
     optimizer = build_optimizer(model, cfg.optim, cfg.optim.lr)
     state = TrainState(model=model, optimizer=optimizer,
                        scheduler=build_scheduler(optimizer, cfg.sched, args.rounds + 1, steps))
+    objective = build_objective(cfg.data, cfg.trainer, info.num_classes)
     bare_model = fresh_model()
     bare_optimizer = torch.optim.SGD(bare_model.parameters(), lr=cfg.optim.lr, momentum=0.9,
                                      weight_decay=cfg.optim.weight_decay)
@@ -84,7 +87,7 @@ def main() -> None:
     speeds: dict[str, list[float]] = {"engine": [], "bare loop": []}
     for round_ in range(args.rounds + 1):
         state.batches_done = 0
-        engine = engine_epoch(state, loader, cfg, device, round_)
+        engine = engine_epoch(state, loader, cfg, device, round_, objective)
         bare = bare_epoch(bare_model, bare_optimizer, batches, device)
         if round_ > 0:
             speeds["engine"].append(engine)
