@@ -15,6 +15,7 @@ from PIL import Image
 from torchvision.transforms import v2
 
 from data import DataConfig, build_loaders, check_data_config, set_epoch
+from data.folder import decode
 from data.transforms import augmentation_policy, folder_transforms, resize_for_crop, small_image_transforms
 from engine.config import validate
 from models import build_model, count_flops
@@ -119,7 +120,7 @@ def test_folder_validation_uses_test_size_and_crop_pct(imagefolder_root: Path, s
     assert x.shape[-2:] == (32, 32) and (info.image_size, info.test_image_size) == (24, 32)
     path, _ = val.dataset.samples[0]
     expected = v2.Compose([v2.Resize(resize), v2.CenterCrop(32), v2.ToImage(), v2.ToDtype(torch.float32, scale=True),
-                           v2.Normalize(info.mean, info.std)])(Image.open(path).convert("RGB"))
+                           v2.Normalize(info.mean, info.std)])(decode(path))
     torch.testing.assert_close(x[0], expected)
 
 
