@@ -93,6 +93,9 @@ def train(cfg: DictConfig, ctx: Context) -> dict[str, Any]:
     lr = scaled_lr(cfg.optim, global_batch)
     log.info("global batch %d (%d per process × %d process%s), lr %.4g", global_batch, cfg.data.batch_size,
              ctx.dist.world_size, "es" if ctx.dist.world_size > 1 else "", lr)
+    if cfg.sched.warmup_epochs:
+        log.info("lr warms up linearly from %g to %.4g over %g epoch(s) (sched.warmup_epochs)", cfg.sched.warmup_lr, lr,
+                 cfg.sched.warmup_epochs)
     steps_per_epoch = min(len(train_loader), cfg.trainer.limit_train_batches or len(train_loader))
     optimizer = build_optimizer(unwrap(model), cfg.optim, lr)
     state = TrainState(
