@@ -94,7 +94,10 @@ class OptimConfig:
 @dataclass
 class SchedConfig:
     name: SchedName = SchedName.cosine
-    warmup_epochs: float = 0.0
+    # Linear warmup from warmup_lr, part of the schedule's length. One epoch by default: without it lr 0.1
+    # from the first step blows up deep nets (ResNet-18/50 on the digits end at chance, docs/BACKBONES.md);
+    # the published recipes (configs/experiment/) set their own, mostly 0.
+    warmup_epochs: float = 1.0
     warmup_lr: float = 1e-5  # learning rate at the first warmup step
     min_lr: float = 0.0  # cosine: final learning rate
     milestones: list[int] = field(default_factory=list)  # multistep: epochs at which lr × gamma

@@ -102,6 +102,9 @@ def train(cfg: DictConfig, ctx: Context) -> dict[str, Any]:
              ctx.dist.world_size, "es" if ctx.dist.world_size > 1 else "",
              f"; {global_batch * accumulate} per optimizer step ({accumulate} batches accumulated)" if accumulate > 1
              else "", lr)
+    if cfg.sched.warmup_epochs:
+        log.info("lr warms up linearly from %g to %.4g over %g epoch(s) (sched.warmup_epochs)", cfg.sched.warmup_lr, lr,
+                 cfg.sched.warmup_epochs)
     steps_per_epoch = min(len(train_loader), cfg.trainer.limit_train_batches or len(train_loader))  # batches
     optimizer = build_optimizer(unwrap(model), cfg.optim, lr)
     state = TrainState(

@@ -25,6 +25,7 @@ import torch
 
 from .checkpoint import LAST
 from .config import flatten
+from .loop import format_duration
 from .run_folder import RESULTS, RunFolder
 
 # Keys of the resolved config that say how or where a run was executed, not what was trained: runs
@@ -88,6 +89,7 @@ class Row:
     params_m: float
     gflops: float
     images_per_s: float
+    wall_time_s: float  # the whole run, start-up and evaluation included
     baseline: Optional[Group]  # the matching standard-conv group (None for a standard group or without one)
     delta: Optional[Stat]  # paired top-1 differences; None where there is no pair
 
@@ -227,10 +229,11 @@ def summarize(groups: list[Group]) -> list[Row]:
     rows = []
     for group in groups:
         values = {key: [run.results[key] for run in group.runs] for key in ("top1", "top5", "params", "flops",
-                                                                            "images_per_s")}
+                                                                            "images_per_s", "wall_time_s")}
         baseline = baseline_of(group, groups)
         rows.append(Row(group, stat(values["top1"]), stat(values["top5"]), statistics.mean(values["params"]) / 1e6,
-                        statistics.mean(values["flops"]) / 1e9, statistics.mean(values["images_per_s"]), baseline,
+                        statistics.mean(values["flops"]) / 1e9, statistics.mean(values["images_per_s"]),
+                        statistics.mean(values["wall_time_s"]), baseline,
                         paired_delta(group, baseline) if baseline else None))
     return rows
 
@@ -249,10 +252,11 @@ def format_delta(row: Row) -> str:
 
 def markdown(rows: list[Row], unfinished: list[Unfinished], evaluations: int) -> str:
     """The table, then the runs it leaves out and why."""
-    lines = ["| group | n | top-1 (%) | top-5 (%) | params (M) | GFLOPs | images/s | Δ top-1 vs standard |",
-             "|---|---:|---:|---:|---:|---:|---:|---:|"] if rows else ["No completed training run."]
+    lines = ["| group | n | top-1 (%) | top-5 (%) | params (M) | GFLOPs | images/s | wall time | Δ top-1 vs standard |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|---:|"] if rows else ["No completed training run."]
     lines += [f"| {r.group.label} | {r.top1.n} | {format_stat(r.top1)} | {format_stat(r.top5)} | {r.params_m:.4f} "
-              f"| {r.gflops:.4f} | {r.images_per_s:.0f} | {format_delta(r)} |" for r in rows]
+              f"| {r.gflops:.4f} | {r.images_per_s:.0f} | {format_duration(r.wall_time_s)} | {format_delta(r)} |"
+              for r in rows]
     if rows:
         lines += ["", "top-1/top-5: final epoch, mean ± sample std over seeds; Δ: paired by seed with the "
                   "standard-conv group of the same other settings."]
@@ -265,7 +269,7 @@ def markdown(rows: list[Row], unfinished: list[Unfinished], evaluations: int) ->
 
 
 CSV_COLUMNS = ["group", "n", "top1_mean", "top1_std", "top5_mean", "top5_std", "params_m", "gflops", "images_per_s",
-               "delta_top1_mean", "delta_top1_std", "delta_pairs", "baseline"]
+               "wall_time_s", "delta_top1_mean", "delta_top1_std", "delta_pairs", "baseline"]
 
 
 def csv_text(rows: list[Row]) -> str:
@@ -276,7 +280,7 @@ def csv_text(rows: list[Row]) -> str:
     for r in rows:
         delta = (r.delta.mean, r.delta.std, r.delta.n) if r.delta else (None, None, 0 if r.baseline else None)
         cells = [r.group.label, r.top1.n, r.top1.mean, r.top1.std, r.top5.mean, r.top5.std, r.params_m, r.gflops,
-                 r.images_per_s, *delta, r.baseline.label if r.baseline else None]
+                 r.images_per_s, r.wall_time_s, *delta, r.baseline.label if r.baseline else None]
         writer.writerow(["" if cell is None else cell for cell in cells])
     return out.getvalue()
 

@@ -63,7 +63,8 @@ def runs(tmp_path_factory) -> dict[str, Any]:
 
 def expected_group(results: dict, label: str) -> dict[str, list[float]]:
     members = [r for (group, _), r in sorted(results.items()) if group == label]
-    return {key: [r[key] for r in members] for key in ("top1", "top5", "params", "flops", "images_per_s")}
+    keys = ("top1", "top5", "params", "flops", "images_per_s", "wall_time_s")
+    return {key: [r[key] for r in members] for key in keys}
 
 
 def test_real_runs_grouped_by_setting_with_paired_delta_and_unfinished_runs_listed(runs, tmp_path):
@@ -84,6 +85,7 @@ def test_real_runs_grouped_by_setting_with_paired_delta_and_unfinished_runs_list
         assert float(row["params_m"]) == pytest.approx(values["params"][0] / 1e6)
         assert float(row["gflops"]) == pytest.approx(values["flops"][0] / 1e9)
         assert float(row["images_per_s"]) == pytest.approx(statistics.mean(values["images_per_s"]))
+        assert float(row["wall_time_s"]) == pytest.approx(statistics.mean(values["wall_time_s"]))
     assert float(rows[GMCONV]["params_m"]) > float(rows[STANDARD]["params_m"])  # σ per channel
 
     differences = [results[GMCONV, s]["top1"] - results[STANDARD, s]["top1"] for s in (0, 1)]
@@ -117,7 +119,7 @@ def fake(conv_name: str, seed: int, top1: float, **sections: dict[str, Any]) -> 
     for section, values in sections.items():
         config[section] = {**config[section], **values}
     results = {"status": "completed", "top1": top1, "top5": top1 + 10, "params": 1e6, "flops": 2e9,
-               "images_per_s": 100.0, "seed": seed, "config": config}
+               "images_per_s": 100.0, "wall_time_s": 60.0, "seed": seed, "config": config}
     return Run(Path(f"{conv_name}/{seed}/{top1}"), results, settings_of(results))
 
 

@@ -167,7 +167,7 @@ def test_a_run_folder_with_quotes_spaces_commas_and_equals_resumes_in_place(tmp_
 
 def test_a_changed_lr_on_resume_is_applied(tmp_path, caplog):
     caplog.set_level("INFO")
-    common = [*QUICK, "sched=none", "trainer.amp=fp16"]
+    common = [*QUICK, "sched=none", "sched.warmup_epochs=0", "trainer.amp=fp16"]  # a constant lr
     run_in_process(tmp_path, *common)
     assert "trainer.amp=fp16 on the CPU" in caplog.text
     run_in_process(tmp_path, *common, "trainer.epochs=2", "optim.lr=0.5", f"resume={tmp_path}")
