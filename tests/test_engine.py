@@ -41,7 +41,7 @@ def test_sigma_learns_at_the_scaled_rate_through_the_schedule():
     model = nn.Sequential(GMConv2d(3, 4, 3), nn.Flatten(), nn.LazyLinear(2))
     model(torch.randn(1, 3, 5, 5))
     optimizer = build_optimizer(model, OmegaConf.structured(OptimConfig(lr=0.1, sigma_lr_scale=10.0)), 0.1)
-    scheduler = build_scheduler(optimizer, OmegaConf.structured(SchedConfig(name="cosine")), epochs=1,
+    scheduler = build_scheduler(optimizer, OmegaConf.structured(SchedConfig(name="cosine", warmup_epochs=0)), epochs=1,
                                 steps_per_epoch=4)
     scheduler.step_update(num_updates=2)
     lrs = [group["lr"] for group in optimizer.param_groups]
@@ -95,7 +95,7 @@ def test_restored_optimizer_keeps_its_buffers_but_takes_the_configured_hyperpara
     def state_for(lr: float) -> TrainState:
         model = nn.Linear(2, 2)
         optimizer = build_optimizer(model, OmegaConf.structured(OptimConfig(lr=lr)), lr)
-        scheduler = build_scheduler(optimizer, OmegaConf.structured(SchedConfig(name="none")), epochs=2,
+        scheduler = build_scheduler(optimizer, OmegaConf.structured(SchedConfig(name="none", warmup_epochs=0)), epochs=2,
                                     steps_per_epoch=3)
         return TrainState(model=model, optimizer=optimizer, scheduler=scheduler)
 

@@ -166,7 +166,7 @@ def test_layer_decay_scales_each_layer_group_and_leaves_sigma_alone():
     optim_cfg = OmegaConf.structured(OptimConfig(name="adamw", lr=1.0, weight_decay=0.05, layer_decay=0.5,
                                                  sigma_lr_scale=3.0))
     optimizer = build_optimizer(model, optim_cfg, 1.0)
-    build_scheduler(optimizer, OmegaConf.structured(SchedConfig(name="none")), epochs=1, steps_per_epoch=1)
+    build_scheduler(optimizer, OmegaConf.structured(SchedConfig(name="none", warmup_epochs=0)), epochs=1, steps_per_epoch=1)
     lr_of = {id(p): g["lr"] for g in optimizer.param_groups for p in g["params"]}
     named = dict(model.named_parameters())
     layers = sorted({g["lr"] for g in optimizer.param_groups if g.get("lr_scale") != 3.0})
@@ -184,7 +184,8 @@ def test_sqrt_lr_scaling_and_the_step_and_poly_schedules():
     assert scaled_lr(OmegaConf.structured(OptimConfig(lr=0.1, lr_scaling="sqrt")), 1024) == pytest.approx(0.2)
     for name, expected in (("step", [1.0, 0.5, 0.25]), ("poly", [1.0, 4 / 9, 1 / 9])):
         optimizer = torch.optim.SGD(nn.Linear(2, 2).parameters(), lr=1.0)
-        cfg = SchedConfig(name=name, gamma=0.5, decay_epochs=1) if name == "step" else SchedConfig(name=name, power=2)
+        shape = {"gamma": 0.5, "decay_epochs": 1} if name == "step" else {"power": 2}
+        cfg = SchedConfig(name=name, warmup_epochs=0, **shape)
         scheduler = build_scheduler(optimizer, OmegaConf.structured(cfg), epochs=3, steps_per_epoch=2)
         lrs = []
         for step in (0, 2, 4):
