@@ -12,11 +12,12 @@ mid-epoch augments every remaining batch exactly as the uninterrupted run did, w
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset, Sampler
+
+from .seeds import mixed_seed
 
 
 class BatchAugment(nn.Module):
@@ -58,11 +59,6 @@ def _crop_and_flip(images: Tensor, padding: int, flip: bool, generator: torch.Ge
     cols = offsets[1] + cols
     pixels = (rows[:, :, None] * (w + 2 * padding) + cols[:, None, :]).view(n, 1, h * w).expand(n, c, h * w)
     return padded.flatten(2).gather(2, pixels).view(n, c, h, w)
-
-
-def batch_seed(seed: int, epoch: int, rank: int, batch: int) -> int:
-    """A well-mixed 63-bit seed per (run seed, epoch, rank, batch): unrelated streams for nearby tuples."""
-    return int(np.random.SeedSequence([seed, epoch, rank, batch]).generate_state(1, np.uint64)[0] >> np.uint64(1))
 
 
 class BatchAugmentedLoader:
@@ -110,7 +106,7 @@ class BatchAugmentedLoader:
 
     def __iter__(self) -> Iterator[tuple[Tensor, Tensor]]:
         for batch, (images, targets) in enumerate(self.loader, start=self.start_batch):
-            self.rng.manual_seed(batch_seed(self.seed, self.epoch, self.rank, batch))
+            self.rng.manual_seed(mixed_seed(self.seed, self.epoch, self.rank, batch))
             images = images.to(self.device, non_blocking=True)
             yield self.augment(images, self.rng), targets.to(self.device, non_blocking=True)
 

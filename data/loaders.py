@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from typing import Any, Union
 
-import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
@@ -16,15 +15,10 @@ from .config import DataConfig
 from .info import DataInfo
 from .registry import BUILDERS
 from .samplers import ResumableSampler, ShardSampler
+from .seeds import mixed_seed
 
 # What build_loaders returns: a DataLoader, or one wrapped to augment whole batches on the device.
 Loader = Union[DataLoader, BatchAugmentedLoader]
-
-
-def _epoch_seed(seed: int, epoch: int, rank: int) -> int:
-    """A well-mixed 63-bit seed per (run seed, epoch, rank), so nearby triples give unrelated streams and
-    each process of a torchrun job draws its own augmentations."""
-    return int(np.random.SeedSequence([seed, epoch, rank]).generate_state(1, np.uint64)[0] >> np.uint64(1))
 
 
 def build_loaders(
@@ -67,13 +61,13 @@ def build_loaders(
     train = _on_device(CountingLoader(
         splits.train, batch_size=cfg.batch_size, drop_last=True,
         sampler=ResumableSampler(splits.train, rank=rank, world_size=world_size, seed=seed),
-        generator=torch.Generator().manual_seed(_epoch_seed(seed, 0, rank)), **common,
+        generator=torch.Generator().manual_seed(mixed_seed(seed, 0, rank)), **common,
         **_collation(splits.train),
     ), device, seed, rank)
     val = _on_device(CountingLoader(
         splits.val, batch_size=cfg.eval_batch_size or cfg.batch_size,
         sampler=ShardSampler(splits.val, rank=rank, world_size=world_size),
-        generator=torch.Generator().manual_seed(_epoch_seed(seed, 0, rank)), **common,
+        generator=torch.Generator().manual_seed(mixed_seed(seed, 0, rank)), **common,
         **_collation(splits.val),
     ), device, seed, rank)
     info = DataInfo(num_classes=len(splits.classes), image_size=cfg.image_size,
@@ -115,4 +109,4 @@ def set_epoch(loader: Loader, epoch: int, *, start_batch: int = 0) -> None:
     loader.sampler.set_epoch(epoch, start=skip)
     if isinstance(loader, BatchAugmentedLoader):
         loader.position(epoch, start_batch)
-    loader.generator.manual_seed(_epoch_seed(loader.sampler.seed, epoch, loader.sampler.rank))
+    loader.generator.manual_seed(mixed_seed(loader.sampler.seed, epoch, loader.sampler.rank))
