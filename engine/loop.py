@@ -16,6 +16,8 @@ from omegaconf import DictConfig
 from torch import nn
 from tqdm import tqdm
 
+from gmconv import reuse_masked_weights
+
 from .checkpoint import TrainState, unwrap
 from .metrics import MetricSums
 from .nonfinite import NonFiniteGuard
@@ -181,17 +183,21 @@ def format_duration(seconds: float) -> str:
 def evaluate(
     model: nn.Module, loader: Iterable, cfg: DictConfig, device: torch.device, *, progress: Progress
 ) -> dict[str, float]:
-    """Loss, top-1 and top-5 (%) over the validation set; every sample counted exactly once."""
+    """Loss, top-1 and top-5 (%) over the validation set; every sample counted exactly once.
+
+    GMConv layers build their masked weights once for the whole pass (``gmconv.reuse_masked_weights``).
+    """
     model.eval()
     sums = MetricSums(device)
     batches, total = _batches(loader, cfg.limit_val_batches)
-    for images, targets in tqdm(batches, total=total, desc="eval", disable=progress is not Progress.bar, leave=False,
-                                dynamic_ncols=True, file=sys.stdout):
-        images, targets = _to_device(images, targets, device, cfg.channels_last)
-        with autocast(device, cfg.amp):
-            logits = model(images)
-        logits = logits.float()
-        sums.update(F.cross_entropy(logits, targets, reduction="sum"), logits, targets)
+    with reuse_masked_weights(model):
+        for images, targets in tqdm(batches, total=total, desc="eval", disable=progress is not Progress.bar,
+                                    leave=False, dynamic_ncols=True, file=sys.stdout):
+            images, targets = _to_device(images, targets, device, cfg.channels_last)
+            with autocast(device, cfg.amp):
+                logits = model(images)
+            logits = logits.float()
+            sums.update(F.cross_entropy(logits, targets, reduction="sum"), logits, targets)
     return sums.compute()
 
 

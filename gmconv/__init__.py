@@ -5,6 +5,7 @@ The reusable layer of this project; it depends on torch alone.
     from gmconv import GMConv2d, GMConvOptions, convert_to_gmconv, fold_gmconv, sigma_parameters, sigma_stats
     from gmconv import reparameterize  # fold, then timm's re-parameterisation (RepVGG, MobileOne, ...)
     from gmconv import erf_map, erf_stats  # effective receptive fields, to measure what σ does
+    from gmconv import reuse_masked_weights  # evaluate unfolded: each masked weight computed once
 """
 
 from .conv import GMConv2d
@@ -15,6 +16,7 @@ from .fold import fold_gmconv, fold_layer
 from .options import GMConvOptions
 from .params import sigma_parameters
 from .reparam import reparameterize
+from .reuse import reuse_masked_weights
 from .stats import sigma_stats, sigma_without_gradient
 
 __all__ = [
@@ -30,6 +32,7 @@ __all__ = [
     "fold_layer",
     "gmconv_from_conv",
     "reparameterize",
+    "reuse_masked_weights",
     "sigma_parameters",
     "sigma_stats",
     "sigma_without_gradient",

@@ -11,6 +11,7 @@ other Conv2d feature keep working, and a standard checkpoint loads into it with 
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -22,6 +23,24 @@ from .options import GMConvOptions
 # torch.fx traces ``gaussian_mask`` as one call: its dtype checks are Python control flow that a
 # symbolic tracer cannot follow, and the eager forward keeps them (free) instead of extra casts.
 torch.fx.wrap("gaussian_mask")
+
+
+@dataclass
+class Reused:
+    """The masked weight ``reuse_masked_weights`` keeps, and the data pointers and version counters of the
+    weight and σ it came from (an in-place change such as an optimizer step bumps a counter)."""
+
+    versions: tuple[int, ...] = ()
+    masked_weight: torch.Tensor | None = None
+
+
+def _in_graph_capture() -> bool:
+    """True while fx, jit.trace, dynamo or export records the forward: a graph must hold the product, not a
+    tensor cached from an eager call."""
+    return (
+        torch.fx._symbolic_trace.is_fx_tracing() or torch.jit.is_tracing()
+        or torch.compiler.is_compiling() or torch.compiler.is_exporting()
+    )
 
 
 class GMConv2d(nn.Conv2d):
@@ -95,6 +114,7 @@ class GMConv2d(nn.Conv2d):
             self.sigma_raw = nn.Parameter(raw)
         else:
             self.register_buffer("sigma_raw", raw)
+        self._reused: Reused | None = None  # set by gmconv.reuse_masked_weights
 
     @property
     def sigma(self) -> torch.Tensor:
@@ -107,7 +127,15 @@ class GMConv2d(nn.Conv2d):
         return gaussian_mask(sigma, self.sq_dist, self.sigma_granularity, self.weight.dtype)
 
     def masked_weight(self) -> torch.Tensor:
-        return self.weight * self.mask()
+        """``W ⊙ M``; inside ``gmconv.reuse_masked_weights`` and without autograd, computed once and reused."""
+        reused = getattr(self, "_reused", None)  # modules pickled by an older version lack the attribute
+        if reused is None or torch.is_grad_enabled() or _in_graph_capture():
+            return self.weight * self.mask()
+        weight, sigma_raw = self.weight, self.sigma_raw
+        versions = (weight.data_ptr(), weight._version, sigma_raw.data_ptr(), sigma_raw._version)
+        if reused.masked_weight is None or reused.versions != versions:
+            reused.versions, reused.masked_weight = versions, weight * self.mask()
+        return reused.masked_weight
 
     def forward(self, input: torch.Tensor) -> torch.Tensor:
         return self._conv_forward(input, self.masked_weight(), self.bias)

@@ -29,3 +29,13 @@ def test_bench_data_names_what_limits_the_run():
     out = _script("bench_data.py", "--workers", "0,1", "--batches", "2", "--warmup", "1", "--rounds", "1", *TINY)
     assert "| loader, 0 workers |" in out and "| loader, 1 workers |" in out, out
     assert re.search(r"limits this run", out), out
+
+
+def test_bench_gmconv_compares_every_variant_with_the_standard_network():
+    out = _script("bench_gmconv.py", "--models", "resnet18", "--batch-size", "2", "--image-size", "32",
+                  "--reps", "2", "--warmup", "1", "--device", "cpu")
+    row = re.search(r"^resnet18 +([\d. |%]+)$", out, re.MULTILINE)
+    assert row, out
+    numbers = [float(v) for v in re.findall(r"[\d.]+", row.group(1))]
+    assert len(numbers) == 11 and all(v > 0 for v in numbers[:10]), out  # 2 train + 4 infer timings, 5 ratios, spread
+    assert "infer reused/std" in out and "ops std" in out

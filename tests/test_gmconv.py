@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.func import functional_call
 
-from gmconv import DynamicGMConv2d, GMConv2d, GMConvOptions, gmconv_from_conv
+from gmconv import DynamicGMConv2d, GMConv2d, GMConvOptions, gmconv_from_conv, reuse_masked_weights
 
 GRANULARITIES = ["layer", "channel", "kernel"]
 PADDING_MODES = ["zeros", "reflect", "replicate", "circular"]
@@ -428,3 +428,72 @@ def test_torch_compile_aot_eager_matches_eager():
 @pytest.mark.slow
 def test_torch_compile_inductor_matches_eager():
     _compiled_matches_eager("inductor")
+
+
+def _count_mask_builds(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    calls = [0]
+    original = GMConv2d.mask
+
+    def counting(self: GMConv2d) -> torch.Tensor:
+        calls[0] += 1
+        return original(self)
+
+    monkeypatch.setattr(GMConv2d, "mask", counting)
+    return calls
+
+
+@pytest.mark.parametrize("mode", [torch.no_grad, torch.inference_mode])
+def test_reuse_masked_weights_builds_each_mask_once_and_matches(monkeypatch, mode):
+    net = small_net().eval()
+    x = torch.randn(2, 3, 12, 12)
+    with torch.no_grad():
+        expected = net(x)
+    calls = _count_mask_builds(monkeypatch)
+    with mode(), reuse_masked_weights(net):
+        outs = [net(x) for _ in range(3)]
+    layers = sum(isinstance(m, GMConv2d) for m in net.modules())
+    assert calls[0] == layers  # once per layer, not once per forward
+    for out in outs:
+        torch.testing.assert_close(out, expected, rtol=0, atol=0)
+    assert all(m._reused is None for m in net.modules() if isinstance(m, GMConv2d))  # the copies are freed
+
+
+def test_reuse_masked_weights_follows_in_place_changes_and_replacements():
+    net = small_net().eval()
+    x = torch.randn(2, 3, 12, 12)
+    layer = net[0]
+
+    def recomputed() -> torch.Tensor:
+        with torch.enable_grad():  # with gradients on, nothing is reused
+            return net(x).detach()
+
+    with torch.no_grad(), reuse_masked_weights(net):
+        before = net(x)
+        layer.sigma_raw.add_(-3.0)  # an in-place step on σ (bumps its version counter)
+        after_sigma = net(x)
+        assert not torch.allclose(after_sigma, before)
+        torch.testing.assert_close(after_sigma, recomputed(), rtol=0, atol=0)
+        net.load_state_dict({k: v * 2 for k, v in copy.deepcopy(net.state_dict()).items()})
+        torch.testing.assert_close(net(x), recomputed(), rtol=0, atol=0)
+        layer.weight = nn.Parameter(torch.zeros_like(layer.weight))
+        torch.testing.assert_close(net(x), recomputed(), rtol=0, atol=0)
+
+
+def test_reuse_masked_weights_never_reuses_with_gradients_or_in_graphs(monkeypatch):
+    net = small_net()
+    x = torch.randn(2, 3, 12, 12)
+    calls = _count_mask_builds(monkeypatch)
+    layers = sum(isinstance(m, GMConv2d) for m in net.modules())
+    with reuse_masked_weights(net):
+        net(x).sum().backward()  # training: the product must stay in the autograd graph
+        net(x).sum().backward()
+        assert calls[0] == 2 * layers
+        assert net[0].sigma_raw.grad is not None
+        net.eval()
+        with torch.no_grad():
+            traced = torch.jit.trace(net, x)
+            graph = torch.fx.symbolic_trace(net)
+    with torch.no_grad():
+        net[0].sigma_raw.add_(-3.0)  # a traced graph holding a reused tensor would miss this change
+        torch.testing.assert_close(traced(x), net(x))
+        torch.testing.assert_close(graph(x), net(x))
