@@ -72,9 +72,15 @@ class BasicBlock(nn.Module):
 
 
 class CifarResNet(nn.Module):
-    """ResNet-``depth`` for 32 px RGB inputs; ``shortcut`` is ``"A"`` or ``"B"`` (see the module docstring)."""
+    """ResNet-``depth`` for 32 px RGB inputs; ``shortcut`` is ``"A"`` or ``"B"`` (see the module docstring).
 
-    def __init__(self, depth: int, num_classes: int = 10, shortcut: str = "A") -> None:
+    ``zero_init_residual=False`` is the paper's initialisation; the ``model=resnet20`` ... ``resnet110``
+    configs turn it on (docs/BACKBONES.md), the paper recipes (``experiment=cifar*``) turn it off again.
+    """
+
+    def __init__(
+        self, depth: int, num_classes: int = 10, shortcut: str = "A", zero_init_residual: bool = False
+    ) -> None:
         super().__init__()
         if depth < 8 or (depth - 2) % 6:
             raise ValueError(f"CIFAR ResNet depth={depth} must be 6n + 2 with n >= 1 (20, 32, 44, 56, 110, ...)")
@@ -95,9 +101,9 @@ class CifarResNet(nn.Module):
             in_planes = planes
         self.layer1, self.layer2, self.layer3 = stages
         self.fc = nn.Linear(STAGE_WIDTHS[-1], num_classes)
-        self._init_weights()
+        self._init_weights(zero_init_residual)
 
-    def _init_weights(self) -> None:
+    def _init_weights(self, zero_init_residual: bool) -> None:
         # He et al. train these from scratch with the initialisation of their ref. [13] (He et al. 2015):
         # without it the 110-layer network's signal shrinks with depth and it barely starts training.
         for module in self.modules():
@@ -106,6 +112,12 @@ class CifarResNet(nn.Module):
             elif isinstance(module, nn.BatchNorm2d):
                 nn.init.ones_(module.weight)
                 nn.init.zeros_(module.bias)
+        if zero_init_residual:
+            # Each block's last BatchNorm starts at zero (Goyal et al. 2017), as torchvision's flag of the same
+            # name does: every block starts as the identity, so a deep stack keeps its stem's scale while lr is large.
+            for module in self.modules():
+                if isinstance(module, BasicBlock):
+                    nn.init.zeros_(module.bn2.weight)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = F.relu(self.bn1(self.conv1(x)))

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 import torchvision
+from helpers import compose_train
 from omegaconf import OmegaConf
 from torch import nn
 
@@ -20,7 +21,7 @@ from models import (
     create_backbone, register_model, registered_models,
 )
 from models import registry
-from models.cifar_resnet import CifarResNet
+from models.cifar_resnet import BasicBlock, CifarResNet
 from models.config import ConvConfig, ModelConfig
 
 CIFAR_DEPTHS = [20, 32, 44, 56, 110]
@@ -67,6 +68,27 @@ def test_option_b_shortcut_projects_with_1x1_convolutions():
     assert count(a, nn.Conv2d) == 19 and all(m.kernel_size == (3, 3) for m in a.modules() if isinstance(m, nn.Conv2d))
     assert count(b, nn.Conv2d) == 21 and count_parameters(b) > count_parameters(a)
     assert b(images()).shape == (2, 10)
+
+
+def test_zero_init_residual_starts_every_block_as_the_identity():
+    torch.manual_seed(0)
+    plain = create_backbone("local", "resnet20", num_classes=10)
+    zero = create_backbone("local", "resnet20", num_classes=10, zero_init_residual=True)
+    blocks = [m for m in zero.modules() if isinstance(m, BasicBlock)]
+    assert len(blocks) == 9 and all(not b.bn2.weight.any() for b in blocks)
+    assert all(b.bn2.weight.all() for b in plain.modules() if isinstance(b, BasicBlock))
+    x = torch.relu(torch.randn(2, 16, 8, 8))
+    torch.testing.assert_close(blocks[0].eval()(x), x)  # the residual branch adds nothing: relu(0 + x) = x
+
+
+@pytest.mark.parametrize("overrides, zero_init", [
+    (["model=resnet110"], True),  # the model options' default (docs/BACKBONES.md)
+    (["model=resnet18"], True),
+    (["experiment=cifar100_resnet110"], False),  # He et al.'s recipes keep their initialisation
+    (["experiment=imagenet_resnet50"], False),
+])
+def test_model_options_zero_init_residual_branches_and_the_paper_recipes_do_not(overrides, zero_init):
+    assert compose_train(*overrides).model.kwargs.zero_init_residual is zero_init
 
 
 @pytest.mark.parametrize("kwargs, match", [({"shortcut": "C"}, "shortcut"), ({"depth": 21}, "6n")])
