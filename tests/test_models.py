@@ -91,6 +91,16 @@ def test_model_options_zero_init_residual_branches_and_the_paper_recipes_do_not(
     assert compose_train(*overrides).model.kwargs.zero_init_residual is zero_init
 
 
+@pytest.mark.parametrize("overrides, optimizer", [
+    (["model=alexnet"], "adamw"),  # AlexNet's own default (configs/model/alexnet.yaml)
+    (["model=alexnet", "optim=sgd"], "sgd"),  # the command line wins
+    (["experiment=imagenet_alexnet"], "sgd"),  # and so does a recipe
+    (["model=resnet20"], "sgd"),
+])
+def test_alexnet_chooses_adamw_unless_the_user_or_a_recipe_chooses(overrides, optimizer):
+    assert compose_train(*overrides).optim.name == optimizer
+
+
 @pytest.mark.parametrize("kwargs, match", [({"shortcut": "C"}, "shortcut"), ({"depth": 21}, "6n")])
 def test_cifar_resnet_rejects_bad_arguments(kwargs, match):
     with pytest.raises(ValueError, match=match):
