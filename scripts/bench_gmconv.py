@@ -14,7 +14,8 @@ What is timed (per repetition, one call each, in a rotating order A B C ... / B 
 ``ops/step`` counts the ATen operations one training step dispatches (forward, backward, optimizer),
 counted once, untimed: on a GPU each is at least one kernel launch, which is what GMConv's cost is
 made of at small batch sizes, so the count shows where the difference comes from even on a CPU.
-On CUDA the peak memory of a training step is measured too.
+On CUDA the peak memory of a training step is measured too. ``--profile STEPS`` profiles that many
+training steps of each network and lists the operations on which GMConv spends more time.
 
 All variants start from the same weights. Medians over ``--reps`` repetitions after ``--warmup``
 untimed ones are printed with ratios to the standard network (and, below, the ratios of each
@@ -41,6 +42,7 @@ import torch
 import torch.nn.functional as F
 import torchvision
 from torch import nn
+from torch.profiler import ProfilerActivity, profile
 from torch.utils._python_dispatch import TorchDispatchMode
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from anywhere without installing
@@ -80,6 +82,26 @@ def peak_memory_mib(step: Callable[[], None], device: torch.device) -> float:
     step()
     sync(device)
     return torch.cuda.max_memory_allocated(device) / 2**20
+
+
+def self_times_ms(step: Callable[[], None], calls: int, device: torch.device) -> dict[str, float]:
+    """Self time of each operation, ms per call of ``step`` (kernel time on CUDA), from the profiler."""
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+    with profile(activities=activities) as prof:
+        for _ in range(calls):
+            step()
+        sync(device)
+    attr = "self_device_time_total" if device.type == "cuda" else "self_cpu_time_total"
+    return {event.key: getattr(event, attr) / calls / 1000 for event in prof.key_averages()}
+
+
+def print_added_time(name: str, standard: dict[str, float], gm: dict[str, float], top: int = 8) -> None:
+    """The operations on which a GMConv training step spends more time than a standard one."""
+    added = sorted(((gm.get(k, 0.0) - standard.get(k, 0.0), k) for k in standard.keys() | gm.keys()), reverse=True)
+    total = sum(gm.values()) - sum(standard.values())
+    print(f"{name}: self time a GMConv training step adds, ms per step (profiled; total {total:+.2f}):")
+    for ms, key in added[:top]:
+        print(f"  {ms:+8.2f}  {key}")
 
 
 def train_step(model: nn.Module, opt: torch.optim.Optimizer, x: torch.Tensor, y: torch.Tensor,
@@ -139,6 +161,9 @@ def bench_model(name: str, args: argparse.Namespace, device: torch.device) -> di
     sync(device)
     extras = {f"ops {key}": [float(ops_per_call(steps[key]))] for key in ("train standard", "train gmconv")}
     extras.update({f"MiB {key}": [peak_memory_mib(steps[key], device)] for key in ("train standard", "train gmconv")})
+    if args.profile:
+        print_added_time(name, *(self_times_ms(steps[key], args.profile, device)
+                                 for key in ("train standard", "train gmconv")))
     times: dict[str, list[float]] = {key: [] for key in names}
     with reuse_masked_weights(reused):  # held over every repetition, as evaluate() holds it over a pass
         for rep in range(args.reps):
@@ -171,6 +196,9 @@ def main() -> None:
     parser.add_argument("--device", choices=["cpu", "cuda"], default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads (CPU); default: torch's")
     parser.add_argument("--amp", choices=["none", "bf16"], default="none", help="bf16 autocast for every variant")
+    parser.add_argument("--profile", type=int, default=0, metavar="STEPS",
+                        help="also profile this many training steps of each network and print the operations "
+                             "GMConv adds time to (0: off)")
     args = parser.parse_args()
 
     device = torch.device(args.device)

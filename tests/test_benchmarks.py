@@ -33,9 +33,10 @@ def test_bench_data_names_what_limits_the_run():
 
 def test_bench_gmconv_compares_every_variant_with_the_standard_network():
     out = _script("bench_gmconv.py", "--models", "resnet18", "--batch-size", "2", "--image-size", "32",
-                  "--reps", "2", "--warmup", "1", "--device", "cpu")
+                  "--reps", "2", "--warmup", "1", "--device", "cpu", "--profile", "1")
     row = re.search(r"^resnet18 +([\d. |%]+)$", out, re.MULTILINE)
     assert row, out
     numbers = [float(v) for v in re.findall(r"[\d.]+", row.group(1))]
     assert len(numbers) == 11 and all(v > 0 for v in numbers[:10]), out  # 2 train + 4 infer timings, 5 ratios, spread
     assert "infer reused/std" in out and "ops std" in out
+    assert re.search(r"^  +[+-][\d.]+  aten::mul$", out, re.MULTILINE), out  # the mask's product shows in the profile

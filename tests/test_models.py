@@ -91,14 +91,18 @@ def test_model_options_zero_init_residual_branches_and_the_paper_recipes_do_not(
     assert compose_train(*overrides).model.kwargs.zero_init_residual is zero_init
 
 
-@pytest.mark.parametrize("overrides, optimizer", [
-    (["model=alexnet"], "adamw"),  # AlexNet's own default (configs/model/alexnet.yaml)
-    (["model=alexnet", "optim=sgd"], "sgd"),  # the command line wins
-    (["experiment=imagenet_alexnet"], "sgd"),  # and so does a recipe
-    (["model=resnet20"], "sgd"),
+@pytest.mark.parametrize("overrides, optimizer, lr", [
+    (["model=alexnet"], "adamw", 1e-3),  # AlexNet's own default (configs/model/alexnet.yaml)
+    (["model=alexnet", "optim=sgd"], "sgd", 0.1),  # the command line wins
+    (["experiment=imagenet_alexnet"], "sgd", 0.01),  # and so does a recipe
+    (["model=resnet110"], "sgd", 0.2),  # configs/optim/sgd_resnet110.yaml
+    (["model=resnet110", "optim=adamw"], "adamw", 1e-3),
+    (["experiment=cifar10_resnet110"], "sgd", 0.1),
+    (["model=resnet20"], "sgd", 0.1),
 ])
-def test_alexnet_chooses_adamw_unless_the_user_or_a_recipe_chooses(overrides, optimizer):
-    assert compose_train(*overrides).optim.name == optimizer
+def test_a_model_option_may_choose_its_optimizer_unless_the_user_or_a_recipe_does(overrides, optimizer, lr):
+    optim = compose_train(*overrides).optim
+    assert (optim.name, optim.lr) == (optimizer, pytest.approx(lr))
 
 
 @pytest.mark.parametrize("kwargs, match", [({"shortcut": "C"}, "shortcut"), ({"depth": 21}, "6n")])
