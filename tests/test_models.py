@@ -98,6 +98,7 @@ def test_model_options_zero_init_residual_branches_and_the_paper_recipes_do_not(
     (["model=resnet110"], "sgd", 0.2),  # configs/optim/sgd_resnet110.yaml
     (["model=resnet110", "optim=adamw"], "adamw", 1e-3),
     (["experiment=cifar10_resnet110"], "sgd", 0.1),
+    (["model=vgg16_bn"], "sgd", 0.05),  # configs/optim/sgd_vgg.yaml
     (["model=resnet20"], "sgd", 0.1),
 ])
 def test_a_model_option_may_choose_its_optimizer_unless_the_user_or_a_recipe_does(overrides, optimizer, lr):
