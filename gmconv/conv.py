@@ -34,11 +34,17 @@ class Reused:
     masked_weight: torch.Tensor | None = None
 
 
+# newer torch tells symbolic tracing apart from export (checked below through torch.compiler); older has only one flag
+_is_fx_symbolic_tracing = getattr(
+    torch.fx._symbolic_trace, "is_fx_symbolic_tracing", torch.fx._symbolic_trace.is_fx_tracing
+)
+
+
 def _in_graph_capture() -> bool:
     """True while fx, jit.trace, dynamo or export records the forward: a graph must hold the product, not a
     tensor cached from an eager call."""
     return (
-        torch.fx._symbolic_trace.is_fx_tracing() or torch.jit.is_tracing()
+        _is_fx_symbolic_tracing() or torch.jit.is_tracing()
         or torch.compiler.is_compiling() or torch.compiler.is_exporting()
     )
 
