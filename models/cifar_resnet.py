@@ -74,7 +74,7 @@ class BasicBlock(nn.Module):
 class CifarResNet(nn.Module):
     """ResNet-``depth`` for 32 px RGB inputs; ``shortcut`` is ``"A"`` or ``"B"`` (see the module docstring).
 
-    ``zero_init_residual=False`` is the paper's initialisation; the ``model=resnet20`` ... ``resnet110``
+    ``zero_init_residual=False`` is the paper's initialisation; the ``model=resnet56`` and ``resnet110``
     configs turn it on (docs/BACKBONES.md), the paper recipes (``experiment=cifar*``) turn it off again.
     """
 

@@ -5,13 +5,11 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 out=${1:-outputs/study}
 figures=docs/study
-# The study's recipe is the framework's defaults as they were then: no warmup and He et al.'s initialisation of
-# the CIFAR ResNets (the defaults are now a one-epoch warmup and zero-initialised residual branches).
+# The study's recipe is the framework's defaults as they were then: no warmup (the default is now one epoch).
 no_warmup=sched.warmup_epochs=0
-paper_init=model.kwargs.zero_init_residual=false
 
 # 1. How fast σ learns: optim.sigma_lr_scale on ResNet-20 + GMConv, 3 seeds each (gmconv/README.md).
-python train.py -m $paper_init optim.sigma_lr_scale=1,10,30,100,300,1000 seed=0,1,2 $no_warmup trainer.progress=false \
+python train.py -m optim.sigma_lr_scale=1,10,30,100,300,1000 seed=0,1,2 $no_warmup trainer.progress=false \
     hydra.sweep.dir="$out/sigma_lr"
 python scripts/summarize.py "$out/sigma_lr" --out "$figures/sigma_lr.md"
 python scripts/sigma_report.py "$out"/sigma_lr/*seed=0 --out "$out/sigma_lr_report"
@@ -19,15 +17,15 @@ mkdir -p "$figures/sigma_lr" && cp "$out"/sigma_lr_report/{sigma_by_depth.png,si
 
 # 2. Standard vs GMConv and the σ ablations, ResNet-20 and ResNet-32, 5 seeds each; and GMConv with σ
 #    learning 100x faster (a separate sweep: conv=standard takes no optim.sigma_lr_scale).
-python train.py -m $paper_init model=resnet20,resnet32 conv=standard,gmconv,gmconv_fixed,gmconv_layer seed=0,1,2,3,4 \
+python train.py -m model=resnet20,resnet32 conv=standard,gmconv,gmconv_fixed,gmconv_layer seed=0,1,2,3,4 \
     $no_warmup trainer.progress=false hydra.sweep.dir="$out/digits/main"
-python train.py -m $paper_init model=resnet20,resnet32 optim.sigma_lr_scale=100 seed=0,1,2,3,4 $no_warmup trainer.progress=false \
+python train.py -m model=resnet20,resnet32 optim.sigma_lr_scale=100 seed=0,1,2,3,4 $no_warmup trainer.progress=false \
     hydra.sweep.dir="$out/digits/sigma_lr_100"
 python scripts/summarize.py "$out/digits" --out "$figures/digits.md"
 # ResNet-32 again with a 1-epoch warmup: without one, some seeds of every arm fail to train (docs/STUDY.md).
-python train.py -m $paper_init model=resnet32 conv=standard,gmconv,gmconv_fixed,gmconv_layer seed=0,1,2,3,4 sched.warmup_epochs=1 \
+python train.py -m model=resnet32 conv=standard,gmconv,gmconv_fixed,gmconv_layer seed=0,1,2,3,4 sched.warmup_epochs=1 \
     trainer.progress=false hydra.sweep.dir="$out/digits_warmup/main"
-python train.py -m $paper_init model=resnet32 optim.sigma_lr_scale=100 seed=0,1,2,3,4 sched.warmup_epochs=1 trainer.progress=false \
+python train.py -m model=resnet32 optim.sigma_lr_scale=100 seed=0,1,2,3,4 sched.warmup_epochs=1 trainer.progress=false \
     hydra.sweep.dir="$out/digits_warmup/sigma_lr_100"
 python scripts/summarize.py "$out/digits_warmup" --out "$figures/digits_warmup.md"
 
@@ -35,7 +33,7 @@ python scripts/summarize.py "$out/digits_warmup" --out "$figures/digits_warmup.m
 #    ResNet-32 from the warmup sweep, where every seed trained.
 python scripts/erf.py "$out"/digits/main/*model=resnet20,$no_warmup,seed=0 "$out"/digits/sigma_lr_100/*model=resnet20,*seed=0 \
     --images 64 --out "$figures/erf_resnet20"
-python scripts/sigma_report.py "$out"/digits/main/*conv=gmconv,$paper_init,model=resnet20,$no_warmup,seed=0 \
+python scripts/sigma_report.py "$out"/digits/main/*conv=gmconv,model=resnet20,$no_warmup,seed=0 \
     "$out"/digits/sigma_lr_100/*model=resnet20,*seed=0 --out "$figures/sigma_resnet20"
 python scripts/erf.py "$out"/digits_warmup/main/*seed=0 "$out"/digits_warmup/sigma_lr_100/*seed=0 \
     --images 64 --out "$figures/erf_resnet32"

@@ -82,13 +82,14 @@ def test_zero_init_residual_starts_every_block_as_the_identity():
 
 
 @pytest.mark.parametrize("overrides, zero_init", [
-    (["model=resnet110"], True),  # the model options' default (docs/BACKBONES.md)
+    (["model=resnet110"], True),  # the deep model options' default (docs/BACKBONES.md)
+    (["model=resnet20"], False),
     (["model=resnet18"], True),
     (["experiment=cifar100_resnet110"], False),  # He et al.'s recipes keep their initialisation
     (["experiment=imagenet_resnet50"], False),
 ])
 def test_model_options_zero_init_residual_branches_and_the_paper_recipes_do_not(overrides, zero_init):
-    assert compose_train(*overrides).model.kwargs.zero_init_residual is zero_init
+    assert compose_train(*overrides).model.kwargs.get("zero_init_residual", False) is zero_init
 
 
 @pytest.mark.parametrize("overrides, optimizer, lr", [
