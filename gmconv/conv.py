@@ -134,8 +134,10 @@ class GMConv2d(nn.Conv2d):
 
     def masked_weight(self) -> torch.Tensor:
         """``W ⊙ M``; inside ``gmconv.reuse_masked_weights`` and without autograd, computed once and reused."""
-        reused = getattr(self, "_reused", None)  # modules pickled by an older version lack the attribute
-        if reused is None or torch.is_grad_enabled() or _in_graph_capture():
+        # the capture check comes first, so torch.compile never reads (nor guards on) the reuse state; modules
+        # pickled by an older version lack the attribute
+        reused = None if _in_graph_capture() or torch.is_grad_enabled() else getattr(self, "_reused", None)
+        if reused is None:
             return self.weight * self.mask()
         weight, sigma_raw = self.weight, self.sigma_raw
         versions = (weight.data_ptr(), weight._version, sigma_raw.data_ptr(), sigma_raw._version)

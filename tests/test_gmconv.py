@@ -497,3 +497,18 @@ def test_reuse_masked_weights_never_reuses_with_gradients_or_in_graphs(monkeypat
         net[0].sigma_raw.add_(-3.0)  # a traced graph holding a reused tensor would miss this change
         torch.testing.assert_close(traced(x), net(x))
         torch.testing.assert_close(graph(x), net(x))
+
+
+def test_reuse_masked_weights_does_not_recompile_a_compiled_model():
+    torch._dynamo.reset()
+    torch._dynamo.utils.counters.clear()
+    net = small_net().eval()
+    compiled = torch.compile(net, backend="eager")
+    x = torch.randn(2, 3, 12, 12)
+    with torch.no_grad():
+        expected = net(x)
+        for _ in range(3):  # three evaluation passes, each a new reuse block
+            with reuse_masked_weights(net):
+                torch.testing.assert_close(compiled(x), expected)
+        torch.testing.assert_close(compiled(x), expected)
+    assert torch._dynamo.utils.counters["stats"]["unique_graphs"] == 1
