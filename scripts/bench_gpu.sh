@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Issue #10's GPU measurements in one run, sized for a few minutes of a lent GPU (not yet run on one): GMConv
 # vs standard at batch 16 and 128 (bf16, with a profile of the added time), train.py's throughput at 224 px,
-# and the engine against a bare loop. Output goes to the terminal and to OUT/bench_gpu.log (OUT: $OUT or outputs/bench_gpu). Needs the
+# and the engine against a bare loop.
+# Output goes to the terminal and to OUT/bench_gpu.log (OUT: $OUT or outputs/bench_gpu). Needs the
 # project installed as the README says (bench_train and bench_engine run train.py code: hydra-core, omegaconf).
 #   bash scripts/bench_gpu.sh
 set -euo pipefail
