@@ -27,11 +27,17 @@ torch.fx.wrap("gaussian_mask")
 
 @dataclass
 class Reused:
-    """The masked weight ``reuse_masked_weights`` keeps, and the data pointers and version counters of the
-    weight and σ it came from (an in-place change such as an optimizer step bumps a counter)."""
+    """The masked weight ``reuse_masked_weights`` keeps, and what it came from: the weight and σ tensors
+    themselves (held, so a replacement can never reuse their address) with their data pointers and version
+    counters (an in-place change such as an optimizer step bumps a counter)."""
 
-    versions: tuple[int, ...] = ()
+    sources: tuple[Any, ...] = ()
     masked_weight: torch.Tensor | None = None
+
+
+def _same(a: tuple[Any, ...], b: tuple[Any, ...]) -> bool:
+    """Element by element: tensors by identity, numbers by value."""
+    return len(a) == len(b) and all(x is y if isinstance(x, torch.Tensor) else x == y for x, y in zip(a, b))
 
 
 # newer torch tells symbolic tracing apart from export (checked below through torch.compiler); older has only one flag
@@ -140,9 +146,9 @@ class GMConv2d(nn.Conv2d):
         if reused is None:
             return self.weight * self.mask()
         weight, sigma_raw = self.weight, self.sigma_raw
-        versions = (weight.data_ptr(), weight._version, sigma_raw.data_ptr(), sigma_raw._version)
-        if reused.masked_weight is None or reused.versions != versions:
-            reused.versions, reused.masked_weight = versions, weight * self.mask()
+        sources = (weight, weight.data_ptr(), weight._version, sigma_raw, sigma_raw.data_ptr(), sigma_raw._version)
+        if reused.masked_weight is None or not _same(reused.sources, sources):
+            reused.sources, reused.masked_weight = sources, weight * self.mask()
         return reused.masked_weight
 
     def forward(self, input: torch.Tensor) -> torch.Tensor:
