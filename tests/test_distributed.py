@@ -82,7 +82,7 @@ def test_two_processes_share_one_run_folder(tmp_path):
 def test_two_processes_match_one_with_the_same_global_batch(tmp_path):
     """DDP averages gradients: 2 × batch 8 must take the same steps as 1 × batch 16."""
     common = [*QUICK, "model=alexnet", "+model.kwargs.dropout=0.0", "conv=gmconv", "data.augment=false",
-              "trainer.epochs=1", "trainer.limit_train_batches=3", "optim.lr=0.01", "seed=5"]
+              "trainer.epochs=1", "trainer.limit_train_batches=3", "optim=sgd", "optim.lr=0.01", "seed=5"]
     torchrun(1, *common, "data.batch_size=16", f"hydra.run.dir={tmp_path / 'one'}")
     torchrun(2, *common, "data.batch_size=8", f"hydra.run.dir={tmp_path / 'two'}")
     one, two = weights(tmp_path / "one"), weights(tmp_path / "two")
