@@ -28,16 +28,13 @@ torch.fx.wrap("gaussian_mask")
 @dataclass
 class Reused:
     """The masked weight ``reuse_masked_weights`` keeps, and what it came from: the weight and σ tensors
-    themselves (held, so a replacement can never reuse their address) with their data pointers and version
+    themselves (held, so a replacement can never reuse their address) and their data pointers and version
     counters (an in-place change such as an optimizer step bumps a counter)."""
 
-    sources: tuple[Any, ...] = ()
+    weight: torch.Tensor | None = None
+    sigma_raw: torch.Tensor | None = None
+    versions: tuple[int, ...] = ()
     masked_weight: torch.Tensor | None = None
-
-
-def _same(a: tuple[Any, ...], b: tuple[Any, ...]) -> bool:
-    """Element by element: tensors by identity, numbers by value."""
-    return len(a) == len(b) and all(x is y if isinstance(x, torch.Tensor) else x == y for x, y in zip(a, b))
 
 
 # newer torch tells symbolic tracing apart from export (checked below through torch.compiler); older has only one flag
@@ -140,15 +137,16 @@ class GMConv2d(nn.Conv2d):
 
     def masked_weight(self) -> torch.Tensor:
         """``W ⊙ M``; inside ``gmconv.reuse_masked_weights`` and without autograd, computed once and reused."""
-        # the capture check comes first, so torch.compile never reads (nor guards on) the reuse state; modules
-        # pickled by an older version lack the attribute
-        reused = None if _in_graph_capture() or torch.is_grad_enabled() else getattr(self, "_reused", None)
+        # training (gradients on) decides first, at the cost of one call; then the capture check, so that
+        # torch.compile never reads (nor guards on) the reuse state. Modules pickled by an older version lack it.
+        reused = None if torch.is_grad_enabled() or _in_graph_capture() else getattr(self, "_reused", None)
         if reused is None:
             return self.weight * self.mask()
         weight, sigma_raw = self.weight, self.sigma_raw
-        sources = (weight, weight.data_ptr(), weight._version, sigma_raw, sigma_raw.data_ptr(), sigma_raw._version)
-        if reused.masked_weight is None or not _same(reused.sources, sources):
-            reused.sources, reused.masked_weight = sources, weight * self.mask()
+        versions = (weight.data_ptr(), weight._version, sigma_raw.data_ptr(), sigma_raw._version)
+        if reused.weight is not weight or reused.sigma_raw is not sigma_raw or reused.versions != versions:
+            reused.weight, reused.sigma_raw, reused.versions = weight, sigma_raw, versions
+            reused.masked_weight = weight * self.mask()
         return reused.masked_weight
 
     def forward(self, input: torch.Tensor) -> torch.Tensor:
