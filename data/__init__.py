@@ -4,6 +4,6 @@ from .bad_images import ReplacedImages
 from .checks import check_data_config
 from .config import DataConfig
 from .info import DataInfo
-from .loaders import build_loaders, set_epoch
+from .loaders import build_loaders, build_val_loader, set_epoch
 
-__all__ = ["DataConfig", "DataInfo", "ReplacedImages", "build_loaders", "check_data_config", "set_epoch"]
+__all__ = ["DataConfig", "DataInfo", "ReplacedImages", "build_loaders", "build_val_loader", "check_data_config", "set_epoch"]

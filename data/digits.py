@@ -24,7 +24,7 @@ def _to_rgb_uint8(pixels: torch.Tensor, size: int) -> torch.Tensor:
     return resized.round().clamp(0, 255).to(torch.uint8).expand(-1, 3, -1, -1).contiguous()
 
 
-def build_digits(cfg: DataConfig) -> Splits:
+def build_digits(cfg: DataConfig, *, with_train: bool = True) -> Splits:
     """Stratified 80/20 split (1437 train / 360 val), normalised with the train split's own mean/std.
 
     The statistics are computed here rather than hard-coded because they depend on ``image_size``
@@ -48,7 +48,7 @@ def build_digits(cfg: DataConfig) -> Splits:
     train, val = tensor_splits(cfg, (images[train_idx], targets[train_idx]), (val_images[val_idx], targets[val_idx]),
                                mean, std, padding=max(1, cfg.image_size // 16), flip=False)
     return Splits(
-        train=train,
+        train=train if with_train else None,  # built anyway: the statistics come from its pixels
         val=val,
         classes=[str(name) for name in digits.target_names],
         mean=mean,

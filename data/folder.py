@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+from collections import Counter
 from pathlib import Path
-from typing import Any
+from typing import Any, Optional
 
 import torch
 from PIL import Image
@@ -13,13 +14,14 @@ from torchvision.io import ImageReadMode, decode_image, read_file
 from torchvision.transforms import v2
 
 from .bad_images import SkipUnreadable, UnreadableImage
+from .class_folders import (LAYOUT, class_folders, empty_classes_problem, is_image_file, mismatch_problem,
+                            too_few_classes_problem)
 from .config import DataConfig
 from .info import Splits
 from .paths import require_root
 from .transforms import folder_transforms
 
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
-LAYOUT = "train/<class>/<image> and val/<class>/<image>"
 # what PIL (OSError, SyntaxError, ValueError, decompression bombs) and torchvision.io (RuntimeError) raise on a bad file
 FILE_ERRORS = (OSError, SyntaxError, ValueError, RuntimeError, Image.DecompressionBombError)
 # Decoded by torchvision.io (libjpeg-turbo, libpng, libwebp) straight to a uint8 tensor: about twice PIL's
@@ -51,43 +53,44 @@ def first_line(err: Exception) -> str:
     return str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
 
 
+class _ClassFolders(datasets.ImageFolder):
+    """torchvision's ImageFolder under this project's rule of what a class folder is (data/class_folders.py)."""
+
+    def find_classes(self, directory: str) -> tuple[list[str], dict[str, int]]:
+        classes = class_folders(directory)
+        return classes, {name: index for index, name in enumerate(classes)}
+
+
 def _split(directory: Path, transform: v2.Compose) -> datasets.ImageFolder:
-    """Re-raises torchvision's multi-cause errors as one line naming the folder and the fix."""
+    """One split, refused in one line naming the folder, the problem and the fix when it breaks the rule."""
     if not directory.is_dir():
         raise FileNotFoundError(f"{directory} not found: data.root must hold {LAYOUT}; fix data.root or the tree")
-    try:
-        # Every image is decoded to RGB (greyscale and CMYK JPEGs exist in ImageNet).
-        return datasets.ImageFolder(str(directory), transform=transform, loader=read_image)
-    except FileNotFoundError as err:
-        raise FileNotFoundError(f"no images under {directory} ({err}); put images in {directory}/<class>/ "
-                                f"or fix data.root") from err
+    _refuse(too_few_classes_problem(directory, class_folders(directory)), directory.parent)
+    split = _ClassFolders(str(directory), transform=transform, loader=read_image, is_valid_file=is_image_file,
+                          allow_empty=True)
+    counts = Counter(split.targets)
+    _refuse(empty_classes_problem(directory, {name: counts[index] for index, name in enumerate(split.classes)}),
+            directory.parent)
+    return split
 
 
-def _require_two_classes(directory: Path, classes: list[str]) -> None:
-    """One class folder would train to 100 % top-1 on a task with nothing to learn: refuse it."""
-    if len(classes) < 2:
-        raise ValueError(f"{directory} holds {len(classes)} class folder ({', '.join(classes)}); a classifier needs "
-                         f"at least 2: add class folders or fix data.root")
+def _refuse(problem: Optional[str], root: Path) -> None:
+    if problem is not None:
+        raise ValueError(f"{problem}; python scripts/check_data.py {root} lists every problem of the tree")
 
 
-def _differences(a: list[str], b: list[str], limit: int = 5) -> str:
-    return ", ".join(sorted(set(a) - set(b))[:limit]) or "none"
-
-
-def build_folder(cfg: DataConfig) -> Splits:
-    """Train and val must list the same classes: labels are folder indices, so a mismatch would silently
-    relabel every class after the first difference."""
+def build_folder(cfg: DataConfig, *, with_train: bool = True) -> Splits:
+    """``with_train=False`` (evaluating a checkpoint) reads val/ alone. With both, train/ and val/ must hold
+    the same class folders: labels are folder indices, so a mismatch would relabel every class after it."""
     root = require_root(cfg, LAYOUT)
     if not root.is_dir():
         raise FileNotFoundError(f"data.root={root} does not exist; set data.root to a folder holding {LAYOUT}")
     train_tf, val_tf = folder_transforms(cfg, IMAGENET_MEAN, IMAGENET_STD)
-    train, val = _split(root / "train", train_tf), _split(root / "val", val_tf)
-    _require_two_classes(root / "train", train.classes)
-    if train.classes != val.classes:
-        raise ValueError(f"train/ and val/ under {root} hold different classes (only in train: "
-                         f"{_differences(train.classes, val.classes)}; only in val: "
-                         f"{_differences(val.classes, train.classes)}); give both the same class folders")
-    classes = list(train.classes)
+    train = _split(root / "train", train_tf) if with_train else None
+    val = _split(root / "val", val_tf)
+    if train is not None:
+        _refuse(mismatch_problem(root, train.classes, val.classes), root)
+    classes = list(val.classes)
     if cfg.skip_bad_images:
-        train, val = SkipUnreadable(train), SkipUnreadable(val)
+        train, val = SkipUnreadable(train) if train is not None else None, SkipUnreadable(val)
     return Splits(train=train, val=val, classes=classes, mean=IMAGENET_MEAN, std=IMAGENET_STD)

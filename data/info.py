@@ -3,15 +3,16 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import NamedTuple
+from typing import NamedTuple, Optional
 
 from torch.utils.data import Dataset
 
 
 class Splits(NamedTuple):
-    """A builder's result; the loaders derive sizes and class count from it so builders cannot disagree."""
+    """A builder's result; the loaders derive sizes and class count from it so builders cannot disagree.
+    ``train`` is None when the builder was asked for the validation split alone and skipped reading it."""
 
-    train: Dataset
+    train: Optional[Dataset]
     val: Dataset
     classes: list[str]
     mean: tuple[float, ...]

@@ -12,7 +12,7 @@ from .batch_augment import BatchAugmentedLoader, batch_collate
 from .bad_images import CountingLoader
 from .checks import check_data_config
 from .config import DataConfig
-from .info import DataInfo
+from .info import DataInfo, Splits
 from .registry import BUILDERS
 from .samplers import ResumableSampler, ShardSampler
 from .seeds import mixed_seed
@@ -44,18 +44,12 @@ def build_loaders(
     ``numpy`` from the loader's generator and the worker id, and ``set_epoch`` reseeds that generator
     from (seed, epoch, rank): ranks augment differently, and a run augments the same way every time.
     """
-    check_data_config(cfg)
-    if seed < 0:
-        raise ValueError(f"seed={seed} is invalid: set a non-negative integer")
-    if not 0 <= rank < world_size:
-        raise ValueError(f"rank={rank} with world_size={world_size} is invalid: need 0 <= rank < world_size")
-    splits = BUILDERS[cfg.name].load()(cfg)
+    splits = _splits(cfg, seed, rank, world_size, with_train=True)
     per_process = -(-len(splits.train) // world_size)
     if per_process < cfg.batch_size:
         raise ValueError(f"data.batch_size={cfg.batch_size} exceeds the {per_process} training images per "
                          f"process, so an epoch would have no full batch; lower data.batch_size")
-    common = dict(num_workers=cfg.num_workers, pin_memory=pin_memory,
-                  persistent_workers=cfg.persistent_workers and cfg.num_workers > 0)
+    common = _common(cfg, pin_memory)
     # Each loader owns a generator: starting an epoch or a validation pass then never draws from the
     # global RNG that training uses, and validating cannot shift the training workers' seeds.
     train = _on_device(CountingLoader(
@@ -64,16 +58,47 @@ def build_loaders(
         generator=torch.Generator().manual_seed(mixed_seed(seed, 0, rank)), **common,
         **_collation(splits.train),
     ), device, seed, rank)
-    val = _on_device(CountingLoader(
+    return train, _val_loader(cfg, splits, seed, rank, world_size, common, device), _info(cfg, splits)
+
+
+def build_val_loader(
+    cfg: DataConfig, *, seed: int, rank: int = 0, world_size: int = 1, pin_memory: bool = False,
+    device: torch.device | str = "cpu",
+) -> tuple[Loader, DataInfo]:
+    """What evaluating a checkpoint needs: the validation split alone (a folder dataset's train/ is not
+    read and need not exist), loaded as ``build_loaders`` loads it."""
+    splits = _splits(cfg, seed, rank, world_size, with_train=False)
+    return _val_loader(cfg, splits, seed, rank, world_size, _common(cfg, pin_memory), device), _info(cfg, splits)
+
+
+def _splits(cfg: DataConfig, seed: int, rank: int, world_size: int, *, with_train: bool) -> Splits:
+    check_data_config(cfg)
+    if seed < 0:
+        raise ValueError(f"seed={seed} is invalid: set a non-negative integer")
+    if not 0 <= rank < world_size:
+        raise ValueError(f"rank={rank} with world_size={world_size} is invalid: need 0 <= rank < world_size")
+    return BUILDERS[cfg.name].load()(cfg, with_train=with_train)
+
+
+def _common(cfg: DataConfig, pin_memory: bool) -> dict[str, Any]:
+    return dict(num_workers=cfg.num_workers, pin_memory=pin_memory,
+                persistent_workers=cfg.persistent_workers and cfg.num_workers > 0)
+
+
+def _val_loader(cfg: DataConfig, splits: Splits, seed: int, rank: int, world_size: int, common: dict[str, Any],
+                device: torch.device | str) -> Loader:
+    return _on_device(CountingLoader(
         splits.val, batch_size=cfg.eval_batch_size or cfg.batch_size,
         sampler=ShardSampler(splits.val, rank=rank, world_size=world_size),
         generator=torch.Generator().manual_seed(mixed_seed(seed, 0, rank)), **common,
         **_collation(splits.val),
     ), device, seed, rank)
-    info = DataInfo(num_classes=len(splits.classes), image_size=cfg.image_size,
+
+
+def _info(cfg: DataConfig, splits: Splits) -> DataInfo:
+    return DataInfo(num_classes=len(splits.classes), image_size=cfg.image_size,
                     test_image_size=cfg.test_image_size or cfg.image_size, mean=splits.mean, std=splits.std,
                     classes=splits.classes)
-    return train, val, info
 
 
 def _collation(dataset: Dataset) -> dict[str, Any]:

@@ -10,18 +10,19 @@ import importlib
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from .config import DataConfig
 from .info import Splits
 
 
 @dataclass(frozen=True)
 class Builder:
-    target: str  # "package.module:function", the function taking a DataConfig and returning Splits
+    # "package.module:function": the function taking a DataConfig (and with_train: False when only the
+    # validation split is needed, so a builder may skip reading the training files) and returning Splits
+    target: str
     # The dataset-specific data.* settings it reads; check_data_config rejects the others when set,
     # since the run would silently ignore them.
     takes: tuple[str, ...] = ()
 
-    def load(self) -> Callable[[DataConfig], Splits]:
+    def load(self) -> Callable[..., Splits]:
         """Import the builder's module now (first use), not when the table is read."""
         module, function = self.target.split(":")
         return getattr(importlib.import_module(module), function)

@@ -245,9 +245,11 @@ def test_imagefolder_errors_name_the_path_and_the_fix(tmp_path: Path, imagefolde
         build_loaders(_folder_cfg(tmp_path / "missing"), seed=0)
 
     empty = tmp_path / "empty"
-    (empty / "train" / "ant").mkdir(parents=True)
-    (empty / "val" / "ant").mkdir(parents=True)
-    with pytest.raises(FileNotFoundError, match="no images under .*train"):
+    for split in ("train", "val"):
+        for name in ("ant", "bee"):
+            (empty / split / name).mkdir(parents=True)
+    (empty / "train" / "ant" / "notes.txt").write_text("not an image")
+    with pytest.raises(ValueError, match=r"empty/train: 2 class folders without image files \(ant, bee\)"):
         build_loaders(_folder_cfg(empty), seed=0)
 
     (imagefolder_root / "val" / "cat").rename(imagefolder_root / "val" / "dog")
@@ -351,8 +353,8 @@ class _RandomProbe(Dataset):
         return torch.tensor([np.random.randint(1 << 30), random.randint(0, 1 << 30)])
 
 
-def build_probe(cfg: DataConfig) -> Splits:
-    return Splits(_RandomProbe(), _RandomProbe(), ["a"], (0.0,) * 3, (1.0,) * 3)
+def build_probe(cfg: DataConfig, *, with_train: bool = True) -> Splits:
+    return Splits(_RandomProbe() if with_train else None, _RandomProbe(), ["a"], (0.0,) * 3, (1.0,) * 3)
 
 
 def test_workers_seed_numpy_and_random_per_worker_and_epoch(monkeypatch: pytest.MonkeyPatch) -> None:
