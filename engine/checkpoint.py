@@ -2,11 +2,14 @@
 
 A checkpoint is a dict of tensors and plain data: the model's and optimizer's state, the GradScaler,
 the weights' moving average (EMA, when trained with one), the position in training (epoch, batch
-within the epoch, optimizer step), the best top-1 so far, every RNG state of every process (a list
-indexed by rank: each rank draws its own augmentation and mixing), the resolved config and the data facts the model was built for (``data_info``). It is written atomically (a temporary file renamed into
-place, so a crash never leaves half a file) and read with ``weights_only=True`` (a file can never
-run code). The learning-rate schedule is not stored: it is a function of the optimizer step and the
-config, so a resumed run with more epochs or another lr re-plans it instead of replaying the old plan.
+within the epoch, optimizer step), the best top-1 so far, the record of every epoch so far
+(engine/epoch_record.py: what metrics.csv and TensorBoard are rebuilt from on resume), every RNG state
+and the sums of the epoch in progress of every process (lists indexed by rank: each rank draws its own
+augmentation and mixing), the resolved config and the data facts the model was built for
+(``data_info``). It is written atomically (a temporary file renamed into place, so a crash never
+leaves half a file) and read with ``weights_only=True`` (a file can never run code). The learning-rate
+schedule is not stored: it is a function of the optimizer step and the config, so a resumed run with
+more epochs or another lr re-plans it instead of replaying the old plan.
 """
 
 from __future__ import annotations
@@ -28,9 +31,12 @@ from torch import nn
 from torch.optim import Optimizer
 
 from .faults import storage_error
+from .metrics import EpochTotals
 
 LAST, BEST = "last.pt", "best.pt"
 PARTIAL = ".tmp"  # suffix of a file being written
+_UMASK = os.umask(0o022)
+os.umask(_UMASK)  # read once: files written here get the permissions a plain open() would give them
 PROGRESS_KEYS = ("epoch", "batches_done", "step", "best_top1", "best_epoch", "train_time_s")
 
 
@@ -67,6 +73,8 @@ class TrainState:
     train_time_s: float = 0.0  # time spent training, summed over resumptions
     # events counted over the whole run, e.g. skipped non-finite steps and replaced unreadable images
     counters: dict[str, int] = field(default_factory=dict)
+    records: list[dict[str, Any]] = field(default_factory=list)  # one per completed epoch (engine/epoch_record.py)
+    epoch_totals: Optional[EpochTotals] = None  # the sums of the epoch in progress (engine/metrics.py)
 
     def state_dict(self) -> dict[str, Any]:
         return {
@@ -76,6 +84,7 @@ class TrainState:
             "ema": self.ema.module.state_dict() if self.ema is not None else None,
             **{key: getattr(self, key) for key in PROGRESS_KEYS},
             "counters": dict(self.counters),
+            "records": [dict(row) for row in self.records],
         }
 
     def load_progress(self, ckpt: dict[str, Any]) -> None:
@@ -99,6 +108,7 @@ class TrainState:
         for key in PROGRESS_KEYS:
             setattr(self, key, ckpt[key])
         self.counters = dict(ckpt.get("counters", {}))  # absent in checkpoints written before it existed
+        self.records = [dict(row) for row in ckpt.get("records", [])]
         self.scheduler.step_update(num_updates=self.step)
 
 
@@ -142,6 +152,7 @@ def atomic_write(path: str | os.PathLike, write: Callable[[str], None]) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=PARTIAL)
         os.close(fd)
+        os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp's 0600 would hide the run's record from the user's group
         write(tmp)
         os.replace(tmp, path)
     except BaseException as err:
@@ -161,15 +172,23 @@ def save_json(obj: Any, path: str | os.PathLike) -> None:
     atomic_write(path, write)
 
 
+def capture_process_state(state: TrainState) -> dict[str, Any]:
+    """What each process holds of its own and a checkpoint keeps per rank: its RNG states and the sums
+    of its share of the epoch in progress."""
+    totals = state.epoch_totals.state_dict() if state.epoch_totals is not None else None
+    return {"rng": capture_rng(), "epoch_totals": totals}
+
+
 def save_checkpoint(path: str | Path, state: TrainState, config: dict[str, Any], data_info: dict[str, Any],
-                    rng: list[dict[str, Any]], *, ema_weights: bool = False) -> None:
+                    per_rank: list[dict[str, Any]], *, ema_weights: bool = False) -> None:
     """``data_info``: what the model was built for (class count, image size, normalisation), so analysis
     tools can rebuild the network from the checkpoint alone, even where the dataset is absent.
-    ``rng``: every process's ``capture_rng()``, by rank. ``ema_weights``: the ``model`` entry holds the
-    EMA's weights (best.pt under trainer.best_of=ema), so every reader of the file sees the kept weights;
-    ``weights`` says which they are."""
-    checkpoint = {**state.state_dict(), "rng": rng, "config": config, "data_info": data_info,
-                  "weights": "ema" if ema_weights else "model"}
+    ``per_rank``: every process's ``capture_process_state()``, by rank. ``ema_weights``: the ``model``
+    entry holds the EMA's weights (best.pt under trainer.best_of=ema), so every reader of the file sees
+    the kept weights; ``weights`` says which they are."""
+    checkpoint = {**state.state_dict(), "rng": [rank["rng"] for rank in per_rank],
+                  "epoch_totals": [rank["epoch_totals"] for rank in per_rank], "config": config,
+                  "data_info": data_info, "weights": "ema" if ema_weights else "model"}
     if ema_weights:
         checkpoint["model"] = checkpoint["ema"]
     atomic_write(path, lambda tmp: _write_durably(tmp, checkpoint))
@@ -232,14 +251,18 @@ def load_model_weights(model: nn.Module, ckpt: dict[str, Any], path: str | Path)
 
 
 def restore(state: TrainState, ckpt: dict[str, Any], path: str | Path, rank: int = 0) -> bool:
-    """Weights, optimizer, position and this rank's RNG state; False when the checkpoint has no RNG state
-    for ``rank`` (written by fewer processes): that rank's draws then go on from its own seed."""
+    """Weights, optimizer, position, and this rank's RNG state and sums of the epoch in progress; False
+    when the checkpoint has no state for ``rank`` (written by fewer processes): that rank's draws then go
+    on from its own seed, and its share of the epoch is counted from the resumed batch on."""
     load_model_weights(state.model, ckpt, path)
     state.load_progress(ckpt)
     states = ckpt["rng"] if isinstance(ckpt["rng"], list) else [ckpt["rng"]]  # one dict: an older checkpoint
     if rank >= len(states):
         return False
     restore_rng(states[rank])
+    totals = ckpt.get("epoch_totals") or []
+    if state.batches_done and state.epoch_totals is not None and rank < len(totals) and totals[rank] is not None:
+        state.epoch_totals.load_state_dict(totals[rank])
     return True
 
 

@@ -19,7 +19,7 @@ from tqdm import tqdm
 from gmconv import reuse_masked_weights
 
 from .checkpoint import TrainState, unwrap
-from .metrics import MetricSums
+from .metrics import EpochTotals, MetricSums
 from .nonfinite import NonFiniteGuard
 from .recipe import Objective
 
@@ -72,8 +72,9 @@ def train_one_epoch(
     on_step: Optional[Callable[[TrainState], bool]] = None,
     guard: Optional[NonFiniteGuard] = None,
 ) -> dict[str, float]:
-    """Train one epoch (the rest of it, after a mid-epoch checkpoint); returns mean loss, top-1 (%),
-    the mean learning rate of its steps, images/s, seconds, and whether ``on_step`` asked to stop.
+    """Train one epoch (the rest of it, after a mid-epoch checkpoint); returns the whole epoch's mean loss,
+    top-1 (%), mean learning rate of its steps, images/s and seconds (``state.epoch_totals`` holds what
+    was summed before a stop), and whether ``on_step`` asked to stop.
 
     ``cfg`` is the ``trainer`` config group; ``objective`` mixes the batch and computes the loss. An
     optimizer step follows every ``cfg.accumulate_steps`` batches (and the epoch's last, smaller group),
@@ -85,15 +86,18 @@ def train_one_epoch(
     """
     model, optimizer = state.model, state.optimizer
     model.train()
-    sums = MetricSums(device)
+    if state.batches_done == 0 or state.epoch_totals is None:
+        state.epoch_totals = EpochTotals(device)
+    totals = state.epoch_totals  # the epoch's sums so far: empty, or restored from a mid-epoch checkpoint
+    sums = totals.metrics
     start_batch = state.batches_done
     batches, total = _batches(loader, None if cfg.limit_train_batches is None else cfg.limit_train_batches - start_batch)
     epoch_batches, group = start_batch + total, cfg.accumulate_steps
     bar = tqdm(batches, total=total, desc=f"train {epoch + 1}/{cfg.epochs}", disable=progress is not Progress.bar,
                leave=False, dynamic_ncols=True, file=sys.stdout)
-    start = time.perf_counter()
+    totals.start()
+    stretch_start = time.perf_counter()
     stopped = False
-    lr_sum, steps = 0.0, 0
     for i, (images, targets) in enumerate(bar):
         batch = start_batch + i
         group_start = batch - batch % group
@@ -110,27 +114,28 @@ def train_one_epoch(
             _backward(state, loss / group_size)
         sums.update(loss.detach() * targets.shape[0], logits.detach().float(), objective.dominant_labels(targets))
         if last_of_group:
-            lr_sum, steps = lr_sum + current_lr(state), steps + 1
+            totals.lr_sum, totals.steps = totals.lr_sum + current_lr(state), totals.steps + 1
             _optimizer_step(state, cfg.grad_clip, guard, loss, epoch)
             state.batches_done = batch + 1
             if on_step is not None and on_step(state):
                 stopped = True
                 break
         if progress is Progress.bar and (i % 10 == 0 or i == total - 1):
-            bar.set_postfix(_running(sums, start, state))
+            bar.set_postfix(_running(totals, state))
         elif progress is Progress.lines and (i + 1) % cfg.log_every_steps == 0:
-            running = _running(sums, start, state)
-            eta = (total - i - 1) * (time.perf_counter() - start) / (i + 1)
+            running = _running(totals, state)
+            eta = (total - i - 1) * (time.perf_counter() - stretch_start) / (i + 1)
             log.info("epoch %d/%d  batch %d/%d  loss %s  top1 %s%%  lr %s  %s img/s  ETA %s", epoch + 1, cfg.epochs,
                      start_batch + i + 1, start_batch + total, running["loss"], running["top1"], running["lr"],
                      running["img_s"], format_duration(eta))
     if device.type == "cuda":
         torch.cuda.synchronize(device)
-    seconds = time.perf_counter() - start
+    totals.stop()
     metrics = sums.compute()
+    seconds = totals.seconds
     images_per_s = metrics["samples"] / seconds if seconds > 0 else 0.0
-    return {"loss": metrics["loss"], "top1": metrics["top1"], "lr": lr_sum / max(steps, 1), "images_per_s": images_per_s,
-            "seconds": seconds, "stopped": stopped}
+    return {"loss": metrics["loss"], "top1": metrics["top1"], "lr": totals.lr_sum / max(totals.steps, 1),
+            "images_per_s": images_per_s, "seconds": seconds, "stopped": stopped}
 
 
 def _sync_gradients(model: nn.Module, sync: bool) -> contextlib.AbstractContextManager:
@@ -166,11 +171,11 @@ def _optimizer_step(state: TrainState, grad_clip: Optional[float], guard: Option
         state.ema.update(unwrap(state.model), step=state.step)
 
 
-def _running(sums: MetricSums, start: float, state: TrainState) -> dict[str, str]:
+def _running(totals: EpochTotals, state: TrainState) -> dict[str, str]:
     """This process's running averages, as shown while an epoch trains (read without waiting for the device)."""
-    loss, top1 = sums.running()
+    loss, top1 = totals.metrics.running()
     return {"loss": f"{loss:.3f}", "top1": f"{top1:.1f}", "lr": f"{current_lr(state):.3g}",
-            "img_s": f"{sums.count / (time.perf_counter() - start):.0f}"}
+            "img_s": f"{totals.metrics.count / max(totals.elapsed(), 1e-9):.0f}"}
 
 
 def format_duration(seconds: float) -> str:

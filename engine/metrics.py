@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import time
+from typing import Any
+
 import torch
 import torch.distributed as dist
 
@@ -72,3 +75,36 @@ class _AsyncReadout:
             self.event.record()
             self.in_flight = count
         return self.values, self.count
+
+
+class EpochTotals:
+    """The sums of the epoch being trained: its metrics, learning rates and time.
+
+    A mid-epoch checkpoint keeps them (one per rank), so an epoch that was stopped and resumed reports
+    all of its batches and all of its training time, as the uninterrupted epoch would have.
+    """
+
+    def __init__(self, device: torch.device) -> None:
+        self.metrics = MetricSums(device)
+        self.lr_sum, self.steps = 0.0, 0
+        self.seconds = 0.0  # of the stretches already finished (before a stop, or earlier in this one)
+        self._since: float | None = None  # perf_counter() when the current stretch started
+
+    def start(self) -> None:
+        self._since = time.perf_counter()
+
+    def stop(self) -> None:
+        self.seconds = self.elapsed()
+        self._since = None
+
+    def elapsed(self) -> float:
+        return self.seconds + (time.perf_counter() - self._since if self._since is not None else 0.0)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"sums": self.metrics.sums.cpu(), "count": self.metrics.count, "lr_sum": self.lr_sum,
+                "steps": self.steps, "seconds": self.elapsed()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.metrics.sums.copy_(state["sums"])
+        self.metrics.count, self.lr_sum, self.steps, self.seconds = (state["count"], state["lr_sum"], state["steps"],
+                                                                     state["seconds"])

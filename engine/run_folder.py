@@ -1,11 +1,12 @@
 """A run folder and the rule that protects it: its record is written only by the run that owns it.
 
-    <run>/.hydra/{config,hydra,overrides}.yaml   written once, when the run starts (never on resume)
-    <run>/train.log                              Hydra's log of every process that ran here
+    <run>/.hydra/{config,hydra,overrides}.yaml   the first session's composition, written when the run starts
+    <run>/history.json                           every session: overrides, changes, wall time (engine/history.py)
+    <run>/train.log                              the log of every command that ran here (engine/run_log.py)
     <run>/tb/, metrics.csv                       curves (engine/tracking.py)
     <run>/checkpoints/{last,best}.pt             engine/checkpoint.py
-    <run>/results.json                           written once, when the run completes
-    <run>/.lock                                  held (flock) by the process writing the run, see ``hold``
+    <run>/results.json                           written when the run completes (again after an extension)
+    <run>/.lock                                  locked by the process writing the run, see ``hold``
 
 Hydra would write .hydra/ into whatever folder it is given, before any check could run, so it is
 told not to (``hydra.output_subdir: null`` in configs/train.yaml) and the run writes it here, after
@@ -33,10 +34,15 @@ from omegaconf import DictConfig, OmegaConf, open_dict, read_write
 from .checkpoint import BEST, LAST, PARTIAL, atomic_write, save_json
 from .faults import storage_error
 from .process import init_distributed
+from .sweep_folders import announce_swept_settings
+from .tracking import EVENTS, finish_compaction
 
 log = logging.getLogger(__name__)
 
 CONFIG_DIR = ".hydra"
+# on top of .hydra/config.yaml and overrides.yaml: they are not the whole story of a resumed run
+FIRST_SESSION_NOTE = ("# The composition of this run's first session. Later sessions (resumes, extensions) and the "
+                      "settings\n# each changed are in ../history.json; ../results.json holds the final config.\n")
 RESULTS = "results.json"
 LOG = "train.log"
 LOCK = ".lock"
@@ -83,8 +89,10 @@ class RunFolder:
     def hold(self) -> Iterator[None]:
         """Be the one process writing this folder: a second one (two resumes of one run) is refused.
 
-        The kernel releases an ``flock`` when its process dies, however it dies, so a killed run never
-        leaves the folder locked. Once held, the partial files a killed process left are removed.
+        The lock is a POSIX record lock (``lockf``): the kernel releases it when its process dies, however
+        it dies, and, unlike an ``flock``, the processes it forks (DataLoader workers, which outlive a
+        SIGKILLed parent by seconds) do not hold it, so a killed run never leaves the folder locked. Once
+        held, the partial files a killed process left are removed.
         """
         path = self.path / LOCK
         try:
@@ -94,27 +102,33 @@ class RunFolder:
             raise storage_error(err, path) from err
         with lock:
             try:
-                fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                raise ValueError(f"{self.path} is in use by another process (it holds {path}); wait for that "
-                                 "run to end or stop it, then try again (a killed process frees it at once)") from None
-            except OSError as err:  # a file system without flock, e.g. some NFS or Lustre mounts
+                fcntl.lockf(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError as err:
+                if err.errno in (errno.EACCES, errno.EAGAIN):
+                    raise ValueError(f"{self.path} is in use by another process (it holds {path}); wait for that "
+                                     "run to end or stop it, then try again (a killed process frees it at once)"
+                                     ) from None
                 log.warning("cannot lock %s (%s): nothing stops a second process from writing this run folder "
-                            "at the same time", path, err.strerror)
+                            "at the same time (a file system without locks, e.g. some NFS mounts)", path, err.strerror)
             self.remove_partial_writes()
             yield
 
     def remove_partial_writes(self) -> None:
-        """The temporary files of writes that a killed process never finished (see ``atomic_write``)."""
+        """The temporary files of writes that a killed process never finished (see ``atomic_write``), and a
+        compaction of the TensorBoard events that one left half done (see ``compact_events``)."""
         for folder in (self.path, self.path / CONFIG_DIR, self.checkpoints):
             for partial in folder.glob(f".*{PARTIAL}"):
                 partial.unlink(missing_ok=True)
+        finish_compaction(self.path / EVENTS)
 
-    def write_config(self, config: DictConfig, hydra_config: DictConfig | None, overrides: list[str]) -> None:
+    def write_config(self, config: DictConfig, hydra_config: DictConfig | None, overrides: list[str], *,
+                     header: str = "") -> None:
+        """.hydra/, as Hydra would write it; ``header`` (a YAML comment) goes on top of config and overrides."""
         folder = self.path / CONFIG_DIR
         for name, node in (("config.yaml", config), ("hydra.yaml", hydra_config), ("overrides.yaml", overrides)):
             if node is not None:
                 text = OmegaConf.to_yaml(node if OmegaConf.is_config(node) else OmegaConf.create(node))
+                text = header + text if name != "hydra.yaml" else text
                 atomic_write(folder / name, lambda tmp, text=text: Path(tmp).write_text(text))
 
     def write_results(self, results: dict[str, Any]) -> None:
@@ -138,6 +152,10 @@ class ClaimRunFolder(Callback):
     be made or written (its parent is a file, no permission, a read-only disk) stops the run in one line
     instead of Hydra's traceback. Under torchrun rank 0 chooses and every rank uses its choice.
     """
+
+    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        """A sweep names its jobs' folders after the settings it sweeps (engine/sweep_folders.py)."""
+        announce_swept_settings(config.hydra.overrides.task)
 
     def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
         run = config.hydra.run

@@ -1,8 +1,12 @@
-"""What a run reports while it trains: TensorBoard curves and a per-epoch metrics.csv (rank 0 only).
+"""What a run reports while it trains: TensorBoard curves and metrics.csv (rank 0 only).
 
-Every TensorBoard curve uses the optimizer step as its x-axis (the epoch is a curve of its own): one
-axis that a resumed run can purge back to exactly. metrics.csv has one row per epoch (what timm's
-summary.csv gives), for people who plot with pandas; a resumed run drops the rows after its checkpoint.
+Both are views of the run's epoch records (engine/epoch_record.py), which checkpoints carry. Every
+TensorBoard curve uses the optimizer step as its x-axis (the epoch is a curve of its own). A resumed
+run first makes both agree with the checkpoint it continues from: metrics.csv is rewritten from the
+checkpoint's records, and the TensorBoard events written after the checkpoint's step (by a session
+killed after it) are removed from the event files (``compact_events``), so every reader, not only
+TensorBoard's own, sees each epoch once. metrics.csv has one row per epoch (what timm's summary.csv
+gives), under a header fixed for the run, and is rewritten whole and atomically at every epoch.
 
 Curves are worth less than the run: a write that fails (full disk, lost mount) is reported once and the
 curves stop there, while training and its checkpoints go on.
@@ -13,63 +17,88 @@ from __future__ import annotations
 import csv
 import logging
 import math
+import os
+import shutil
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterable
 
 import torch
 import torch.nn.functional as F
+from tensorboard.backend.event_processing.event_file_loader import RawEventFileLoader
+from tensorboard.compat.proto.event_pb2 import Event
+from tensorboard.summary.writer.record_writer import RecordWriter
 from torch import nn
 from torch.utils.tensorboard import SummaryWriter
 
 from gmconv import GMConv2d, sigma_stats
 from gmconv.stats import masks_by_sigma
 
+from . import epoch_record
 from .checkpoint import atomic_write
+from .faults import StorageError
 
 log = logging.getLogger(__name__)
 
 METRICS_CSV = "metrics.csv"
-# metrics.csv column → TensorBoard tag (other columns keep their name; "step" is the x-axis)
-TB_TAGS = {"train_loss": "train/loss", "train_top1": "train/top1", "val_loss": "val/loss", "val_top1": "val/top1",
-           "val_top5": "val/top5", "val_ema_loss": "val_ema/loss", "val_ema_top1": "val_ema/top1",
-           "val_ema_top5": "val_ema/top5", "images_per_s": "perf/images_per_s", "epoch_time_s": "perf/epoch_time_s"}
+EVENTS = "tb"
+EVENT_FILES = "*tfevents*"
+# a compaction in progress (see compact_events): the new folder, and the old one once replaced
+COMPACTING, REPLACED = ".tb.compacting", ".tb.replaced"
+HPARAMS_TAGS = ("_hparams_/", "hparam/")  # the run-level summary of a completed session
 MASK_CHANNELS = 3  # Tracker.masks shows the masks of the smallest, median and largest σ of a layer
 MASK_PIXELS = 24  # at least this many pixels per mask side, so a 3×3 mask is visible in TensorBoard
 
 
 class Tracker:
-    def __init__(self, run_dir: Path, enabled: bool, resumed_at: tuple[int, int] | None = None) -> None:
-        """``resumed_at``: (step, epoch) of the checkpoint a resumed run continues from."""
-        self.csv_path = run_dir / METRICS_CSV
-        self.writer = None
-        if not enabled:
+    """The run's curves: ``start`` once the run is committed to its folder, then ``epoch`` per record."""
+
+    def __init__(self, run_dir: Path, enabled: bool, *, with_ema: bool = False) -> None:
+        self.run_dir, self.enabled, self.with_ema = Path(run_dir), enabled, with_ema
+        self.csv_path = self.run_dir / METRICS_CSV
+        self.writer: Any = None
+
+    def start(self, records: list[dict[str, Any]], resumed_step: int | None = None) -> None:
+        """metrics.csv from ``records`` (a resumed run's checkpoint holds them), the events kept up to
+        ``resumed_step`` (a fresh run: none), then the event writer for this session."""
+        if not self.enabled:
             return
-        # purge_step drops events a crashed run wrote after its last checkpoint, so resumed curves do not double back
-        self.writer = _Tolerant(SummaryWriter(str(run_dir / "tb"), purge_step=resumed_at[0] if resumed_at else None))
-        if resumed_at:
-            self._keep_rows_up_to(resumed_at[1])
-        else:
-            self.csv_path.unlink(missing_ok=True)
+        compact_events(self.run_dir / EVENTS, keep_up_to=-1 if resumed_step is None else resumed_step)
+        self.write_csv(records)
+        self.writer = _Tolerant(SummaryWriter(str(self.run_dir / EVENTS)))
 
     def scalars(self, values: dict[str, float], step: int) -> None:
         if self.writer:
             for tag, value in values.items():
                 self.writer.add_scalar(tag, value, step)
 
-    def epoch(self, row: dict[str, Any]) -> None:
-        """One epoch's numbers (with its ``step``): TensorBoard scalars and a metrics.csv row."""
+    def epoch(self, row: dict[str, Any], records: list[dict[str, Any]]) -> None:
+        """One epoch's record: its TensorBoard scalars at its step, and metrics.csv with every record."""
         if not self.writer:
             return
-        self.scalars({TB_TAGS.get(key, key): value for key, value in row.items() if key != "step"}, row["step"])
-        new = not self.csv_path.is_file()
+        self.scalars(epoch_record.scalars(row), row["step"])
+        self.write_csv(records)
+
+    def write_csv(self, records: list[dict[str, Any]]) -> None:
+        """metrics.csv, whole: one row per record under the run's header (empty cells where an epoch
+        measured nothing), written atomically, so a reader or a kill never sees half a file."""
+        header = epoch_record.columns(self.with_ema, [key for row in records for key in row])
+
+        def write(tmp: str) -> None:
+            with open(tmp, "w", newline="") as f:
+                writer = csv.DictWriter(f, fieldnames=header)
+                writer.writeheader()
+                writer.writerows(records)
+
         try:
-            with self.csv_path.open("a", newline="") as f:
-                writer = csv.DictWriter(f, fieldnames=list(row))
-                if new:
-                    writer.writeheader()
-                writer.writerow(row)
-        except OSError as err:
-            log.warning("cannot write %s (%s); training and checkpoints go on", self.csv_path, err)
+            atomic_write(self.csv_path, write)
+        except StorageError as err:
+            log.warning("%s; training and checkpoints go on", err)
+
+    def flush(self) -> None:
+        """Everything logged so far onto the disk: called before each checkpoint, so the curves of the
+        state a checkpoint holds survive a kill (the writer otherwise flushes every two minutes)."""
+        if self.writer:
+            self.writer.flush()
 
     def sigma(self, model: nn.Module, step: int) -> None:
         """Per-layer σ of a GMConv model: mean/min/max scalars and a histogram per layer."""
@@ -95,31 +124,14 @@ class Tracker:
             if isinstance(module, GMConv2d):
                 self.writer.add_image(f"sigma_mask/{name}", mask_strip(module), step, dataformats="HW")
 
-    def hparams(self, hparams: dict[str, Any], metrics: dict[str, float]) -> None:
+    def hparams(self, hparams: dict[str, Any], metrics: dict[str, float], step: int) -> None:
         """Written into the run's own event folder so TensorBoard's HPARAMS tab lines runs up."""
         if self.writer:
-            self.writer.add_hparams(hparams, metrics, run_name=".")
+            self.writer.add_hparams(hparams, metrics, run_name=".", global_step=step)
 
     def close(self) -> None:
         if self.writer:
             self.writer.close()
-
-    def _keep_rows_up_to(self, epoch: int) -> None:
-        if not self.csv_path.is_file():
-            return
-        with self.csv_path.open(newline="") as f:
-            rows = list(csv.DictReader(f))
-        kept = [row for row in rows if int(row["epoch"]) <= epoch]
-        if not rows:
-            return
-
-        def write(tmp: str) -> None:
-            with open(tmp, "w", newline="") as f:
-                writer = csv.DictWriter(f, fieldnames=list(rows[0]))
-                writer.writeheader()
-                writer.writerows(kept)
-
-        atomic_write(self.csv_path, write)
 
 
 class _Tolerant:
@@ -154,3 +166,63 @@ def mask_strip(layer: GMConv2d) -> torch.Tensor:
     gap = torch.zeros(big.shape[1], 1)
     tiles = [part for mask in big for part in (mask, gap)][:-1]
     return torch.cat(tiles, dim=1)
+
+
+def compact_events(folder: Path, keep_up_to: int) -> None:
+    """Remove the events after step ``keep_up_to`` (and a completed session's hparams summary) from the
+    event files in ``folder``: what a resumed run does first, so the events a killed session wrote after
+    its last checkpoint never stand beside the ones the resumed run writes again. ``-1`` removes all.
+
+    The kept events are written to one new file in a new folder, which then replaces ``folder`` in two
+    renames; ``finish_compaction`` completes or undoes a compaction that a kill interrupted. Nothing is
+    rewritten when nothing is to be removed (a run resumed after a clean stop).
+    """
+    finish_compaction(folder)
+    files = sorted(folder.glob(EVENT_FILES)) if folder.is_dir() else []
+    events = [event for path in files for event in _read_events(path)]
+    kept = [event for event in events if _kept(event, keep_up_to)]
+    if len(kept) == len(events):
+        return
+    versions = [event for event in kept if event.HasField("file_version")]
+    kept = versions[:1] + [event for event in kept if not event.HasField("file_version")]
+    new, old = folder.parent / COMPACTING, folder.parent / REPLACED
+    shutil.rmtree(new, ignore_errors=True)
+    new.mkdir()
+    if kept:
+        with open(new / files[0].name, "wb") as f:  # the first file's name: it sorts before the new session's
+            writer = RecordWriter(f)
+            for event in kept:
+                writer.write(event.SerializeToString())
+            f.flush()
+            os.fsync(f.fileno())
+    folder.rename(old)
+    new.rename(folder)
+    shutil.rmtree(old)
+    log.info("TensorBoard: removed %d event(s) written after step %d by an earlier session", len(events) - len(kept),
+             keep_up_to)
+
+
+def finish_compaction(folder: Path) -> None:
+    """After a kill during ``compact_events``: the new folder replaces the old one if it had been moved
+    away (the new one was complete by then), and the leftovers are removed."""
+    new, old = folder.parent / COMPACTING, folder.parent / REPLACED
+    if new.is_dir() and not folder.exists() and old.is_dir():
+        new.rename(folder)
+    shutil.rmtree(new, ignore_errors=True)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def _read_events(path: Path) -> Iterable[Event]:
+    """A file's events; a record that a killed writer left half-written ends the file."""
+    for raw in RawEventFileLoader(str(path)).Load():
+        yield Event.FromString(raw)
+
+
+def _kept(event: Event, keep_up_to: int) -> bool:
+    if event.HasField("file_version"):
+        return keep_up_to >= 0
+    if event.HasField("session_log"):  # a purge marker (SummaryWriter's purge_step) of an older version
+        return False
+    if event.HasField("summary") and any(value.tag.startswith(HPARAMS_TAGS) for value in event.summary.value):
+        return False
+    return event.step <= keep_up_to

@@ -1,9 +1,12 @@
 """Run train.py with a fault injected at a chosen moment: the reliability tests' tool, not part of the framework.
 
-    python tests/inject.py [--kill-in-write N] [--kill-in-eval N] [--run-time "YYYY-MM-DD HH:MM:SS"] -- ARGS
+    python tests/inject.py [--kill-in-write N] [--kill-in-eval N] [--kill-at-step N] [--term-at-step N]
+                           [--run-time "YYYY-MM-DD HH:MM:SS"] -- ARGS
 
 --kill-in-write N: the process SIGKILLs itself halfway through writing its N-th checkpoint file.
 --kill-in-eval N:  the process SIGKILLs itself during its N-th evaluation, after the first batch.
+--kill-at-step N:  the process SIGKILLs itself right after optimizer step N (and the checkpoint due then).
+--term-at-step N:  the process sends itself SIGTERM at optimizer step N (a preemption: it saves and stops).
 --run-time T:      the run's start time is T (two runs "started in the same second").
 ARGS are train.py's arguments; train.py then runs as ``python train.py ARGS`` would.
 """
@@ -25,7 +28,7 @@ sys.path.insert(0, str(ROOT))
 
 import engine.checkpoint  # noqa: E402
 import engine.process  # noqa: E402
-import engine.runner  # noqa: E402
+import engine.fit  # noqa: E402
 
 
 def die() -> None:
@@ -69,7 +72,7 @@ def kill_in_write(n: int) -> None:
 
 def kill_in_eval(n: int) -> None:
     calls = [0]
-    original = engine.runner.evaluate
+    original = engine.fit.evaluate
 
     class DieAfterFirstBatch:
         def __init__(self, loader: Any) -> None:
@@ -88,13 +91,30 @@ def kill_in_eval(n: int) -> None:
         calls[0] += 1
         return original(model, DieAfterFirstBatch(loader) if calls[0] == n else loader, *args, **kwargs)
 
-    engine.runner.evaluate = patched
+    engine.fit.evaluate = patched
+
+
+def at_step(n: int, kill: bool) -> None:
+    """SIGKILL after step ``n``'s work (``kill``), or SIGTERM before the step's stop check."""
+    original = engine.fit.Fit.on_step
+
+    def patched(self: Any, state: Any) -> bool:
+        if state.step == n and not kill:
+            os.kill(os.getpid(), signal.SIGTERM)
+        stop = original(self, state)
+        if state.step == n and kill:
+            die()
+        return stop
+
+    engine.fit.Fit.on_step = patched
 
 
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--kill-in-write", type=int)
     parser.add_argument("--kill-in-eval", type=int)
+    parser.add_argument("--kill-at-step", type=int)
+    parser.add_argument("--term-at-step", type=int)
     parser.add_argument("--run-time")
     parser.add_argument("train_args", nargs=argparse.REMAINDER)
     args = parser.parse_args()
@@ -102,6 +122,10 @@ def main() -> None:
         kill_in_write(args.kill_in_write)
     if args.kill_in_eval:
         kill_in_eval(args.kill_in_eval)
+    if args.kill_at_step:
+        at_step(args.kill_at_step, kill=True)
+    if args.term_at_step:
+        at_step(args.term_at_step, kill=False)
     if args.run_time:
         start = datetime.fromisoformat(args.run_time)
         engine.process.agree_on_run_time = lambda info: start

@@ -124,6 +124,7 @@ def test_tracker_writes_one_mask_image_per_gmconv_layer_and_none_for_a_standard_
         gm[0].sigma_raw.copy_(torch.linspace(-2.0, 2.0, 8))  # 8 different widths
     for name, model in (("gm", gm), ("standard", nn.Sequential(nn.Conv2d(3, 8, 3), nn.Conv2d(8, 8, 3)))):
         tracker = Tracker(tmp_path / name, enabled=True)
+        tracker.start(records=[])
         tracker.masks(model, step=3)
         tracker.close()
     images = EventAccumulator(str(tmp_path / "gm" / "tb")).Reload()

@@ -22,7 +22,6 @@ from pathlib import Path
 import pytest
 import torch
 from helpers import QUICK, ROOT, compose_train, failed_with, load, ok, run_in_process, train, wait_for_checkpoint
-from PIL import Image
 
 import engine.checkpoint
 import engine.loop
@@ -88,7 +87,10 @@ def test_a_diverging_run_stops_in_one_line_and_its_checkpoints_keep_the_last_fin
         assert all_finite(ckpt["model"]) and ckpt["step"] < diverged_at, name
     after = files(run_dir)
     assert after["checkpoints/best.pt"] == before["checkpoints/best.pt"]  # no NaN "best" evaluation
-    assert after["results.json"] == before["results.json"]  # still the 1-epoch run's record
+    # the run was being extended, so it is not complete: no results.json; the 1-epoch result stays in its session
+    first, extension = json.loads((run_dir / "history.json").read_text())["sessions"]
+    assert "results.json" not in after and first["results"]["top1"] == json.loads(before["results.json"])["top1"]
+    assert first["ended"] == "completed" and extension["ended"].startswith("failed: Diverged: training diverged")
 
 
 def test_skip_mode_skips_non_finite_steps_and_counts_them(tmp_path, monkeypatch):
@@ -144,6 +146,7 @@ def test_a_nan_sigma_histogram_does_not_crash_tensorboard(tmp_path):
     with torch.no_grad():
         layer.sigma.fill_(float("nan"))
     tracker = Tracker(tmp_path, enabled=True)
+    tracker.start(records=[])
     tracker.sigma(torch.nn.Sequential(layer), step=1)
     tracker.close()
     assert list((tmp_path / "tb").glob("events.out.tfevents.*"))
@@ -202,18 +205,19 @@ def test_check_data_lists_every_problem_and_passes_a_clean_tree(imagefolder_root
     truncated = imagefolder_root / "val/ant/1.png"
     truncated.write_bytes(truncated.read_bytes()[:200])
     (imagefolder_root / "val/dog").mkdir()
-    proc = subprocess.run([sys.executable, "scripts/check_data.py", str(imagefolder_root), "--workers", "2"],
-                          cwd=ROOT, capture_output=True, text=True, timeout=120)
+    proc = subprocess.run([sys.executable, "scripts/check_data.py", str(imagefolder_root), "--workers", "2",
+                           "--image-size", "32"], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 1, proc.stderr
     lines = proc.stdout.splitlines()
     for name, problem in (("train/ant/0.png", "unreadable"), ("train/bee/2.png", "empty file"),
-                          ("val/cat/notes.txt", "not an image"), ("val/ant/1.png", "unreadable")):
-        assert any(name in line and problem in line for line in lines), (name, proc.stdout)
+                          ("val/ant/1.png", "unreadable"), ("val: 1 class folder without image files (dog)", "")):
+        assert any(line.startswith("problem:") and name in line and problem in line for line in lines), (name, lines)
     assert any("only in val: dog" in line for line in lines)
-    assert "25 files checked: 5 problems" in lines[-1]
-    clean_proc = subprocess.run([sys.executable, "scripts/check_data.py", str(clean)], cwd=ROOT,
+    assert any(line.startswith("ignored:") and "val/cat/notes.txt" in line for line in lines)  # training skips it
+    assert "24 image files checked: 5 problems, 1 other file ignored, 0 warnings" in lines[-1]
+    clean_proc = subprocess.run([sys.executable, "scripts/check_data.py", str(clean), "--image-size", "32"], cwd=ROOT,
                                 capture_output=True, text=True, timeout=120)
-    assert clean_proc.returncode == 0 and "24 files checked: 0 problems" in clean_proc.stdout
+    assert clean_proc.returncode == 0 and "24 image files checked: 0 problems" in clean_proc.stdout
 
 
 # --- storage ------------------------------------------------------------------------------------------
@@ -256,12 +260,18 @@ def test_a_full_disk_during_a_checkpoint_write_keeps_the_previous_one_and_the_ru
         def __exit__(self, *exc):
             self.file.close()
 
-    monkeypatch.setattr(engine.checkpoint, "open", DiskFull, raising=False)
+    def checkpoints_fill_the_disk(path, mode="r", *args, **kwargs):  # the small JSON files still fit
+        return DiskFull(path, mode) if "b" in mode else open(path, mode, *args, **kwargs)
+
+    monkeypatch.setattr(engine.checkpoint, "open", checkpoints_fill_the_disk, raising=False)
     with pytest.raises(StorageError) as caught:
         run_in_process(run_dir, *QUICK, "trainer.epochs=2", f"resume={run_dir}")
     message = str(caught.value)
     assert "\n" not in message and "No space left on device [ENOSPC]" in message and f"resume={run_dir}" in message
-    assert files(run_dir) == before and not partial_writes(run_dir)
+    after = files(run_dir)  # the checkpoints as they were; no results.json, since the extension did not complete
+    assert after == {name: data for name, data in before.items() if name != "results.json"}
+    assert not partial_writes(run_dir)
+    assert json.loads((run_dir / "history.json").read_text())["sessions"][-1]["ended"].startswith("failed: Storage")
     monkeypatch.undo()
     results = run_in_process(run_dir, *QUICK, "trainer.epochs=2", f"resume={run_dir}")
     assert results["status"] == "completed" and load(run_dir / "checkpoints/last.pt")["epoch"] == 2
