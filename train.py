@@ -20,17 +20,19 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
-from engine.command_line import expand_command_line
+from engine.command_line import check_composes, expand_command_line
 from engine.config import register_configs
 from engine.faults import RunFailed
 from engine.preemption import Preempted
 from engine.process import agree_on_run_time, init_distributed, quiet_non_main_logging
 from engine.run_folder import RunFolder
+from engine.run_log import commit_run_log
 from engine.runner import run
 
 log = logging.getLogger("train")
 register_configs()
 failed_jobs: list[str] = []  # a sweep's jobs that failed, reported when the sweep ends
+typed_overrides: list[str] | None = None  # a resume's or evaluation's own overrides, before the checkpoint's
 
 
 @hydra.main(config_path="configs", config_name="train", version_base="1.3")
@@ -39,7 +41,8 @@ def main(cfg: DictConfig) -> float | None:
     run_dir = Path(hydra_config.runtime.output_dir)
     quiet_non_main_logging(init_distributed())
     try:
-        results = run(cfg, run_dir, overrides=list(hydra_config.overrides.task), hydra_config=hydra_config)
+        overrides = typed_overrides if typed_overrides is not None else list(hydra_config.overrides.task)
+        results = run(cfg, run_dir, overrides=overrides, hydra_config=hydra_config)
     except Preempted:
         return None  # a clean stop: the checkpoint is saved and the log says how to continue
     except KeyboardInterrupt:  # a second Ctrl-C (engine/preemption.py), or one before training started
@@ -51,6 +54,8 @@ def main(cfg: DictConfig) -> float | None:
     except Exception as err:
         bad_input = isinstance(err, (ValueError, FileNotFoundError))
         known = bad_input or isinstance(err, RunFailed)  # one line says it all: no traceback
+        if not bad_input:  # it ran: its failure belongs in train.log (a refused command leaves the log alone)
+            commit_run_log()
         log.debug("details", exc_info=True) if known else log.exception("the run failed")
         log.error("error: %s", err)
         RunFolder(run_dir).remove_if_unused()
@@ -70,10 +75,12 @@ def report_sweep() -> None:
 
 if __name__ == "__main__":
     try:
-        sys.argv = expand_command_line(sys.argv)
+        command = expand_command_line(sys.argv)
+        check_composes(command.argv, Path(__file__).resolve().parent / "configs")
     except (ValueError, FileNotFoundError) as err:
         print(f"error: {err}", file=sys.stderr)
         sys.exit(2)
+    sys.argv, typed_overrides = command.argv, command.typed
     start = agree_on_run_time(init_distributed())  # under torchrun every rank picks rank 0's run folder
     OmegaConf.register_new_resolver("run_time", start.strftime)
     main()

@@ -4,18 +4,21 @@ settings from the checkpoint, so nobody retypes a run's model, conv or data.
 Every checkpoint stores its resolved config. Its values go in front of the user's own overrides,
 which therefore still win (``data.root=/elsewhere``); a group the user selects explicitly
 (``data=cifar10``) is taken from the command line whole. A resume of a run folder also pins Hydra's
-run folder to that folder, so the run continues where it lives.
+run folder to that folder, so the run continues where it lives. Hydra's flags (``--cfg job``) go
+first, so a resume or an evaluation can be previewed. The run records what the user typed
+(``CommandLine.typed``), not the settings inserted here.
 """
 
 from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple, Optional
 
 from hydra.core.override_parser.overrides_parser import OverridesParser
 
 from .checkpoint import BEST, LAST, find_checkpoint, load_checkpoint
+from .config import UNKNOWN_KEY
 
 GROUPS = ("model", "conv", "data", "optim", "sched")
 RESUMED_SETTINGS = (*GROUPS, "trainer", "seed")  # a resumed run continues with all of these
@@ -23,23 +26,42 @@ EVALUATED_SETTINGS = ("model", "conv", "data")  # an evaluation needs only these
 EVAL_RUN_DIR = "outputs/eval/${data.name}/${model.name}-${conv.name}/${run_time:%Y-%m-%d_%H-%M-%S}"
 
 
-def expand_command_line(argv: list[str]) -> list[str]:
+class CommandLine(NamedTuple):
+    argv: list[str]  # for Hydra
+    typed: Optional[list[str]]  # the overrides the user typed, where settings were inserted (else None)
+
+
+def expand_command_line(argv: list[str]) -> CommandLine:
     """``argv`` with the checkpoint's settings inserted before the user's overrides, where one applies."""
     program, args = argv[0], argv[1:]
     if "-m" in args or "--multirun" in args:
-        return argv
-    given = _parse(args)
+        return CommandLine(argv, None)
+    flags, overrides = _split_flags(args)
+    given = _parse(overrides)
     resume, ckpt, eval_only = given.get("resume"), given.get("ckpt"), given.get("eval_only") in (True, "true")
+    typed = [o for o in overrides if not o.lstrip("+~").startswith("hydra.")]
     if eval_only and ckpt:
         path = find_checkpoint(ckpt, (BEST, LAST))
         extra = [] if "hydra.run.dir" in given else [f"hydra.run.dir={EVAL_RUN_DIR}"]
-        return [program, *saved_settings(path, EVALUATED_SETTINGS, given), *args, *extra]
+        return CommandLine([program, *flags, *saved_settings(path, EVALUATED_SETTINGS, given), *overrides, *extra],
+                           typed)
     if resume and resume != "auto" and not eval_only:
         path = find_checkpoint(resume, (LAST,))
         run_dir = run_folder_of(path)
         pinned = [] if run_dir is None or "hydra.run.dir" in given else [f"hydra.run.dir={quote(str(run_dir))}"]
-        return [program, *saved_settings(path, RESUMED_SETTINGS, given), *args, *pinned]
-    return argv
+        return CommandLine([program, *flags, *saved_settings(path, RESUMED_SETTINGS, given), *overrides, *pinned],
+                           typed)
+    return CommandLine(argv, None)
+
+
+def _split_flags(args: list[str]) -> tuple[list[str], list[str]]:
+    """(Hydra's flags with their values, in order; the overrides): an override has a ``=`` or deletes a
+    key (``~key``); a flag starts with ``-`` and may be followed by its value (``--cfg job``)."""
+    flags, overrides = [], []
+    for arg in args:
+        is_override = not arg.startswith("-") and ("=" in arg or arg.startswith("~"))
+        (overrides if is_override else flags).append(arg)
+    return flags, overrides
 
 
 def run_folder_of(checkpoint: Path) -> Path | None:
@@ -93,3 +115,51 @@ def _parse(args: list[str]) -> dict[str, Any]:
     return {o.key_or_group: o.value() for o in overrides}
 
 
+
+
+def check_composes(argv: list[str], config_dir: Path) -> None:
+    """Compose the config as Hydra will, and turn its errors (an unknown option, a value of the wrong
+    type, a misspelt key, bad override syntax) into one ValueError line naming the override and the fix,
+    instead of Hydra's multi-line report. Help, info and sweeps are left to Hydra."""
+    from hydra import compose, initialize_config_dir
+    from hydra.errors import HydraException
+    from omegaconf.errors import OmegaConfBaseException
+
+    flags, overrides = _split_flags(argv[1:])
+    if any(flag in HYDRA_OWN_FLAGS for flag in flags):
+        return
+    try:
+        with initialize_config_dir(config_dir=str(config_dir), version_base="1.3"):
+            compose("train", overrides=overrides, return_hydra_config=True)
+    except (HydraException, OmegaConfBaseException) as err:
+        raise ValueError(composition_error(err)) from None
+
+
+# flags whose output is Hydra's own (or a sweep, whose jobs report their own errors)
+HYDRA_OWN_FLAGS = ("-h", "--help", "--hydra-help", "--version", "-i", "--info", "-sc", "--shell-completion", "-m",
+                   "--multirun")
+
+
+def composition_error(err: Exception) -> str:
+    """One line for an error Hydra raised while composing."""
+    from hydra.errors import MissingConfigException, OverrideParseException
+    from omegaconf.errors import ConfigAttributeError, ConfigKeyError
+
+    cause = err.__cause__
+    if isinstance(err, MissingConfigException) and err.options is not None and err.missing_cfg_file:
+        group, _, option = str(err.missing_cfg_file).rpartition("/")
+        return f"{group}={option} is not an option of {group}; choose one of {', '.join(err.options)}"
+    if isinstance(cause, (ConfigAttributeError, ConfigKeyError)) and getattr(cause, "full_key", None):
+        return UNKNOWN_KEY.format(key=cause.full_key)
+    if isinstance(err, OverrideParseException):
+        return (f"cannot read the command line: {_first(err)} (Hydra's override grammar: "
+                "https://hydra.cc/docs/advanced/override_grammar/basic/)")
+    merging = re.match(r"Error merging override (\S+)", str(err))
+    if merging and cause is not None:
+        return f"{merging.group(1)} is invalid: {_first(cause)}"
+    return "; ".join(_first(e) for e in (err, cause) if e is not None)
+
+
+def _first(err: BaseException) -> str:
+    lines = [line.strip() for line in str(err).splitlines() if line.strip()]
+    return lines[0] if lines else type(err).__name__

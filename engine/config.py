@@ -179,14 +179,16 @@ def validate(cfg: DictConfig) -> None:
                          "evaluate a run with eval_only=true ckpt=<run folder>")
 
 
+UNKNOWN_KEY = ("{key} is not a setting of this framework; remove it or fix its spelling "
+               "(python train.py --cfg job lists every key)")
+
+
 def _check_known_keys(cfg: DictConfig) -> None:
     """Keys added with ``+`` (Hydra's own suggestion for a misspelt key) bypass the schema: catch them."""
     try:
         OmegaConf.merge(OmegaConf.structured(TrainConfig), OmegaConf.to_container(cfg, enum_to_str=True))
     except (ConfigKeyError, ValidationError) as err:
-        key = getattr(err, "full_key", None) or str(err).splitlines()[0]
-        raise ValueError(f"{key} is not a setting of this framework; remove it or fix its spelling "
-                         "(python train.py --cfg job lists every key)") from err
+        raise ValueError(UNKNOWN_KEY.format(key=getattr(err, "full_key", None) or str(err).splitlines()[0])) from err
 
 
 def _check_ranges(cfg: DictConfig) -> None:
