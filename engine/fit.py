@@ -31,8 +31,8 @@ from .history import History
 from .loop import Progress, current_lr, evaluate, train_one_epoch
 from .nonfinite import SKIPPED, NonFiniteGuard
 from .preemption import Preempted, StopRequest
-from .process import DistInfo, barrier, gather_to_main
-from .recipe import Objective
+from .distributed import DistInfo, barrier, gather_to_main
+from .objective import Objective
 from .run_folder import RunFolder
 from .tracking import Tracker
 
@@ -61,8 +61,12 @@ class Fit:
                                     state.counters, distributed=dist.enabled, kept=self.kept)
         self.stop = StopRequest(dist, device)
 
-    def run(self) -> dict[str, Any]:
+    def run(self, *, save_first: bool = False) -> dict[str, Any]:
+        """``save_first``: last.pt is saved before training, so that what this session changed (a resume
+        with more epochs, another lr) holds even if it is killed before its first checkpoint."""
         try:
+            if save_first:
+                self.save(self.folder.last)
             for epoch in range(self.state.epoch, self.epochs):
                 self.train_epoch(epoch)
             self.validate_last_record()
@@ -99,13 +103,16 @@ class Fit:
 
     def on_step(self, state: TrainState) -> bool:
         """After every optimizer step: the step-level lr curve, last.pt every checkpoint_every_steps, and
-        whether a signal asks to stop here (at an epoch's last step, the epoch finishes first)."""
+        whether a signal asks to stop here. At an epoch's last step the epoch finishes first: it is saved
+        with its record, so a checkpoint taken inside an epoch is always strictly inside it (its step is
+        never the step of an epoch's record, which a resume could then not tell apart)."""
         if state.step % self.trainer.log_every_steps == 0:
             self.tracker.scalars({"train/lr_step": current_lr(state)}, state.step)
+        inside = state.batches_done < self.batches_per_epoch
         every = self.trainer.checkpoint_every_steps
-        if every and state.step % every == 0:
+        if every and state.step % every == 0 and inside:
             self.save(self.folder.last)
-        return self.stop.should_stop(state.step) and state.batches_done < self.batches_per_epoch
+        return self.stop.should_stop(state.step) and inside
 
     def validate(self) -> dict[str, epoch_record.Value]:
         """The trained weights on the validation set, and their EMA if the run keeps one: record columns."""

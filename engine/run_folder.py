@@ -33,7 +33,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict, read_write
 
 from .checkpoint import BEST, LAST, PARTIAL, atomic_write, save_json
 from .faults import storage_error
-from .process import init_distributed
+from .distributed import init_distributed
 from .sweep_folders import announce_swept_settings
 from .tracking import EVENTS, finish_compaction
 
@@ -60,8 +60,10 @@ class RunFolder:
         return (self.path / CONFIG_DIR / "config.yaml").is_file() or self.holds_progress()
 
     def holds_progress(self) -> bool:
-        """Whether a run got anywhere here: a checkpoint or its results."""
-        return self.results.is_file() or (self.checkpoints.is_dir() and any(self.checkpoints.glob("*.pt")))
+        """Whether a run got anywhere here that can be continued or read: its last.pt or its results. A
+        best.pt alone is a first epoch whose last.pt a kill interrupted (best.pt is written first): such a
+        run starts again (``resume=auto``) and retrains that epoch."""
+        return self.results.is_file() or self.last.is_file()
 
     def owns(self, checkpoint: Path) -> bool:
         return checkpoint.resolve().parent == self.checkpoints.resolve()
@@ -82,8 +84,10 @@ class RunFolder:
         died before its first checkpoint, e.g. a torchrun restart; its config alone may be replaced.
         """
         if self.holds_progress() or (self.holds_run() and not restart):
-            raise ValueError(f"{self.path} already holds {self.describe()}; continue it with resume={self.path}, "
-                             "or start a new run in another folder (leave hydra.run.dir unset for a fresh one)")
+            how = (f"continue it with resume={self.path}" if self.holds_progress() else
+                   f"it saved no last.pt: start it again there with resume=auto hydra.run.dir={self.path}")
+            raise ValueError(f"{self.path} already holds {self.describe()}; {how}, or start a new run in another "
+                             "folder (leave hydra.run.dir unset for a fresh one)")
 
     @contextlib.contextmanager
     def hold(self) -> Iterator[None]:
@@ -91,8 +95,9 @@ class RunFolder:
 
         The lock is a POSIX record lock (``lockf``): the kernel releases it when its process dies, however
         it dies, and, unlike an ``flock``, the processes it forks (DataLoader workers, which outlive a
-        SIGKILLed parent by seconds) do not hold it, so a killed run never leaves the folder locked. Once
-        held, the partial files a killed process left are removed.
+        SIGKILLed parent by seconds) do not hold it, so a killed run never leaves the folder locked. The
+        partial files a killed process left are removed later, by a command that passed its checks
+        (``remove_partial_writes``): a refused one changes nothing.
         """
         path = self.path / LOCK
         try:
@@ -110,7 +115,6 @@ class RunFolder:
                                      ) from None
                 log.warning("cannot lock %s (%s): nothing stops a second process from writing this run folder "
                             "at the same time (a file system without locks, e.g. some NFS mounts)", path, err.strerror)
-            self.remove_partial_writes()
             yield
 
     def remove_partial_writes(self) -> None:

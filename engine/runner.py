@@ -23,6 +23,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from data import build_loaders
+from data.text import first_line
 
 from . import checkpoint
 from .checkpoint import TrainState, unwrap
@@ -34,8 +35,10 @@ from .loop import format_duration
 from .metrics import EpochTotals
 from .optim import build_optimizer, build_scheduler, scaled_lr
 from .preemption import Preempted
-from .process import barrier, cleanup, configure_determinism, init_distributed, seed_everything, select_device
-from .recipe import Objective, build_ema, build_objective
+from .distributed import (barrier, cleanup, configure_determinism, init_distributed, quiet_non_main_logging,
+                          seed_everything, select_device)
+from .ema import build_ema
+from .objective import Objective, build_objective
 from .resume import Resume, plan_resume
 from .run_folder import FIRST_SESSION_NOTE, RunFolder
 from .run_log import commit_run_log
@@ -68,6 +71,7 @@ def run(cfg: DictConfig, run_dir: Path, *, overrides: list[str] | None = None,
     """
     validate(cfg)
     dist_info = init_distributed()
+    quiet_non_main_logging(dist_info)
     try:
         ctx = Context(dist_info, select_device(cfg.trainer.device, dist_info), RunFolder(run_dir),
                       list(overrides or []), hydra_config)
@@ -100,7 +104,7 @@ def train(cfg: DictConfig, ctx: Context) -> dict[str, Any]:
               device=ctx.device, objective=session.objective, data_info=session.data_info, tracker=tracker,
               history=history, batches_per_epoch=session.batches_per_epoch)
     try:
-        outcome = fit.run()
+        outcome = fit.run(save_first=resume is not None and (bool(resume.changes) or not resume.continuing))
     except Preempted:
         history.end(STOPPED)
         raise
@@ -184,6 +188,8 @@ def commit(cfg: DictConfig, ctx: Context, state: TrainState, resume: Optional[Re
     TensorBoard are made to agree with the checkpoint this session continues from."""
     commit_run_log()
     folder = ctx.folder
+    if ctx.dist.is_main:
+        folder.remove_partial_writes()
     continuing = resume is not None and resume.continuing
     if ctx.dist.is_main and not continuing:
         folder.write_config(cfg, ctx.hydra_config, ctx.overrides, header=FIRST_SESSION_NOTE)
@@ -198,8 +204,7 @@ def commit(cfg: DictConfig, ctx: Context, state: TrainState, resume: Optional[Re
 
 def _failure(err: BaseException) -> str:
     """How a failed session ended, for history.json: the error's type and first line."""
-    first = str(err).strip().splitlines()[0] if str(err).strip() else ""
-    return f"failed: {type(err).__name__}" + (f": {first}" if first else "")
+    return f"failed: {type(err).__name__}" + (f": {first_line(err)}" if str(err).strip() else "")
 
 
 def _first_overrides(history: History, ctx: Context) -> list[str]:

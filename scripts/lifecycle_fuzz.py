@@ -68,6 +68,10 @@ TIMEOUT_S = 300
 # Settings that do not change what the weights become: a lifecycle that changes only these on resume
 # ends with the weights of an uninterrupted run.
 NOT_TRAINING = ("trainer.eval_every", "trainer.ema_decay", "trainer.best_of", "trainer.checkpoint_every_steps")
+# What a resume here may change. A change holds once a checkpoint has it: a session killed before its first
+# checkpoint changed nothing that lasts (history.json still lists it), and the next resume goes on with the
+# checkpoint's settings.
+CHANGEABLE = ("trainer.epochs", "optim.lr", "trainer.ema_decay", "trainer.eval_every", "trainer.checkpoint_every_steps")
 
 
 @dataclass
@@ -200,6 +204,19 @@ class Lifecycle:
     def checkpoint(self) -> Optional[dict[str, Any]]:
         last = self.run / "checkpoints" / "last.pt"
         return torch.load(last, map_location="cpu", weights_only=True) if last.is_file() else None
+
+    def sync_with_checkpoint(self) -> None:
+        """The settings a resume goes on with: the checkpoint's, for what resumes here can change."""
+        ckpt = self.checkpoint()
+        if ckpt is None:
+            return
+        for key in CHANGEABLE:
+            group, name = key.split(".")
+            value = ckpt["config"][group][name]
+            if value is None:
+                self.settings.pop(key, None)
+            else:
+                self.settings[key] = str(value)
 
     def steps_per_epoch(self) -> int:
         return -(-int(self.settings["trainer.limit_train_batches"]) // int(self.settings["trainer.accumulate_steps"]))
@@ -481,6 +498,7 @@ def execute(life: Lifecycle, command: Command, fork: bool) -> None:
     if command.session:
         life.sessions.append([a for a in command.args if not a.startswith("hydra.")])
     life.killed = code == -signal.SIGKILL
+    life.sync_with_checkpoint()
     check_folder(life)
 
 

@@ -24,13 +24,12 @@ import torch
 from helpers import QUICK, ROOT, compose_train, failed_with, load, ok, run_in_process, train, wait_for_checkpoint
 
 import engine.checkpoint
-import engine.loop
 from data.bad_images import UnreadableImage
 from engine.config import validate
 from engine.faults import StorageError
 from engine.nonfinite import Diverged, NonFiniteGuard
 from engine.preemption import StopRequest
-from engine.process import DistInfo
+from engine.distributed import DistInfo
 from engine.run_folder import RunFolder, claim_folder
 from engine.tracking import Tracker
 from gmconv import GMConv2d
@@ -95,14 +94,12 @@ def test_a_diverging_run_stops_in_one_line_and_its_checkpoints_keep_the_last_fin
 
 def test_skip_mode_skips_non_finite_steps_and_counts_them(tmp_path, monkeypatch):
     """Two injected NaN losses out of 8 steps: skipped and counted, weights finite."""
-    cross_entropy, calls = engine.loop.F.cross_entropy, [0]
+    observe = NonFiniteGuard.observe
 
-    def nan_on_steps_3_and_6(*args, **kwargs):  # calls 5 and 6 are epoch 1's evaluation: step 6 is call 8
-        calls[0] += 1
-        loss = cross_entropy(*args, **kwargs)
-        return loss * float("nan") if calls[0] in (3, 8) else loss
+    def nan_loss_at_steps_3_and_6(self, loss, model, *, step, **kwargs):  # the loss the guard sees at that step
+        return observe(self, loss * float("nan") if step in (3, 6) else loss, model, step=step, **kwargs)
 
-    monkeypatch.setattr(engine.loop.F, "cross_entropy", nan_on_steps_3_and_6)
+    monkeypatch.setattr(NonFiniteGuard, "observe", nan_loss_at_steps_3_and_6)
     results = run_in_process(tmp_path / "skip", *QUICK, "trainer.epochs=2", "trainer.nonfinite=skip")
     assert results["status"] == "completed" and results["nonfinite_skipped"] == 2
     ckpt = load(tmp_path / "skip/checkpoints/last.pt")
@@ -392,10 +389,10 @@ def test_repeated_kills_at_any_moment_end_with_the_weights_of_an_uninterrupted_r
         assert proc.returncode == -signal.SIGKILL
         assert all_finite(load(last)["model"]) and not (run_dir / "results.json").exists()
 
-    killed("--kill-in-write", "3", resume=False)  # writes: last.pt at steps 2 and 4, then step 6 half-written
+    killed("--kill-in-write", "3", resume=False)  # writes: last.pt at steps 2 and 4, then best.pt half-written
     assert load(last)["step"] == 4 and len(partial_writes(run_dir)) == 1
-    killed("--kill-in-eval", "1")  # epoch 1's evaluation, after its last steps were saved
-    assert load(last)["step"] == 6 and not partial_writes(run_dir)
+    killed("--kill-in-eval", "1")  # epoch 1's evaluation: its last step is saved with its record, after it
+    assert load(last)["step"] == 4 and not partial_writes(run_dir)
     killed(until=lambda ckpt: ckpt["step"] >= 10)  # from outside, while epoch 2 trains
     ok(train(f"resume={run_dir}"))
     assert json.loads((run_dir / "results.json").read_text())["status"] == "completed"
