@@ -24,7 +24,7 @@ from engine.command_line import check_composes, expand_command_line
 from engine.config import register_configs
 from engine.faults import RunFailed
 from engine.preemption import Preempted
-from engine.process import agree_on_run_time, init_distributed, quiet_non_main_logging
+from engine.distributed import agree_on_run_time, init_distributed
 from engine.run_folder import RunFolder
 from engine.run_log import commit_run_log
 from engine.runner import run
@@ -39,7 +39,6 @@ typed_overrides: list[str] | None = None  # a resume's or evaluation's own overr
 def main(cfg: DictConfig) -> float | None:
     hydra_config = HydraConfig.get()
     run_dir = Path(hydra_config.runtime.output_dir)
-    quiet_non_main_logging(init_distributed())
     try:
         overrides = typed_overrides if typed_overrides is not None else list(hydra_config.overrides.task)
         results = run(cfg, run_dir, overrides=overrides, hydra_config=hydra_config)

@@ -12,11 +12,10 @@ but training never used are not counted.
 from __future__ import annotations
 
 import logging
-import signal
-from typing import Any, Iterator
+from typing import Any
 
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import Dataset
 from torch.utils.data._utils.collate import default_collate
 
 log = logging.getLogger(__name__)
@@ -79,36 +78,6 @@ def _batch(parts: Any, replaced: int) -> Batch:
 
 def collate(samples: list[Any]) -> Batch:
     return _batch(default_collate(samples), sum(isinstance(sample, Replaced) for sample in samples))
-
-
-def _leave_ctrl_c_to_the_main_process(worker_id: int) -> None:
-    """A terminal's Ctrl-C reaches the workers too; they would die and fail the main process's next batch,
-    which instead stops cleanly at a step boundary (engine/preemption.py)."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-
-
-class CountingLoader(DataLoader):
-    """A DataLoader whose ``replaced`` counts the replaced samples of the batches it has yielded, and whose
-    unreadable-image errors read as one line even when a worker raised them."""
-
-    def __init__(self, dataset: Dataset, **kwargs: Any) -> None:
-        kwargs.setdefault("collate_fn", collate)
-        if kwargs.get("num_workers", 0) > 0:
-            kwargs.setdefault("worker_init_fn", _leave_ctrl_c_to_the_main_process)
-        super().__init__(dataset, **kwargs)
-        self.replaced = 0
-
-    def __iter__(self) -> Iterator[Any]:
-        batches = super().__iter__()
-        while True:
-            try:
-                batch = next(batches)
-            except StopIteration:
-                return
-            except UnreadableImage as err:
-                raise UnreadableImage.from_worker(err) from None
-            self.replaced += getattr(batch, "replaced", 0)
-            yield batch
 
 
 class ReplacedImages:

@@ -7,7 +7,7 @@ from torchvision import datasets
 
 from .config import DataConfig
 from .info import Splits
-from .memory import tensor_splits
+from .in_memory import tensor_splits
 from .paths import require_root
 
 CIFAR10_MEAN, CIFAR10_STD = (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)
@@ -39,23 +39,23 @@ def _as_tensors(split: datasets.CIFAR10) -> tuple[torch.Tensor, torch.Tensor]:
     return torch.from_numpy(split.data).permute(0, 3, 1, 2).contiguous(), torch.tensor(split.targets)
 
 
-def build_cifar(cfg: DataConfig, *, with_train: bool = True) -> Splits:
+def build_cifar(data: DataConfig, *, with_train: bool = True) -> Splits:
     """50k/10k official train/test split (the test set serves as validation), the usual per-channel statistics."""
-    title, base, mean, std = _CIFAR[cfg.name]
+    title, base, mean, std = _CIFAR[data.name]
     dataset = _files_only(base, with_train=with_train)
-    if cfg.image_size != 32:
-        raise ValueError(f"data.image_size={cfg.image_size} is invalid for {title}: its images are 32 px; "
+    if data.image_size != 32:
+        raise ValueError(f"data.image_size={data.image_size} is invalid for {title}: its images are 32 px; "
                          f"set data.image_size=32")
-    root = require_root(cfg, dataset.base_folder)
+    root = require_root(data, dataset.base_folder)
     expected = root / dataset.base_folder
     try:
-        train_set = dataset(str(root), train=True, download=cfg.download) if with_train else None
-        val_set = dataset(str(root), train=False, download=cfg.download and not with_train)
+        train_set = dataset(str(root), train=True, download=data.download) if with_train else None
+        val_set = dataset(str(root), train=False, download=data.download and not with_train)
     except (RuntimeError, OSError) as err:  # torchvision: files missing; urllib: no network
-        fix = (f"the download failed ({err}); put the python-pickle files there by hand" if cfg.download
+        fix = (f"the download failed ({err}); put the python-pickle files there by hand" if data.download
                else "put the python-pickle files there or set data.download=true")
         raise FileNotFoundError(f"{title} not found under {root} (expected {expected}); {fix}") from err
-    train, val = tensor_splits(cfg, _as_tensors(train_set) if train_set else None, _as_tensors(val_set), mean, std,
+    train, val = tensor_splits(data, _as_tensors(train_set) if train_set else None, _as_tensors(val_set), mean, std,
                                padding=4, flip=True)
     return Splits(
         train=train,

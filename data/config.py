@@ -1,4 +1,4 @@
-"""Typed settings of the ``data`` config group (types checked by Hydra, values by ``data.checks``)."""
+"""Typed settings of the ``data`` config group (types checked by Hydra, values by ``data.config_checks``)."""
 
 from __future__ import annotations
 

@@ -10,7 +10,7 @@ from sklearn.model_selection import train_test_split
 
 from .config import DataConfig
 from .info import Splits
-from .memory import tensor_splits
+from .in_memory import tensor_splits
 
 # Fixed, and independent of the run seed, so every run validates on the same 360 images.
 SPLIT_SEED = 0
@@ -24,7 +24,7 @@ def _to_rgb_uint8(pixels: torch.Tensor, size: int) -> torch.Tensor:
     return resized.round().clamp(0, 255).to(torch.uint8).expand(-1, 3, -1, -1).contiguous()
 
 
-def build_digits(cfg: DataConfig, *, with_train: bool = True) -> Splits:
+def build_digits(data: DataConfig, *, with_train: bool = True) -> Splits:
     """Stratified 80/20 split (1437 train / 360 val), normalised with the train split's own mean/std.
 
     The statistics are computed here rather than hard-coded because they depend on ``image_size``
@@ -33,7 +33,7 @@ def build_digits(cfg: DataConfig, *, with_train: bool = True) -> Splits:
     """
     digits = load_digits()
     pixels = torch.from_numpy(digits.images)
-    images = _to_rgb_uint8(pixels, cfg.image_size)
+    images = _to_rgb_uint8(pixels, data.image_size)
     targets = torch.from_numpy(digits.target)
     train_idx, val_idx = train_test_split(
         np.arange(len(targets)), test_size=VAL_FRACTION, stratify=digits.target, random_state=SPLIT_SEED
@@ -44,9 +44,9 @@ def build_digits(cfg: DataConfig, *, with_train: bool = True) -> Splits:
     std = tuple(train_pixels.std(dim=(0, 2, 3)).tolist())
     # Mirrored digits are not the same digit: crop only. The shift is half an original pixel (2 px at
     # 32 px) because the strokes fill the 8×8 frame and larger shifts would crop them.
-    val_images = _to_rgb_uint8(pixels, cfg.test_image_size or cfg.image_size)
-    train, val = tensor_splits(cfg, (images[train_idx], targets[train_idx]), (val_images[val_idx], targets[val_idx]),
-                               mean, std, padding=max(1, cfg.image_size // 16), flip=False)
+    val_images = _to_rgb_uint8(pixels, data.test_image_size or data.image_size)
+    train, val = tensor_splits(data, (images[train_idx], targets[train_idx]), (val_images[val_idx], targets[val_idx]),
+                               mean, std, padding=max(1, data.image_size // 16), flip=False)
     return Splits(
         train=train if with_train else None,  # built anyway: the statistics come from its pixels
         val=val,

@@ -49,14 +49,14 @@ def _or_default(value: int | None, default: int) -> int:
     return default if value is None else value
 
 
-def build_fake(cfg: DataConfig, *, with_train: bool = True) -> Splits:
+def build_fake(data: DataConfig, *, with_train: bool = True) -> Splits:
     """Ignores ``augment``: the noise already makes every image unique, and benchmarks want the cheapest path."""
-    num_classes = _or_default(cfg.num_classes, DEFAULT_NUM_CLASSES)
-    train_size = _or_default(cfg.train_size, DEFAULT_TRAIN_SIZE)
-    val_size = _or_default(cfg.val_size, DEFAULT_VAL_SIZE)
+    num_classes = _or_default(data.num_classes, DEFAULT_NUM_CLASSES)
+    train_size = _or_default(data.train_size, DEFAULT_TRAIN_SIZE)
+    val_size = _or_default(data.val_size, DEFAULT_VAL_SIZE)
     return Splits(
-        train=FakeImages(train_size, num_classes, cfg.image_size) if with_train else None,
-        val=FakeImages(val_size, num_classes, cfg.test_image_size or cfg.image_size, first=train_size),
+        train=FakeImages(train_size, num_classes, data.image_size) if with_train else None,
+        val=FakeImages(val_size, num_classes, data.test_image_size or data.image_size, first=train_size),
         classes=[f"class_{i}" for i in range(num_classes)],
         mean=(0.0, 0.0, 0.0),  # already normalised: de-normalising is the identity
         std=(1.0, 1.0, 1.0),

@@ -19,6 +19,7 @@ from .class_folders import (LAYOUT, class_folders, empty_classes_problem, is_ima
 from .config import DataConfig
 from .info import Splits
 from .paths import require_root
+from .text import first_line
 from .transforms import folder_transforms
 
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
@@ -49,10 +50,6 @@ def read_image(path: str) -> Any:
                               "data.skip_bad_images=true to train on without it") from None
 
 
-def first_line(err: Exception) -> str:
-    return str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-
-
 class _ClassFolders(datasets.ImageFolder):
     """torchvision's ImageFolder under this project's rule of what a class folder is (data/class_folders.py)."""
 
@@ -79,18 +76,18 @@ def _refuse(problem: Optional[str], root: Path) -> None:
         raise ValueError(f"{problem}; python scripts/check_data.py {root} lists every problem of the tree")
 
 
-def build_folder(cfg: DataConfig, *, with_train: bool = True) -> Splits:
+def build_folder(data: DataConfig, *, with_train: bool = True) -> Splits:
     """``with_train=False`` (evaluating a checkpoint) reads val/ alone. With both, train/ and val/ must hold
     the same class folders: labels are folder indices, so a mismatch would relabel every class after it."""
-    root = require_root(cfg, LAYOUT)
+    root = require_root(data, LAYOUT)
     if not root.is_dir():
         raise FileNotFoundError(f"data.root={root} does not exist; set data.root to a folder holding {LAYOUT}")
-    train_tf, val_tf = folder_transforms(cfg, IMAGENET_MEAN, IMAGENET_STD)
+    train_tf, val_tf = folder_transforms(data, IMAGENET_MEAN, IMAGENET_STD)
     train = _split(root / "train", train_tf) if with_train else None
     val = _split(root / "val", val_tf)
     if train is not None:
         _refuse(mismatch_problem(root, train.classes, val.classes), root)
     classes = list(val.classes)
-    if cfg.skip_bad_images:
+    if data.skip_bad_images:
         train, val = SkipUnreadable(train) if train is not None else None, SkipUnreadable(val)
     return Splits(train=train, val=val, classes=classes, mean=IMAGENET_MEAN, std=IMAGENET_STD)

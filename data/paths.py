@@ -7,8 +7,8 @@ from pathlib import Path
 from .config import DataConfig
 
 
-def require_root(cfg: DataConfig, layout: str) -> Path:
+def require_root(data: DataConfig, layout: str) -> Path:
     """Fail at start-up, naming the setting, rather than deep inside torchvision with a relative-path error."""
-    if cfg.root is None:
-        raise ValueError(f"data.root is not set: data={cfg.name} needs data.root=/path/to/folder holding {layout}")
-    return Path(cfg.root).expanduser()
+    if data.root is None:
+        raise ValueError(f"data.root is not set: data={data.name} needs data.root=/path/to/folder holding {layout}")
+    return Path(data.root).expanduser()

@@ -1,4 +1,4 @@
-"""The dataset table: a new dataset is one file and one line here.
+"""The dataset table: a new dataset is its builder's file, one line here and configs/data/<name>.yaml.
 
 Entries name their builder as ``"module:function"`` and import it only when that dataset is built, so
 a run pays for its own dataset's dependencies only (ImageNet never imports scikit-learn or SciPy).
@@ -14,7 +14,7 @@ from .info import Splits
 
 
 @dataclass(frozen=True)
-class Builder:
+class DatasetBuilder:
     # "package.module:function": the function taking a DataConfig (and with_train: False when only the
     # validation split is needed, so a builder may skip reading the training files) and returning Splits
     target: str
@@ -32,11 +32,13 @@ class Builder:
 AUGMENTATIONS = ("auto_augment", "color_jitter", "random_erasing")
 CENTRE_CROP = ("val_resize", "crop_pct", "test_image_size")
 
-BUILDERS: dict[str, Builder] = {
-    "digits": Builder("data.digits:build_digits", takes=(*AUGMENTATIONS, "test_image_size")),
-    "cifar10": Builder("data.cifar:build_cifar", takes=("root", "download", *AUGMENTATIONS)),
-    "cifar100": Builder("data.cifar:build_cifar", takes=("root", "download", *AUGMENTATIONS)),
-    "imagenet": Builder("data.folder:build_folder", takes=("root", *CENTRE_CROP, *AUGMENTATIONS, "skip_bad_images")),
-    "imagefolder": Builder("data.folder:build_folder", takes=("root", *CENTRE_CROP, *AUGMENTATIONS, "skip_bad_images")),
-    "fake": Builder("data.fake:build_fake", takes=("num_classes", "train_size", "val_size", "test_image_size")),
+FOLDER = ("root", *CENTRE_CROP, *AUGMENTATIONS, "skip_bad_images")
+
+BUILDERS: dict[str, DatasetBuilder] = {
+    "digits": DatasetBuilder("data.digits:build_digits", takes=(*AUGMENTATIONS, "test_image_size")),
+    "cifar10": DatasetBuilder("data.cifar:build_cifar", takes=("root", "download", *AUGMENTATIONS)),
+    "cifar100": DatasetBuilder("data.cifar:build_cifar", takes=("root", "download", *AUGMENTATIONS)),
+    "imagenet": DatasetBuilder("data.folder:build_folder", takes=FOLDER),
+    "imagefolder": DatasetBuilder("data.folder:build_folder", takes=FOLDER),
+    "fake": DatasetBuilder("data.fake:build_fake", takes=("num_classes", "train_size", "val_size", "test_image_size")),
 }

@@ -87,25 +87,25 @@ def _posterize_to_zero_bits(policy: Callable) -> Callable:
 
 
 def _pipeline(
-    geometry: Sequence[Callable], mean: Sequence[float], std: Sequence[float], cfg: DataConfig | None = None
+    geometry: Sequence[Callable], mean: Sequence[float], std: Sequence[float], data: DataConfig | None = None
 ) -> v2.Compose:
-    """``geometry`` then, for training (``cfg`` given), the augmentations ``cfg`` asks for, around the
+    """``geometry`` then, for training (``data`` given), the augmentations ``data`` asks for, around the
     normalisation. ToImage accepts PIL images (folders) and uint8 tensors (in-memory data) alike."""
     before, after = [], []
-    if cfg is not None:
-        if cfg.auto_augment:
-            before += augmentation_policy(cfg.auto_augment, cfg.image_size, mean)
-        if cfg.color_jitter:
-            before.append(v2.ColorJitter(brightness=cfg.color_jitter, contrast=cfg.color_jitter,
-                                         saturation=cfg.color_jitter))
-        if cfg.random_erasing:  # noise-filled like timm's mode="pixel", so it is applied after normalising
-            after.append(v2.RandomErasing(p=cfg.random_erasing, value="random"))
+    if data is not None:
+        if data.auto_augment:
+            before += augmentation_policy(data.auto_augment, data.image_size, mean)
+        if data.color_jitter:
+            before.append(v2.ColorJitter(brightness=data.color_jitter, contrast=data.color_jitter,
+                                         saturation=data.color_jitter))
+        if data.random_erasing:  # noise-filled like timm's mode="pixel", so it is applied after normalising
+            after.append(v2.RandomErasing(p=data.random_erasing, value="random"))
     return v2.Compose([*geometry, *before, v2.ToImage(), v2.ToDtype(torch.float32, scale=True),
                        v2.Normalize(mean, std), *after])
 
 
 def small_image_transforms(
-    cfg: DataConfig, mean: Sequence[float], std: Sequence[float], *, padding: int, flip: bool
+    data: DataConfig, mean: Sequence[float], std: Sequence[float], *, padding: int, flip: bool
 ) -> tuple[v2.Compose, v2.Compose]:
     """(train, val) pipelines for images already stored at their final size (digits, CIFAR).
 
@@ -113,41 +113,41 @@ def small_image_transforms(
     different (or no) digits.
     """
     val = _pipeline([], mean, std)
-    if not cfg.augment:
+    if not data.augment:
         return val, val
-    geometry = [v2.RandomCrop(cfg.image_size, padding=padding)] + ([v2.RandomHorizontalFlip()] if flip else [])
-    return _pipeline(geometry, mean, std, cfg), val
+    geometry = [v2.RandomCrop(data.image_size, padding=padding)] + ([v2.RandomHorizontalFlip()] if flip else [])
+    return _pipeline(geometry, mean, std, data), val
 
 
 def small_image_batch_transforms(
-    cfg: DataConfig, mean: Sequence[float], std: Sequence[float], *, padding: int, flip: bool
+    data: DataConfig, mean: Sequence[float], std: Sequence[float], *, padding: int, flip: bool
 ) -> tuple[BatchAugment | None, BatchAugment]:
     """(train, val) batch transforms for images already stored at their final size (digits, CIFAR): the
     same padded crop, flip and normalisation as ``small_image_transforms``, one batch at a time. The
-    train transform is None where ``cfg`` asks for what only the per-sample pipeline has (a policy,
+    train transform is None where ``data`` asks for what only the per-sample pipeline has (a policy,
     colour jitter, random erasing)."""
     val = BatchAugment(mean, std)
-    if not cfg.augment:
+    if not data.augment:
         return val, val
-    if cfg.auto_augment or cfg.color_jitter or cfg.random_erasing:
+    if data.auto_augment or data.color_jitter or data.random_erasing:
         return None, val
     return BatchAugment(mean, std, padding=padding, flip=flip), val
 
 
-def resize_for_crop(size: int, cfg: DataConfig) -> int:
+def resize_for_crop(size: int, data: DataConfig) -> int:
     """The side an image is resized to before its ``size`` px centre crop: ``floor(size / crop_pct)``, as
     timm computes it (256 for 224 at the default 0.875). ``data.val_resize``, when set, overrides it."""
-    return math.floor(size / cfg.crop_pct)
+    return math.floor(size / data.crop_pct)
 
 
-def folder_transforms(cfg: DataConfig, mean: Sequence[float], std: Sequence[float]) -> tuple[v2.Compose, v2.Compose]:
+def folder_transforms(data: DataConfig, mean: Sequence[float], std: Sequence[float]) -> tuple[v2.Compose, v2.Compose]:
     """(train, val) pipelines for decoded photos of any size (the ImageNet recipe): RandomResizedCrop and
     flip for training; resize by ``crop_pct`` and centre-crop for validation, at ``test_image_size``.
     Unaugmented training images are centre-cropped the same way, at the training size."""
-    test_size = cfg.test_image_size or cfg.image_size
-    val = _pipeline([v2.Resize(cfg.val_resize or resize_for_crop(test_size, cfg)), v2.CenterCrop(test_size)],
+    test_size = data.test_image_size or data.image_size
+    val = _pipeline([v2.Resize(data.val_resize or resize_for_crop(test_size, data)), v2.CenterCrop(test_size)],
                     mean, std)
-    if not cfg.augment:
-        size = cfg.image_size
-        return _pipeline([v2.Resize(resize_for_crop(size, cfg)), v2.CenterCrop(size)], mean, std), val
-    return _pipeline([v2.RandomResizedCrop(cfg.image_size), v2.RandomHorizontalFlip()], mean, std, cfg), val
+    if not data.augment:
+        size = data.image_size
+        return _pipeline([v2.Resize(resize_for_crop(size, data)), v2.CenterCrop(size)], mean, std), val
+    return _pipeline([v2.RandomResizedCrop(data.image_size), v2.RandomHorizontalFlip()], mean, std, data), val

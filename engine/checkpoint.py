@@ -206,14 +206,15 @@ def _write_durably(path: str, obj: Any) -> None:
         os.fsync(f.fileno())
 
 
-def load_checkpoint(path: str | Path) -> dict[str, Any]:
-    """Read a checkpoint; one clear ValueError for anything that is not a readable checkpoint."""
+def load_checkpoint(path: str | Path, *, mmap: bool = False) -> dict[str, Any]:
+    """Read a checkpoint; one clear ValueError for anything that is not a readable checkpoint. ``mmap``:
+    tensors are mapped, not read, for a reader who wants the position and config alone."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint {path} does not exist; pass a run folder or the path of a "
                                 f"{LAST} or {BEST} file")
     try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+        ckpt = torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
     except Exception as err:  # truncated zip, random bytes, a pickle with code: all unreadable here
         reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise ValueError(f"cannot read checkpoint {path}: truncated, corrupt or not a checkpoint ({reason})") from err
@@ -246,7 +247,7 @@ def load_model_weights(model: nn.Module, ckpt: dict[str, Any], path: str | Path)
                   if saved else "another model")
         raise ValueError(
             f"checkpoint {path} holds weights of {origin}, which do not fit the model built here "
-            f"({_first_line(err)}); pass the same model/conv settings as the run that wrote it"
+            f"({_load_error_summary(err)}); pass the same model/conv settings as the run that wrote it"
         ) from err
 
 
@@ -266,6 +267,7 @@ def restore(state: TrainState, ckpt: dict[str, Any], path: str | Path, rank: int
     return True
 
 
-def _first_line(err: Exception) -> str:
+def _load_error_summary(err: Exception) -> str:
+    """load_state_dict's error names the model on its first line and the first mismatch on the second."""
     lines = [line.strip() for line in str(err).splitlines() if line.strip()]
     return " ".join(lines[:2])[:300]

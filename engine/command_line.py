@@ -17,6 +17,8 @@ from typing import Any, NamedTuple, Optional
 
 from hydra.core.override_parser.overrides_parser import OverridesParser
 
+from data.text import first_line
+
 from .checkpoint import BEST, LAST, find_checkpoint, load_checkpoint
 from .config import UNKNOWN_KEY
 
@@ -82,11 +84,11 @@ def saved_settings(checkpoint: Path, sections: tuple[str, ...], given: dict[str,
         for key, value in values.items():
             dotted = f"{section}.{key}" if key else section
             if dotted not in given:
-                overrides.append(f"{'++' if isinstance(value, dict) else ''}{dotted}={format_value(value)}")
+                overrides.append(f"{'++' if isinstance(value, dict) else ''}{dotted}={as_override(value)}")
     return overrides
 
 
-def format_value(value: Any) -> str:
+def as_override(value: Any) -> str:
     """A plain config value in Hydra's override grammar (strings quoted, so any path survives)."""
     if value is None:
         return "null"
@@ -95,9 +97,9 @@ def format_value(value: Any) -> str:
     if isinstance(value, (int, float)):
         return repr(value)
     if isinstance(value, (list, tuple)):
-        return "[" + ",".join(format_value(v) for v in value) + "]"
+        return "[" + ",".join(as_override(v) for v in value) + "]"
     if isinstance(value, dict):
-        return "{" + ",".join(f"{k}:{format_value(v)}" for k, v in value.items()) + "}"
+        return "{" + ",".join(f"{k}:{as_override(v)}" for k, v in value.items()) + "}"
     return quote(str(value))
 
 
@@ -152,14 +154,9 @@ def composition_error(err: Exception) -> str:
     if isinstance(cause, (ConfigAttributeError, ConfigKeyError)) and getattr(cause, "full_key", None):
         return UNKNOWN_KEY.format(key=cause.full_key)
     if isinstance(err, OverrideParseException):
-        return (f"cannot read the command line: {_first(err)} (Hydra's override grammar: "
+        return (f"cannot read the command line: {first_line(err)} (Hydra's override grammar: "
                 "https://hydra.cc/docs/advanced/override_grammar/basic/)")
     merging = re.match(r"Error merging override (\S+)", str(err))
     if merging and cause is not None:
-        return f"{merging.group(1)} is invalid: {_first(cause)}"
-    return "; ".join(_first(e) for e in (err, cause) if e is not None)
-
-
-def _first(err: BaseException) -> str:
-    lines = [line.strip() for line in str(err).splitlines() if line.strip()]
-    return lines[0] if lines else type(err).__name__
+        return f"{merging.group(1)} is invalid: {first_line(cause)}"
+    return "; ".join(first_line(e) for e in (err, cause) if e is not None)

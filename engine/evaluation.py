@@ -18,7 +18,7 @@ from data import build_val_loader
 
 from .checkpoint import BEST, LAST, find_checkpoint, load_checkpoint, load_model_weights, without_ddp
 from .loop import Progress, evaluate
-from .process import barrier
+from .distributed import barrier
 from .run_log import commit_run_log
 from .setup import Context, build_described_model, prepare_model
 

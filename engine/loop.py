@@ -21,7 +21,7 @@ from gmconv import reuse_masked_weights
 from .checkpoint import TrainState, unwrap
 from .metrics import EpochTotals, MetricSums
 from .nonfinite import NonFiniteGuard
-from .recipe import Objective
+from .objective import Objective
 
 log = logging.getLogger(__name__)
 
@@ -63,7 +63,7 @@ def _to_device(images: torch.Tensor, targets: torch.Tensor, device: torch.device
 def train_one_epoch(
     state: TrainState,
     loader: Iterable,
-    cfg: DictConfig,
+    trainer: DictConfig,
     device: torch.device,
     *,
     epoch: int,
@@ -76,8 +76,8 @@ def train_one_epoch(
     top-1 (%), mean learning rate of its steps, images/s and seconds (``state.epoch_totals`` holds what
     was summed before a stop), and whether ``on_step`` asked to stop.
 
-    ``cfg`` is the ``trainer`` config group; ``objective`` mixes the batch and computes the loss. An
-    optimizer step follows every ``cfg.accumulate_steps`` batches (and the epoch's last, smaller group),
+    ``trainer`` is the ``trainer`` config group; ``objective`` mixes the batch and computes the loss. An
+    optimizer step follows every ``trainer.accumulate_steps`` batches (and the epoch's last, smaller group),
     with each batch's loss divided by its group's size: the update of one batch that many times larger.
     Under mixup/cutmix, top-1 counts a prediction right when it names the label with the larger share
     of its mixed image. ``on_step`` runs after every optimizer step (step logging, checkpoints every N
@@ -91,9 +91,9 @@ def train_one_epoch(
     totals = state.epoch_totals  # the epoch's sums so far: empty, or restored from a mid-epoch checkpoint
     sums = totals.metrics
     start_batch = state.batches_done
-    batches, total = _batches(loader, None if cfg.limit_train_batches is None else cfg.limit_train_batches - start_batch)
-    epoch_batches, group = start_batch + total, cfg.accumulate_steps
-    bar = tqdm(batches, total=total, desc=f"train {epoch + 1}/{cfg.epochs}", disable=progress is not Progress.bar,
+    batches, total = _batches(loader, None if trainer.limit_train_batches is None else trainer.limit_train_batches - start_batch)
+    epoch_batches, group = start_batch + total, trainer.accumulate_steps
+    bar = tqdm(batches, total=total, desc=f"train {epoch + 1}/{trainer.epochs}", disable=progress is not Progress.bar,
                leave=False, dynamic_ncols=True, file=sys.stdout)
     totals.start()
     stretch_start = time.perf_counter()
@@ -103,29 +103,29 @@ def train_one_epoch(
         group_start = batch - batch % group
         group_size = min(group, epoch_batches - group_start)
         last_of_group = batch + 1 == group_start + group_size
-        images, targets = _to_device(images, targets, device, cfg.channels_last)
+        images, targets = _to_device(images, targets, device, trainer.channels_last)
         images, targets = objective.mix(images, targets)
         if batch == group_start:
             optimizer.zero_grad(set_to_none=True)
         with _sync_gradients(model, last_of_group):
-            with autocast(device, cfg.amp):
+            with autocast(device, trainer.amp):
                 logits = model(images)
                 loss = objective.criterion(logits, targets)
             _backward(state, loss / group_size)
         sums.update(loss.detach() * targets.shape[0], logits.detach().float(), objective.dominant_labels(targets))
         if last_of_group:
             totals.lr_sum, totals.steps = totals.lr_sum + current_lr(state), totals.steps + 1
-            _optimizer_step(state, cfg.grad_clip, guard, loss, epoch)
+            _optimizer_step(state, trainer.grad_clip, guard, loss, epoch)
             state.batches_done = batch + 1
             if on_step is not None and on_step(state):
                 stopped = True
                 break
         if progress is Progress.bar and (i % 10 == 0 or i == total - 1):
             bar.set_postfix(_running(totals, state))
-        elif progress is Progress.lines and (i + 1) % cfg.log_every_steps == 0:
+        elif progress is Progress.lines and (i + 1) % trainer.log_every_steps == 0:
             running = _running(totals, state)
             eta = (total - i - 1) * (time.perf_counter() - stretch_start) / (i + 1)
-            log.info("epoch %d/%d  batch %d/%d  loss %s  top1 %s%%  lr %s  %s img/s  ETA %s", epoch + 1, cfg.epochs,
+            log.info("epoch %d/%d  batch %d/%d  loss %s  top1 %s%%  lr %s  %s img/s  ETA %s", epoch + 1, trainer.epochs,
                      start_batch + i + 1, start_batch + total, running["loss"], running["top1"], running["lr"],
                      running["img_s"], format_duration(eta))
     if device.type == "cuda":
@@ -186,7 +186,7 @@ def format_duration(seconds: float) -> str:
 
 @torch.no_grad()
 def evaluate(
-    model: nn.Module, loader: Iterable, cfg: DictConfig, device: torch.device, *, progress: Progress
+    model: nn.Module, loader: Iterable, trainer: DictConfig, device: torch.device, *, progress: Progress
 ) -> dict[str, float]:
     """Loss, top-1 and top-5 (%) over the validation set; every sample counted exactly once.
 
@@ -194,12 +194,12 @@ def evaluate(
     """
     model.eval()
     sums = MetricSums(device)
-    batches, total = _batches(loader, cfg.limit_val_batches)
+    batches, total = _batches(loader, trainer.limit_val_batches)
     with reuse_masked_weights(model):
         for images, targets in tqdm(batches, total=total, desc="eval", disable=progress is not Progress.bar,
                                     leave=False, dynamic_ncols=True, file=sys.stdout):
-            images, targets = _to_device(images, targets, device, cfg.channels_last)
-            with autocast(device, cfg.amp):
+            images, targets = _to_device(images, targets, device, trainer.channels_last)
+            with autocast(device, trainer.amp):
                 logits = model(images)
             logits = logits.float()
             sums.update(F.cross_entropy(logits, targets, reduction="sum"), logits, targets)

@@ -52,43 +52,44 @@ def param_groups(model: nn.Module, weight_decay: float, sigma_lr_scale: float = 
     return groups
 
 
-def scaled_lr(cfg: DictConfig, global_batch: int) -> float:
+def scaled_lr(optim: DictConfig, global_batch: int) -> float:
     """The configured lr, times global_batch / 256 (``linear``) or its square root (``sqrt``).
 
     ``global_batch`` is the batch of one optimizer step: per-process batch × processes × accumulate_steps.
     """
     ratio = global_batch / 256
-    return cfg.lr * {"none": 1.0, "linear": ratio, "sqrt": math.sqrt(ratio)}[cfg.lr_scaling]
+    return optim.lr * {"none": 1.0, "linear": ratio, "sqrt": math.sqrt(ratio)}[optim.lr_scaling]
 
 
-def build_optimizer(model: nn.Module, cfg: DictConfig, lr: float) -> Optimizer:
-    name = _SGD_NAMES[bool(cfg.nesterov)] if cfg.name == "sgd" else cfg.name
-    extra = dict(cfg.kwargs)
-    if cfg.name == "sgd":
-        extra["momentum"] = cfg.momentum
-    groups = param_groups(model, cfg.weight_decay, cfg.sigma_lr_scale, cfg.layer_decay)
+def build_optimizer(model: nn.Module, optim: DictConfig, lr: float) -> Optimizer:
+    name = _SGD_NAMES[bool(optim.nesterov)] if optim.name == "sgd" else optim.name
+    extra = dict(optim.kwargs)
+    if optim.name == "sgd":
+        extra["momentum"] = optim.momentum
+    groups = param_groups(model, optim.weight_decay, optim.sigma_lr_scale, optim.layer_decay)
     try:
-        return create_optimizer_v2(groups, opt=name, lr=lr, weight_decay=cfg.weight_decay, **extra)
+        return create_optimizer_v2(groups, opt=name, lr=lr, weight_decay=optim.weight_decay, **extra)
     except (ValueError, AssertionError) as err:
-        raise ValueError(f"optim.name={cfg.name} could not be built by timm ({err}); use sgd or adamw") from err
+        raise ValueError(f"optim.name={optim.name} could not be built by timm ({err}); use sgd or adamw") from err
 
 
-def build_scheduler(optimizer: Optimizer, cfg: DictConfig, epochs: int, steps_per_epoch: int) -> Scheduler:
+def build_scheduler(optimizer: Optimizer, sched: DictConfig, epochs: int,
+                    optimizer_steps_per_epoch: int) -> Scheduler:
     """A per-iteration schedule (``step_update`` after every optimizer step), warmup included.
 
-    ``steps_per_epoch`` counts optimizer steps (batches / accumulate_steps, rounded up).
+    ``optimizer_steps_per_epoch`` counts optimizer steps (batches / accumulate_steps, rounded up).
     """
     scheduler, _ = create_scheduler_v2(
         optimizer,
-        sched=_SCHED_NAMES[cfg.name],
+        sched=_SCHED_NAMES[sched.name],
         num_epochs=epochs,
-        decay_epochs=cfg.decay_epochs,
-        decay_milestones=list(cfg.milestones),
-        decay_rate=cfg.power if cfg.name == "poly" else cfg.gamma,  # timm: poly's power is its decay_rate
-        min_lr=cfg.min_lr,
-        warmup_lr=cfg.warmup_lr,
-        warmup_epochs=cfg.warmup_epochs,
+        decay_epochs=sched.decay_epochs,
+        decay_milestones=list(sched.milestones),
+        decay_rate=sched.power if sched.name == "poly" else sched.gamma,  # timm: poly's power is its decay_rate
+        min_lr=sched.min_lr,
+        warmup_lr=sched.warmup_lr,
+        warmup_epochs=sched.warmup_epochs,
         step_on_epochs=False,
-        updates_per_epoch=steps_per_epoch,
+        updates_per_epoch=optimizer_steps_per_epoch,
     )
     return scheduler

@@ -9,7 +9,7 @@ import threading
 import torch
 import torch.distributed as dist
 
-from .process import DistInfo
+from .distributed import DistInfo
 
 log = logging.getLogger(__name__)
 

@@ -16,7 +16,7 @@ from torch import nn
 from data import DataInfo
 from models import build_model, count_flops, count_parameters
 
-from .process import DistInfo
+from .distributed import DistInfo
 from .run_folder import RunFolder
 
 log = logging.getLogger(__name__)

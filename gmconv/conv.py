@@ -12,7 +12,7 @@ other Conv2d feature keep working, and a standard checkpoint loads into it with 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 from torch import nn
@@ -52,10 +52,59 @@ def _in_graph_capture() -> bool:
     )
 
 
-class GMConv2d(nn.Conv2d):
+class GaussianMaskConv(nn.Conv2d):
+    """What ``GMConv2d`` and ``DynamicGMConv2d`` share: the Conv2d arguments, then the GMConv options the
+    layer reads (``OPTIONS``, keyword-only, defaults from ``GMConvOptions``), validated once and kept as
+    attributes; an option the layer does not read is a TypeError, never silently dropped."""
+
+    OPTIONS: ClassVar[tuple[str, ...]] = ()
+    IMPLIED: ClassVar[dict[str, Any]] = {}  # options the layer type itself fixes (the dynamic layer: dynamic=True)
+
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        kernel_size: int | tuple[int, int],
+        stride: int | tuple[int, int] = 1,
+        padding: str | int | tuple[int, int] = 0,
+        dilation: int | tuple[int, int] = 1,
+        groups: int = 1,
+        bias: bool = True,
+        padding_mode: str = "zeros",
+        device: Any = None,
+        dtype: Any = None,
+        **options: Any,
+    ) -> None:
+        super().__init__(
+            in_channels, out_channels, kernel_size, stride, padding, dilation, groups, bias,
+            padding_mode, device, dtype,
+        )
+        unknown = sorted(set(options) - set(self.OPTIONS))
+        if unknown:
+            raise TypeError(f"{type(self).__name__} has no option {', '.join(unknown)}; its options are "
+                            f"{', '.join(self.OPTIONS)}")
+        validated = GMConvOptions.validated(**self.IMPLIED, **options)
+        for name in self.OPTIONS:
+            setattr(self, name, getattr(validated, name))
+        self.sigma_init, self.sigma_min = float(self.sigma_init), float(self.sigma_min)
+        self.register_buffer("sq_dist", squared_distances(self.kernel_size, device), persistent=False)
+
+    def sigma_shape(self) -> tuple[int, ...]:
+        return sigma_shape(self.sigma_granularity, self.out_channels, self.in_channels // self.groups)
+
+    def initial_raw(self) -> float:
+        """The raw parameter value of the initial σ (``sigma_init``, in taps or relative to the kernel)."""
+        start = initial_sigma(self.sigma_init, self.sigma_mode, self.kernel_size)
+        return raw_from_sigma(start, self.sigma_parametrization, self.sigma_min)
+
+    def extra_repr(self) -> str:
+        return ", ".join([super().extra_repr(), *(f"{name}={getattr(self, name)}" for name in self.OPTIONS)])
+
+
+class GMConv2d(GaussianMaskConv):
     """Drop-in ``nn.Conv2d`` with a Gaussian mask of learnable width σ over every kernel.
 
-    GMConv arguments (all keyword-only, after the usual Conv2d ones; defaults from ``GMConvOptions``):
+    GMConv options (keyword-only, after the usual Conv2d arguments; defaults from ``GMConvOptions``):
 
     sigma_init:
         Initial σ in kernel taps (> sigma_min). The default 2.0 keeps 3×3 kernels close to a
@@ -79,46 +128,12 @@ class GMConv2d(nn.Conv2d):
         ``False`` keeps σ fixed at ``sigma_init`` (a buffer, not a parameter) for ablations.
     """
 
-    def __init__(
-        self,
-        in_channels: int,
-        out_channels: int,
-        kernel_size: int | tuple[int, int],
-        stride: int | tuple[int, int] = 1,
-        padding: str | int | tuple[int, int] = 0,
-        dilation: int | tuple[int, int] = 1,
-        groups: int = 1,
-        bias: bool = True,
-        padding_mode: str = "zeros",
-        device: Any = None,
-        dtype: Any = None,
-        *,
-        sigma_init: float = GMConvOptions.sigma_init,
-        sigma_mode: str = GMConvOptions.sigma_mode,
-        sigma_granularity: str = GMConvOptions.sigma_granularity,
-        sigma_parametrization: str = GMConvOptions.sigma_parametrization,
-        sigma_min: float = GMConvOptions.sigma_min,
-        learnable_sigma: bool = GMConvOptions.learnable_sigma,
-    ) -> None:
-        super().__init__(
-            in_channels, out_channels, kernel_size, stride, padding, dilation, groups, bias,
-            padding_mode, device, dtype,
-        )
-        options = GMConvOptions.validated(
-            sigma_init=sigma_init, sigma_mode=sigma_mode, sigma_granularity=sigma_granularity,
-            sigma_parametrization=sigma_parametrization, sigma_min=sigma_min, learnable_sigma=learnable_sigma,
-        )
-        self.sigma_init = float(options.sigma_init)
-        self.sigma_mode = options.sigma_mode
-        self.sigma_granularity = options.sigma_granularity
-        self.sigma_parametrization = options.sigma_parametrization
-        self.sigma_min = float(options.sigma_min)
-        self.learnable_sigma = options.learnable_sigma
-        self.register_buffer("sq_dist", squared_distances(self.kernel_size, device), persistent=False)
-        shape = sigma_shape(self.sigma_granularity, out_channels, in_channels // groups)
-        start = initial_sigma(self.sigma_init, self.sigma_mode, self.kernel_size)
-        raw_init = raw_from_sigma(start, self.sigma_parametrization, self.sigma_min)
-        raw = torch.full(shape, raw_init, device=device, dtype=dtype)
+    OPTIONS = ("sigma_init", "sigma_mode", "sigma_granularity", "sigma_parametrization", "sigma_min",
+               "learnable_sigma")
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        raw = torch.full(self.sigma_shape(), self.initial_raw(), device=self.weight.device, dtype=self.weight.dtype)
         if self.learnable_sigma:
             self.sigma_raw = nn.Parameter(raw)
         else:
@@ -159,14 +174,3 @@ class GMConv2d(nn.Conv2d):
             "(gmconv.fold_gmconv(model), then torch.jit.script works), or use torch.export.export(model, (x,)) "
             "or torch.jit.trace(model, x)"
         )
-
-    def extra_repr(self) -> str:
-        gm = (
-            f"sigma_init={self.sigma_init}, sigma_granularity={self.sigma_granularity}, "
-            f"sigma_parametrization={self.sigma_parametrization}, sigma_min={self.sigma_min}"
-        )
-        if self.sigma_mode != GMConvOptions.sigma_mode:
-            gm += f", sigma_mode={self.sigma_mode}"
-        if not self.learnable_sigma:
-            gm += ", learnable_sigma=False"
-        return f"{super().extra_repr()}, {gm}"

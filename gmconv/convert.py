@@ -7,13 +7,12 @@ import warnings
 from dataclasses import dataclass, field, replace
 from typing import Any, Iterable
 
-import torch
 import torch.nn.functional as F
 from torch import nn
 
 from .conv import GMConv2d
 from .dynamic import DynamicGMConv2d
-from .modules import copy_module_state, module_aliases, replace_everywhere
+from .modules import module_aliases, rebuilt_conv, replace_everywhere
 from .options import GMConvOptions, option_names
 from .reparam import guard_reparameterization
 
@@ -103,17 +102,8 @@ def enlarge_kernel(conv: nn.Conv2d, kernel_size: int | tuple[int, int]) -> nn.Co
             padding = (conv.dilation[0] * pad_h, conv.dilation[1] * pad_w)
     else:
         padding = (padding[0] + conv.dilation[0] * pad_h, padding[1] + conv.dilation[1] * pad_w)
-    bigger = nn.Conv2d(
-        conv.in_channels, conv.out_channels, (new_kh, new_kw), conv.stride, padding, conv.dilation,
-        conv.groups, conv.bias is not None, conv.padding_mode,
-        device=conv.weight.device, dtype=conv.weight.dtype,
-    )
-    with torch.no_grad():
-        bigger.weight.copy_(F.pad(conv.weight, (pad_w, pad_w, pad_h, pad_h)))
-        if conv.bias is not None:
-            bigger.bias.copy_(conv.bias)
-    copy_module_state(conv, bigger)
-    return bigger
+    return rebuilt_conv(conv, nn.Conv2d, F.pad(conv.weight.detach(), (pad_w, pad_w, pad_h, pad_h)),
+                        kernel_size=(new_kh, new_kw), padding=padding)
 
 
 def gmconv_from_conv(
@@ -123,17 +113,7 @@ def gmconv_from_conv(
 
     ``layer_kwargs`` are that layer's GMConv arguments (sigma_init, sigma_granularity, ...).
     """
-    gm = layer_type(
-        conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride, conv.padding,
-        conv.dilation, conv.groups, conv.bias is not None, conv.padding_mode,
-        device=conv.weight.device, dtype=conv.weight.dtype, **layer_kwargs,
-    )
-    with torch.no_grad():
-        gm.weight.copy_(conv.weight)
-        if conv.bias is not None:
-            gm.bias.copy_(conv.bias)
-    copy_module_state(conv, gm)
-    return gm
+    return rebuilt_conv(conv, layer_type, conv.weight.detach(), **layer_kwargs)
 
 
 def convert_to_gmconv(
@@ -159,34 +139,15 @@ def convert_to_gmconv(
     ``dynamic=True`` builds ``DynamicGMConv2d`` layers, otherwise ``GMConv2d``. The options are
     validated (ValueError) before the model is touched.
     """
-    unknown = sorted(set(overrides) - set(option_names()))
-    if unknown:
-        raise TypeError(
-            f"convert_to_gmconv got unknown option(s) {', '.join(unknown)}; valid options: {', '.join(option_names())}"
-        )
-    options = replace(options if options is not None else GMConvOptions(), **overrides)
-    options.validate()
+    options = _resolved(options, overrides)
     report = report if report is not None else ConversionReport()
     layer_type = DynamicGMConv2d if options.dynamic else GMConv2d
     layer_kwargs = options.layer_kwargs(layer_type)
-    convs = [(name, m) for name, m in model.named_modules() if isinstance(m, nn.Conv2d)]
-    patterns = dict.fromkeys([*options.include, *options.exclude])
-    report.unmatched.extend(p for p in patterns if not any(_matches(name, [p]) for name, _ in convs))
-    targets: list[tuple[str, nn.Conv2d]] = []
-    for name, module in convs:
-        reason = _skip_reason(name, module, options)
-        if reason is None:
-            targets.append((name, module))
-        else:
-            report.skipped[name] = reason
-    if not convs:
-        warnings.warn(f"convert_to_gmconv: {type(model).__name__} has no nn.Conv2d layer; nothing converted")
     aliases = module_aliases(model)
-    for name, conv in targets:
+    for name, conv in _targets(model, options, report):
         source = conv
         if options.enlarge_by:
-            grown = (conv.kernel_size[0] + options.enlarge_by, conv.kernel_size[1] + options.enlarge_by)
-            conv = enlarge_kernel(conv, grown)
+            conv = enlarge_kernel(conv, tuple(side + options.enlarge_by for side in conv.kernel_size))
         gm = gmconv_from_conv(conv, layer_type, **layer_kwargs)
         if name:
             replace_everywhere(model, aliases[id(source)], gm)
@@ -195,3 +156,33 @@ def convert_to_gmconv(
         report.converted.append(name)
     report.reparameterizable.extend(guard_reparameterization(model))
     return model
+
+
+def _resolved(options: GMConvOptions | None, overrides: dict[str, Any]) -> GMConvOptions:
+    """``options`` (the defaults when None) with ``overrides`` applied, validated before the model is touched."""
+    unknown = sorted(set(overrides) - set(option_names()))
+    if unknown:
+        raise TypeError(
+            f"convert_to_gmconv got unknown option(s) {', '.join(unknown)}; valid options: {', '.join(option_names())}"
+        )
+    resolved = replace(options if options is not None else GMConvOptions(), **overrides)
+    resolved.validate()
+    return resolved
+
+
+def _targets(model: nn.Module, options: GMConvOptions, report: ConversionReport) -> list[tuple[str, nn.Conv2d]]:
+    """The convolutions to convert; the others go to ``report.skipped`` with the reason, and include/exclude
+    patterns that match no convolution to ``report.unmatched``."""
+    convs = [(name, m) for name, m in model.named_modules() if isinstance(m, nn.Conv2d)]
+    if not convs:
+        warnings.warn(f"convert_to_gmconv: {type(model).__name__} has no nn.Conv2d layer; nothing converted")
+    patterns = dict.fromkeys([*options.include, *options.exclude])
+    report.unmatched.extend(p for p in patterns if not any(_matches(name, [p]) for name, _ in convs))
+    targets = []
+    for name, module in convs:
+        reason = _skip_reason(name, module, options)
+        if reason is None:
+            targets.append((name, module))
+        else:
+            report.skipped[name] = reason
+    return targets

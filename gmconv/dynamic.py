@@ -15,17 +15,15 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .mask import (
-    compute_dtype, gaussian_mask, initial_sigma, raw_from_sigma, sigma_from_raw, sigma_shape, squared_distances,
-)
-from .options import GMConvOptions
+from .conv import GaussianMaskConv
+from .mask import compute_dtype, gaussian_mask, sigma_from_raw
 
 # One call each in an fx graph, as in conv.py: a traced dtype cannot go through torch.promote_types.
 torch.fx.wrap("gaussian_mask")
 torch.fx.wrap("compute_dtype")
 
 
-class DynamicGMConv2d(nn.Conv2d):
+class DynamicGMConv2d(GaussianMaskConv):
     """``nn.Conv2d`` whose Gaussian mask width σ is predicted for each sample.
 
     sigma_init, sigma_mode, sigma_granularity, sigma_parametrization and sigma_min mean what they mean
@@ -37,54 +35,22 @@ class DynamicGMConv2d(nn.Conv2d):
         squeeze-and-excitation blocks.
     """
 
-    def __init__(
-        self,
-        in_channels: int,
-        out_channels: int,
-        kernel_size: int | tuple[int, int],
-        stride: int | tuple[int, int] = 1,
-        padding: str | int | tuple[int, int] = 0,
-        dilation: int | tuple[int, int] = 1,
-        groups: int = 1,
-        bias: bool = True,
-        padding_mode: str = "zeros",
-        device: Any = None,
-        dtype: Any = None,
-        *,
-        sigma_init: float = GMConvOptions.sigma_init,
-        sigma_mode: str = GMConvOptions.sigma_mode,
-        sigma_granularity: str = GMConvOptions.sigma_granularity,
-        sigma_parametrization: str = GMConvOptions.sigma_parametrization,
-        sigma_min: float = GMConvOptions.sigma_min,
-        dynamic_reduction: int = GMConvOptions.dynamic_reduction,
-    ) -> None:
-        super().__init__(
-            in_channels, out_channels, kernel_size, stride, padding, dilation, groups, bias,
-            padding_mode, device, dtype,
-        )
-        options = GMConvOptions.validated(
-            sigma_init=sigma_init, sigma_mode=sigma_mode, sigma_granularity=sigma_granularity,
-            sigma_parametrization=sigma_parametrization,
-            sigma_min=sigma_min, dynamic=True, dynamic_reduction=dynamic_reduction,
-        )
-        self.sigma_init = float(options.sigma_init)
-        self.sigma_mode = options.sigma_mode
-        self.sigma_granularity = options.sigma_granularity
-        self.sigma_parametrization = options.sigma_parametrization
-        self.sigma_min = float(options.sigma_min)
-        self.dynamic_reduction = options.dynamic_reduction
-        self.register_buffer("sq_dist", squared_distances(self.kernel_size, device), persistent=False)
-        self._sigma_shape = sigma_shape(self.sigma_granularity, out_channels, in_channels // groups)
-        hidden = max(8, in_channels // self.dynamic_reduction)
+    OPTIONS = ("sigma_init", "sigma_mode", "sigma_granularity", "sigma_parametrization", "sigma_min",
+               "dynamic_reduction")
+    IMPLIED = {"dynamic": True}
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._sigma_shape = self.sigma_shape()
+        device, dtype = self.weight.device, self.weight.dtype
+        hidden = max(8, self.in_channels // self.dynamic_reduction)
         self.sigma_predictor = nn.Sequential(
-            nn.Linear(in_channels, hidden, device=device, dtype=dtype),
+            nn.Linear(self.in_channels, hidden, device=device, dtype=dtype),
             nn.ReLU(inplace=True),
             nn.Linear(hidden, math.prod(self._sigma_shape), device=device, dtype=dtype),
         )
         nn.init.normal_(self.sigma_predictor[2].weight, std=0.01)
-        start = initial_sigma(self.sigma_init, self.sigma_mode, self.kernel_size)
-        raw_start = raw_from_sigma(start, self.sigma_parametrization, self.sigma_min)
-        nn.init.constant_(self.sigma_predictor[2].bias, raw_start)
+        nn.init.constant_(self.sigma_predictor[2].bias, self.initial_raw())
         self.last_sigma: torch.Tensor | None = None
 
     @property
@@ -123,11 +89,4 @@ class DynamicGMConv2d(nn.Conv2d):
         raise RuntimeError(
             "torch.jit.script cannot compile DynamicGMConv2d (and, its mask depending on the input, it cannot be "
             "folded); use torch.export.export(model, (x,)) or torch.jit.trace(model, x) instead"
-        )
-
-    def extra_repr(self) -> str:
-        return (
-            f"{super().extra_repr()}, sigma_init={self.sigma_init}, sigma_mode={self.sigma_mode}, "
-            f"sigma_granularity={self.sigma_granularity}, sigma_parametrization={self.sigma_parametrization}, "
-            f"sigma_min={self.sigma_min}, dynamic_reduction={self.dynamic_reduction}"
         )

@@ -6,7 +6,7 @@ import torch
 from torch import nn
 
 from .conv import GMConv2d
-from .modules import copy_module_state, module_aliases, replace_everywhere
+from .modules import module_aliases, rebuilt_conv, replace_everywhere
 from .dynamic import DynamicGMConv2d
 
 
@@ -38,14 +38,5 @@ def fold_layer(layer: GMConv2d) -> nn.Conv2d:
         raise ValueError(
             "cannot fold a DynamicGMConv2d: its mask depends on the input; train with dynamic=False to deploy"
         )
-    conv = nn.Conv2d(
-        layer.in_channels, layer.out_channels, layer.kernel_size, layer.stride, layer.padding,
-        layer.dilation, layer.groups, layer.bias is not None, layer.padding_mode,
-        device=layer.weight.device, dtype=layer.weight.dtype,
-    )
     with torch.no_grad():
-        conv.weight.copy_(layer.masked_weight())
-        if layer.bias is not None:
-            conv.bias.copy_(layer.bias)
-    copy_module_state(layer, conv)
-    return conv
+        return rebuilt_conv(layer, nn.Conv2d, layer.masked_weight())

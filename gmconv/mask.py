@@ -20,10 +20,27 @@ def sigma_shape(granularity: str, out_channels: int, in_per_group: int) -> tuple
     return (out_channels, in_per_group)
 
 
+def _inverse_softplus(value: float) -> float:
+    """softplus⁻¹(v) = log(exp(v) - 1), written to stay finite for large v."""
+    return value + math.log(-math.expm1(-value))
+
+
+# How an unconstrained raw parameter becomes the positive part of σ, and back: (forward, inverse).
+PARAMETRIZATIONS = {"softplus": (F.softplus, _inverse_softplus), "exp": (torch.exp, math.log)}
+
+
+def _parametrization(name: str) -> tuple:
+    try:
+        return PARAMETRIZATIONS[name]
+    except KeyError:
+        raise ValueError(f"sigma_parametrization={name!r} is not valid; choose one of "
+                         f"{', '.join(PARAMETRIZATIONS)}") from None
+
+
 def sigma_from_raw(raw: torch.Tensor, parametrization: str, sigma_min: float) -> torch.Tensor:
-    """σ > sigma_min from an unconstrained raw parameter (softplus or exp)."""
-    positive = torch.exp(raw) if parametrization == "exp" else F.softplus(raw)
-    return positive + sigma_min
+    """σ > sigma_min from an unconstrained raw parameter."""
+    forward, _ = _parametrization(parametrization)
+    return forward(raw) + sigma_min
 
 
 def initial_sigma(sigma_init: float, sigma_mode: str, kernel_size: tuple[int, int]) -> float:
@@ -36,11 +53,8 @@ def initial_sigma(sigma_init: float, sigma_mode: str, kernel_size: tuple[int, in
 
 def raw_from_sigma(sigma: float, parametrization: str, sigma_min: float) -> float:
     """The raw value that ``sigma_from_raw`` maps to ``sigma`` (> sigma_min): where σ starts."""
-    value = sigma - sigma_min
-    if parametrization == "exp":
-        return math.log(value)
-    # softplus⁻¹(v) = log(exp(v) - 1), written to stay finite for large v
-    return value + math.log(-math.expm1(-value))
+    _, inverse = _parametrization(parametrization)
+    return inverse(sigma - sigma_min)
 
 
 def squared_distances(kernel_size: tuple[int, int], device: torch.device | str | None = None) -> torch.Tensor:

@@ -1,19 +1,24 @@
 """Every GMConv option with its default, written once.
 
-The layers take their keyword defaults from ``GMConvOptions``, ``convert_to_gmconv`` takes a
-``GMConvOptions``, and the training framework's typed config subclasses it, so adding an option is
-one field here plus its use in the layer (``layer_kwargs`` passes on every field a layer accepts).
+An option either steers how ``convert_to_gmconv`` chooses and builds layers (``CONVERSION_OPTIONS``) or
+is read by a layer, which names it in its ``OPTIONS`` (gmconv/conv.py, gmconv/dynamic.py); the layers
+take their defaults from here and refuse an option they do not read, and the training framework's typed
+config subclasses ``GMConvOptions``. Adding an option: a field and its check here, its name in a layer's
+``OPTIONS`` or in ``CONVERSION_OPTIONS``, and the code that uses it; tests/test_gmconv.py fails for a
+field that no layer or conversion step reads, or that changes nothing in the layer that names it.
 """
 
 from __future__ import annotations
 
-import inspect
 from dataclasses import dataclass, field, fields
 from typing import Any
 
+from .mask import PARAMETRIZATIONS
+
 GRANULARITIES = ("layer", "channel", "kernel")
-PARAMETRIZATIONS = ("softplus", "exp")
 SIGMA_MODES = ("absolute", "relative")
+# options of the conversion, not of a layer: which layers become GMConv layers, of which type, how large
+CONVERSION_OPTIONS = ("dynamic", "min_kernel_size", "convert_patchify", "include", "exclude", "enlarge_by")
 
 
 @dataclass
@@ -40,7 +45,7 @@ class GMConvOptions:
     def validate(self) -> None:
         """Raise ValueError naming the first invalid option and its valid range or choices."""
         _check_choice("sigma_granularity", self.sigma_granularity, GRANULARITIES)
-        _check_choice("sigma_parametrization", self.sigma_parametrization, PARAMETRIZATIONS)
+        _check_choice("sigma_parametrization", self.sigma_parametrization, tuple(PARAMETRIZATIONS))
         _check_choice("sigma_mode", self.sigma_mode, SIGMA_MODES)
         if not self.sigma_min > 0:
             raise ValueError(f"sigma_min={self.sigma_min} must be > 0 (at σ = 0 the centre tap is 0/0)")
@@ -59,11 +64,8 @@ class GMConvOptions:
             raise ValueError(f"enlarge_by={self.enlarge_by} must be an even number >= 0 (2 turns 3x3 into 5x5)")
 
     def layer_kwargs(self, layer_type: type) -> dict[str, Any]:
-        """The options that ``layer_type`` (GMConv2d or DynamicGMConv2d) takes as keyword-only arguments."""
-        accepted = {
-            name for name, p in inspect.signature(layer_type).parameters.items() if p.kind is p.KEYWORD_ONLY
-        }
-        return {f.name: getattr(self, f.name) for f in fields(GMConvOptions) if f.name in accepted}
+        """The options that ``layer_type`` (GMConv2d or DynamicGMConv2d) reads: its ``OPTIONS``."""
+        return {name: getattr(self, name) for name in layer_type.OPTIONS}
 
     @classmethod
     def validated(cls, **options: Any) -> GMConvOptions:

@@ -1,7 +1,7 @@
 """Evaluate an unfolded GMConv network at a plain one's speed, without folding it.
 
-Every forward of a ``GMConv2d`` rebuilds ``W ⊙ M``: a pass over the weights that costs 3–7 % of an
-inference forward on a CPU (docs/BENCHMARKS.md). While nothing trains (an evaluation loop, EMA
+Every forward of a ``GMConv2d`` rebuilds ``W ⊙ M``: a pass over the weights, a measurable share of an
+inference forward (docs/BENCHMARKS.md measures it). While nothing trains (an evaluation loop, EMA
 evaluation), that product does not change, so it can be computed once per layer and reused.
 
 Reuse is scoped to a ``with`` block rather than automatic: a weight changed through ``.data`` keeps its

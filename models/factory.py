@@ -64,30 +64,36 @@ def _backbone(
 def _create_regularised(model_cfg: ModelConfig, source: ModelSource, num_classes: int) -> nn.Module:
     """The backbone with ``model.drop_rate`` / ``drop_path_rate`` passed as its constructor's arguments;
     a backbone without such an argument is a ValueError naming the setting (never silently ignored)."""
-    settings = {key: getattr(model_cfg, key) for key in ("drop_rate", "drop_path_rate")
-                if getattr(model_cfg, key) is not None}
+    settings = _regularisation(model_cfg, source)
     names = REGULARISATION_ARGS[source]
-    unsupported = [key for key in settings if key not in names]
-    if unsupported:
-        raise ValueError(f"model.{unsupported[0]}={settings[unsupported[0]]} is not supported by the {source.value} "
-                         f"model {model_cfg.name} (no dropout or stochastic-depth argument); remove it")
     kwargs = {names[key]: value for key, value in settings.items()}
-    clash = sorted(kwargs.keys() & dict(model_cfg.kwargs).keys())
-    if clash:
-        raise ValueError(f"model.kwargs.{clash[0]} repeats model.drop_rate/drop_path_rate; set it once")
     try:
         model = create_backbone(source, model_cfg.name, num_classes, **kwargs, **dict(model_cfg.kwargs))
     except TypeError as err:
-        rejected = next((key for key, arg in names.items() if key in settings and f"'{arg}'" in str(err)), None)
+        rejected = next((key for key in settings if f"'{names[key]}'" in str(err)), None)
         if rejected is None:
             raise
         raise _unsupported(rejected, settings[rejected], model_cfg.name, names[rejected]) from err
-    # some constructors swallow unknown keywords (**kwargs): the argument must be one the class names
-    taken = inspect.signature(type(model).__init__).parameters
-    for key in settings:
-        if names[key] not in taken:
-            raise _unsupported(key, settings[key], model_cfg.name, names[key])
+    taken = inspect.signature(type(model).__init__).parameters  # some constructors swallow unknown **kwargs
+    missing = next((key for key in settings if names[key] not in taken), None)
+    if missing is not None:
+        raise _unsupported(missing, settings[missing], model_cfg.name, names[missing])
     return model
+
+
+def _regularisation(model_cfg: ModelConfig, source: ModelSource) -> dict[str, float]:
+    """The dropout / stochastic-depth settings given, refused where the source has no such argument or
+    model.kwargs repeats them."""
+    settings = {key: getattr(model_cfg, key) for key in ("drop_rate", "drop_path_rate")
+                if getattr(model_cfg, key) is not None}
+    unsupported = [key for key in settings if key not in REGULARISATION_ARGS[source]]
+    if unsupported:
+        raise ValueError(f"model.{unsupported[0]}={settings[unsupported[0]]} is not supported by the {source.value} "
+                         f"model {model_cfg.name} (no dropout or stochastic-depth argument); remove it")
+    clash = sorted({REGULARISATION_ARGS[source][key] for key in settings} & dict(model_cfg.kwargs).keys())
+    if clash:
+        raise ValueError(f"model.kwargs.{clash[0]} repeats model.drop_rate/drop_path_rate; set it once")
+    return settings
 
 
 def _unsupported(key: str, value: float, model_name: str, argument: str) -> ValueError:

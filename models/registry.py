@@ -18,9 +18,9 @@ from torch import nn
 
 from .config import ModelSource
 
-Builder = Callable[..., nn.Module]
+ModelBuilder = Callable[..., nn.Module]
 
-_LOCAL_MODELS: dict[str, Builder] = {}
+_LOCAL_MODELS: dict[str, ModelBuilder] = {}
 
 # How a user lists each source's names; appended to "unknown model" errors.
 _LISTING_HINTS = {
@@ -32,7 +32,7 @@ _MAX_LISTED = 20  # a source with at most this many models lists them all
 _MAX_CLOSE = 8
 
 
-def register_model(name: str) -> Callable[[Builder], Builder]:
+def register_model(name: str) -> Callable[[ModelBuilder], ModelBuilder]:
     """Decorator: make ``builder`` the ``local``-source model called ``name``.
 
         @register_model("my_net")
@@ -43,7 +43,7 @@ def register_model(name: str) -> Callable[[Builder], Builder]:
     two modules can never disagree about which network a config name means.
     """
 
-    def decorator(builder: Builder) -> Builder:
+    def decorator(builder: ModelBuilder) -> ModelBuilder:
         if name in _LOCAL_MODELS:
             raise ValueError(f"a local model called {name!r} is already registered (@register_model)")
         _LOCAL_MODELS[name] = builder

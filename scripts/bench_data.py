@@ -26,7 +26,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench_engine import CONFIGS, bare_epoch  # noqa: E402
 from data import build_loaders, set_epoch  # noqa: E402
 from engine.config import register_configs, validate  # noqa: E402
-from engine.process import DistInfo, select_device  # noqa: E402
+from engine.distributed import DistInfo, select_device  # noqa: E402
 from models import build_model  # noqa: E402
 
 

@@ -29,8 +29,8 @@ from engine.checkpoint import TrainState  # noqa: E402
 from engine.config import register_configs, validate  # noqa: E402
 from engine.loop import Progress, train_one_epoch  # noqa: E402
 from engine.optim import build_optimizer, build_scheduler  # noqa: E402
-from engine.process import DistInfo, select_device  # noqa: E402
-from engine.recipe import Objective, build_objective  # noqa: E402
+from engine.distributed import DistInfo, select_device  # noqa: E402
+from engine.objective import Objective, build_objective  # noqa: E402
 from models import build_model  # noqa: E402
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"

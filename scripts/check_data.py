@@ -26,7 +26,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from data.class_folders import (SPLITS, SplitFiles, empty_classes_problem, mismatch_problem,  # noqa: E402
                                 scan_split, too_few_classes_problem)
-from data.folder import FILE_ERRORS, decode, first_line  # noqa: E402
+from data.folder import FILE_ERRORS, decode  # noqa: E402
+from data.text import first_line  # noqa: E402
 
 
 def tree_problems(root: Path) -> tuple[list[str], dict[str, SplitFiles]]:

@@ -32,7 +32,7 @@ from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from anywhere without installing
 
-from engine.trained_run import build_untrained, distinct_labels, load_run, validation_images  # noqa: E402
+from analysis.trained_run import build_untrained, distinct_labels, load_run, validation_images  # noqa: E402
 from gmconv.erf import erf_map, erf_stats, spatial_layers  # noqa: E402
 
 THRESHOLDS = (0.2, 0.3, 0.5, 0.99)

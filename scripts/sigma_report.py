@@ -43,7 +43,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from anywhere without installing
 
 from engine.checkpoint import BEST, LAST  # noqa: E402
-from engine.trained_run import TrainedRun, distinct_labels, load_run  # noqa: E402
+from analysis.trained_run import TrainedRun, distinct_labels, load_run  # noqa: E402
 from gmconv import DynamicGMConv2d, GMConv2d  # noqa: E402
 from gmconv.stats import masks_by_sigma  # noqa: E402
 
@@ -65,7 +65,7 @@ class Layer:
 
 
 @dataclass
-class Run:
+class SigmaRun:
     path: Path
     trained: TrainedRun
     label: str
@@ -77,7 +77,7 @@ class Run:
     trajectories: dict[str, list[dict[str, float | int | None]]]
 
 
-def read_run(path: Path, checkpoint: str) -> Run:
+def read_run(path: Path, checkpoint: str) -> SigmaRun:
     """The run's GMConv2d layers with their σ, and their trajectories from TensorBoard; BadInput if it has none."""
     if not path.is_dir():
         raise BadInput(f"{path} is not a folder; pass run folders of train.py")
@@ -97,7 +97,7 @@ def read_run(path: Path, checkpoint: str) -> Run:
                        "to report")
     if not layers:
         raise BadInput(f"{path} was trained with conv={conv}: no σ to report")
-    return Run(path, trained, trained.label, trained.checkpoint, trained.ckpt, conv, layers, dynamic,
+    return SigmaRun(path, trained, trained.label, trained.checkpoint, trained.ckpt, conv, layers, dynamic,
                read_trajectories(path / "tb", [layer.name for layer in layers]))
 
 
@@ -135,7 +135,7 @@ def describe(sigma: torch.Tensor, sigma_init: torch.Tensor | float) -> dict[str,
             "mean_abs_delta": moved.mean().item(), "max_abs_delta": moved.max().item()}
 
 
-def summarize(run: Run) -> dict[str, Any]:
+def report_numbers(run: SigmaRun) -> dict[str, Any]:
     """The run's numbers for the JSON: per layer (network order) and for all σ values of the network together."""
     layers = {layer.name: {"depth": depth, "kernel_size": list(layer.module.kernel_size),
                            "granularity": layer.module.sigma_granularity, "sigma_init": layer.sigma_init,
@@ -153,7 +153,7 @@ def colour(index: int) -> Any:
     return plt.get_cmap("tab10")(index % 10)
 
 
-def figure_by_depth(runs: list[Run]) -> Figure:
+def figure_by_depth(runs: list[SigmaRun]) -> Figure:
     """One panel: a box per layer and run (quartiles, median, whiskers at min and max), sigma_init marked."""
     depth = max(len(run.layers) for run in runs)
     width = 0.8 / len(runs)
@@ -178,7 +178,7 @@ def figure_by_depth(runs: list[Run]) -> Figure:
     return fig
 
 
-def figure_trajectories(run: Run) -> Figure:
+def figure_trajectories(run: SigmaRun) -> Figure:
     """A panel per layer with a trajectory: mean σ (min-max shaded) against the epoch, sigma_init dashed."""
     layers = [layer for layer in run.layers if layer.name in run.trajectories]
     columns = min(5, len(layers))
@@ -204,7 +204,7 @@ def figure_trajectories(run: Run) -> Figure:
     return fig
 
 
-def figure_masks(run: Run, channels: int) -> Figure:
+def figure_masks(run: SigmaRun, channels: int) -> Figure:
     """Layers as rows, ``channels`` masks per row from the smallest σ to the largest, on one grey scale (0-1)."""
     rows = len(run.layers)
     fig, axes = plt.subplots(rows, channels, figsize=(0.8 * channels + 1.2, 0.8 * rows + 0.4), squeeze=False,
@@ -275,10 +275,10 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def write_report(runs: list[Run], out: Path, channels: int, checkpoint: str) -> None:
+def write_report(runs: list[SigmaRun], out: Path, channels: int, checkpoint: str) -> None:
     """The figures and the JSON into ``out``, and the table on stdout."""
     out.mkdir(parents=True, exist_ok=True)
-    summaries = [summarize(run) for run in runs]
+    summaries = [report_numbers(run) for run in runs]
     figures = {"by_depth": save(figure_by_depth(runs), out / BY_DEPTH_PNG)}
     for i, (run, summary) in enumerate(zip(runs, summaries)):
         stem = f"{i}_{slug(run.path.resolve().name)}"

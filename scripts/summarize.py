@@ -1,7 +1,7 @@
 """One table of every run under some folders: mean ± std over seeds per setting, and the gain over standard conv.
 
 Completed training runs are grouped by every setting of their resolved config that differs between
-them, except the seed and bookkeeping (engine/summary.py: BOOKKEEPING); each group is compared with
+them, except the seed and bookkeeping (analysis/summary.py: BOOKKEEPING); each group is compared with
 the standard-conv group of the same other settings, paired by seed. Unfinished or failed runs are
 listed below the table, never averaged in.
 
@@ -17,8 +17,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from anywhere without installing
 
-from engine.summary import csv_text, group_runs, markdown, read_runs, summarize  # noqa: E402
-from engine.trained_run import find_run_folders  # noqa: E402
+from analysis.summary import csv_text, group_runs, markdown, read_runs, table_rows  # noqa: E402
+from analysis.trained_run import find_run_folders  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -36,7 +36,7 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(f"error: no run folder (results.json, .hydra/config.yaml or checkpoints/) under "
                  f"{' '.join(map(str, args.dirs))}")
     runs, unfinished, evaluations = read_runs(folders)
-    rows = summarize(group_runs(runs)) if runs else []
+    rows = table_rows(group_runs(runs)) if runs else []
     text = markdown(rows, unfinished, evaluations)
     print(text, end="")
     if args.out is not None:

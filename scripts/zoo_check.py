@@ -26,10 +26,8 @@ from __future__ import annotations
 import argparse
 import copy
 import datetime
-import os
 import platform
 import sys
-import tempfile
 import time
 import warnings
 from pathlib import Path
@@ -45,6 +43,7 @@ from torchvision.models.feature_extraction import NodePathTracer
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from anywhere without installing
 
+from engine.checkpoint import atomic_write  # noqa: E402
 from gmconv import ConversionReport, GMConv2d, convert_to_gmconv, fold_gmconv, sigma_without_gradient  # noqa: E402
 
 TIMM_MODELS = """
@@ -259,12 +258,6 @@ def markdown(rows: list[dict[str, str]], args: argparse.Namespace, seconds: floa
     return "\n".join(lines) + "\n"
 
 
-def write_atomically(path: Path, text: str) -> None:
-    with tempfile.NamedTemporaryFile("w", dir=path.parent, delete=False, suffix=".tmp", encoding="utf-8") as f:
-        f.write(text)
-    os.replace(f.name, path)
-
-
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", nargs="+", default=DEFAULT_MODELS, help="timm:<name> or tv:<name> (default: ~100)")
@@ -287,7 +280,8 @@ def main(argv: list[str] | None = None) -> None:
         status = row.get("note") or (f"FAIL {', '.join(failed)}" if failed else "ok")
         print(f"[{i}/{len(args.models)}] {spec}: {status} ({row['seconds']} s)", file=sys.stderr, flush=True)
         if args.out is not None:  # after every model: a long sweep stopped early still leaves its table
-            write_atomically(args.out, markdown(rows, args, time.perf_counter() - start))
+            text = markdown(rows, args, time.perf_counter() - start)
+            atomic_write(args.out, lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
     if args.out is None:
         print(markdown(rows, args, time.perf_counter() - start), end="")
     else:

@@ -27,7 +27,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 import engine.checkpoint  # noqa: E402
-import engine.process  # noqa: E402
+import engine.distributed  # noqa: E402
 import engine.fit  # noqa: E402
 
 
@@ -128,7 +128,7 @@ def main() -> None:
         at_step(args.term_at_step, kill=False)
     if args.run_time:
         start = datetime.fromisoformat(args.run_time)
-        engine.process.agree_on_run_time = lambda info: start
+        engine.distributed.agree_on_run_time = lambda info: start
     train_args = args.train_args[1:] if args.train_args[:1] == ["--"] else args.train_args
     sys.argv = [str(ROOT / "train.py"), *train_args]
     runpy.run_path(str(ROOT / "train.py"), run_name="__main__")

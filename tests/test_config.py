@@ -21,11 +21,20 @@ def test_default_is_resnet20_gmconv_on_digits():
     validate(cfg)
 
 
+DEFAULT_OPTIONS = {"model": "resnet20", "conv": "gmconv", "data": "digits", "optim": "sgd", "sched": "cosine"}
+# options whose name is not the option's own: the optimizer they tune, timm's default model
+NAMED_OTHERWISE = {"optim": {"sgd_vgg": "sgd", "sgd_resnet110": "sgd"}, "model": {"timm": "resnet18d"}}
+
+
 @pytest.mark.parametrize("group", ["model", "conv", "data", "optim", "sched"])
-def test_every_group_option_composes(group):
+def test_every_group_option_composes_validates_and_is_the_option_it_names(group):
+    default = compose_train()
     for option in options(group):
         cfg = compose_train(f"{group}={option}")
-        assert cfg[group] is not None
+        validate(cfg)
+        name = getattr(cfg[group].name, "value", cfg[group].name)
+        assert name == NAMED_OTHERWISE.get(group, {}).get(option, option), (group, option)
+        assert (cfg[group] == default[group]) == (option == DEFAULT_OPTIONS[group]), option  # it changes the group
 
 
 @pytest.mark.parametrize("option", options("experiment"))

@@ -25,7 +25,7 @@ from data import DataConfig, build_loaders, check_data_config, set_epoch
 from data import fake
 from data.batch_augment import BatchAugment, BatchAugmentedLoader
 from data.info import Splits
-from data.registry import BUILDERS, Builder
+from data.registry import BUILDERS, DatasetBuilder
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIGS = REPO / "configs" / "data"
@@ -358,7 +358,7 @@ def build_probe(cfg: DataConfig, *, with_train: bool = True) -> Splits:
 
 
 def test_workers_seed_numpy_and_random_per_worker_and_epoch(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setitem(BUILDERS, "probe", Builder(f"{__name__}:build_probe"))
+    monkeypatch.setitem(BUILDERS, "probe", DatasetBuilder(f"{__name__}:build_probe"))
     cfg = DataConfig(name="probe", batch_size=4, num_workers=2, persistent_workers=False)
 
     def draws(epoch: int) -> list[torch.Tensor]:

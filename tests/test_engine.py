@@ -17,7 +17,8 @@ from engine.config import OptimConfig, SchedConfig
 from engine.loop import Progress, train_one_epoch
 from engine.metrics import topk_correct
 from engine.nonfinite import NonFiniteGuard
-from engine.recipe import build_ema, build_objective
+from engine.ema import build_ema
+from engine.objective import build_objective
 from engine.optim import build_optimizer, build_scheduler, param_groups, scaled_lr
 from gmconv import DynamicGMConv2d, GMConv2d
 
@@ -42,7 +43,7 @@ def test_sigma_learns_at_the_scaled_rate_through_the_schedule():
     model(torch.randn(1, 3, 5, 5))
     optimizer = build_optimizer(model, OmegaConf.structured(OptimConfig(lr=0.1, sigma_lr_scale=10.0)), 0.1)
     scheduler = build_scheduler(optimizer, OmegaConf.structured(SchedConfig(name="cosine", warmup_epochs=0)), epochs=1,
-                                steps_per_epoch=4)
+                                optimizer_steps_per_epoch=4)
     scheduler.step_update(num_updates=2)
     lrs = [group["lr"] for group in optimizer.param_groups]
     assert lrs[2] == pytest.approx(10 * lrs[0]) and lrs[0] == pytest.approx(0.05)
@@ -62,7 +63,7 @@ def test_linear_lr_scaling_and_optimizer_choice():
 def test_schedules_warm_up_per_step(name):
     optimizer = torch.optim.SGD(nn.Linear(2, 2).parameters(), lr=1.0)
     cfg = OmegaConf.structured(SchedConfig(name=name, warmup_epochs=1, warmup_lr=0.0, milestones=[2]))
-    scheduler = build_scheduler(optimizer, cfg, epochs=4, steps_per_epoch=10)
+    scheduler = build_scheduler(optimizer, cfg, epochs=4, optimizer_steps_per_epoch=10)
     lrs = []
     for step in range(1, 41):
         scheduler.step_update(num_updates=step)
@@ -96,7 +97,7 @@ def test_restored_optimizer_keeps_its_buffers_but_takes_the_configured_hyperpara
         model = nn.Linear(2, 2)
         optimizer = build_optimizer(model, OmegaConf.structured(OptimConfig(lr=lr)), lr)
         scheduler = build_scheduler(optimizer, OmegaConf.structured(SchedConfig(name="none", warmup_epochs=0)), epochs=2,
-                                    steps_per_epoch=3)
+                                    optimizer_steps_per_epoch=3)
         return TrainState(model=model, optimizer=optimizer, scheduler=scheduler)
 
     trained = state_for(0.1)
@@ -180,7 +181,7 @@ def test_a_training_step_never_waits_for_the_device(progress, monkeypatch):
         model = nn.Sequential(GMConv2d(3, 4, 3, padding=1), nn.Flatten(), nn.Linear(4 * 8 * 8, 10))
         optimizer = build_optimizer(model, OmegaConf.structured(OptimConfig()), 0.1)
         scheduler = build_scheduler(optimizer, OmegaConf.structured(SchedConfig(warmup_epochs=0.5)), epochs=1,
-                                    steps_per_epoch=steps)
+                                    optimizer_steps_per_epoch=steps)
         state = TrainState(model=model, optimizer=optimizer, scheduler=scheduler, ema=build_ema(model, trainer))
         # the divergence guard reads its window every check_every steps (a sync by design), never per step
         guard = NonFiniteGuard("stop", 50, check_every=100, counters={}, distributed=False, kept=str)

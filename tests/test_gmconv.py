@@ -8,6 +8,7 @@ import copy
 import io
 import math
 import pickle
+from collections import OrderedDict
 
 import pytest
 import torch
@@ -15,7 +16,9 @@ import torch.nn.functional as F
 from torch import nn
 from torch.func import functional_call
 
-from gmconv import DynamicGMConv2d, GMConv2d, GMConvOptions, gmconv_from_conv, reuse_masked_weights
+from gmconv import (DynamicGMConv2d, GMConv2d, GMConvOptions, convert_to_gmconv, gmconv_from_conv,
+                    reuse_masked_weights)
+from gmconv.options import CONVERSION_OPTIONS, option_names
 
 GRANULARITIES = ["layer", "channel", "kernel"]
 PADDING_MODES = ["zeros", "reflect", "replicate", "circular"]
@@ -309,6 +312,55 @@ def test_options_defaults_are_valid_and_are_the_layers_defaults():
     assert options.layer_kwargs(DynamicGMConv2d) == dict(
         sigma_init=2.0, sigma_mode="absolute", sigma_granularity="channel", sigma_parametrization="softplus", sigma_min=0.1,
         dynamic_reduction=16)
+
+
+# One value other than the default for every option: each must change what it configures.
+NON_DEFAULT = {"sigma_init": 3.0, "sigma_mode": "relative", "sigma_granularity": "kernel",
+               "sigma_parametrization": "exp", "sigma_min": 0.5, "learnable_sigma": False, "dynamic_reduction": 1,
+               "dynamic": True, "min_kernel_size": 5, "convert_patchify": True, "include": ["b"], "exclude": ["b"],
+               "enlarge_by": 2}
+
+
+def test_every_option_is_read_by_a_layer_or_by_the_conversion():
+    layers = set(GMConv2d.OPTIONS) | set(DynamicGMConv2d.OPTIONS)
+    assert set(option_names()) == layers | set(CONVERSION_OPTIONS) == set(NON_DEFAULT)
+    assert not layers & set(CONVERSION_OPTIONS)
+
+
+def _fingerprint(layer: nn.Module) -> tuple:
+    """What an option can change in a layer: its parameters, its state and what it computes."""
+    torch.manual_seed(1)
+    out = layer(torch.randn(2, layer.in_channels, 9, 9))
+    return (sorted(n for n, _ in layer.named_parameters()),
+            {k: (tuple(v.shape), v.flatten()[:4].tolist()) for k, v in layer.state_dict().items()}, out.flatten()[:8])
+
+
+@pytest.mark.parametrize("layer_type, name", [(t, n) for t in (GMConv2d, DynamicGMConv2d) for n in t.OPTIONS])
+def test_every_layer_option_changes_the_layer(layer_type, name):
+    """An option a layer accepted, validated and recorded but ignored would fail here."""
+    torch.manual_seed(0)
+    default = _fingerprint(layer_type(32, 8, 5, padding=2))
+    torch.manual_seed(0)
+    changed = _fingerprint(layer_type(32, 8, 5, padding=2, **{name: NON_DEFAULT[name]}))
+    assert default[:2] != changed[:2] or not torch.equal(default[2], changed[2]), name
+
+
+@pytest.mark.parametrize("name", CONVERSION_OPTIONS)
+def test_every_conversion_option_changes_the_conversion(name):
+    def net() -> nn.Sequential:
+        return nn.Sequential(OrderedDict(a=nn.Conv2d(3, 4, 3), b=nn.Conv2d(4, 4, 3), p=nn.Conv2d(4, 4, 4, stride=4)))
+
+    def shape(model: nn.Module) -> list[tuple[str, str, tuple]]:
+        return [(n, type(m).__name__, m.kernel_size) for n, m in model.named_children()]
+
+    assert shape(convert_to_gmconv(net())) != shape(convert_to_gmconv(net(), **{name: NON_DEFAULT[name]})), name
+
+
+def test_layers_refuse_an_option_they_do_not_read_and_an_unknown_parametrisation():
+    with pytest.raises(TypeError, match="GMConv2d has no option dynamic_reduction"):
+        GMConv2d(3, 4, 3, dynamic_reduction=4)
+    with pytest.raises(ValueError, match="sigma_parametrization='sigmoid' is not valid; choose one of softplus, exp"):
+        GMConv2d(3, 4, 3, sigma_parametrization="sigmoid")
 
 
 def test_str_enum_arguments_are_accepted():

@@ -18,8 +18,9 @@ from engine.checkpoint import TrainState
 from engine.config import OptimConfig, SchedConfig, TrainerConfig, validate
 from engine.loop import Progress, train_one_epoch
 from engine.optim import build_optimizer, build_scheduler, param_groups, scaled_lr
-from engine.process import seed_everything
-from engine.recipe import Objective, build_ema, build_objective
+from engine.distributed import seed_everything
+from engine.ema import build_ema
+from engine.objective import Objective, build_objective
 from gmconv import GMConv2d, convert_to_gmconv
 from helpers import compose_train, load, run_in_process
 from models.config import ConvConfig, ModelConfig
@@ -38,7 +39,7 @@ def _state(model: nn.Module, steps_per_epoch: int, trainer: TrainerConfig, sched
     optim_cfg = OmegaConf.structured(OptimConfig(lr=0.05, weight_decay=1e-3, sigma_lr_scale=1.0))
     optimizer = build_optimizer(model, optim_cfg, optim_cfg.lr)
     scheduler = build_scheduler(optimizer, OmegaConf.structured(SchedConfig(name=sched, warmup_epochs=0.5)),
-                                epochs=2, steps_per_epoch=steps_per_epoch)
+                                epochs=2, optimizer_steps_per_epoch=steps_per_epoch)
     return TrainState(model=model, optimizer=optimizer, scheduler=scheduler, ema=build_ema(model, trainer))
 
 
@@ -166,7 +167,7 @@ def test_layer_decay_scales_each_layer_group_and_leaves_sigma_alone():
     optim_cfg = OmegaConf.structured(OptimConfig(name="adamw", lr=1.0, weight_decay=0.05, layer_decay=0.5,
                                                  sigma_lr_scale=3.0))
     optimizer = build_optimizer(model, optim_cfg, 1.0)
-    build_scheduler(optimizer, OmegaConf.structured(SchedConfig(name="none", warmup_epochs=0)), epochs=1, steps_per_epoch=1)
+    build_scheduler(optimizer, OmegaConf.structured(SchedConfig(name="none", warmup_epochs=0)), epochs=1, optimizer_steps_per_epoch=1)
     lr_of = {id(p): g["lr"] for g in optimizer.param_groups for p in g["params"]}
     named = dict(model.named_parameters())
     layers = sorted({g["lr"] for g in optimizer.param_groups if g.get("lr_scale") != 3.0})
@@ -186,7 +187,7 @@ def test_sqrt_lr_scaling_and_the_step_and_poly_schedules():
         optimizer = torch.optim.SGD(nn.Linear(2, 2).parameters(), lr=1.0)
         shape = {"gamma": 0.5, "decay_epochs": 1} if name == "step" else {"power": 2}
         cfg = SchedConfig(name=name, warmup_epochs=0, **shape)
-        scheduler = build_scheduler(optimizer, OmegaConf.structured(cfg), epochs=3, steps_per_epoch=2)
+        scheduler = build_scheduler(optimizer, OmegaConf.structured(cfg), epochs=3, optimizer_steps_per_epoch=2)
         lrs = []
         for step in (0, 2, 4):
             scheduler.step_update(num_updates=step)

@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from engine.checkpoint import BEST, LAST
-from engine.trained_run import load_run
+from analysis.trained_run import load_run
 from gmconv import GMConv2d
 from helpers import ROOT, run_in_process
 

@@ -10,41 +10,43 @@ import submitit
 from helpers import compose_train
 from hydra.utils import instantiate
 
-from engine.process import export_submitit_environment
+from engine.distributed import export_submitit_environment
 
 
 @pytest.fixture
 def fake_slurm(tmp_path, monkeypatch):
-    """submitit refuses to build a SLURM executor where `srun` is not on PATH."""
+    """`srun` (submitit checks that it exists) and an `sbatch` that accepts any job, on PATH; a submitted
+    job's results are not waited for. Everything else is the real launcher plugin and submitit."""
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
-    (bin_dir / "srun").write_text("#!/bin/sh\nexit 0\n")
-    (bin_dir / "srun").chmod(0o755)
+    for command, output in (("srun", ""), ("sbatch", "Submitted batch job 4242")):
+        (bin_dir / command).write_text(f"#!/bin/sh\necho '{output}'\n")
+        (bin_dir / command).chmod(0o755)
     monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
+    monkeypatch.setattr(submitit.Job, "results", lambda self: [None])
 
 
-def sbatch_text(tmp_path: Path, monkeypatch, *overrides: str) -> str:
-    """The sbatch file that the real launcher plugin would submit for these overrides."""
+def sbatch_text(tmp_path: Path, *overrides: str) -> str:
+    """The sbatch file that the launcher plugin submits for these overrides, read from its submitit folder."""
     cfg = compose_train("hydra/launcher=slurm", f"hydra.sweep.dir={tmp_path}/sweep",
                         f"hydra.launcher.submitit_folder={tmp_path}/submitit", *overrides, hydra=True)
     launcher = instantiate(cfg.hydra.launcher)
     launcher.config = cfg
-    captured = []
-    monkeypatch.setattr(submitit.AutoExecutor, "map_array", lambda self, *args: captured.append(self) or [])
     launcher.launch([["conv=gmconv"]], initial_job_idx=0)
-    return captured[0]._executor._make_submission_file_text("python train.py", "0")
+    (submitted,) = (tmp_path / "submitit").rglob("*_submission.sh")
+    return submitted.read_text()
 
 
-def test_slurm_launcher_generates_the_requested_job(tmp_path, monkeypatch, fake_slurm):
-    text = sbatch_text(tmp_path, monkeypatch, "hydra.launcher.nodes=2", "hydra.launcher.gpus_per_node=4",
+def test_slurm_launcher_generates_the_requested_job(tmp_path, fake_slurm):
+    text = sbatch_text(tmp_path, "hydra.launcher.nodes=2", "hydra.launcher.gpus_per_node=4",
                        "hydra.launcher.timeout_min=90", "hydra.launcher.partition=gpu")
     for line in ("--nodes=2", "--gpus-per-node=4", "--ntasks-per-node=4", "--time=90", "--partition=gpu",
                  "--cpus-per-task=10"):
         assert f"#SBATCH {line}\n" in text, text
 
 
-def test_slurm_defaults_run_one_task_per_gpu(tmp_path, monkeypatch, fake_slurm):
-    text = sbatch_text(tmp_path, monkeypatch)
+def test_slurm_defaults_run_one_task_per_gpu(tmp_path, fake_slurm):
+    text = sbatch_text(tmp_path)
     assert "#SBATCH --nodes=1\n" in text and "#SBATCH --gpus-per-node=8\n" in text
     assert "#SBATCH --ntasks-per-node=8\n" in text
 

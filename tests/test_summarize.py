@@ -1,5 +1,5 @@
 """scripts/summarize.py on real run folders (a sweep, a single run, unfinished and evaluation-only runs),
-its pure functions (engine/summary.py) on hand-written results for the edge cases, and bad input.
+its pure functions (analysis/summary.py) on hand-written results for the edge cases, and bad input.
 
 Expected numbers are recomputed here from the runs' own results.json, never copied from the script.
 """
@@ -20,8 +20,8 @@ from helpers import ROOT, failed_with, ok, run_in_process
 from omegaconf import OmegaConf
 
 from engine.config import TrainConfig
-from engine.trained_run import TrainedRun, distinct_labels
-from engine.summary import Run, format_delta, group_runs, markdown, settings_of, summarize
+from analysis.trained_run import TrainedRun, distinct_labels
+from analysis.summary import CompletedRun, format_delta, group_runs, markdown, settings_of, table_rows
 
 TINY = ["trainer.epochs=1", "trainer.limit_train_batches=2", "trainer.limit_val_batches=1", "data.batch_size=16",
         "trainer.progress=false"]
@@ -111,7 +111,7 @@ def test_real_runs_grouped_by_setting_with_paired_delta_and_unfinished_runs_list
     assert "1 evaluation-only run (eval_only=true) left out." in proc.stdout
 
 
-def fake(conv_name: str, seed: int, top1: float, **sections: dict[str, Any]) -> Run:
+def fake(conv_name: str, seed: int, top1: float, **sections: dict[str, Any]) -> CompletedRun:
     """A completed run's results as the runner writes them, with only the settings a test varies."""
     conv_type = "standard" if conv_name == "standard" else "gmconv"
     config = {"model": {"name": "resnet20"}, "conv": {"name": conv_name, "type": conv_type, "sigma_init": 2.0},
@@ -120,11 +120,11 @@ def fake(conv_name: str, seed: int, top1: float, **sections: dict[str, Any]) -> 
         config[section] = {**config[section], **values}
     results = {"status": "completed", "top1": top1, "top5": top1 + 10, "params": 1e6, "flops": 2e9,
                "images_per_s": 100.0, "wall_time_s": 60.0, "seed": seed, "config": config}
-    return Run(Path(f"{conv_name}/{seed}/{top1}"), results, settings_of(results))
+    return CompletedRun(Path(f"{conv_name}/{seed}/{top1}"), results, settings_of(results))
 
 
-def rows_by_label(runs: list[Run]) -> dict[str, Any]:
-    return {row.group.label: row for row in summarize(group_runs(runs))}
+def rows_by_label(runs: list[CompletedRun]) -> dict[str, Any]:
+    return {row.group.label: row for row in table_rows(group_runs(runs))}
 
 
 def test_delta_pairs_only_common_seeds_and_a_single_run_has_no_std():

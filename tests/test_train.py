@@ -22,7 +22,7 @@ from helpers import QUICK, ROOT, failed_with, load, ok, run_in_process, train, w
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from engine.checkpoint import load_checkpoint
-from engine.preemption import StopRequest
+from engine.preemption import Preempted, StopRequest
 
 
 def scalar_tags(tb_dir: Path, kind: str = "scalars") -> set[str]:
@@ -188,7 +188,7 @@ def test_resume_auto_starts_fresh_then_continues(tmp_path, caplog):
 def test_a_stop_at_an_epochs_last_step_finishes_that_epoch(tmp_path, monkeypatch):
     """A signal seen at the last step: the epoch is evaluated and saved, and the resumed run trains on."""
     monkeypatch.setattr(StopRequest, "should_stop", lambda self, step, sync=False: step >= 4)
-    with pytest.raises(Exception, match="stopped by a signal"):
+    with pytest.raises(Preempted, match="stopped by a signal"):
         run_in_process(tmp_path, *QUICK, "trainer.epochs=2")
     ckpt = load(tmp_path / "checkpoints/last.pt")
     assert (ckpt["epoch"], ckpt["batches_done"], ckpt["step"]) == (1, 0, 4)

@@ -15,8 +15,8 @@ from torch import nn
 from data import build_loaders
 from models import build_model
 
-from .checkpoint import BEST, LAST, find_checkpoint, load_checkpoint, load_model_weights
-from .config import TrainConfig, flatten
+from engine.checkpoint import BEST, LAST, find_checkpoint, load_checkpoint, load_model_weights
+from engine.config import TrainConfig, flatten
 
 
 @dataclass

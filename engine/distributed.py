@@ -34,6 +34,10 @@ class DistInfo:
 def init_distributed() -> DistInfo:
     """Join the process group that torchrun describes in the environment (a no-op without torchrun).
 
+    Idempotent: three places ask, each before it can be handed the answer: train.py before Hydra starts
+    (every rank must agree on the run folder's name), the Hydra callback that claims the run folder, and
+    ``engine.runner.run``, which the tests also call directly.
+
     Under torchrun even one process uses the group and DDP, so ``--nproc_per_node=1`` exercises
     the same code path as a multi-GPU run.
 

@@ -50,17 +50,17 @@ class TensorImages(Dataset):
 
 
 def tensor_splits(
-    cfg: DataConfig, train: Optional[tuple[Tensor, Tensor]], val: tuple[Tensor, Tensor], mean: Sequence[float],
+    data: DataConfig, train: Optional[tuple[Tensor, Tensor]], val: tuple[Tensor, Tensor], mean: Sequence[float],
     std: Sequence[float], *, padding: int, flip: bool,
 ) -> tuple[Optional[TensorImages], TensorImages]:
-    """(train, val) datasets of (uint8 images, targets), augmented a batch at a time where ``cfg`` allows
+    """(train, val) datasets of (uint8 images, targets), augmented a batch at a time where ``data`` allows
     (the padded crop, flip and normalisation) and per sample where it needs a per-sample pipeline.
     ``train`` None (only the validation split was read): no training dataset."""
-    train_batch, val_batch = small_image_batch_transforms(cfg, mean, std, padding=padding, flip=flip)
+    train_batch, val_batch = small_image_batch_transforms(data, mean, std, padding=padding, flip=flip)
     val_set = TensorImages(*val, batch_transform=val_batch)
     if train is None:
         return None, val_set
     if train_batch is None:
-        train_tf, _ = small_image_transforms(cfg, mean, std, padding=padding, flip=flip)
+        train_tf, _ = small_image_transforms(data, mean, std, padding=padding, flip=flip)
         return TensorImages(*train, train_tf), val_set
     return TensorImages(*train, batch_transform=train_batch), val_set

@@ -2,7 +2,7 @@
 
     read_runs   run folders → completed training runs + unfinished ones (never averaged in)
     group_runs  runs → groups: equal in every setting of the resolved config except seed and bookkeeping
-    summarize   groups → rows: top-1/top-5 mean ± std, cost, and Δ top-1 paired by seed against the
+    table_rows  groups → rows: top-1/top-5 mean ± std, cost, and Δ top-1 paired by seed against the
                 standard-conv group that is equal in every other setting
     markdown / csv_text  rows → the table (scripts/summarize.py prints and writes them)
 
@@ -21,12 +21,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
 
-import torch
-
-from .checkpoint import LAST
-from .config import flatten
-from .loop import format_duration
-from .run_folder import RESULTS, RunFolder
+from data.text import as_typed
+from engine.checkpoint import LAST, load_checkpoint
+from engine.config import flatten
+from engine.loop import format_duration
+from engine.run_folder import RESULTS, RunFolder
 
 # Keys of the resolved config that say how or where a run was executed, not what was trained: runs
 # that differ only here are the same experiment. (trainer.device is "auto" almost always, so it does
@@ -47,7 +46,7 @@ Settings = tuple[tuple[str, Any], ...]
 
 
 @dataclass(frozen=True)
-class Run:
+class CompletedRun:
     path: Path
     results: dict[str, Any]
     settings: dict[str, Any]  # flattened resolved config without BOOKKEEPING, plus world_size
@@ -67,7 +66,7 @@ class Unfinished:
 class Group:
     label: str
     settings: Settings
-    runs: tuple[Run, ...]
+    runs: tuple[CompletedRun, ...]
 
     @property
     def is_standard(self) -> bool:
@@ -102,7 +101,7 @@ def settings_of(results: dict[str, Any]) -> dict[str, Any]:
     return flat
 
 
-def read_runs(folders: list[Path]) -> tuple[list[Run], list[Unfinished], int]:
+def read_runs(folders: list[Path]) -> tuple[list[CompletedRun], list[Unfinished], int]:
     """The completed training runs, the unfinished or failed ones, and how many evaluation-only runs were skipped."""
     runs, unfinished, evaluations = [], [], 0
     for path in folders:
@@ -123,7 +122,7 @@ def read_runs(folders: list[Path]) -> tuple[list[Run], list[Unfinished], int]:
         elif "config" not in results:
             unfinished.append(Unfinished(path, f"{RESULTS} without the resolved config (an older version wrote it)"))
         else:
-            runs.append(Run(path, results, settings_of(results)))
+            runs.append(CompletedRun(path, results, settings_of(results)))
     return runs, unfinished, evaluations
 
 
@@ -133,7 +132,7 @@ def checkpoint_state(folder: RunFolder) -> str:
         saved = sorted(p.name for p in folder.checkpoints.glob("*.pt")) if folder.checkpoints.is_dir() else []
         return f"checkpoints: {', '.join(saved)}" if saved else "no checkpoint"
     try:
-        ckpt = torch.load(folder.last, map_location="cpu", weights_only=True, mmap=True)
+        ckpt = load_checkpoint(folder.last, mmap=True)
         epochs = ckpt["config"]["trainer"]["epochs"]
         where = f"last checkpoint at epoch {ckpt['epoch']}/{epochs}"
         if ckpt["batches_done"]:
@@ -143,11 +142,11 @@ def checkpoint_state(folder: RunFolder) -> str:
         return f"unreadable {LAST} ({type(err).__name__})"
 
 
-def group_runs(runs: list[Run]) -> list[Group]:
+def group_runs(runs: list[CompletedRun]) -> list[Group]:
     """Runs equal in every setting (seed and BOOKKEEPING aside) form a group, labelled by what differs
     between the groups."""
     keys = sorted({key for run in runs for key in run.settings})
-    by_settings: dict[Settings, list[Run]] = {}
+    by_settings: dict[Settings, list[CompletedRun]] = {}
     for run in runs:
         by_settings.setdefault(tuple((key, run.settings.get(key)) for key in keys), []).append(run)
     shown = label_keys([dict(settings) for settings in by_settings])
@@ -179,18 +178,7 @@ def label_keys(settings: list[dict[str, Any]]) -> list[str]:
 
 def _label(settings: dict[str, Any], keys: list[str]) -> str:
     """``conv=gmconv`` for conv.name, as the option is chosen on the command line; ``key=value`` otherwise."""
-    return " ".join(f"{NAME_KEYS.get(key, key)}={format_value(settings[key])}" for key in keys)
-
-
-def format_value(value: Any) -> str:
-    """A setting as it is typed on the command line: 10 (not 10.0), true, null."""
-    if isinstance(value, bool):
-        return str(value).lower()
-    if value is None:
-        return "null"
-    if isinstance(value, float) and value.is_integer():
-        return str(int(value))
-    return str(value)
+    return " ".join(f"{NAME_KEYS.get(key, key)}={as_typed(settings[key])}" for key in keys)
 
 
 def baseline_of(group: Group, groups: list[Group]) -> Optional[Group]:
@@ -225,7 +213,7 @@ def _top1_by_seed(group: Group) -> dict[int, float]:
     return {seed: statistics.mean(values) for seed, values in seeds.items()}
 
 
-def summarize(groups: list[Group]) -> list[Row]:
+def table_rows(groups: list[Group]) -> list[Row]:
     rows = []
     for group in groups:
         values = {key: [run.results[key] for run in group.runs] for key in ("top1", "top5", "params", "flops",

@@ -1,6 +1,5 @@
-"""What turns a batch into a loss beyond plain cross-entropy, and the weights' moving average, from timm:
-Mixup/CutMix with soft targets, cross-entropy or binary cross-entropy, and ModelEmaV3.
-"""
+"""What turns a training batch into a loss, from timm: Mixup/CutMix with soft targets, then cross-entropy
+or binary cross-entropy."""
 
 from __future__ import annotations
 
@@ -11,7 +10,6 @@ import torch
 from omegaconf import DictConfig
 from timm.data import Mixup
 from timm.loss import BinaryCrossEntropy, SoftTargetCrossEntropy
-from timm.utils import ModelEmaV3
 from torch import nn
 
 
@@ -47,14 +45,3 @@ def build_objective(data: DictConfig, trainer: DictConfig, num_classes: int) -> 
     else:
         criterion = nn.CrossEntropyLoss(label_smoothing=smoothing)
     return Objective(criterion, mixup)
-
-
-def build_ema(model: nn.Module, trainer: DictConfig) -> Optional[ModelEmaV3]:
-    """A moving average of ``model``'s weights and buffers (None when ``trainer.ema_decay`` is null).
-
-    Updated after every optimizer step with the step count: timm's decay is 0 at step 1 (the average
-    starts as the weights), then ``ema_decay``, or with ``ema_warmup`` 1 - (1 + step)^(-2/3) capped there.
-    """
-    if trainer.ema_decay is None:
-        return None
-    return ModelEmaV3(model, decay=trainer.ema_decay, use_warmup=trainer.ema_warmup)
