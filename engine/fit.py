@@ -13,6 +13,7 @@ resumed run removes; checkpoints keep every record, so nothing written is ever l
 
 from __future__ import annotations
 
+import functools
 import logging
 import shlex
 from pathlib import Path
@@ -58,7 +59,8 @@ class Fit:
         self.replaced = ReplacedImages(state.counters, self.train_loader, self.val_loader,
                                        enabled=cfg.data.skip_bad_images)
         self.guard = NonFiniteGuard(cfg.trainer.nonfinite, cfg.trainer.nonfinite_limit, cfg.trainer.log_every_steps,
-                                    state.counters, distributed=dist.enabled, kept=self.kept)
+                                    state.counters, distributed=dist.enabled,
+                                    kept=functools.partial(kept_message, folder, dist))
         self.stop = StopRequest(dist, device)
 
     def run(self, *, save_first: bool = False) -> dict[str, Any]:
@@ -166,7 +168,7 @@ class Fit:
         try:
             save_checkpoint(path, self.state, self.config, self.data_info, per_rank, ema_weights=ema_weights)
         except StorageError as err:
-            raise StorageError(f"{err}; then {self.kept()}") from err
+            raise StorageError(f"{err}; then {kept_message(self.folder, self.dist)}") from err
         if path == self.folder.last:
             self.history.update(epoch=self.state.epoch, batches_done=self.state.batches_done, step=self.state.step)
 
@@ -177,13 +179,6 @@ class Fit:
                     state.step, resume_command(self.folder.path, self.dist))
         barrier(self.dist)
         return Preempted(f"stopped by a signal at step {state.step}")
-
-    def kept(self) -> str:
-        """What a failed run leaves and how to go on, for its one-line message."""
-        if not self.folder.last.is_file():
-            return "no checkpoint was saved yet: start the run again"
-        return (f"{self.folder.last} holds the last state saved before it; continue from there with: "
-                f"{resume_command(self.folder.path, self.dist)}")
 
     def outcome(self) -> dict[str, Any]:
         """results.json's training numbers, from the last epoch's record and the run's state."""
@@ -196,6 +191,16 @@ class Fit:
                 "train_time_s": state.train_time_s, "images_per_s": last.get("images_per_s"),
                 "bad_images_replaced": self.replaced.totals(), SKIPPED: state.counters.get(SKIPPED, 0),
                 "status": "completed"}
+
+
+def kept_message(folder: RunFolder, dist: DistInfo) -> str:
+    """What a failed run leaves and how to go on, for its one-line message. (A function of the folder, not
+    a method: a Fit referenced from its own guard would outlive the run in a reference cycle, and with it
+    the DataLoaders, whose worker processes a later garbage collection then fails to stop in time.)"""
+    if not folder.last.is_file():
+        return "no checkpoint was saved yet: start the run again"
+    return (f"{folder.last} holds the last state saved before it; continue from there with: "
+            f"{resume_command(folder.path, dist)}")
 
 
 def resume_command(run_dir: Path, dist: DistInfo) -> str:
