@@ -77,6 +77,15 @@ def every_other_epoch_copy(every_other_epoch, tmp_path) -> Path:
     return Path(shutil.copytree(every_other_epoch, tmp_path / "run"))
 
 
+@pytest.fixture(scope="module")
+def extended(every_other_epoch, tmp_path_factory) -> tuple[Path, dict[str, bytes], str]:
+    """That run, then `python train.py resume=<run> trainer.epochs=4`: the folder, its files before, the output."""
+    run_dir = Path(shutil.copytree(every_other_epoch, tmp_path_factory.mktemp("extended") / "run"))
+    before = folder_bytes(run_dir)
+    proc = ok(train(f"resume={run_dir}", "trainer.epochs=4"))
+    return run_dir, before, proc.stdout + proc.stderr
+
+
 # --- 1. one epoch record ---------------------------------------------------------------------------
 
 
@@ -91,12 +100,11 @@ def test_metrics_csv_has_one_header_for_evaluated_and_unevaluated_epochs(every_o
     assert frame["train_loss"].notna().all() and (frame["images_per_s"] > 0).all()
 
 
-def test_resumes_extend_the_record_and_an_ema_turned_on_widens_metrics_csv(every_other_epoch_copy):
+def test_resumes_extend_the_record_and_an_ema_turned_on_widens_metrics_csv(extended, tmp_path):
     """The issue's sequence: a resume of an eval_every run, then one that turns an EMA on, then another."""
-    run_dir = every_other_epoch_copy
-    first = json.loads((run_dir / "results.json").read_text())
-    proc = ok(train(f"resume={run_dir}", "trainer.epochs=4"))
-    assert "trainer.epochs 3 → 4" in proc.stdout + proc.stderr
+    run_dir = Path(shutil.copytree(extended[0], tmp_path / "run"))
+    first = json.loads(extended[1]["results.json"])
+    assert "trainer.epochs 3 → 4" in extended[2]
     same = [*QUICK, "trainer.eval_every=2"]  # in-process, the checkpoint's settings are not inserted: retyped
     run_in_process(run_dir, *same, "trainer.epochs=5", "trainer.ema_decay=0.9", f"resume={run_dir}")
     table = rows(run_dir)
@@ -111,10 +119,9 @@ def test_resumes_extend_the_record_and_an_ema_turned_on_widens_metrics_csv(every
     assert first["top1"] == float(rows(run_dir)[2]["val_top1"])  # session 1's rows are kept as they were
 
 
-def test_a_resumed_run_keeps_every_epoch_once_in_tensorboard(every_other_epoch_copy):
+def test_a_resumed_run_keeps_every_epoch_once_in_tensorboard(extended):
     """purge_step at the checkpoint's step removed the epoch-end scalars written at that very step."""
-    run_dir = every_other_epoch_copy
-    ok(train(f"resume={run_dir}", "trainer.epochs=4"))
+    run_dir = extended[0]
     acc, warnings = scalars(run_dir / "tb")
     assert not warnings, warnings
     steps = [int(r["step"]) for r in rows(run_dir)]
@@ -189,12 +196,8 @@ def test_a_run_killed_while_writing_its_first_last_pt_starts_again_with_resume_a
 # --- 2. a run's history ----------------------------------------------------------------------------
 
 
-def test_history_records_each_session_and_results_sum_their_wall_time(every_other_epoch_copy):
-    run_dir = every_other_epoch_copy
-    before = folder_bytes(run_dir)
-    failed_with(train(f"resume={run_dir}", "model=resnet32"), "cannot change on resume")
-    assert folder_bytes(run_dir) == before  # train.log included: a refused command leaves no line there
-    ok(train(f"resume={run_dir}", "trainer.epochs=4"))
+def test_history_records_each_session_and_results_sum_their_wall_time(extended):
+    run_dir, before, _ = extended
     results = json.loads((run_dir / "results.json").read_text())
     first, second = results["sessions"]
     assert results["overrides"] == first["overrides"] == [*QUICK, "trainer.epochs=3", "trainer.eval_every=2"]
@@ -206,7 +209,7 @@ def test_history_records_each_session_and_results_sum_their_wall_time(every_othe
     assert json.loads((run_dir / "history.json").read_text())["sessions"] == results["sessions"]
     config = (run_dir / ".hydra/config.yaml").read_text()
     assert config.startswith("# The composition of this run's first session") and "history.json" in config
-    assert config == before[".hydra/config.yaml"].decode()  # .hydra/ stays the first session's
+    assert config.encode() == before[".hydra/config.yaml"]  # .hydra/ stays the first session's
 
 
 @pytest.mark.parametrize("preview", [["resume={run}"], ["eval_only=true", "ckpt={run}"]])
@@ -345,13 +348,13 @@ def test_a_killed_runs_worker_processes_do_not_keep_its_folder_locked(tmp_path):
 
 
 def test_generated_lifecycles_keep_every_invariant(tmp_path):
-    """Three random lifecycles (starts, kills, preemptions, resumes with changes, evaluations, refused
+    """Two random lifecycles (starts, kills, preemptions, resumes with changes, evaluations, refused
     commands); scripts/lifecycle_fuzz.py runs many more (docs/RELIABILITY.md)."""
-    proc = subprocess.run([sys.executable, "scripts/lifecycle_fuzz.py", "--n", "3", "--seed", "100",
+    proc = subprocess.run([sys.executable, "scripts/lifecycle_fuzz.py", "--n", "2", "--seed", "100",
                            "--workdir", str(tmp_path)], cwd=ROOT, capture_output=True, text=True, timeout=600,
                           env={**os.environ, "PYTHONUNBUFFERED": "1"})
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-2000:]
-    assert "3 lifecycles" in proc.stdout and "0 broke an invariant" in proc.stdout
+    assert "2 lifecycles" in proc.stdout and "0 broke an invariant" in proc.stdout
 
 
 def test_checkpoints_are_read_without_running_code(every_other_epoch):

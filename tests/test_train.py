@@ -11,14 +11,12 @@ import csv
 import json
 import os
 import shutil
-import signal
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
-from helpers import QUICK, ROOT, failed_with, load, ok, run_in_process, train, wait_for_checkpoint
+from helpers import QUICK, failed_with, load, ok, run_in_process, train
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from engine.checkpoint import load_checkpoint
@@ -40,9 +38,8 @@ def metrics_rows(run_dir: Path) -> list[dict[str, str]]:
 
 
 def record(run_dir: Path) -> dict[str, bytes]:
-    """Every file of a run folder's record, by path: what no other command may change."""
-    return {str(p.relative_to(run_dir)): p.read_bytes() for p in sorted(run_dir.rglob("*"))
-            if p.is_file() and p.name != "train.log"}
+    """Every file of a run folder's record, by path (train.log too: a refused command adds no line to it)."""
+    return {str(p.relative_to(run_dir)): p.read_bytes() for p in sorted(run_dir.rglob("*")) if p.is_file()}
 
 
 @pytest.fixture(scope="module")
@@ -205,34 +202,6 @@ def test_progress_lines_when_not_on_a_terminal(tmp_path, caplog):
     lines = [r.getMessage() for r in caplog.records if "ETA" in r.getMessage()]
     assert [line.split("batch ")[1].split()[0] for line in lines] == ["2/4", "4/4"]
     assert all("img/s" in line and "loss" in line and "lr" in line for line in lines)
-
-
-@pytest.mark.slow
-def test_resumed_run_ends_with_the_same_weights(tmp_path):
-    """Kill a 4-epoch run once it has saved epoch 2, resume it, and compare with an uninterrupted run."""
-    args = ["trainer.epochs=4", "trainer.limit_train_batches=6", "trainer.limit_val_batches=1", "data.batch_size=16",
-            "trainer.deterministic=true", "trainer.progress=false", "seed=3"]
-    ok(train(*args, f"hydra.run.dir={tmp_path / 'full'}"))
-
-    killed = tmp_path / "killed"
-    proc = subprocess.Popen([sys.executable, "train.py", *args, f"hydra.run.dir={killed}"], cwd=ROOT,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    last = killed / "checkpoints/last.pt"
-    try:
-        wait_for_checkpoint(proc, last, lambda ckpt: ckpt["epoch"] >= 2)
-        proc.send_signal(signal.SIGKILL)
-    finally:
-        proc.wait()
-    assert proc.returncode == -signal.SIGKILL, "the run finished before it could be killed"
-    assert not (killed / "results.json").exists()
-
-    ok(train(f"resume={killed}"))
-    results = json.loads((killed / "results.json").read_text())
-    assert results["status"] == "completed" and results["epochs"] == 4
-    full, resumed = load(tmp_path / "full/checkpoints/last.pt")["model"], load(last)["model"]
-    assert full.keys() == resumed.keys()
-    for key in full:
-        torch.testing.assert_close(resumed[key], full[key], rtol=0, atol=1e-6, msg=key)
 
 
 # One case per stage that can reject a setting; tests/test_config.py covers every kind in-process.
