@@ -13,6 +13,7 @@ chosen on the same validation set and so biased upwards. std is the sample stand
 from __future__ import annotations
 
 import csv
+import functools
 import io
 import json
 import re
@@ -39,6 +40,8 @@ BOOKKEEPING = frozenset({
 # without a learned σ): a group's baseline is the standard-conv group equal in everything else.
 CONV_ONLY = ("conv.", "optim.sigma_lr_scale")
 STANDARD = "standard"
+SHORT_MARK = "†"
+CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 # Config groups whose ``<group>.name`` labels a group instead of the sub-settings that come with it.
 NAME_KEYS = {f"{group}.name": group for group in ("model", "conv", "data", "optim", "sched")}
 
@@ -226,6 +229,43 @@ def table_rows(groups: list[Group]) -> list[Row]:
     return rows
 
 
+SHORTENING = ("trainer.limit_train_batches", "trainer.limit_val_batches")
+
+
+def shortened(group: Group) -> list[str]:
+    """Why a group's runs are not full runs, whatever the other groups are: epochs cut short, a validation
+    set cut short, or fewer epochs than the experiment recipe the runs were started from."""
+    settings = dict(group.settings)
+    reasons = [f"{key}={settings[key]}" for key in SHORTENING if settings.get(key) is not None]
+    for experiment in sorted({_experiment(run) for run in group.runs} - {None}):
+        planned = recipe_epochs(experiment)
+        if planned is not None and settings.get("trainer.epochs", planned) < planned:
+            reasons.append(f"trainer.epochs={settings['trainer.epochs']} of experiment={experiment}'s {planned}")
+    return reasons
+
+
+def _experiment(run: CompletedRun) -> Optional[str]:
+    """The experiment= a run was started with (its first session's typed overrides)."""
+    typed = run.results.get("overrides") or []
+    return next((o.split("=", 1)[1] for o in typed if o.startswith("experiment=")), None)
+
+
+@functools.cache
+def recipe_epochs(experiment: str) -> Optional[int]:
+    """The epochs configs/experiment/<experiment>.yaml plans (None where it cannot be composed here)."""
+    from hydra import compose, initialize_config_dir
+    from hydra.errors import HydraException
+
+    from engine.config import register_configs
+
+    register_configs()
+    try:
+        with initialize_config_dir(config_dir=str(CONFIGS), version_base="1.3"):
+            return int(compose("train", overrides=[f"experiment={experiment}"]).trainer.epochs)
+    except HydraException:
+        return None
+
+
 def format_stat(s: Stat, sign: str = "") -> str:
     return f"{s.mean:{sign}.2f} ± {'—' if s.std is None else f'{s.std:.2f}'}"
 
@@ -242,12 +282,16 @@ def markdown(rows: list[Row], unfinished: list[Unfinished], evaluations: int) ->
     """The table, then the runs it leaves out and why."""
     lines = ["| group | n | top-1 (%) | top-5 (%) | params (M) | GFLOPs | images/s | wall time | Δ top-1 vs standard |",
              "|---|---:|---:|---:|---:|---:|---:|---:|---:|"] if rows else ["No completed training run."]
-    lines += [f"| {r.group.label} | {r.top1.n} | {format_stat(r.top1)} | {format_stat(r.top5)} | {r.params_m:.4f} "
-              f"| {r.gflops:.4f} | {r.images_per_s:.0f} | {format_duration(r.wall_time_s)} | {format_delta(r)} |"
-              for r in rows]
+    short = {r.group.label: shortened(r.group) for r in rows}
+    lines += [f"| {r.group.label}{SHORT_MARK if short[r.group.label] else ''} | {r.top1.n} | {format_stat(r.top1)} "
+              f"| {format_stat(r.top5)} | {r.params_m:.4f} | {r.gflops:.4f} | {r.images_per_s:.0f} "
+              f"| {format_duration(r.wall_time_s)} | {format_delta(r)} |" for r in rows]
     if rows:
         lines += ["", "top-1/top-5: final epoch, mean ± sample std over seeds; Δ: paired by seed with the "
                   "standard-conv group of the same other settings."]
+    if any(short.values()):
+        lines += ["", f"{SHORT_MARK} Short runs, not results: "
+                  + "; ".join(f"{label}: {', '.join(reasons)}" for label, reasons in short.items() if reasons) + "."]
     if unfinished:
         lines += ["", f"Unfinished or failed runs ({len(unfinished)}, not averaged in):", ""]
         lines += [f"- `{u.path}`: {u.what}" for u in unfinished]
@@ -257,7 +301,7 @@ def markdown(rows: list[Row], unfinished: list[Unfinished], evaluations: int) ->
 
 
 CSV_COLUMNS = ["group", "n", "top1_mean", "top1_std", "top5_mean", "top5_std", "params_m", "gflops", "images_per_s",
-               "wall_time_s", "delta_top1_mean", "delta_top1_std", "delta_pairs", "baseline"]
+               "wall_time_s", "delta_top1_mean", "delta_top1_std", "delta_pairs", "baseline", "short_run"]
 
 
 def csv_text(rows: list[Row]) -> str:
@@ -268,7 +312,8 @@ def csv_text(rows: list[Row]) -> str:
     for r in rows:
         delta = (r.delta.mean, r.delta.std, r.delta.n) if r.delta else (None, None, 0 if r.baseline else None)
         cells = [r.group.label, r.top1.n, r.top1.mean, r.top1.std, r.top5.mean, r.top5.std, r.params_m, r.gflops,
-                 r.images_per_s, r.wall_time_s, *delta, r.baseline.label if r.baseline else None]
+                 r.images_per_s, r.wall_time_s, *delta, r.baseline.label if r.baseline else None,
+                 "; ".join(shortened(r.group)) or None]
         writer.writerow(["" if cell is None else cell for cell in cells])
     return out.getvalue()
 

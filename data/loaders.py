@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import logging
+import os
 import signal
+import warnings
 from typing import Any, Iterator, Union
 
 import torch
@@ -17,6 +20,8 @@ from .info import DataInfo, Splits
 from .registry import BUILDERS
 from .samplers import ResumableSampler, ShardSampler
 from .seeds import mixed_seed
+
+log = logging.getLogger(__name__)
 
 # What build_loaders returns: a DataLoader, or one wrapped to augment whole batches on the device.
 Loader = Union[DataLoader, BatchAugmentedLoader]
@@ -82,8 +87,32 @@ def _splits(data: DataConfig, seed: int, rank: int, world_size: int, *, with_tra
 
 
 def _common(data: DataConfig, pin_memory: bool) -> dict[str, Any]:
+    _note_workers(data.num_workers)
     return dict(num_workers=data.num_workers, pin_memory=pin_memory,
                 persistent_workers=data.persistent_workers and data.num_workers > 0)
+
+
+def available_cores() -> int:
+    """The CPU cores this process may use: those it is allowed to run on, shared with the other processes
+    torchrun started on the node."""
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        cores = os.cpu_count() or 1
+    return max(1, cores // int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
+
+
+def _note_workers(num_workers: int) -> None:
+    """More loader workers than cores: said once, in the run's words (PyTorch's longer warning about it,
+    repeated for every loader, is silenced); the run keeps the setting, which may be deliberate (workers
+    waiting on a network file system)."""
+    cores = available_cores()
+    if num_workers <= cores:
+        return
+    warnings.filterwarnings("ignore", message="This DataLoader will create", category=UserWarning)
+    log.warning("data.num_workers=%d worker processes per loader, and this process has %d CPU core%s: they share "
+                "them; kept at %d (data.num_workers=%d matches the cores)", num_workers, cores,
+                "s" if cores != 1 else "", num_workers, cores)
 
 
 def _val_loader(data: DataConfig, splits: Splits, seed: int, rank: int, world_size: int, common: dict[str, Any],

@@ -183,6 +183,24 @@ UNKNOWN_KEY = ("{key} is not a setting of this framework; remove it or fix its s
                "(python train.py --cfg job lists every key)")
 
 
+def settings_without_effect(cfg: DictConfig) -> list[str]:
+    """Valid settings that cannot take effect in the planned epochs, one warning line each: the run is
+    allowed (a short trial of a long recipe is common), but it does not do what the setting says."""
+    epochs, sched, name = cfg.trainer.epochs, cfg.sched, SchedName(cfg.sched.name)
+    lines = []
+    late = [m for m in sched.milestones if m >= epochs]
+    if name is SchedName.multistep and late:
+        lines.append(f"sched.milestones={list(sched.milestones)}: epoch {', '.join(map(str, late))} "
+                     f"{'is' if len(late) == 1 else 'are'} not before trainer.epochs={epochs}, so the lr never "
+                     "steps down there")
+    if name is SchedName.step and sched.decay_epochs >= epochs:
+        lines.append(f"sched.decay_epochs={sched.decay_epochs} with trainer.epochs={epochs}: the lr never decays")
+    if 0 < epochs <= sched.warmup_epochs:
+        lines.append(f"sched.warmup_epochs={sched.warmup_epochs} with trainer.epochs={epochs}: the run ends before "
+                     "its warmup does, so the lr never reaches optim.lr")
+    return lines
+
+
 def _check_known_keys(cfg: DictConfig) -> None:
     """Keys added with ``+`` (Hydra's own suggestion for a misspelt key) bypass the schema: catch them."""
     try:

@@ -91,7 +91,8 @@ def train_one_epoch(
     totals = state.epoch_totals  # the epoch's sums so far: empty, or restored from a mid-epoch checkpoint
     sums = totals.metrics
     start_batch = state.batches_done
-    batches, total = _batches(loader, None if trainer.limit_train_batches is None else trainer.limit_train_batches - start_batch)
+    limit = trainer.limit_train_batches
+    batches, total = _batches(loader, None if limit is None else limit - start_batch)
     epoch_batches, group = start_batch + total, trainer.accumulate_steps
     bar = tqdm(batches, total=total, desc=f"train {epoch + 1}/{trainer.epochs}", disable=progress is not Progress.bar,
                leave=False, dynamic_ncols=True, file=sys.stdout)

@@ -27,7 +27,7 @@ from data.text import first_line
 
 from . import checkpoint
 from .checkpoint import TrainState, unwrap
-from .config import validate
+from .config import settings_without_effect, validate
 from .evaluation import evaluate_checkpoint
 from .fit import Fit
 from .history import COMPLETED, STOPPED, History
@@ -83,6 +83,8 @@ def run(cfg: DictConfig, run_dir: Path, *, overrides: list[str] | None = None,
 
 def train(cfg: DictConfig, ctx: Context) -> dict[str, Any]:
     clock_start = time.perf_counter()
+    for warning in settings_without_effect(cfg):
+        log.warning(warning)
     seed_everything(cfg.seed, ctx.dist.rank)
     configure_determinism(cfg.trainer.deterministic)
     folder = ctx.folder

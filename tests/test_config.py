@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import pytest
-from helpers import CONFIGS, compose_train
+from helpers import CONFIGS, compose_train, ok, train
 from hydra.errors import ConfigCompositionException
 from omegaconf import OmegaConf
 
-from engine.config import resume_changes, validate
+from engine.config import resume_changes, settings_without_effect, validate
 
 
 def options(group: str) -> list[str]:
@@ -122,3 +122,25 @@ def test_resume_applies_schedule_and_optimizer_changes_but_refuses_another_exper
     for override in ("conv=standard", "model=resnet32", "data.batch_size=32", "seed=1", "optim=adamw"):
         with pytest.raises(ValueError, match="cannot change on resume"):
             resume_changes(saved, compose_train(override))
+
+
+def test_help_explains_the_program_its_groups_and_the_most_used_settings():
+    out = ok(train("--help")).stdout
+    assert "Train an image classifier with or without GMConv" in out and "README" in out
+    for group in ("model", "conv", "data", "optim", "sched", "experiment"):
+        assert f"\n  {group} " in out, group  # a line on what the group is
+        assert f"\n{group}: " in out, group  # and its options
+    for setting in ("trainer.epochs=", "data.root=", "optim.lr=", "resume=<run folder>", "eval_only=true ckpt=", "-m "):
+        assert setting in out, setting
+    assert "== Config ==" not in out  # the composed config is --cfg job's
+
+
+@pytest.mark.parametrize("overrides, warning", [
+    (["sched=multistep", "sched.milestones=[82,123]", "trainer.epochs=1"], "epoch 82, 123 are not before trainer.epochs=1"),
+    (["sched=step", "sched.decay_epochs=30"], "sched.decay_epochs=30.0 with trainer.epochs=10: the lr never decays"),
+    (["sched.warmup_epochs=5", "trainer.epochs=3"], "the run ends before its warmup does"),
+    (["sched=multistep", "sched.milestones=[5,9]"], None),
+])
+def test_schedule_settings_that_cannot_take_effect_are_warned_about(overrides, warning):
+    lines = settings_without_effect(compose_train(*overrides))
+    assert (lines == []) if warning is None else any(warning in line for line in lines), lines

@@ -10,6 +10,7 @@ import re
 import shutil
 import subprocess
 import sys
+import warnings
 from collections import Counter
 from pathlib import Path
 
@@ -206,6 +207,49 @@ def test_cifar_pickles_load_pixel_exact(
     expected = torch.from_numpy(test_batch["data"][:4]).reshape(4, 3, 32, 32).float() / 255
     assert torch.allclose(x * std + mean, expected, atol=1e-5)
     assert y.tolist() == test_batch["labels" if name == "cifar10" else "fine_labels"][:4]
+
+
+@pytest.mark.parametrize("damage, message", [
+    ("bytes keys", "test_batch: expected a pickled dict with keys 'data', 'labels', found a dict with keys b'data'"),
+    ("truncated", "data_batch_2 is not a readable CIFAR-10 python file (UnpicklingError: pickle data was truncated)"),
+    ("code", "data_batch_2 is not a readable CIFAR-10 python file (UnpicklingError: it asks to load posix.system"),
+])
+def test_a_cifar_file_in_another_format_is_named_with_what_it_holds(cifar10_root: Path, damage: str, message: str,
+                                                                     tmp_path: Path) -> None:
+    folder = cifar10_root / "cifar-10-batches-py"
+    if damage == "bytes keys":  # a Python 2 pickle read back without an encoding, then saved again
+        batch = pickle.loads((folder / "test_batch").read_bytes(), encoding="latin1")
+        (folder / "test_batch").write_bytes(pickle.dumps({key.encode(): value for key, value in batch.items()}))
+    elif damage == "truncated":
+        (folder / "data_batch_2").write_bytes((folder / "data_batch_2").read_bytes()[:200])
+    else:  # a pickle that would run a command: refused before it can
+        marker = tmp_path / "ran"
+        (folder / "data_batch_2").write_bytes(pickle.dumps(_RunsCommand(f"touch {marker}")))
+    with pytest.raises(ValueError) as err:
+        build_loaders(DataConfig(name="cifar10", root=str(cifar10_root), batch_size=4), seed=0)
+    assert message in str(err.value) and "\n" not in str(err.value) and "official CIFAR-10 python archive" in str(err.value)
+    assert damage != "code" or not (tmp_path / "ran").exists()
+
+
+class _RunsCommand:
+    def __init__(self, command: str) -> None:
+        self.command = command
+
+    def __reduce__(self):
+        return os.system, (self.command,)
+
+
+def test_more_workers_than_cores_is_said_once_in_the_runs_words(monkeypatch, caplog) -> None:
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1})
+    monkeypatch.delenv("LOCAL_WORLD_SIZE", raising=False)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        train, val, _ = build_loaders(DataConfig(name="fake", batch_size=4, train_size=16, val_size=8, image_size=8,
+                                                 num_workers=3, persistent_workers=False), seed=0)
+        next(iter(train)), next(iter(val))
+    said = [r.getMessage() for r in caplog.records if "data.num_workers=3" in r.getMessage()]
+    assert len(said) == 1 and "this process has 2 CPU cores" in said[0] and "kept at 3" in said[0]
+    assert not [w for w in caught if "DataLoader will create" in str(w.message)]  # PyTorch's own, longer warning
 
 
 def test_cifar_missing_files_name_the_path_and_the_fix(tmp_path: Path, cifar10_root: Path) -> None:

@@ -111,15 +111,15 @@ def test_real_runs_grouped_by_setting_with_paired_delta_and_unfinished_runs_list
     assert "1 evaluation-only run (eval_only=true) left out." in proc.stdout
 
 
-def fake(conv_name: str, seed: int, top1: float, **sections: dict[str, Any]) -> CompletedRun:
+def fake(conv_name: str, seed: int, top1: float, overrides: list[str] = (), **sections: dict[str, Any]) -> CompletedRun:
     """A completed run's results as the runner writes them, with only the settings a test varies."""
     conv_type = "standard" if conv_name == "standard" else "gmconv"
     config = {"model": {"name": "resnet20"}, "conv": {"name": conv_name, "type": conv_type, "sigma_init": 2.0},
               "optim": {"lr": 0.1, "sigma_lr_scale": 1.0}, "data": {"name": "digits", "num_workers": 0}, "seed": seed}
     for section, values in sections.items():
-        config[section] = {**config[section], **values}
+        config[section] = {**config.get(section, {}), **values}
     results = {"status": "completed", "top1": top1, "top5": top1 + 10, "params": 1e6, "flops": 2e9,
-               "images_per_s": 100.0, "wall_time_s": 60.0, "seed": seed, "config": config}
+               "images_per_s": 100.0, "wall_time_s": 60.0, "seed": seed, "config": config, "overrides": list(overrides)}
     return CompletedRun(Path(f"{conv_name}/{seed}/{top1}"), results, settings_of(results))
 
 
@@ -174,3 +174,19 @@ def test_analysis_labels_name_the_settings_that_tell_runs_apart():
         "resnet20-gmconv seed 0 (optim.lr=0.1, optim.sigma_lr_scale=1.0)",
         "resnet20-gmconv seed 0 (optim.lr=0.1, optim.sigma_lr_scale=100.0)",
         "resnet20-gmconv seed 0 (optim.lr=0.5, optim.sigma_lr_scale=1.0)"]
+
+
+def test_short_runs_are_marked_even_where_every_run_is_short():
+    """A table of runs cut short (limit_*_batches, or fewer epochs than their experiment's recipe) hides the
+    settings they share, so it would look like results without the mark."""
+    limited = [fake(conv, seed, 90.0 + seed, trainer={"limit_train_batches": 3, "limit_val_batches": None,
+                                                     "epochs": 10}) for conv in ("standard", "gmconv") for seed in (0, 1)]
+    text = markdown(table_rows(group_runs(limited)), [], 0)
+    assert "| conv=gmconv† |" in text and "| conv=standard† |" in text
+    assert "† Short runs, not results: conv=gmconv: trainer.limit_train_batches=3;" in text
+    cut = [fake("gmconv", 0, 90.0, ["experiment=cifar10_resnet20", "trainer.epochs=2"],
+                trainer={"limit_train_batches": None, "limit_val_batches": None, "epochs": 2})]
+    assert "trainer.epochs=2 of experiment=cifar10_resnet20's 164" in markdown(table_rows(group_runs(cut)), [], 0)
+    full = [fake("gmconv", 0, 90.0, ["experiment=cifar10_resnet20"],
+                 trainer={"limit_train_batches": None, "limit_val_batches": None, "epochs": 164})]
+    assert "†" not in markdown(table_rows(group_runs(full)), [], 0)
