@@ -110,7 +110,10 @@ def test_resumes_extend_the_record_and_an_ema_turned_on_widens_metrics_csv(exten
     table = rows(run_dir)
     assert [r["epoch"] for r in table] == ["1", "2", "3", "4", "5"] and "val_ema_top1" in table[0]
     assert [r["val_ema_top1"] == "" for r in table] == [True, True, True, True, False]
+    weights = load(run_dir / "checkpoints/last.pt")["model"]
     results = run_in_process(run_dir, *same, "trainer.epochs=6", "trainer.ema_decay=0.9", f"resume={run_dir}")
+    trained_on = load(run_dir / "checkpoints/last.pt")["model"]
+    assert any(not torch.equal(trained_on[key], weights[key]) for key in weights)  # the extension trained
     assert [r["epoch"] for r in rows(run_dir)] == [str(e) for e in range(1, 7)]
     assert results["ema_top1"] == float(rows(run_dir)[-1]["val_ema_top1"])
     # the record of every epoch is the one checkpoint's records, and the run's values
