@@ -26,6 +26,7 @@ from engine.faults import RunFailed
 from engine.preemption import Preempted
 from engine.distributed import agree_on_run_time, init_distributed
 from engine.run_folder import RunFolder
+from engine.recipes import changes_from_recipe, recipe_of
 from engine.run_log import commit_run_log
 from engine.runner import run
 
@@ -41,7 +42,8 @@ def main(cfg: DictConfig) -> float | None:
     run_dir = Path(hydra_config.runtime.output_dir)
     try:
         overrides = typed_overrides if typed_overrides is not None else list(hydra_config.overrides.task)
-        results = run(cfg, run_dir, overrides=overrides, hydra_config=hydra_config)
+        results = run(cfg, run_dir, overrides=overrides, hydra_config=hydra_config,
+                      recipe_changes=_recipe_changes(cfg, hydra_config))
     except Preempted:
         return None  # a clean stop: the checkpoint is saved and the log says how to continue
     except KeyboardInterrupt:  # a second Ctrl-C (engine/preemption.py), or one before training started
@@ -63,6 +65,15 @@ def main(cfg: DictConfig) -> float | None:
         failed_jobs.append(f"job {hydra_config.job.num} ({' '.join(hydra_config.overrides.task)}): {err}")
         return None  # the sweep goes on with its next job
     return results.get("top1")  # for Hydra sweepers that optimise a metric
+
+
+def _recipe_changes(cfg: DictConfig, hydra_config: DictConfig) -> list[str] | None:
+    """What this new training run changes of its data's and model's recipe (None for a resume, which keeps
+    its first session's, or an evaluation)."""
+    if cfg.resume or cfg.eval_only:
+        return None
+    recipe = recipe_of(OmegaConf.to_container(hydra_config.runtime.choices))
+    return None if recipe is None else changes_from_recipe(cfg, recipe)
 
 
 def report_sweep() -> None:

@@ -23,7 +23,7 @@ from .checkpoint import BEST, LAST, find_checkpoint, load_checkpoint
 from .config import UNKNOWN_KEY
 
 GROUPS = ("model", "conv", "data", "optim", "sched")
-RESUMED_SETTINGS = (*GROUPS, "trainer", "seed")  # a resumed run continues with all of these
+RESUMED_SETTINGS = (*GROUPS, "trainer", "recipe", "seed")  # a resumed run continues with all of these
 EVALUATED_SETTINGS = ("model", "conv", "data")  # an evaluation needs only these
 EVAL_RUN_DIR = "outputs/eval/${data.name}/${model.name}-${conv.name}/${run_time:%Y-%m-%d_%H-%M-%S}"
 

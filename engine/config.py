@@ -140,6 +140,18 @@ class TrainerConfig:
 
 
 @dataclass
+class RecipeConfig:
+    """Where a run's defaults come from: the recipe its data brings and a model's exception to it on that data
+    (configs/recipe/, optim/<data>.yaml, sched/<data>.yaml, optim_exception/, model_exception/; docs/RECIPES.md).
+    Set by those files alone; shown at start-up and kept in results.json's config."""
+
+    name: str = "none"
+    source: str = ""
+    optim_exception: Optional[str] = None
+    model_exception: Optional[str] = None
+
+
+@dataclass
 class TrainConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
     conv: ConvConfig = field(default_factory=ConvConfig)
@@ -147,6 +159,7 @@ class TrainConfig:
     optim: OptimConfig = field(default_factory=OptimConfig)
     sched: SchedConfig = field(default_factory=SchedConfig)
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
+    recipe: RecipeConfig = field(default_factory=RecipeConfig)
     seed: int = 0
     # a run folder (or its checkpoint) to continue in that folder; "auto": this run folder's last.pt if any
     resume: Optional[str] = None

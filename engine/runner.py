@@ -39,6 +39,7 @@ from .distributed import (barrier, cleanup, configure_determinism, init_distribu
                           seed_everything, select_device)
 from .ema import build_ema
 from .objective import Objective, build_objective
+from .recipes import recipe_line
 from .resume import Resume, plan_resume
 from .run_folder import FIRST_SESSION_NOTE, RunFolder
 from .run_log import commit_run_log
@@ -63,7 +64,7 @@ class Session:
 
 
 def run(cfg: DictConfig, run_dir: Path, *, overrides: list[str] | None = None,
-        hydra_config: DictConfig | None = None) -> dict[str, Any]:
+        hydra_config: DictConfig | None = None, recipe_changes: list[str] | None = None) -> dict[str, Any]:
     """Train (or, with ``eval_only``, evaluate) as ``cfg`` says, in ``run_dir``; returns results.json's content.
 
     Raises ValueError / FileNotFoundError for bad settings or data (before anything is written to
@@ -74,7 +75,7 @@ def run(cfg: DictConfig, run_dir: Path, *, overrides: list[str] | None = None,
     quiet_non_main_logging(dist_info)
     try:
         ctx = Context(dist_info, select_device(cfg.trainer.device, dist_info), RunFolder(run_dir),
-                      list(overrides or []), hydra_config)
+                      list(overrides or []), hydra_config, recipe_changes)
         with ctx.folder.hold() if dist_info.is_main else contextlib.nullcontext():
             return evaluate_checkpoint(cfg, ctx) if cfg.eval_only else train(cfg, ctx)
     finally:
@@ -83,6 +84,9 @@ def run(cfg: DictConfig, run_dir: Path, *, overrides: list[str] | None = None,
 
 def train(cfg: DictConfig, ctx: Context) -> dict[str, Any]:
     clock_start = time.perf_counter()
+    log.info(recipe_line(cfg))
+    if ctx.recipe_changes:
+        log.info("changed from the recipe: %s", "; ".join(ctx.recipe_changes))
     for warning in settings_without_effect(cfg):
         log.warning(warning)
     seed_everything(cfg.seed, ctx.dist.rank)
@@ -127,6 +131,7 @@ def finish(cfg: DictConfig, ctx: Context, session: Session, history: History, ou
                "global_batch": session.global_batch, "accumulate_steps": cfg.trainer.accumulate_steps,
                "wall_time_s": history.wall_time_s(), **peak_gpu_memory(ctx.device),
                "overrides": _first_overrides(history, ctx), "sessions": history.sessions,
+               **({"recipe_changes": ctx.recipe_changes} if ctx.recipe_changes is not None else {}),
                "config": OmegaConf.to_container(cfg, resolve=True, enum_to_str=True)}
     if ctx.dist.is_main:
         folder.write_results(results)

@@ -31,6 +31,7 @@ class Context:
     folder: RunFolder
     overrides: list[str]  # what the user typed for this command (a resume's re-inserted settings excluded)
     hydra_config: Optional[DictConfig] = None
+    recipe_changes: Optional[list[str]] = None  # what the command line and experiment= change of the recipe
 
 
 def build_described_model(cfg: DictConfig, info: DataInfo, device: torch.device) -> tuple[nn.Module, dict[str, Any]]:

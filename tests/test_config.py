@@ -22,8 +22,7 @@ def test_default_is_resnet20_gmconv_on_digits():
 
 
 DEFAULT_OPTIONS = {"model": "resnet20", "conv": "gmconv", "data": "digits", "optim": "sgd", "sched": "cosine"}
-# options whose name is not the option's own: the optimizer they tune, timm's default model
-NAMED_OTHERWISE = {"optim": {"sgd_vgg": "sgd", "sgd_resnet110": "sgd"}, "model": {"timm": "resnet18d"}}
+NAMED_OTHERWISE = {"model": {"timm": "resnet18d"}}  # timm's default model
 
 
 @pytest.mark.parametrize("group", ["model", "conv", "data", "optim", "sched"])
@@ -144,3 +143,33 @@ def test_help_explains_the_program_its_groups_and_the_most_used_settings():
 def test_schedule_settings_that_cannot_take_effect_are_warned_about(overrides, warning):
     lines = settings_without_effect(compose_train(*overrides))
     assert (lines == []) if warning is None else any(warning in line for line in lines), lines
+
+
+def test_docs_recipes_is_what_the_configs_compose_to():
+    """docs/RECIPES.md is generated from the configs: it cannot drift from them."""
+    from scripts.recipes_table import table
+
+    assert (CONFIGS.parent / "docs" / "RECIPES.md").read_text() == table(), "run python scripts/recipes_table.py --out docs/RECIPES.md"
+
+
+def test_no_value_tuned_on_the_digits_reaches_another_dataset():
+    from scripts.recipes_table import composed, options
+
+    for data in ("cifar10", "cifar100", "imagenet", "imagefolder"):
+        for model in options("model"):
+            cfg = composed(data, model)
+            where = f"data={data} model={model}"
+            assert cfg.optim.name == "sgd" and cfg.optim.lr not in (0.05, 0.2), where  # VGG, ResNet-110, AlexNet
+            assert not (cfg.optim.weight_decay == 5e-4 and cfg.trainer.epochs == 10), where  # the digits demo
+            assert not cfg.model.kwargs.get("zero_init_residual") and cfg.recipe.name == data, where
+
+
+def test_what_an_experiment_and_the_command_line_change_of_the_recipe_is_listed():
+    from engine.recipes import changes_from_recipe, recipe_line
+
+    recipe = compose_train("data=cifar10", "model=resnet110")
+    run = compose_train("experiment=cifar10_resnet110", "trainer.epochs=20", "data.num_workers=0")
+    assert changes_from_recipe(run, recipe) == ["sched.warmup_epochs 0.0 → 1.0", "sched.warmup_lr 1e-05 → 0.01",
+                                                "trainer.epochs 164 → 20"]  # data.num_workers is not the recipe's
+    assert recipe_line(run).startswith("recipe: cifar10/resnet110 — He et al. 2016: SGD lr 0.1")
+    assert "optimizer for alexnet: lr 0.01" in recipe_line(compose_train("data=imagenet", "model=alexnet"))

@@ -82,27 +82,34 @@ def test_zero_init_residual_starts_every_block_as_the_identity():
 
 
 @pytest.mark.parametrize("overrides, zero_init", [
-    (["model=resnet110"], True),  # the deep model options' default (docs/BACKBONES.md)
+    (["model=resnet110"], True),  # on the digits, where the deep ResNets needed it (docs/BACKBONES.md)
     (["model=resnet20"], False),
     (["model=resnet18"], True),
+    (["model=resnet18", "data=imagenet"], False),  # only on the digits
+    (["model=resnet56", "data=cifar10"], False),
+    (["model=resnet56", "model.kwargs.zero_init_residual=false"], False),  # a typed value wins
     (["experiment=cifar100_resnet110"], False),  # He et al.'s recipes keep their initialisation
     (["experiment=imagenet_resnet50"], False),
 ])
-def test_model_options_zero_init_residual_branches_and_the_paper_recipes_do_not(overrides, zero_init):
+def test_deep_resnets_zero_init_residual_branches_on_the_digits_only(overrides, zero_init):
     assert compose_train(*overrides).model.kwargs.get("zero_init_residual", False) is zero_init
 
 
 @pytest.mark.parametrize("overrides, optimizer, lr", [
-    (["model=alexnet"], "adamw", 1e-3),  # AlexNet's own default (configs/model/alexnet.yaml)
-    (["model=alexnet", "optim=sgd"], "sgd", 0.1),  # the command line wins
-    (["experiment=imagenet_alexnet"], "sgd", 0.01),  # and so does a recipe
-    (["model=resnet110"], "sgd", 0.2),  # configs/optim/sgd_resnet110.yaml
+    (["model=alexnet"], "adamw", 1e-3),  # its exception on the digits (configs/optim_exception/digits_alexnet.yaml)
+    (["model=alexnet", "optim=sgd"], "sgd", 0.1),  # an optimizer chosen on the command line has no exception
+    (["model=alexnet", "data=imagenet"], "sgd", 0.01),  # torchvision's AlexNet recipe on ImageNet
+    (["experiment=imagenet_alexnet"], "sgd", 0.01),
+    (["model=resnet110"], "sgd", 0.2),  # configs/optim_exception/digits_resnet110.yaml
     (["model=resnet110", "optim=adamw"], "adamw", 1e-3),
+    (["model=resnet110", "data=cifar10"], "sgd", 0.1),  # He et al.'s recipe
     (["experiment=cifar10_resnet110"], "sgd", 0.1),
-    (["model=vgg16_bn"], "sgd", 0.05),  # configs/optim/sgd_vgg.yaml
+    (["model=vgg16_bn"], "sgd", 0.05),  # configs/optim_exception/digits_vgg11_bn.yaml
+    (["model=vgg16_bn", "data=cifar10"], "sgd", 0.1),
+    (["model=vgg16_bn", "optim.lr=0.02"], "sgd", 0.02),  # a typed value wins
     (["model=resnet20"], "sgd", 0.1),
 ])
-def test_a_model_option_may_choose_its_optimizer_unless_the_user_or_a_recipe_does(overrides, optimizer, lr):
+def test_an_exception_applies_on_its_data_to_the_recipes_optimizer_only(overrides, optimizer, lr):
     optim = compose_train(*overrides).optim
     assert (optim.name, optim.lr) == (optimizer, pytest.approx(lr))
 

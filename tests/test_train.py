@@ -86,6 +86,11 @@ def test_a_run_writes_the_whole_run_folder(finished):
     assert float(rows[1]["lr"]) > 0  # the mean lr of the epoch's steps, not the 0 the cosine ends at
     out = proc.stdout + proc.stderr
     assert "run complete: best top-1" in out and str(run_dir / "results.json") in out
+    # the recipe it follows, and what the command line changed of it (docs/RECIPES.md)
+    assert "recipe: digits/resnet20 — the digits demo: SGD lr 0.1" in out
+    assert "changed from the recipe: data.batch_size 64 → 32; trainer.epochs 10 → 2" in out
+    assert results["recipe_changes"] == ["data.batch_size 64 → 32", "trainer.epochs 10 → 2"]
+    assert results["config"]["recipe"]["name"] == "digits"
 
 
 def test_cifar10_and_imagefolder_train_from_files(tmp_path, cifar10_root, imagefolder_root):
