@@ -21,7 +21,7 @@ from timm.optim import list_optimizers
 
 from data import DataConfig, check_data_config
 from gmconv import GMConvOptions
-from models.config import ConvConfig, ConvType, ModelConfig, ModelSource, gmconv_options
+from models.config import ConvConfig, ConvType, ModelConfig, ModelSource, gmconv_options, plain
 from models.small_input import parse_small_input
 
 
@@ -257,10 +257,6 @@ def _check_ranges(cfg: DictConfig) -> None:
             raise ValueError(f"{key}={value} is invalid: expected {expected}")
 
 
-def _plain(value: Any) -> Any:
-    return OmegaConf.to_container(value) if OmegaConf.is_config(value) else getattr(value, "value", value)
-
-
 def _check_conv(conv: DictConfig) -> None:
     options = gmconv_options(conv)
     if ConvType(conv.type) is ConvType.standard:
@@ -317,8 +313,8 @@ def _check_sched(sched: DictConfig) -> None:
     defaults = SchedConfig()
     name = SchedName(sched.name).value
     for key, owners in _SCHED_ONLY.items():
-        if name not in owners and _plain(sched[key]) != getattr(defaults, key):
-            raise ValueError(f"sched.{key}={_plain(sched[key])} is used by sched={'|'.join(owners)} only, not "
+        if name not in owners and plain(sched[key]) != getattr(defaults, key):
+            raise ValueError(f"sched.{key}={plain(sched[key])} is used by sched={'|'.join(owners)} only, not "
                              f"sched={name}; remove it or choose that schedule")
     if name == "step" and not (sched.decay_epochs or 0) > 0:
         raise ValueError(f"sched.decay_epochs={sched.decay_epochs} is invalid: sched=step needs the epochs between "

@@ -55,9 +55,11 @@ REGULARISATION_ARGS = {
 }
 
 
+def plain(value: Any) -> Any:
+    """A config value as plain Python: a ListConfig as a list, a str Enum as its string."""
+    return OmegaConf.to_container(value) if OmegaConf.is_config(value) else getattr(value, "value", value)
+
+
 def gmconv_options(conv_cfg: Any) -> GMConvOptions:
     """The library's options as the ``conv`` config sets them (a ConvConfig or its Hydra DictConfig)."""
-    def plain(value: Any) -> Any:  # a ListConfig as a list, a str Enum as its string
-        return OmegaConf.to_container(value) if OmegaConf.is_config(value) else getattr(value, "value", value)
-
     return GMConvOptions(**{f.name: plain(getattr(conv_cfg, f.name)) for f in fields(GMConvOptions)})
