@@ -84,11 +84,7 @@ def run(cfg: DictConfig, run_dir: Path, *, overrides: list[str] | None = None,
 
 def train(cfg: DictConfig, ctx: Context) -> dict[str, Any]:
     clock_start = time.perf_counter()
-    log.info(recipe_line(cfg))
-    if ctx.recipe_changes:
-        log.info("changed from the recipe: %s", "; ".join(ctx.recipe_changes))
-    for warning in settings_without_effect(cfg):
-        log.warning(warning)
+    announce_plan(cfg, ctx)
     seed_everything(cfg.seed, ctx.dist.rank)
     configure_determinism(cfg.trainer.deterministic)
     folder = ctx.folder
@@ -143,6 +139,15 @@ def finish(cfg: DictConfig, ctx: Context, session: Session, history: History, ou
                  folder.results)
     barrier(ctx.dist)
     return results
+
+
+def announce_plan(cfg: DictConfig, ctx: Context) -> None:
+    """The recipe the run follows, what the command line changed of it, and settings that cannot take effect."""
+    log.info(recipe_line(cfg))
+    if ctx.recipe_changes:
+        log.info("changed from the recipe: %s", "; ".join(ctx.recipe_changes))
+    for warning in settings_without_effect(cfg):
+        log.warning(warning)
 
 
 def build_session(cfg: DictConfig, ctx: Context, resume: Optional[Resume]) -> Session:
