@@ -97,9 +97,11 @@ class Row:
 
 
 def settings_of(results: dict[str, Any]) -> dict[str, Any]:
-    """The experimental settings of a completed run: its resolved config without BOOKKEEPING, and the
-    number of processes (the global batch is data.batch_size × world_size)."""
-    flat = {key: value for key, value in flatten(results["config"]).items() if key not in BOOKKEEPING}
+    """The experimental settings of a completed run: its resolved config without BOOKKEEPING and without the
+    recipe's description (a function of data and model, and long), and the number of processes (the global
+    batch is data.batch_size × world_size)."""
+    flat = {key: value for key, value in flatten(results["config"]).items()
+            if key not in BOOKKEEPING and not key.startswith("recipe.")}
     flat["world_size"] = results.get("world_size", 1)
     return flat
 
