@@ -1,9 +1,18 @@
-"""A run folder read back for analysis: its config, its network with the checkpoint's weights, and
-some of its validation images, without retyping any setting (scripts/erf.py, scripts/sigma_report.py).
+"""A trained run read back to use or study it: its config, its network with the checkpoint's weights, its
+class names, its validation preprocessing and its numbers, without retyping any setting.
+
+    from analysis import load_run            # from the checkout (a notebook started there, or sys.path)
+    run = load_run("outputs/digits/resnet20-gmconv/2026-11-30_10-00-00")     # best.pt; weights="last"|"ema"
+    logits = run.model(run.transform(image)[None])   # image: a decoded uint8 tensor or a PIL image
+    run.classes[logits.argmax()], run.metrics["top1"]
+
+predict.py, scripts/export.py, scripts/erf.py and scripts/sigma_report.py build on it.
 """
 
 from __future__ import annotations
 
+import functools
+import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -18,6 +27,11 @@ from models import build_model
 from engine.checkpoint import BEST, LAST, find_checkpoint, load_checkpoint, load_model_weights
 from engine.config import TrainConfig, flatten
 
+from .preprocess import Preprocessing, Preprocessor, preprocessing_of
+
+
+WEIGHTS = ("best", "last", "ema")
+
 
 @dataclass
 class TrainedRun:
@@ -25,23 +39,55 @@ class TrainedRun:
     config: DictConfig
     checkpoint: Path
     ckpt: dict[str, Any]
-    model: nn.Module  # in eval mode, on the CPU, with the checkpoint's weights
+    model: nn.Module  # in eval mode, on the CPU, with the checkpoint's weights (GMConv layers and their σ)
+    weights: str = "best"  # which: best.pt's, last.pt's, or last.pt's moving average (ema)
 
     @property
     def label(self) -> str:
         return f"{self.config.model.name}-{self.config.conv.name} seed {self.config.seed}"
 
+    @property
+    def classes(self) -> list[str]:
+        return [str(name) for name in self.ckpt["data_info"]["classes"]]
 
-def load_run(run_dir: str | Path, prefer: tuple[str, ...] = (BEST, LAST)) -> TrainedRun:
-    """The run in ``run_dir`` (its best.pt, else last.pt), rebuilt from the checkpoint alone."""
+    @property
+    def preprocessing(self) -> Preprocessing:
+        return preprocessing_of(self.config, self.ckpt["data_info"])
+
+    @functools.cached_property
+    def transform(self) -> Preprocessor:
+        """A decoded image → the model's input, as the run prepared its validation images."""
+        return Preprocessor(self.config, self.preprocessing)
+
+    @property
+    def metrics(self) -> dict[str, Any]:
+        """results.json where the run completed (top1, top5, best_top1, ...), else the last epoch's record."""
+        results = self.path / "results.json"
+        if self.path.is_dir() and results.is_file():
+            return json.loads(results.read_text())
+        return dict(self.ckpt.get("records", [{}])[-1] if self.ckpt.get("records") else {})
+
+
+def load_run(run_dir: str | Path, prefer: tuple[str, ...] = (BEST, LAST), *, weights: str | None = None) -> TrainedRun:
+    """The run in ``run_dir`` (its best.pt, else last.pt; or a checkpoint file), rebuilt from the checkpoint
+    alone. ``weights``: "best" (best.pt, else last.pt), "last", or "ema" (last.pt's moving average)."""
+    if weights is not None and weights not in WEIGHTS:
+        raise ValueError(f"weights={weights!r} is not one of {', '.join(WEIGHTS)}")
+    if weights is not None:
+        prefer = (BEST, LAST) if weights == "best" else (LAST,)
     path = find_checkpoint(run_dir, prefer)
     ckpt = load_checkpoint(path)
     if "data_info" not in ckpt or "config" not in ckpt:
         raise ValueError(f"{path} predates analysis support (no data_info); retrain it with this version")
+    if weights == "ema":
+        if ckpt.get("ema") is None:
+            raise ValueError(f"{path} holds no moving average (the run was trained without trainer.ema_decay); "
+                             "use weights=best or last")
+        ckpt = {**ckpt, "model": ckpt["ema"]}
     config = OmegaConf.merge(OmegaConf.structured(TrainConfig), ckpt["config"])
     model = build_untrained(config, ckpt["data_info"])
     load_model_weights(model, ckpt, path)
-    return TrainedRun(Path(run_dir), config, path, ckpt, model.eval())
+    return TrainedRun(Path(run_dir), config, path, ckpt, model.eval(), weights or "best")
 
 
 def distinct_labels(runs: list[TrainedRun]) -> list[str]:
