@@ -11,9 +11,14 @@ What is timed (per repetition, one call each, in a rotating order A B C ... / B 
   one ``gmconv.reuse_masked_weights`` block held over all repetitions, as ``evaluate`` holds it over a
   validation pass: each masked weight is built once.
 
-``ops/step`` counts the ATen operations one training step dispatches (forward, backward, optimizer),
-counted once, untimed: on a GPU each is at least one kernel launch, which is what GMConv's cost is
-made of at small batch sizes, so the count shows where the difference comes from even on a CPU.
+Operations per training step (forward, loss, backward, optimizer), counted once, untimed, in two ways:
+``ATen ops``, every operation dispatched, and ``kernel ops``, the same without views and the operations
+that only read metadata (``promote_types``, sizes): on a GPU each kernel op is at least one kernel launch,
+which is what GMConv's cost is made of at small batch sizes, so the count shows where the difference
+comes from even on a CPU. "added per layer" is (GMConv − standard) kernel ops / converted layers,
+per-step constants included. The optimizer is torch's SGD with its default implementation for the
+device (a loop over parameters on a CPU, ``foreach`` on CUDA; ``--foreach`` forces the latter), so a σ
+tensor costs its own update ops on a CPU and shares a launch with the other parameters on a GPU.
 On CUDA the peak memory of a training step is measured too. ``--profile STEPS`` profiles that many
 training steps of each network and lists the operations on which GMConv spends more time.
 
@@ -23,6 +28,11 @@ variant's fastest repetition). On a shared CPU, interleaving
 spreads background load evenly over the variants; the spread (IQR/median) shows how noisy a run was.
 
     python scripts/bench_gmconv.py --device cpu --threads 2 --reps 5
+    python scripts/bench_gmconv.py --models resnet20 resnet56 --batch-size 128 --image-size 32 --count-only
+
+``--models`` takes torchvision names and this project's CIFAR ResNets (``resnet20`` ... ``resnet110``,
+10 classes); ``--gmconv KEY=VALUE`` passes options to ``convert_to_gmconv`` (e.g.
+``sigma_granularity=kernel``).
 """
 
 from __future__ import annotations
@@ -48,6 +58,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from anywhere without installing
 
 from gmconv import GMConv2d, convert_to_gmconv, fold_gmconv, reuse_masked_weights  # noqa: E402
+from models.registry import create_backbone, registered_models  # noqa: E402
 
 
 def sync(device: torch.device) -> None:
@@ -55,22 +66,32 @@ def sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
+# operations that read metadata and launch nothing
+_NO_KERNEL = {"aten.promote_types", "aten.sym_size", "aten.sym_stride", "aten.sym_numel", "aten.is_same_size"}
+
+
 class CountOps(TorchDispatchMode):
-    """Counts the ATen operations dispatched while active (autograd's backward included)."""
+    """Counts the ATen operations dispatched while active (autograd's backward included): all of them, and
+    those that run a kernel (not a view, not a metadata query, not a profiler marker)."""
 
     def __init__(self) -> None:
         super().__init__()
-        self.count = 0
+        self.aten = 0
+        self.kernels = 0
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        self.count += 1
+        self.aten += 1
+        name = str(func.overloadpacket)
+        if not (func.is_view or name in _NO_KERNEL or name.startswith("profiler.")):
+            self.kernels += 1
         return func(*args, **(kwargs or {}))
 
 
-def ops_per_call(step: Callable[[], None]) -> int:
+def ops_per_call(step: Callable[[], None]) -> tuple[int, int]:
+    """(ATen ops, kernel ops) of one call of ``step``."""
     with CountOps() as counter:
         step()
-    return counter.count
+    return counter.aten, counter.kernels
 
 
 def peak_memory_mib(step: Callable[[], None], device: torch.device) -> float:
@@ -104,6 +125,31 @@ def print_added_time(name: str, standard: dict[str, float], gm: dict[str, float]
         print(f"  {ms:+8.2f}  {key}")
 
 
+def build(name: str, device: torch.device) -> tuple[nn.Module, int]:
+    """A randomly initialised backbone and its class count: a project CIFAR ResNet or a torchvision model."""
+    if name in registered_models():
+        return create_backbone("local", name, num_classes=10).to(device), 10
+    return getattr(torchvision.models, name)(weights=None).to(device), 1000
+
+
+def gmconv_options(pairs: list[str]) -> dict[str, object]:
+    """``KEY=VALUE`` strings as ``convert_to_gmconv`` keywords, values read as YAML would (numbers, booleans)."""
+    options: dict[str, object] = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep:
+            raise SystemExit(f"--gmconv {pair!r}: write KEY=VALUE, e.g. sigma_granularity=kernel")
+        lowered = value.lower()
+        if lowered in ("true", "false"):
+            options[key] = lowered == "true"
+        else:
+            try:
+                options[key] = float(value) if "." in value or "e" in lowered else int(value)
+            except ValueError:
+                options[key] = value
+    return options
+
+
 def train_step(model: nn.Module, opt: torch.optim.Optimizer, x: torch.Tensor, y: torch.Tensor,
                amp: str = "none") -> Callable[[], None]:
     autocast = (torch.autocast(x.device.type, dtype=torch.bfloat16) if amp == "bf16"
@@ -130,10 +176,11 @@ def infer_step(model: nn.Module, x: torch.Tensor, amp: str = "none") -> Callable
     return step
 
 
-def bench_model(name: str, args: argparse.Namespace, device: torch.device) -> dict[str, list[float]]:
+def bench_model(name: str, args: argparse.Namespace, device: torch.device
+                ) -> tuple[dict[str, list[float]], dict[str, list[float]]]:
     torch.manual_seed(0)
-    standard = getattr(torchvision.models, name)(weights=None).to(device)
-    gm = convert_to_gmconv(copy.deepcopy(standard))
+    standard, classes = build(name, device)
+    gm = convert_to_gmconv(copy.deepcopy(standard), **gmconv_options(args.gmconv))
     n_gm = sum(isinstance(m, GMConv2d) for m in gm.modules())
     folded = fold_gmconv(copy.deepcopy(gm)).eval()
     reused = copy.deepcopy(gm).eval()
@@ -143,8 +190,8 @@ def bench_model(name: str, args: argparse.Namespace, device: torch.device) -> di
     gm.train()
 
     x = torch.randn(args.batch_size, 3, args.image_size, args.image_size, device=device)
-    y = torch.randint(0, 1000, (args.batch_size,), device=device)
-    sgd = dict(lr=1e-3, momentum=0.9)
+    y = torch.randint(0, classes, (args.batch_size,), device=device)
+    sgd = dict(lr=1e-3, momentum=0.9, foreach=True if args.foreach else None)
     steps = {
         "train standard": train_step(standard, torch.optim.SGD(standard.parameters(), **sgd), x, y, args.amp),
         "train gmconv": train_step(gm, torch.optim.SGD(gm.parameters(), **sgd), x, y, args.amp),
@@ -159,12 +206,17 @@ def bench_model(name: str, args: argparse.Namespace, device: torch.device) -> di
         for key in names:
             steps[key]()
     sync(device)
-    extras = {f"ops {key}": [float(ops_per_call(steps[key]))] for key in ("train standard", "train gmconv")}
+    extras: dict[str, list[float]] = {"layers": [float(n_gm)]}
+    for key in ("train standard", "train gmconv"):
+        aten, kernels = ops_per_call(steps[key])
+        extras[f"ops {key}"], extras[f"kernels {key}"] = [float(aten)], [float(kernels)]
     extras.update({f"MiB {key}": [peak_memory_mib(steps[key], device)] for key in ("train standard", "train gmconv")})
     if args.profile:
         print_added_time(name, *(self_times_ms(steps[key], args.profile, device)
                                  for key in ("train standard", "train gmconv")))
     times: dict[str, list[float]] = {key: [] for key in names}
+    if args.count_only:
+        return times, extras
     with reuse_masked_weights(reused):  # held over every repetition, as evaluate() holds it over a pass
         for rep in range(args.reps):
             order = names[rep % len(names):] + names[: rep % len(names)]  # rotate: no variant always first
@@ -188,7 +240,12 @@ def spread(values: list[float]) -> float:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--models", nargs="+", default=["resnet18", "resnet50", "alexnet"],
-                        help="torchvision model names (weights=None)")
+                        help="torchvision model names (weights=None) or CIFAR ResNets (resnet20 ... resnet110)")
+    parser.add_argument("--gmconv", nargs="*", default=[], metavar="KEY=VALUE",
+                        help="convert_to_gmconv options, e.g. sigma_granularity=kernel sigma_parametrization=exp")
+    parser.add_argument("--foreach", action="store_true",
+                        help="the optimizer's foreach implementation (CUDA's default) also on a CPU")
+    parser.add_argument("--count-only", action="store_true", help="count operations per step; time nothing")
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--image-size", type=int, default=112)
     parser.add_argument("--reps", type=int, default=20, help="timed repetitions per variant")
@@ -210,18 +267,30 @@ def main() -> None:
     else:
         hw = f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, {torch.get_num_threads()} threads"
     load = f", load avg {os.getloadavg()[0]:.2f}" if hasattr(os, "getloadavg") else ""
+    optimizer = "foreach" if args.foreach or device.type == "cuda" else "for-loop"
     print(f"torch {torch.__version__} on {device.type} ({hw}){load}; batch {args.batch_size}, "
-          f"{args.image_size}px, amp {args.amp}, {args.reps} reps after {args.warmup} warmup, interleaved")
+          f"{args.image_size}px, amp {args.amp}, {args.reps} reps after {args.warmup} warmup, interleaved; "
+          f"SGD {optimizer}; GMConv options {gmconv_options(args.gmconv) or 'default'}")
 
     rows, best_rows, extra_rows = [], [], []
     for name in args.models:
         times, extras = bench_model(name, args, device)
         extra_rows.append((name, {key: v[0] for key, v in extras.items()}))
+        if args.count_only:
+            continue
         med = {key: statistics.median(v) * 1000 for key, v in times.items()}
         noise = max(spread(v) for v in times.values())
         rows.append((name, med, noise))
         best_rows.append((name, {key: min(v) * 1000 for key, v in times.items()}))
 
+    if rows:
+        print_times(rows, best_rows)
+    print_counts(extra_rows)
+    if hasattr(os, "getloadavg"):
+        print(f"\nload avg at the end: {os.getloadavg()[0]:.2f} (other jobs on the machine add noise)")
+
+
+def print_times(rows: list, best_rows: list) -> None:
     header = (f"{'model':<10} {'train std ms':>12} {'train gm ms':>12} {'gm/std':>7} | {'infer std ms':>12} "
               f"{'infer gm ms':>12} {'gm/std':>7} {'folded ms':>10} {'fold/std':>8} {'reused ms':>10} {'reuse/std':>9} "
               f"| {'max IQR':>7}")
@@ -240,14 +309,17 @@ def main() -> None:
               f"infer gm/std {best['infer gmconv'] / best['infer standard']:.3f}   "
               f"infer folded/std {best['infer folded'] / best['infer standard']:.3f}   "
               f"infer reused/std {best['infer reused'] / best['infer standard']:.3f}")
-    print("\none training step: ATen ops dispatched (≈ kernel launches on a GPU) and peak CUDA memory:")
+
+
+def print_counts(extra_rows: list) -> None:
+    print("\none training step: operations dispatched (kernel ops ≈ kernel launches on a GPU) and peak CUDA memory:")
     for name, extra in extra_rows:
-        print(f"{name:<10} ops std {extra['ops train standard']:.0f}  ops gm {extra['ops train gmconv']:.0f}  "
-              f"gm/std {extra['ops train gmconv'] / extra['ops train standard']:.3f}   "
-              f"MiB std {extra['MiB train standard']:.0f}  MiB gm {extra['MiB train gmconv']:.0f}  "
+        std, gm = extra["kernels train standard"], extra["kernels train gmconv"]
+        print(f"{name:<10} kernel ops std {std:.0f}  gm {gm:.0f}  gm/std {gm / std:.3f}  "
+              f"added per layer {(gm - std) / extra['layers']:.1f} ({extra['layers']:.0f} layers)   "
+              f"ATen ops std {extra['ops train standard']:.0f}  gm {extra['ops train gmconv']:.0f}   "
+              f"MiB std {extra['MiB train standard']:.0f}  gm {extra['MiB train gmconv']:.0f}  "
               f"gm/std {extra['MiB train gmconv'] / extra['MiB train standard']:.3f}")
-    if hasattr(os, "getloadavg"):
-        print(f"\nload avg at the end: {os.getloadavg()[0]:.2f} (other jobs on the machine add noise)")
 
 
 if __name__ == "__main__":
