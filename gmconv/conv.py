@@ -18,7 +18,9 @@ import torch
 from torch import nn
 
 from .mask import gaussian_mask, initial_sigma, raw_from_sigma, sigma_from_raw, sigma_shape, squared_distances
+from .masked_weight import masked_weight
 from .options import GMConvOptions
+from .shared_masks import SharedMasks, compute_masks
 
 # torch.fx traces ``gaussian_mask`` as one call: its dtype checks are Python control flow that a
 # symbolic tracer cannot follow, and the eager forward keeps them (free) instead of extra casts.
@@ -44,11 +46,12 @@ _is_fx_symbolic_tracing = getattr(
 
 
 def _in_graph_capture() -> bool:
-    """True while fx, jit.trace, dynamo or export records the forward: a graph must hold the product, not a
-    tensor cached from an eager call."""
+    """True while fx, jit.trace, dynamo or export records the forward, or a torch.func transform runs it: a graph
+    must hold the plain product (which a compiler fuses), not masks computed outside it or a cached tensor."""
     return (
         _is_fx_symbolic_tracing() or torch.jit.is_tracing()
         or torch.compiler.is_compiling() or torch.compiler.is_exporting()
+        or torch._C._functorch.peek_interpreter_stack() is not None
     )
 
 
@@ -139,6 +142,7 @@ class GMConv2d(GaussianMaskConv):
         else:
             self.register_buffer("sigma_raw", raw)
         self._reused: Reused | None = None  # set by gmconv.reuse_masked_weights
+        self._shared_masks: SharedMasks | None = None  # set by gmconv.share_masks (convert_to_gmconv calls it)
 
     @property
     def sigma(self) -> torch.Tensor:
@@ -146,22 +150,41 @@ class GMConv2d(GaussianMaskConv):
         return sigma_from_raw(self.sigma_raw, self.sigma_parametrization, self.sigma_min).detach()
 
     def mask(self) -> torch.Tensor:
-        """The current mask, broadcastable to ``weight``, in the weight's dtype."""
-        sigma = sigma_from_raw(self.sigma_raw, self.sigma_parametrization, self.sigma_min)
+        """The current mask, broadcastable to ``weight``, in the weight's dtype (differentiable in σ)."""
+        return self.mask_from(self.sigma_raw)
+
+    def mask_from(self, sigma_raw: torch.Tensor) -> torch.Tensor:
+        """The mask of this layer for a raw σ of its shape, with autograd."""
+        sigma = sigma_from_raw(sigma_raw, self.sigma_parametrization, self.sigma_min)
         return gaussian_mask(sigma, self.sq_dist, self.sigma_granularity, self.weight.dtype)
 
+    def _masks(self, with_derivative: bool) -> torch.Tensor:
+        """(1 or 2, *mask shape): the mask, and ∂M/∂raw when asked for, computed outside autograd (shared_masks.py).
+        Modules pickled by an older version lack ``_shared_masks``."""
+        shared = getattr(self, "_shared_masks", None)
+        if shared is not None:
+            return shared.masks(self, with_derivative)
+        return compute_masks([self], with_derivative)[self].masks
+
     def masked_weight(self) -> torch.Tensor:
-        """``W ⊙ M``; inside ``gmconv.reuse_masked_weights`` and without autograd, computed once and reused."""
-        # training (gradients on) decides first, at the cost of one call; then the capture check, so that
-        # torch.compile never reads (nor guards on) the reuse state. Modules pickled by an older version lack it.
-        reused = None if torch.is_grad_enabled() or _in_graph_capture() else getattr(self, "_reused", None)
-        if reused is None:
+        """``W ⊙ M``: during training with σ's gradient written out (gmconv/masked_weight.py); inside a traced,
+        compiled or exported graph as the plain product; inside ``gmconv.reuse_masked_weights`` and without
+        autograd, computed once and reused."""
+        # the capture check comes first, so that torch.compile never reads (nor guards on) the layer's state
+        if _in_graph_capture():
             return self.weight * self.mask()
+        if torch.is_grad_enabled():
+            if self.sigma_raw.requires_grad:
+                return masked_weight(self.weight, self.sigma_raw, self._masks(True), self.mask_from)
+            return self.weight * self._masks(False)[0]
+        reused = getattr(self, "_reused", None)
+        if reused is None:
+            return self.weight * self._masks(False)[0]
         weight, sigma_raw = self.weight, self.sigma_raw
         versions = (weight.data_ptr(), weight._version, sigma_raw.data_ptr(), sigma_raw._version)
         if reused.weight is not weight or reused.sigma_raw is not sigma_raw or reused.versions != versions:
             reused.weight, reused.sigma_raw, reused.versions = weight, sigma_raw, versions
-            reused.masked_weight = weight * self.mask()
+            reused.masked_weight = weight * self._masks(False)[0]
         return reused.masked_weight
 
     def forward(self, input: torch.Tensor) -> torch.Tensor:

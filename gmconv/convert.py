@@ -15,6 +15,7 @@ from .dynamic import DynamicGMConv2d
 from .modules import module_aliases, rebuilt_conv, replace_everywhere
 from .options import GMConvOptions, option_names
 from .reparam import guard_reparameterization
+from .shared_masks import share_masks
 
 GMConvLayer = GMConv2d | DynamicGMConv2d
 
@@ -155,6 +156,7 @@ def convert_to_gmconv(
             model = gm
         report.converted.append(name)
     report.reparameterizable.extend(guard_reparameterization(model))
+    share_masks(model)
     return model
 
 

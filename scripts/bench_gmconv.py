@@ -16,9 +16,12 @@ Operations per training step (forward, loss, backward, optimizer), counted once,
 that only read metadata (``promote_types``, sizes): on a GPU each kernel op is at least one kernel launch,
 which is what GMConv's cost is made of at small batch sizes, so the count shows where the difference
 comes from even on a CPU. "added per layer" is (GMConv − standard) kernel ops / converted layers,
-per-step constants included. The optimizer is torch's SGD with its default implementation for the
-device (a loop over parameters on a CPU, ``foreach`` on CUDA; ``--foreach`` forces the latter), so a σ
-tensor costs its own update ops on a CPU and shares a launch with the other parameters on a GPU.
+per-step constants included. Off CUDA they are counted on copies on the ``meta`` device, where every
+operation takes its accelerator path (GMConv sums σ's gradient with one batched dot product there and
+with a product and a sum on a CPU, which is faster there: one more operation per layer). The optimizer
+is torch's SGD with its default implementation (a loop over parameters off CUDA, ``foreach`` on CUDA;
+``--foreach`` forces the latter), so a σ tensor costs its own update ops in the loop and shares a launch
+with the other parameters under ``foreach``.
 On CUDA the peak memory of a training step is measured too. ``--profile STEPS`` profiles that many
 training steps of each network and lists the operations on which GMConv spends more time.
 
@@ -207,8 +210,13 @@ def bench_model(name: str, args: argparse.Namespace, device: torch.device
             steps[key]()
     sync(device)
     extras: dict[str, list[float]] = {"layers": [float(n_gm)]}
-    for key in ("train standard", "train gmconv"):
-        aten, kernels = ops_per_call(steps[key])
+    count_on = device if device.type == "cuda" else torch.device("meta")
+    xc, yc = x.to(count_on), y.to(count_on)
+    for key, model in (("train standard", standard), ("train gmconv", gm)):
+        copied = copy.deepcopy(model).to(count_on)
+        count_step = train_step(copied, torch.optim.SGD(copied.parameters(), **sgd), xc, yc, args.amp)
+        count_step()  # the first step creates the optimizer's state
+        aten, kernels = ops_per_call(count_step)
         extras[f"ops {key}"], extras[f"kernels {key}"] = [float(aten)], [float(kernels)]
     extras.update({f"MiB {key}": [peak_memory_mib(steps[key], device)] for key in ("train standard", "train gmconv")})
     if args.profile:

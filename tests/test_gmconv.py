@@ -483,14 +483,15 @@ def test_torch_compile_inductor_matches_eager():
 
 
 def _count_mask_builds(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """How many times the layers fetch their masks (``_masks``, which every eager forward goes through)."""
     calls = [0]
-    original = GMConv2d.mask
+    original = GMConv2d._masks
 
-    def counting(self: GMConv2d) -> torch.Tensor:
+    def counting(self: GMConv2d, with_derivative: bool) -> torch.Tensor:
         calls[0] += 1
-        return original(self)
+        return original(self, with_derivative)
 
-    monkeypatch.setattr(GMConv2d, "mask", counting)
+    monkeypatch.setattr(GMConv2d, "_masks", counting)
     return calls
 
 
