@@ -22,7 +22,6 @@ from typing import Any, Callable
 
 import torch
 
-
 _SHORT_ROW = 64  # taps per σ below which a product and a sum beat a batched dot product (a σ per 3×3 kernel: 9)
 
 
