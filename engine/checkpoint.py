@@ -30,6 +30,8 @@ from timm.utils import ModelEmaV3
 from torch import nn
 from torch.optim import Optimizer
 
+from data.text import first_line
+
 from .faults import storage_error
 from .metrics import EpochTotals
 
@@ -216,8 +218,8 @@ def load_checkpoint(path: str | Path, *, mmap: bool = False) -> dict[str, Any]:
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
     except Exception as err:  # truncated zip, random bytes, a pickle with code: all unreadable here
-        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise ValueError(f"cannot read checkpoint {path}: truncated, corrupt or not a checkpoint ({reason})") from err
+        raise ValueError(f"cannot read checkpoint {path}: truncated, corrupt or not a checkpoint ({first_line(err)})"
+                         ) from err
     if not isinstance(ckpt, dict) or "model" not in ckpt:
         raise ValueError(f"{path} is not a checkpoint of this framework (no 'model' entry)")
     return ckpt

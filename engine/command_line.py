@@ -117,8 +117,6 @@ def _parse(args: list[str]) -> dict[str, Any]:
     return {o.key_or_group: o.value() for o in overrides}
 
 
-
-
 def check_composes(argv: list[str], config_dir: Path) -> None:
     """Compose the config as Hydra will, and turn its errors (an unknown option, a value of the wrong
     type, a misspelt key, bad override syntax) into one ValueError line naming the override and the fix,

@@ -20,6 +20,7 @@ from omegaconf.errors import ConfigKeyError, ValidationError
 from timm.optim import list_optimizers
 
 from data import DataConfig, check_data_config
+from data.text import first_line
 from gmconv import GMConvOptions
 from models.config import ConvConfig, ConvType, ModelConfig, ModelSource, gmconv_options, plain
 from models.small_input import parse_small_input
@@ -219,7 +220,7 @@ def _check_known_keys(cfg: DictConfig) -> None:
     try:
         OmegaConf.merge(OmegaConf.structured(TrainConfig), OmegaConf.to_container(cfg, enum_to_str=True))
     except (ConfigKeyError, ValidationError) as err:
-        raise ValueError(UNKNOWN_KEY.format(key=getattr(err, "full_key", None) or str(err).splitlines()[0])) from err
+        raise ValueError(UNKNOWN_KEY.format(key=getattr(err, "full_key", None) or first_line(err))) from err
 
 
 def _check_ranges(cfg: DictConfig) -> None:
@@ -369,18 +370,22 @@ def resume_changes(saved: dict[str, Any], cfg: DictConfig) -> list[str]:
     Everything else a resumed run applies for real (more epochs re-plan the schedule from where it
     stands, a new lr or weight decay takes effect at once); a setting in FIXED_ON_RESUME is refused.
     """
-    before = flatten(saved)
-    now = flatten(OmegaConf.to_container(cfg, resolve=True, enum_to_str=True))
-    changes = []
-    for key in sorted(before.keys() | now.keys()):
-        if key.split(".")[0] in _NOT_SETTINGS or before.get(key) == now.get(key):
-            continue
+    changes = [change for change in setting_changes(saved, cfg) if change[0].split(".")[0] not in _NOT_SETTINGS]
+    for key, old, new in changes:
         if any(key == fixed or key.startswith(fixed + ".") for fixed in FIXED_ON_RESUME):
-            raise ValueError(f"{key}={now.get(key)} differs from the resumed run's {key}={before.get(key)}, and it "
-                             "cannot change on resume; resume without it, or start a new run from the weights with "
+            raise ValueError(f"{key}={new} differs from the resumed run's {key}={old}, and it cannot change on "
+                             "resume; resume without it, or start a new run from the weights with "
                              "model.pretrained=<run folder>/checkpoints/last.pt")
-        changes.append(f"{key} {before.get(key)} → {now.get(key)}")
-    return changes
+    return [f"{key} {old} → {new}" for key, old, new in changes]
+
+
+def setting_changes(before: dict[str, Any] | DictConfig, now: dict[str, Any] | DictConfig
+                    ) -> list[tuple[str, Any, Any]]:
+    """``(key, before, now)`` for every flattened setting whose value differs (None where one lacks it), by key."""
+    flat_before, flat_now = (flatten(OmegaConf.to_container(c, resolve=True, enum_to_str=True)
+                                     if isinstance(c, DictConfig) else c) for c in (before, now))
+    return [(key, flat_before.get(key), flat_now.get(key)) for key in sorted(flat_before.keys() | flat_now.keys())
+            if flat_before.get(key) != flat_now.get(key)]
 
 
 def flatten(config: dict[str, Any], prefix: str = "") -> dict[str, Any]:

@@ -183,11 +183,11 @@ class Fit:
     def outcome(self) -> dict[str, Any]:
         """results.json's training numbers, from the last epoch's record and the run's state."""
         last, state = self.state.records[-1], self.state
-        ema = ({"ema_top1": last["val_ema_top1"], "ema_top5": last["val_ema_top5"], "ema_loss": last["val_ema_loss"]}
-               if last.get("val_ema_top1") is not None else {})
-        return {"epochs": self.epochs, "top1": last["val_top1"], "top5": last["val_top5"], "loss": last["val_loss"],
-                **ema, "best_of": BestOf(self.trainer.best_of).value, "best_top1": state.best_top1,
-                "best_epoch": state.best_epoch, "eval_samples": int(last["val_images"]),
+        ema = ({f"ema_{key}": last[column] for key, column in epoch_record.EMA_VALIDATION.items()}
+               if last.get(epoch_record.EMA_VALIDATION["top1"]) is not None else {})
+        validation = {key: last[column] for key, column in epoch_record.VALIDATION.items() if key != "samples"}
+        return {"epochs": self.epochs, **validation, **ema, "best_of": BestOf(self.trainer.best_of).value,
+                "best_top1": state.best_top1, "best_epoch": state.best_epoch, "eval_samples": int(last["val_images"]),
                 "train_time_s": state.train_time_s, "images_per_s": last.get("images_per_s"),
                 "bad_images_replaced": self.replaced.totals(), SKIPPED: state.counters.get(SKIPPED, 0),
                 "status": "completed"}

@@ -58,8 +58,6 @@ class History:
 
     def update(self, *, epoch: int, batches_done: int, step: int, ended: str = RUNNING) -> None:
         """This session's position, wall time so far and state: at each checkpoint and at its end."""
-        if not self.sessions:
-            return
         self.sessions[-1].update(wall_time_s=time.perf_counter() - self.clock_start, ended=ended,
                                  reached={"epoch": epoch, "batches_done": batches_done, "step": step})
         self._write()
@@ -67,8 +65,6 @@ class History:
     def end(self, ended: str, *, results: Optional[dict[str, Any]] = None) -> None:
         """How this session ended, at the position of its last update; a completed session keeps its
         headline numbers, which outlive its results.json if the run is extended later."""
-        if not self.sessions:
-            return
         if results is not None:
             self.sessions[-1]["results"] = {key: results[key] for key in RESULT_KEYS if key in results}
         self.update(**self.sessions[-1]["reached"], ended=ended)

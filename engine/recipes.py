@@ -12,7 +12,7 @@ from typing import Any, Optional
 
 from omegaconf import DictConfig, OmegaConf
 
-from .config import flatten
+from .config import setting_changes
 
 log = logging.getLogger(__name__)
 
@@ -54,7 +54,5 @@ def recipe_of(choices: dict[str, Any]) -> Optional[DictConfig]:
 
 def changes_from_recipe(cfg: DictConfig, recipe: DictConfig) -> list[str]:
     """``key recipe → run`` for every recipe setting the run does not take from the recipe."""
-    now = flatten(OmegaConf.to_container(cfg, resolve=True, enum_to_str=True))
-    planned = flatten(OmegaConf.to_container(recipe, resolve=True, enum_to_str=True))
-    return [f"{key} {planned.get(key)} → {now.get(key)}" for key in sorted(planned.keys() | now.keys())
-            if key.startswith(RECIPE_KEYS) and planned.get(key) != now.get(key)]
+    return [f"{key} {planned} → {now}" for key, planned, now in setting_changes(recipe, cfg)
+            if key.startswith(RECIPE_KEYS)]

@@ -35,7 +35,6 @@ from .checkpoint import BEST, LAST, PARTIAL, atomic_write, save_json
 from .faults import storage_error
 from .distributed import init_distributed
 from .sweep_folders import announce_swept_settings
-from .tracking import EVENTS, finish_compaction
 
 log = logging.getLogger(__name__)
 
@@ -118,12 +117,11 @@ class RunFolder:
             yield
 
     def remove_partial_writes(self) -> None:
-        """The temporary files of writes that a killed process never finished (see ``atomic_write``), and a
-        compaction of the TensorBoard events that one left half done (see ``compact_events``)."""
+        """The temporary files of writes that a killed process never finished (see ``atomic_write``); a
+        compaction of the TensorBoard events that one left half done is finished by ``Tracker.start``."""
         for folder in (self.path, self.path / CONFIG_DIR, self.checkpoints):
             for partial in folder.glob(f".*{PARTIAL}"):
                 partial.unlink(missing_ok=True)
-        finish_compaction(self.path / EVENTS)
 
     def write_config(self, config: DictConfig, hydra_config: DictConfig | None, overrides: list[str], *,
                      header: str = "") -> None:

@@ -126,7 +126,7 @@ def finish(cfg: DictConfig, ctx: Context, session: Session, history: History, ou
     results = {**session.description, **outcome, "world_size": ctx.dist.world_size,
                "global_batch": session.global_batch, "accumulate_steps": cfg.trainer.accumulate_steps,
                "wall_time_s": history.wall_time_s(), **peak_gpu_memory(ctx.device),
-               "overrides": _first_overrides(history, ctx), "sessions": history.sessions,
+               "overrides": history.sessions[0]["overrides"], "sessions": history.sessions,
                **({"recipe_changes": ctx.recipe_changes} if ctx.recipe_changes is not None else {}),
                "config": OmegaConf.to_container(cfg, resolve=True, enum_to_str=True)}
     if ctx.dist.is_main:
@@ -217,11 +217,6 @@ def commit(cfg: DictConfig, ctx: Context, state: TrainState, resume: Optional[Re
 def _failure(err: BaseException) -> str:
     """How a failed session ended, for history.json: the error's type and first line."""
     return f"failed: {type(err).__name__}" + (f": {first_line(err)}" if str(err).strip() else "")
-
-
-def _first_overrides(history: History, ctx: Context) -> list[str]:
-    """The overrides the run was started with (.hydra/overrides.yaml); each session's are in ``sessions``."""
-    return history.sessions[0]["overrides"] if history.sessions else ctx.overrides
 
 
 def _position(state: TrainState, epochs: int, batches_per_epoch: int) -> str:

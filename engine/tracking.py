@@ -80,7 +80,9 @@ class Tracker:
 
     def write_csv(self, records: list[dict[str, Any]]) -> None:
         """metrics.csv, whole: one row per record under the run's header (empty cells where an epoch
-        measured nothing), written atomically, so a reader or a kill never sees half a file."""
+        measured nothing), written atomically, so a reader or a kill never sees half a file. Rank 0 only."""
+        if not self.enabled:
+            return
         header = epoch_record.columns(self.with_ema, [key for row in records for key in row])
 
         def write(tmp: str) -> None:
