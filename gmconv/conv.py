@@ -173,11 +173,9 @@ class GMConv2d(GaussianMaskConv):
         # the capture check comes first, so that torch.compile never reads (nor guards on) the layer's state
         if _in_graph_capture():
             return self.weight * self.mask()
-        if torch.is_grad_enabled():
-            if self.sigma_raw.requires_grad:
-                return masked_weight(self.weight, self.sigma_raw, self._masks(True), self.mask_from)
-            return self.weight * self._masks(False)[0]
-        reused = getattr(self, "_reused", None)
+        if torch.is_grad_enabled() and self.sigma_raw.requires_grad:
+            return masked_weight(self.weight, self.sigma_raw, self._masks(True), self.mask_from)
+        reused = None if torch.is_grad_enabled() else getattr(self, "_reused", None)
         if reused is None:
             return self.weight * self._masks(False)[0]
         weight, sigma_raw = self.weight, self.sigma_raw
