@@ -17,9 +17,8 @@ from omegaconf import DictConfig
 from torchvision.transforms import v2
 
 from data.batch_augment import BatchAugment
-from data.transforms import folder_transforms, resize_for_crop
-
-FOLDER_DATA = ("imagenet", "imagefolder")
+from data.registry import BUILDERS, CENTRE_CROP
+from data.transforms import folder_transforms, val_resize
 
 
 @dataclass(frozen=True)
@@ -42,7 +41,8 @@ class Preprocessing:
 
 def preprocessing_of(config: DictConfig, data_info: dict[str, Any]) -> Preprocessing:
     size = data_info.get("test_image_size", data_info["image_size"])
-    resize = (config.data.val_resize or resize_for_crop(size, config.data)) if config.data.name in FOLDER_DATA else None
+    centre_cropped = set(CENTRE_CROP) <= set(BUILDERS[config.data.name].takes)  # folder data: resize, centre-crop
+    resize = val_resize(size, config.data) if centre_cropped else None
     return Preprocessing(size, resize, tuple(data_info["mean"]), tuple(data_info["std"]))
 
 

@@ -21,7 +21,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
-from data import build_loaders
+from data.loaders import build_val_loader
 from models import build_model
 
 from engine.checkpoint import BEST, LAST, find_checkpoint, load_checkpoint, load_model_weights
@@ -87,7 +87,8 @@ def load_run(run_dir: str | Path, prefer: tuple[str, ...] = (BEST, LAST), *, wei
     config = OmegaConf.merge(OmegaConf.structured(TrainConfig), ckpt["config"])
     model = build_untrained(config, ckpt["data_info"])
     load_model_weights(model, ckpt, path)
-    return TrainedRun(Path(run_dir), config, path, ckpt, model.eval(), weights or "best")
+    loaded = "ema" if weights == "ema" else "best" if path.name == BEST else "last"
+    return TrainedRun(Path(run_dir), config, path, ckpt, model.eval(), loaded)
 
 
 def distinct_labels(runs: list[TrainedRun]) -> list[str]:
@@ -119,7 +120,7 @@ def validation_images(run: TrainedRun, count: int) -> tuple[torch.Tensor, str]:
     """The first ``count`` validation images of the run's own data, normalised as in training; where the
     data is unavailable here, ``count`` standard-normal images of the same size. The text says which."""
     try:
-        _, val_loader, _ = build_loaders(run.config.data, seed=run.config.seed)
+        val_loader, _ = build_val_loader(run.config.data, seed=run.config.seed)
     except (FileNotFoundError, ValueError) as err:
         info = run.ckpt["data_info"]
         size = info.get("test_image_size", info["image_size"])  # checkpoints before data.test_image_size lack it

@@ -70,8 +70,6 @@ def read_file(path: Path, keys: tuple[str, ...], release: Release) -> dict[str, 
     try:
         with open(path, "rb") as f:
             content = _CifarUnpickler(f, encoding="latin1").load()
-    except FileNotFoundError:
-        raise
     except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError, IndexError) as err:
         raise ValueError(f"{path} is not a readable {release.title} python file ({type(err).__name__}: "
                          f"{first_line(err)}); {fix}") from None

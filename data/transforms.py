@@ -136,8 +136,14 @@ def small_image_batch_transforms(
 
 def resize_for_crop(size: int, data: DataConfig) -> int:
     """The side an image is resized to before its ``size`` px centre crop: ``floor(size / crop_pct)``, as
-    timm computes it (256 for 224 at the default 0.875). ``data.val_resize``, when set, overrides it."""
+    timm computes it (256 for 224 at the default 0.875)."""
     return math.floor(size / data.crop_pct)
+
+
+def val_resize(size: int, data: DataConfig) -> int:
+    """The side a validation image is resized to before its ``size`` px centre crop: ``data.val_resize`` when
+    set, else ``resize_for_crop``."""
+    return data.val_resize or resize_for_crop(size, data)
 
 
 def folder_transforms(data: DataConfig, mean: Sequence[float], std: Sequence[float]) -> tuple[v2.Compose, v2.Compose]:
@@ -145,8 +151,7 @@ def folder_transforms(data: DataConfig, mean: Sequence[float], std: Sequence[flo
     flip for training; resize by ``crop_pct`` and centre-crop for validation, at ``test_image_size``.
     Unaugmented training images are centre-cropped the same way, at the training size."""
     test_size = data.test_image_size or data.image_size
-    val = _pipeline([v2.Resize(data.val_resize or resize_for_crop(test_size, data)), v2.CenterCrop(test_size)],
-                    mean, std)
+    val = _pipeline([v2.Resize(val_resize(test_size, data)), v2.CenterCrop(test_size)], mean, std)
     if not data.augment:
         size = data.image_size
         return _pipeline([v2.Resize(resize_for_crop(size, data)), v2.CenterCrop(size)], mean, std), val

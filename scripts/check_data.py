@@ -14,7 +14,6 @@ Exit status: 0 no problem (ignored files and warnings allowed), 1 problems found
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
@@ -24,9 +23,10 @@ from tqdm import tqdm
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from data.class_folders import (SPLITS, SplitFiles, empty_classes_problem, mismatch_problem,  # noqa: E402
-                                scan_split, too_few_classes_problem)
+from data.class_folders import (LAYOUT, SPLITS, SplitFiles, empty_classes_problem,  # noqa: E402
+                                mismatch_problem, scan_split, too_few_classes_problem)
 from data.folder import FILE_ERRORS, decode  # noqa: E402
+from data.loaders import available_cores  # noqa: E402
 from data.text import first_line  # noqa: E402
 
 
@@ -36,14 +36,15 @@ def tree_problems(root: Path) -> tuple[list[str], dict[str, SplitFiles]]:
     for split in SPLITS:
         folder = root / split
         if not folder.is_dir():
-            problems.append(f"{folder}: missing (expected {root}/{split}/<class>/<image>)")
+            problems.append(f"{folder}: missing (expected {LAYOUT} under {root})")
             continue
         splits[split] = scan_split(folder)
         counts = {name: len(images) for name, images in splits[split].images.items()}
         problems += [p for p in (too_few_classes_problem(folder, splits[split].classes),
                                  empty_classes_problem(folder, counts)) if p]
     if len(splits) == len(SPLITS):
-        problems += [p for p in (mismatch_problem(root, splits["train"].classes, splits["val"].classes),) if p]
+        mismatch = mismatch_problem(root, splits["train"].classes, splits["val"].classes)
+        problems += [mismatch] if mismatch else []
     return problems, splits
 
 
@@ -62,7 +63,7 @@ def decode_problem(path: Path) -> tuple[Optional[str], Optional[tuple[int, int]]
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("root", type=Path, help="the folder holding train/ and val/ (data.root)")
-    parser.add_argument("--workers", type=int, default=os.cpu_count(), help="processes decoding images")
+    parser.add_argument("--workers", type=int, default=available_cores(), help="processes decoding images")
     parser.add_argument("--image-size", type=int, default=224,
                         help="the crop size (data.image_size): smaller images are listed as warnings")
     args = parser.parse_args(argv)

@@ -115,7 +115,7 @@ def metadata(run: TrainedRun, fmt: str, file: str, fold: bool, dynamic_batch: bo
 def export(args: argparse.Namespace) -> Path:
     run = load_run(args.run, weights=args.weights)
     model = exportable(run, args.fold)
-    images, _ = validation_images(run, 4)
+    images, described = validation_images(run, 4)
     with torch.no_grad():
         expected = run.model(images)
     source = run.path if run.path.is_dir() else run.checkpoint.parent.parent  # <run>/checkpoints/<file>
@@ -129,7 +129,7 @@ def export(args: argparse.Namespace) -> Path:
         with torch.no_grad():
             got = load_back(args.format, path, run, args.fold)(images)
         difference = (got.float() - expected.float()).abs().max().item()
-        print(f"{args.format}: largest |logit difference| to the run's model on {len(images)} images: {difference:.3g}")
+        print(f"{args.format}: largest |logit difference| to the run's model on {described}: {difference:.3g}")
         if not difference <= args.tolerance:
             raise ExportFailed(f"the exported model's logits differ from the run's by {difference:.3g} > "
                                f"--tolerance {args.tolerance:g}; nothing written")
@@ -151,7 +151,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--fold", action=argparse.BooleanOptionalAction, default=True,
                         help="fold GMConv's masks into plain convolutions (default) or keep the layers")
     parser.add_argument("--dynamic-batch", action="store_true", help="any batch size (pt2, onnx)")
-    parser.add_argument("--out", type=Path, help="the folder to write (default: <run>/export/<format>)")
+    parser.add_argument("--out", type=Path, help="the folder to write (default: outputs/export/<data>/<model>-<conv>/<run>/<format>)")
     parser.add_argument("--weights", default="best", help=" | ".join(WEIGHTS))
     parser.add_argument("--tolerance", type=float, default=1e-4, help="largest absolute logit difference allowed")
     args = parser.parse_args(argv)

@@ -251,8 +251,7 @@ class Lifecycle:
             return Command([*overrides(self.settings), "resume=auto", f"hydra.run.dir={self.run}"], self.fault(0))
         changes: dict[str, str] = {}
         if self.rng.random() < 0.35:
-            key = self.rng.choice(["trainer.epochs", "optim.lr", "trainer.ema_decay", "trainer.eval_every",
-                                   "trainer.checkpoint_every_steps"])
+            key = self.rng.choice(CHANGEABLE)
             if key == "trainer.epochs":
                 changes[key] = str(int(self.settings[key]) + self.rng.randint(1, 2))
             elif key == "optim.lr":
