@@ -8,7 +8,7 @@ from typing import Optional
 
 @dataclass
 class DataConfig:
-    name: str = "digits"  # digits | cifar10 | cifar100 | imagenet | imagefolder | fake
+    name: str = "digits"  # digits | digits_cluttered | digits_scaled | cifar10 | cifar100 | imagenet | imagefolder | fake
     root: Optional[str] = None  # dataset folder (cifar*, imagenet, imagefolder)
     download: bool = False  # cifar*: fetch with torchvision's downloader when the files are missing
     # Per process: under torchrun the global batch is batch_size × world size.
@@ -29,8 +29,13 @@ class DataConfig:
     crop_pct: float = 0.875  # imagenet/imagefolder: validation resizes to test_image_size / crop_pct, then crops
     skip_bad_images: bool = False  # imagenet/imagefolder: train on past unreadable files, counted (data/bad_images.py)
     num_classes: Optional[int] = None  # fake: class count; others take it from the data
-    train_size: Optional[int] = None  # fake: number of training images
-    val_size: Optional[int] = None  # fake: number of validation images
+    train_size: Optional[int] = None  # fake, digits_cluttered, digits_scaled: number of training images
+    val_size: Optional[int] = None  # fake, digits_cluttered, digits_scaled: number of validation images
+    # digits_cluttered, digits_scaled (data/digit_canvas.py): digits drawn on a larger canvas
+    canvas: Optional[int] = None  # the canvas side in px: the image size (their configs set image_size from it)
+    digit_size: Optional[int] = None  # the side a digit is drawn at, in px
+    clutter: Optional[int] = None  # digits_cluttered: fragments of other digits on each canvas
+    generator_seed: int = 0  # the canvases are drawn from it, not from the run's seed: every run sees the same
     # Mixup / CutMix (timm Mixup) on each training batch, with soft targets; 0: off. Needs an even batch_size.
     mixup_alpha: float = 0.0  # Beta(α, α) mixing coefficient of mixup
     cutmix_alpha: float = 0.0  # Beta(α, α) area coefficient of cutmix

@@ -9,8 +9,9 @@ from .registry import AUGMENTATIONS, BUILDERS
 from .text import as_typed
 
 DEFAULTS = {field.name: field.default for field in fields(DataConfig)}
-POSITIVE = ("batch_size", "eval_batch_size", "image_size", "val_resize", "test_image_size", "num_classes",
-            "train_size", "val_size")
+# the canvas before the image size, which its config sets from it: the error names what was typed
+POSITIVE = ("batch_size", "eval_batch_size", "canvas", "image_size", "val_resize", "test_image_size", "num_classes",
+            "train_size", "val_size", "digit_size")
 
 
 def check_data_config(data: DataConfig) -> None:
@@ -19,6 +20,7 @@ def check_data_config(data: DataConfig) -> None:
         raise ValueError(f"data.name={data.name!r} is unknown: choose one of {', '.join(sorted(BUILDERS))}")
     _check_read_by_the_dataset(data)
     _check_counts(data)
+    _check_canvas(data)
     _check_augmentation(data)
     _check_centre_crop(data)
     _check_mixing(data)
@@ -46,6 +48,26 @@ def _check_counts(data: DataConfig) -> None:
             raise ValueError(f"data.{key}={value} is invalid: set {fix}")
     if data.num_workers < 0:
         raise ValueError(f"data.num_workers={data.num_workers} is invalid: set 0 (load in the main process) or more")
+
+
+def _check_canvas(data: DataConfig) -> None:
+    """A digits canvas dataset needs every size that draws it (its config sets them), a digit that fits the
+    canvas, and images that are the canvas."""
+    takes = BUILDERS[data.name].takes
+    if "canvas" not in takes:
+        return
+    for key in ("canvas", "digit_size", "train_size", "val_size", "clutter"):
+        if key in takes and getattr(data, key) is None:
+            raise ValueError(f"data.{key} is null, and data={data.name} draws its images with it; set it "
+                             f"(configs/data/{data.name}.yaml has the default)")
+    if data.clutter is not None and data.clutter < 0:
+        raise ValueError(f"data.clutter={data.clutter} is invalid: set 0 (no clutter) or more fragments per canvas")
+    if data.digit_size > data.canvas:
+        raise ValueError(f"data.digit_size={data.digit_size} does not fit on the {data.canvas} px canvas; set "
+                         f"data.digit_size <= {data.canvas} or a larger data.canvas")
+    if data.image_size != data.canvas:
+        raise ValueError(f"data.image_size={data.image_size} differs from data.canvas={data.canvas}: the images are "
+                         f"the canvas; set data.canvas={data.image_size} instead (data.image_size follows it)")
 
 
 def _check_augmentation(data: DataConfig) -> None:

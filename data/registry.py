@@ -33,9 +33,13 @@ AUGMENTATIONS = ("auto_augment", "color_jitter", "random_erasing")
 CENTRE_CROP = ("val_resize", "crop_pct", "test_image_size")
 
 FOLDER = ("root", *CENTRE_CROP, *AUGMENTATIONS, "skip_bad_images")
+# Digits on a canvas: the sizes that draw them (data/config_checks.py requires each to be set).
+CANVAS = ("canvas", "digit_size", "train_size", "val_size", "generator_seed", *AUGMENTATIONS)
 
 BUILDERS: dict[str, DatasetBuilder] = {
     "digits": DatasetBuilder("data.digits:build_digits", takes=(*AUGMENTATIONS, "test_image_size")),
+    "digits_cluttered": DatasetBuilder("data.digit_canvas:build_digit_canvases", takes=(*CANVAS, "clutter")),
+    "digits_scaled": DatasetBuilder("data.digit_canvas:build_digit_canvases", takes=CANVAS),
     "cifar10": DatasetBuilder("data.cifar:build_cifar", takes=("root", "download", *AUGMENTATIONS)),
     "cifar100": DatasetBuilder("data.cifar:build_cifar", takes=("root", "download", *AUGMENTATIONS)),
     "imagenet": DatasetBuilder("data.folder:build_folder", takes=FOLDER),

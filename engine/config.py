@@ -359,7 +359,8 @@ def _refuse_changed(current: Any, defaults: Any, group: str, why: str) -> None:
 # Settings that define what a run trains: changing one on resume would continue another experiment
 # (or break the saved position inside an epoch), so it is refused rather than silently mixed.
 FIXED_ON_RESUME = ("model", "conv", "data.name", "data.image_size", "data.batch_size", "data.num_classes",
-                   "data.train_size", "data.val_size", "optim.name", "seed", "trainer.limit_train_batches",
+                   "data.train_size", "data.val_size", "data.canvas", "data.digit_size", "data.clutter",
+                   "data.generator_seed", "optim.name", "seed", "trainer.limit_train_batches",
                    "trainer.accumulate_steps", "trainer.best_of")
 _NOT_SETTINGS = ("resume", "eval_only", "ckpt")
 

@@ -23,9 +23,10 @@ from omegaconf import DictConfig  # noqa: E402
 from engine.config import register_configs  # noqa: E402
 
 CONFIGS = ROOT / "configs"
-DATA = ("digits", "cifar10", "cifar100", "imagenet", "imagefolder", "fake")
+DATA = ("digits", "digits_cluttered", "digits_scaled", "cifar10", "cifar100", "imagenet", "imagefolder", "fake")
 # how each dataset augments by default (data/transforms.py), before any policy a recipe adds
-GEOMETRY = {"digits": "padded crop", "cifar10": "padded crop, flip", "cifar100": "padded crop, flip",
+GEOMETRY = {"digits": "padded crop", "digits_cluttered": "padded crop", "digits_scaled": "padded crop",
+            "cifar10": "padded crop, flip", "cifar100": "padded crop, flip",
             "imagenet": "RandomResizedCrop, flip", "imagefolder": "RandomResizedCrop, flip", "fake": "none"}
 COLUMNS = ("model", "optimizer", "lr", "weight decay", "batch / process", "epochs", "schedule", "warmup",
            "augmentation", "residual branches", "source")

@@ -46,6 +46,8 @@ def first_batches(loader, count: int) -> list[list[torch.Tensor]]:
 
 DATASETS = {  # name -> (root fixture or None, overrides)
     "digits": (None, {}),
+    "digits_cluttered": (None, {"batch_size": 8, "train_size": 40, "val_size": 16}),
+    "digits_scaled": (None, {"batch_size": 8, "train_size": 40, "val_size": 16, "canvas": 24}),
     "cifar10": ("cifar10_root", {"batch_size": 4}),
     "cifar100": ("cifar100_root", {"batch_size": 8}),
     "imagefolder": ("imagefolder_root", {"batch_size": 4, "image_size": 24}),
@@ -76,7 +78,7 @@ def test_data_configs_set_only_what_differs_from_the_defaults() -> None:
     """A default lives in data/config.py (or data/fake.py) only, so changing it changes every dataset."""
     defaults = OmegaConf.structured(DataConfig)
     for path in sorted(CONFIGS.glob("*.yaml")):
-        for key, value in OmegaConf.load(path).items():
+        for key, value in OmegaConf.to_container(OmegaConf.load(path), resolve=False).items():
             assert key == "name" or value != defaults[key], f"{path.name} repeats the default {key}={value}"
 
 
@@ -96,9 +98,12 @@ def test_a_dataset_imports_its_dependencies_only_when_built() -> None:
 import sys
 from data import DataConfig, build_loaders, check_data_config
 from data.registry import BUILDERS
+CANVAS = {name: dict(canvas=32, image_size=32, digit_size=16, clutter=3 if name == "digits_cluttered" else None,
+                     train_size=8, val_size=8) for name in ("digits_cluttered", "digits_scaled")}
 for name in BUILDERS:
-    check_data_config(DataConfig(name=name))
-seen = [any(m in sys.modules for m in ('sklearn', 'torchvision', 'data.digits', 'data.cifar', 'data.folder'))]
+    check_data_config(DataConfig(name=name, **CANVAS.get(name, {})))
+seen = [any(m in sys.modules for m in ('sklearn', 'torchvision', 'data.digits', 'data.cifar', 'data.folder',
+                        'data.digit_canvas'))]
 build_loaders(DataConfig(name="fake"), seed=0)
 seen.append('sklearn' in sys.modules)
 build_loaders(DataConfig(name="digits"), seed=0)
@@ -443,7 +448,8 @@ def test_persistent_workers_serve_several_epochs() -> None:
 
 
 @pytest.mark.parametrize("overrides, match", [
-    ({"name": "mnist"}, "data.name='mnist' is unknown: choose one of cifar10, cifar100, digits, fake, imagefolder, imagenet"),
+    ({"name": "mnist"}, "data.name='mnist' is unknown: choose one of cifar10, cifar100, digits, "
+                         "digits_cluttered, digits_scaled, fake, imagefolder, imagenet"),
     ({"batch_size": 0}, "data.batch_size=0 is invalid"),
     ({"eval_batch_size": -1}, "data.eval_batch_size=-1 is invalid"),
     ({"image_size": 0}, "data.image_size=0 is invalid"),
@@ -460,8 +466,9 @@ def test_bad_settings_raise_value_errors_naming_the_key(overrides: dict, match: 
 
 @pytest.mark.parametrize("overrides, match", [
     ({"num_classes": 5}, "data.num_classes=5 is not used by data=digits (only data=fake takes it); remove the override"),
-    ({"name": "cifar10", "train_size": 100}, "data.train_size=100 is not used by data=cifar10 (only data=fake"),
-    ({"name": "imagenet", "val_size": 10}, "data.val_size=10 is not used by data=imagenet (only data=fake"),
+    ({"name": "cifar10", "train_size": 100}, "data.train_size=100 is not used by data=cifar10 (only data=digits_cluttered, "
+                                          "data=digits_scaled, data=fake take it)"),
+    ({"name": "imagenet", "val_size": 10}, "data.val_size=10 is not used by data=imagenet (only data=digits_cluttered"),
     ({"name": "cifar100", "val_resize": 36}, "data.val_resize=36 is not used by data=cifar100 "
                                              "(only data=imagefolder, data=imagenet take it)"),
     ({"name": "fake", "val_resize": 36}, "data.val_resize=36 is not used by data=fake"),
