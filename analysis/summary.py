@@ -96,14 +96,18 @@ class Row:
     delta: Optional[Stat]  # paired top-1 differences; None where there is no pair
 
 
-def settings_of(results: dict[str, Any]) -> dict[str, Any]:
-    """The experimental settings of a completed run: its resolved config without BOOKKEEPING and without the
-    recipe's description (a function of data and model, and long), and the number of processes (the global
-    batch is data.batch_size × world_size)."""
-    flat = {key: value for key, value in flatten(results["config"]).items()
+def experiment_settings(config: dict[str, Any]) -> dict[str, Any]:
+    """What a resolved config says was trained: the flattened config without BOOKKEEPING and without the
+    recipe's description (a function of data and model, and long). Runs equal here are seeds of one setting;
+    analysis/trained_run.py groups checkpoints by it too, so a figure's conditions are summarize.py's groups."""
+    return {key: value for key, value in flatten(config).items()
             if key not in BOOKKEEPING and not key.startswith("recipe.")}
-    flat["world_size"] = results.get("world_size", 1)
-    return flat
+
+
+def settings_of(results: dict[str, Any]) -> dict[str, Any]:
+    """The experimental settings of a completed run (experiment_settings of its config), and the number of
+    processes (the global batch is data.batch_size × world_size)."""
+    return {**experiment_settings(results["config"]), "world_size": results.get("world_size", 1)}
 
 
 def read_runs(folders: list[Path]) -> tuple[list[CompletedRun], list[Unfinished], int]:
@@ -157,7 +161,7 @@ def group_runs(runs: list[CompletedRun]) -> list[Group]:
     shown = label_keys([dict(settings) for settings in by_settings])
     groups = [Group(_label(dict(settings), shown), settings, tuple(sorted(members, key=lambda r: (r.seed, r.path))))
               for settings, members in by_settings.items()]
-    return sorted(groups, key=lambda group: _natural(group.label))
+    return sorted(groups, key=lambda group: natural_key(group.label))
 
 
 def label_keys(settings: list[dict[str, Any]]) -> list[str]:
@@ -268,8 +272,17 @@ def recipe_epochs(experiment: str) -> Optional[int]:
         return None
 
 
-def format_stat(s: Stat, sign: str = "") -> str:
-    return f"{s.mean:{sign}.2f} ± {'—' if s.std is None else f'{s.std:.2f}'}"
+def format_stat(s: Stat, sign: str = "", digits: int = 2) -> str:
+    """``mean ± std`` with ``digits`` decimals; ``± —`` for a single value."""
+    return f"{s.mean:{sign}.{digits}f} ± {'—' if s.std is None else f'{s.std:.{digits}f}'}"
+
+
+def text_table(headers: list[str], rows: list[list[Any]]) -> str:
+    """Plain-text columns as the study scripts print them: the first left-aligned, the others right-aligned."""
+    cells = [[str(cell) for cell in row] for row in [headers, *rows]]
+    widths = [max(len(row[j]) for row in cells) for j in range(len(headers))]
+    return "\n".join("  ".join(cell.rjust(width) if j else cell.ljust(width) for j, (cell, width) in
+                               enumerate(zip(row, widths))) for row in cells)
 
 
 def format_delta(row: Row) -> str:
@@ -320,8 +333,9 @@ def csv_text(rows: list[Row]) -> str:
     return out.getvalue()
 
 
-def _natural(label: str) -> list:
-    """Sort key that puts sigma_lr_scale=30 before 100 (numbers compared as numbers)."""
+def natural_key(label: str) -> list:
+    """Sort key that puts sigma_lr_scale=30 before 100, and sweep job 2_... before 10_... (numbers compared as
+    numbers)."""
     return [(0, float(part), "") if _is_number(part) else (1, 0.0, part) for part in re.split(r"([0-9.]+)", label)]
 
 

@@ -6,6 +6,9 @@ class names, its validation preprocessing and its numbers, without retyping any 
     logits = run.model(run.transform(image)[None])   # image: a decoded uint8 tensor or a PIL image
     run.classes[logits.argmax()], run.metrics["top1"]
 
+    runs, notes = load_runs(["outputs/multirun/2026-11-30_10-00-00"])   # a sweep: every run folder in it
+    for condition in conditions(runs): ...   # runs that differ only in their seed, as summarize.py groups them
+
 predict.py, scripts/export.py, scripts/erf.py and scripts/sigma_report.py build on it.
 """
 
@@ -28,6 +31,7 @@ from engine.checkpoint import BEST, LAST, find_checkpoint, load_checkpoint, load
 from engine.config import TrainConfig, flatten
 
 from .preprocess import Preprocessing, Preprocessor, preprocessing_of
+from .summary import experiment_settings, natural_key
 
 
 WEIGHTS = ("best", "last", "ema")
@@ -43,8 +47,13 @@ class TrainedRun:
     weights: str = "best"  # which: best.pt's, last.pt's, or last.pt's moving average (ema)
 
     @property
+    def name(self) -> str:
+        """Model and convolution, ``resnet20-gmconv``: what a condition of several seeds is called first."""
+        return f"{self.config.model.name}-{self.config.conv.name}"
+
+    @property
     def label(self) -> str:
-        return f"{self.config.model.name}-{self.config.conv.name} seed {self.config.seed}"
+        return f"{self.name} seed {self.config.seed}"
 
     @property
     def classes(self) -> list[str]:
@@ -94,14 +103,42 @@ def load_run(run_dir: str | Path, prefer: tuple[str, ...] = (BEST, LAST), *, wei
 def distinct_labels(runs: list[TrainedRun]) -> list[str]:
     """Each run's label, followed where labels repeat by the settings that tell those runs apart
     (``resnet20-gmconv seed 0 (optim.sigma_lr_scale=100)``), and by its position if none does."""
-    labels = [run.label for run in runs]
+    return _tell_apart([run.label for run in runs], [flatten(_resolved(run)) for run in runs])
+
+
+@dataclass(frozen=True)
+class Condition:
+    """Runs equal in every setting but the seed (and analysis/summary.py's BOOKKEEPING): one experimental
+    condition, whose figures and numbers are means over its seeds rather than one panel per run."""
+
+    label: str  # ``resnet20-gmconv``, with the settings that tell it from conditions of the same name
+    members: tuple[int, ...]  # indices into the runs given, ordered by seed
+
+
+def conditions(runs: list[TrainedRun]) -> list[Condition]:
+    """The runs grouped as scripts/summarize.py groups them (analysis.summary.experiment_settings), in the
+    order each condition first appears; labelled ``model-conv``, followed where that repeats by the settings
+    that differ between the conditions sharing it (``resnet20-gmconv (optim.sigma_lr_scale=100)``)."""
+    groups: dict[tuple[tuple[str, Any], ...], list[int]] = {}
+    for i, run in enumerate(runs):
+        groups.setdefault(tuple(sorted(experiment_settings(_resolved(run)).items())), []).append(i)
+    labels = _tell_apart([runs[members[0]].name for members in groups.values()], [dict(key) for key in groups])
+    return [Condition(label, tuple(sorted(members, key=lambda i: (runs[i].config.seed, i))))
+            for label, members in zip(labels, groups.values())]
+
+
+def _resolved(run: TrainedRun) -> dict[str, Any]:
+    return OmegaConf.to_container(run.config, resolve=True, enum_to_str=True)
+
+
+def _tell_apart(labels: list[str], settings: list[dict[str, Any]]) -> list[str]:
+    """Each label, followed where labels repeat by the (flattened) settings that differ among the ones sharing
+    it, and by its position if none does."""
     result = []
-    for i, (run, label) in enumerate(zip(runs, labels)):
-        twins = [other for other, other_label in zip(runs, labels) if other_label == label]
+    for i, (label, mine) in enumerate(zip(labels, settings)):
+        twins = [other for other, other_label in zip(settings, labels) if other_label == label]
         if len(twins) > 1:
-            settings = [flatten(OmegaConf.to_container(twin.config, resolve=True, enum_to_str=True)) for twin in twins]
-            mine = flatten(OmegaConf.to_container(run.config, resolve=True, enum_to_str=True))
-            differing = sorted(key for key in mine if any(other.get(key) != mine[key] for other in settings))
+            differing = sorted(key for key in mine if any(other.get(key) != mine[key] for other in twins))
             label += f" ({', '.join(f'{key}={mine[key]}' for key in differing)})" if differing else f" #{i + 1}"
         result.append(label)
     return result
@@ -136,10 +173,32 @@ def validation_images(run: TrainedRun, count: int) -> tuple[torch.Tensor, str]:
 
 
 def find_run_folders(roots: list[str | Path]) -> list[Path]:
-    """Every run folder (one holding .hydra/config.yaml, results.json or checkpoints/) under ``roots``."""
+    """Every run folder (one holding .hydra/config.yaml, results.json or checkpoints/) under ``roots``, in a sweep's
+    job order (2_... before 10_...): the order its command line listed the settings in."""
     found = set()
     for root in map(Path, roots):
         for marker in ("results.json", ".hydra/config.yaml", "checkpoints"):
             for hit in root.rglob(marker):
                 found.add(hit.parent.parent if marker.startswith(".hydra") else hit.parent)
-    return sorted(found)
+    return sorted(found, key=lambda folder: natural_key(str(folder)))
+
+
+def load_runs(paths: list[str | Path], prefer: tuple[str, ...] = (BEST, LAST)) -> tuple[list[TrainedRun], list[str]]:
+    """The runs at ``paths`` (run folders, checkpoint files, or folders of run folders such as a sweep, expanded
+    with find_run_folders as scripts/summarize.py expands them) and a note for each run skipped. A run folder
+    found inside a given folder that holds no checkpoint (it failed or has not finished an epoch) is skipped,
+    so one failed job does not stop the study of a sweep; a path given itself must load, and so must one run at
+    least (FileNotFoundError, ValueError)."""
+    runs, notes = [], []
+    for path in map(Path, paths):
+        for folder in find_run_folders([path]) or [path]:
+            try:
+                runs.append(load_run(folder, prefer))
+            except FileNotFoundError:
+                if folder == path:
+                    raise
+                notes.append(f"skipped {folder}: no checkpoint (checkpoints/{' or '.join(prefer)})")
+    if not runs:
+        raise FileNotFoundError(f"no run with a checkpoint in {', '.join(map(str, paths))} "
+                                f"({len(notes)} run folder(s) without one)")
+    return runs, notes

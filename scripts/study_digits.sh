@@ -31,9 +31,9 @@ python scripts/summarize.py "$out/digits_warmup" --out "$figures/digits_warmup.m
 
 # 3. Effective receptive fields (seed 0 of each conv type, trained and at initialisation) and learned σ;
 #    ResNet-32 from the warmup sweep, where every seed trained.
-python scripts/erf.py "$out"/digits/main/*model=resnet20,$no_warmup,seed=0 "$out"/digits/sigma_lr_100/*model=resnet20,*seed=0 \
+python scripts/erf.py "$out"/digits/main/*model=resnet20,seed=0 "$out"/digits/sigma_lr_100/*model=resnet20,*seed=0 \
     --images 64 --out "$figures/erf_resnet20"
-python scripts/sigma_report.py "$out"/digits/main/*conv=gmconv,model=resnet20,$no_warmup,seed=0 \
+python scripts/sigma_report.py "$out"/digits/main/*conv=gmconv,model=resnet20,seed=0 \
     "$out"/digits/sigma_lr_100/*model=resnet20,*seed=0 --out "$figures/sigma_resnet20"
 python scripts/erf.py "$out"/digits_warmup/main/*seed=0 "$out"/digits_warmup/sigma_lr_100/*seed=0 \
     --images 64 --out "$figures/erf_resnet32"
@@ -44,14 +44,9 @@ python scripts/sigma_report.py "$out"/digits_warmup/main/*conv=gmconv,*seed=0 "$
 python scripts/erf.py "$out"/digits/main/*model=resnet20,* "$out"/digits/sigma_lr_100/*model=resnet20,* \
     --images 64 --out "$out/erf_all_resnet20"
 python - "$out/erf_all_resnet20/erf.json" <<'PY'
-import json, re, statistics as st, sys
-from collections import defaultdict
-groups = defaultdict(list)
-for panel in json.load(open(sys.argv[1]))["panels"]:
-    if panel["kind"] == "trained":
-        groups[re.sub(r" seed \d+", "", panel["label"])].append(panel["stats"])
-for name, stats in groups.items():
-    cells = [f"{st.mean(s[k] for s in stats):.3f} ± {st.stdev(s[k] for s in stats):.3f}"
+import json, sys
+for condition in json.load(open(sys.argv[1]))["conditions"]:
+    cells = [f"{condition['stats'][k]['mean']:.3f} ± {condition['stats'][k]['std']:.3f}"
              for k in ("sigma_x", "sigma_y", "area_ratio@0.5", "area_ratio@0.99")]
-    print(f"| {name} | {len(stats)} | " + " | ".join(cells) + " |")
+    print(f"| {condition['label']} | {condition['n']} | " + " | ".join(cells) + " |")
 PY

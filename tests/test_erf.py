@@ -7,6 +7,7 @@ import importlib.util
 import json
 import math
 import os
+import statistics
 import subprocess
 import sys
 from pathlib import Path
@@ -155,52 +156,92 @@ def test_a_cifar_resnet_is_measured_at_its_last_stage(one_thread):
 
 
 @pytest.fixture(scope="module")
-def runs(tmp_path_factory) -> list[Path]:
-    """Two tiny trained runs on digits, GMConv and standard (a few seconds each, on one thread)."""
-    root = tmp_path_factory.mktemp("erf_runs")
+def sweep(tmp_path_factory) -> Path:
+    """A folder of three tiny trained runs on digits, as a sweep holds them: GMConv with seeds 0 and 1 (one
+    condition) and standard with seed 0 (a few seconds each, on one thread)."""
+    root = tmp_path_factory.mktemp("erf_sweep")
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        for conv in ("gmconv", "standard"):
-            run_in_process(root / conv, f"conv={conv}", *TINY_RUN)
+        for name, overrides in [("0", ["seed=0"]), ("1", ["seed=1"]), ("2", ["conv=standard"])]:
+            run_in_process(root / name, *overrides, *TINY_RUN)
     finally:
         torch.set_num_threads(threads)
-    return [root / "gmconv", root / "standard"]
+    return root
 
 
-def test_script_writes_the_figure_json_and_table(runs, tmp_path):
+def _stats_over(values: list[float]) -> dict:
+    return {"mean": statistics.mean(values), "std": statistics.stdev(values) if len(values) > 1 else None,
+            "n": len(values)}
+
+
+def test_a_sweep_gives_one_condition_per_setting_with_its_seeds_stats_and_each_runs(sweep, tmp_path):
     out = tmp_path / "erf"
-    proc = ok(_script_run(*map(str, runs), "--images", "4", "--out", str(out)))
+    proc = ok(_script_run(str(sweep), "--images", "4", "--out", str(out)))
     summary = json.loads((out / "erf.json").read_text())
-    labels = ["resnet20-gmconv seed 0", "resnet20-gmconv at init (seed 0)",
-              "resnet20-standard seed 0", "resnet20-standard at init (seed 0)"]
-    assert [p["label"] for p in summary["panels"]] == labels and summary["num_panels"] == 4
-    assert [p["kind"] for p in summary["panels"]] == ["trained", "init", "trained", "init"]
-    for panel in summary["panels"]:
-        assert set(panel["stats"]) == STAT_KEYS and panel["layer"] == "layer3"
-        assert panel["images"] == "4 validation images of digits"
+    assert set(summary) == {"images_per_run", "layer_option", "log_scale", "num_conditions", "conditions"}
+    gm, standard = summary["conditions"]
+    assert summary["num_conditions"] == 2
+    assert (gm["label"], standard["label"]) == ("resnet20-gmconv", "resnet20-standard")
+    assert (gm["n"], gm["seeds"], standard["n"], standard["seeds"]) == (2, [0, 1], 1, [0])
+    for condition in (gm, standard):
+        assert set(condition) == {"label", "n", "seeds", "layer", "images", "stats", "init_stats", "runs"}
+        assert condition["layer"] == "layer3" and condition["images"] == "4 validation images of digits"
+        for kind in ("stats", "init_stats"):
+            assert set(condition[kind]) == STAT_KEYS
+            for key, value in condition[kind].items():  # mean ± sample std over the runs' own stats
+                assert value == pytest.approx(_stats_over([run[kind][key] for run in condition["runs"]]))
+    assert all(value["n"] == 2 and value["std"] is not None for value in gm["stats"].values())
+    assert gm["stats"]["sigma_x"]["std"] > 0 and gm["init_stats"]["sigma_x"]["std"] > 0  # two seeds: two networks
+    assert [run["run"] for run in gm["runs"]] == [str(sweep / "0"), str(sweep / "1")]
+    assert [run["run"] for run in standard["runs"]] == [str(sweep / "2")]
+    assert standard["stats"]["sigma_x"]["std"] is None and standard["stats"]["sigma_x"]["n"] == 1
     with Image.open(out / "erf.png") as png:
-        assert png.width <= 1600 and png.height <= 600
-    assert "4 validation images of digits" in proc.stdout
-    assert all(label in proc.stdout for label in labels) and "area_ratio@0.99" in proc.stdout
+        assert png.width <= 1200 and png.height <= 900
+    table = proc.stdout[proc.stdout.index("condition"):]
+    assert "resnet20-gmconv at init " in table and "area_ratio@0.99" in table
+    sigma_x = gm["stats"]["sigma_x"]
+    assert f"{sigma_x['mean']:.2f} ± {sigma_x['std']:.2f}" in table
 
 
-def test_one_figure_panel_per_map_and_one_init_per_architecture(runs, tmp_path, one_thread):
+def test_the_figure_is_init_above_trained_per_condition_in_pixels_with_one_colour_bar(sweep, one_thread):
     script = _script()
-    assert script.main([str(runs[0]), str(runs[0]), "--images", "2", "--out", str(tmp_path)]) == 0
-    summary = json.loads((tmp_path / "erf.json").read_text())
-    assert [p["kind"] for p in summary["panels"]] == ["trained", "init", "trained"]  # the same architecture twice
-    assert [p["label"] for p in summary["panels"]] == [
-        "resnet20-gmconv seed 0 #1", "resnet20-gmconv at init (seed 0)", "resnet20-gmconv seed 0 #2"]
-    maps = [torch.rand(8, 8, dtype=torch.float64) for _ in range(5)]
-    maps[0][0, 0] = 0.0  # the log scale copes with zeros
-    panels = [script.Panel(f"run {i}", "trained", "", "", "layer3", "", erf) for i, erf in enumerate(maps)]
+    measured = script.collect([str(sweep / "0"), str(sweep / "1")], 2, None)
+    (condition,) = measured
+    assert [r.run.config.seed for r in condition.runs] == [0, 1]
+    for kind in script.KINDS:  # the mean of maps that each sum to 1: every seed weighs the same
+        mean = condition.mean_map(kind)
+        torch.testing.assert_close(mean, (condition.runs[0].maps[kind] + condition.runs[1].maps[kind]) / 2)
+        assert mean.sum().item() == pytest.approx(1)
+    assert not torch.equal(condition.runs[0].maps["init"], condition.runs[1].maps["init"])  # each seed's init
     for log in (False, True):
-        figure = script.erf_figure(panels, log=log)
-        assert sum(bool(ax.images) for ax in figure.axes) == 5
+        count = script.COLUMNS + 1  # a second block of two rows
+        figure = script.erf_figure(measured * count, log=log)
+        panels = [ax for ax in figure.axes if ax.images and ax.get_label() != "<colorbar>"]
+        bars = [ax for ax in figure.axes if ax.get_label() == "<colorbar>"]
+        assert len(panels) == 2 * count and len(bars) == 1
+        assert {ax.images[0].norm.vmax for ax in panels} == {panels[0].images[0].norm.vmax}  # one scale
+        titles = [ax.get_title() for ax in panels]
+        assert titles[0].startswith("resnet20-gmconv\nlayer3, at init, mean of 2 seeds\nσx ")
+        assert titles[script.COLUMNS].startswith("trained, mean of 2 seeds\nσx ")  # below the first row
+        assert all(" px" in title for title in titles)
+        assert panels[0].get_ylabel() == "y (input px, 0 = top)"
+        assert panels[script.COLUMNS].get_xlabel() == "x (input px, 0 = left)"
+        assert all(len(ax.get_xticks()) > 1 for ax in panels)  # pixel ticks, not bare images
 
 
-def test_script_refuses_bad_input_in_one_line(runs, tmp_path, capsys, one_thread):
+def test_a_single_checkpoint_file_is_one_condition_written_beside_it(sweep, one_thread):
+    script = _script()
+    checkpoint = next((sweep / "2" / "checkpoints").glob("*.pt"))
+    assert script.main([str(checkpoint), "--images", "2"]) == 0
+    summary = json.loads((checkpoint.parent / "erf" / "erf.json").read_text())
+    (condition,) = summary["conditions"]
+    assert (condition["label"], condition["n"], condition["seeds"]) == ("resnet20-standard", 1, [0])
+    assert condition["runs"][0]["checkpoint"] == str(checkpoint)
+    assert (checkpoint.parent / "erf" / "erf.png").is_file()
+
+
+def test_script_refuses_bad_input_in_one_line(sweep, tmp_path, capsys, one_thread):
     empty = tmp_path / "not_a_run"
     empty.mkdir()
     proc = _script_run(str(empty))
@@ -208,8 +249,15 @@ def test_script_refuses_bad_input_in_one_line(runs, tmp_path, capsys, one_thread
     assert len(failed_with(proc, "holds no checkpoint").strip().splitlines()) == 1
     script = _script()
     capsys.readouterr()
-    assert script.main([str(runs[0]), "--layer", "layer9", "--out", str(tmp_path)]) == 2
+    assert script.main([str(sweep / "0"), "--layer", "layer9", "--out", str(tmp_path)]) == 2
     error = capsys.readouterr().err.strip()
     assert len(error.splitlines()) == 1 and "'layer9' is not a module" in error and "'layer3'" in error
-    assert script.main([str(runs[0]), "--images", "0"]) == 2
+    assert script.main([str(sweep / "0"), "--images", "0"]) == 2
     assert "--images=0 must be at least 1" in capsys.readouterr().err
+    unfinished = tmp_path / "sweep" / "0" / ".hydra"
+    unfinished.mkdir(parents=True)
+    (unfinished / "config.yaml").touch()
+    assert script.main([str(tmp_path / "sweep")]) == 2  # its one run skipped: nothing left
+    error = capsys.readouterr().err
+    assert error.count("\n") == 1 and "no run with a checkpoint in" in error
+    assert "(1 run folder(s) without one)" in error

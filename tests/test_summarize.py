@@ -20,7 +20,7 @@ from helpers import ROOT, failed_with, ok, run_in_process
 from omegaconf import OmegaConf
 
 from engine.config import TrainConfig
-from analysis.trained_run import TrainedRun, distinct_labels
+from analysis.trained_run import TrainedRun, conditions, distinct_labels, find_run_folders
 from analysis.summary import CompletedRun, format_delta, group_runs, markdown, settings_of, table_rows
 
 TINY = ["trainer.epochs=1", "trainer.limit_train_batches=2", "trainer.limit_val_batches=1", "data.batch_size=16",
@@ -177,6 +177,27 @@ def test_analysis_labels_name_the_settings_that_tell_runs_apart():
         "resnet20-gmconv seed 0 (optim.lr=0.1, optim.sigma_lr_scale=1.0)",
         "resnet20-gmconv seed 0 (optim.lr=0.1, optim.sigma_lr_scale=100.0)",
         "resnet20-gmconv seed 0 (optim.lr=0.5, optim.sigma_lr_scale=1.0)"]
+
+
+def test_analysis_conditions_group_seeds_and_are_labelled_by_what_differs():
+    """erf.py and sigma_report.py average over the seeds of a condition: runs equal but for seed and bookkeeping."""
+    def run(seed: int, root: str = "data", **optim):
+        config = OmegaConf.merge(OmegaConf.structured(TrainConfig),
+                                 {"conv": {"name": "gmconv"}, "seed": seed, "data": {"root": root}, "optim": optim})
+        return TrainedRun(Path("."), config, Path("."), {}, None)
+
+    runs = [run(1), run(0, sigma_lr_scale=100.0), run(0, root="elsewhere"), run(2, sigma_lr_scale=100.0)]
+    assert [(c.label, c.members) for c in conditions(runs)] == [
+        ("resnet20-gmconv (optim.sigma_lr_scale=1.0)", (2, 0)),  # by seed; data.root is bookkeeping
+        ("resnet20-gmconv (optim.sigma_lr_scale=100.0)", (1, 3))]
+    assert [c.label for c in conditions(runs[:1])] == ["resnet20-gmconv"]
+
+
+def test_a_sweeps_run_folders_come_in_job_order(tmp_path):
+    for job in ("10_seed=10", "2_seed=2", "1_seed=1"):
+        (tmp_path / job / ".hydra").mkdir(parents=True)
+        (tmp_path / job / ".hydra" / "config.yaml").touch()
+    assert [p.name for p in find_run_folders([tmp_path])] == ["1_seed=1", "2_seed=2", "10_seed=10"]
 
 
 def test_short_runs_are_marked_even_where_every_run_is_short():
