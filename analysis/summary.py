@@ -186,7 +186,11 @@ def label_keys(settings: list[dict[str, Any]]) -> list[str]:
 
 
 def _label(settings: dict[str, Any], keys: list[str]) -> str:
-    """``conv=gmconv`` for conv.name, as the option is chosen on the command line; ``key=value`` otherwise."""
+    """``conv=gmconv`` for conv.name, as the option is chosen on the command line; ``key=value`` otherwise. A
+    standard-conv group is not labelled with σ's settings (CONV_ONLY), which it has in its config but not in
+    its layers."""
+    if settings.get("conv.type") == STANDARD:
+        keys = [key for key in keys if key == "conv.name" or not key.startswith(CONV_ONLY)]
     return " ".join(f"{NAME_KEYS.get(key, key)}={as_typed(settings[key])}" for key in keys)
 
 

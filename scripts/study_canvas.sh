@@ -1,0 +1,41 @@
+#!/usr/bin/env bash
+# Regenerates docs/STUDY.md's section "Where the receptive field matters": the cluttered and the rescaled digits
+# (data/digit_canvas.py), ResNet-20 with the default recipe. About 80 minutes on 2 CPU cores.
+#   bash scripts/study_canvas.sh [OUT [FIGURES [OVERRIDES]]]
+#     OUT: where the runs go (default outputs/study_canvas); FIGURES: tables and figures (default docs/study/canvas);
+#     OVERRIDES: added to every run, e.g. a trial of the whole pipeline in a few minutes:
+#     bash scripts/study_canvas.sh /tmp/trial /tmp/trial/figures "trainer.epochs=1 data.train_size=128 data.val_size=64"
+set -euo pipefail
+cd "$(dirname "$0")/.."
+out=${1:-outputs/study_canvas}
+figures=${2:-docs/study/canvas}
+mkdir -p "$figures"
+# Evaluate 5,000 validation canvases at the middle and the end only: the study reads the final epoch's numbers.
+common="model=resnet20 trainer.eval_every=5 trainer.progress=false ${3:-}"
+seeds=0,1,2,3,4
+
+# 1. Accuracy where the receptive field matters: every conv type on the cluttered digits, paired by seed.
+python train.py -m data=digits_cluttered conv=standard,gmconv,gmconv_fixed,gmconv_layer seed=$seeds $common \
+    hydra.sweep.dir="$out/cluttered"
+
+# 2. Does σ follow the scale of the features? Digits of 8, 16 and 24 px on the same 32 px canvas, σ learning 100×
+#    faster (gmconv/README.md, "How fast σ learns"); the standard conv for the ERFs' reference.
+python train.py -m data=digits_scaled data.digit_size=8,16,24 conv=standard seed=0,1,2 $common \
+    hydra.sweep.dir="$out/scaled/standard"
+python train.py -m data=digits_scaled data.digit_size=8,16,24 conv=gmconv optim.sigma_lr_scale=100 seed=0,1,2 $common \
+    hydra.sweep.dir="$out/scaled/gmconv"
+
+# 3. Initialisation: σ₀ = 1, 2, 4 on the cluttered digits, σ learning 100× faster.
+python train.py -m data=digits_cluttered conv=gmconv conv.sigma_init=1,2,4 optim.sigma_lr_scale=100 seed=0,1,2 \
+    $common hydra.sweep.dir="$out/sigma_init"
+
+# Tables (final-epoch top-1, mean ± std over seeds, Δ paired by seed with the standard conv).
+python scripts/summarize.py "$out/cluttered" "$out/sigma_init" --out "$figures/cluttered.md"
+python scripts/summarize.py "$out/scaled" --out "$figures/scaled.md"
+# Figures: ERFs per condition averaged over seeds, with the architecture at initialisation; σ by depth.
+python scripts/erf.py "$out/cluttered" --images 64 --out "$figures/erf_cluttered"
+python scripts/erf.py "$out/scaled" --images 64 --out "$figures/erf_scaled"
+python scripts/sigma_report.py "$out/scaled/gmconv" --out "$figures/sigma_scaled"
+python scripts/sigma_report.py "$out/sigma_init" --out "$figures/sigma_init"
+# The numbers the text quotes: power of the paired comparison, σ by stage per digit size and per σ₀, ERF sizes.
+python scripts/study_canvas_numbers.py "$out" --figures "$figures" --out "$figures/numbers.md"
