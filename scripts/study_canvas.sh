@@ -29,6 +29,29 @@ python train.py -m data=digits_scaled data.digit_size=8,16,24 conv=gmconv optim.
 python train.py -m data=digits_cluttered conv=gmconv conv.sigma_init=1,2,4 optim.sigma_lr_scale=100 seed=0,1,2 \
     $common hydra.sweep.dir="$out/sigma_init"
 
+# What the two tasks look like: the first validation canvases of each setting.
+python - "$figures/examples.png" <<'PY'
+import sys
+from matplotlib.figure import Figure
+from omegaconf import OmegaConf
+from data import DataConfig
+from data.digit_canvas import build_digit_canvases
+settings = [("digits_cluttered", {}), *(("digits_scaled", {"digit_size": size}) for size in (8, 16, 24))]
+fig = Figure(figsize=(8, 4.4))
+for row, (name, overrides) in enumerate(settings):
+    config = OmegaConf.merge(OmegaConf.structured(DataConfig), OmegaConf.load(f"configs/data/{name}.yaml"), overrides)
+    val = build_digit_canvases(OmegaConf.to_object(config), with_train=False).val
+    for col in range(8):
+        ax = fig.add_subplot(len(settings), 8, row * 8 + col + 1)
+        ax.imshow(val.images[col, 0], cmap="gray", vmin=0, vmax=255)
+        ax.set_xticks([]), ax.set_yticks([])
+        ax.set_title(str(int(val.targets[col])), fontsize=8)
+    fig.axes[row * 8].set_ylabel(name.removeprefix("digits_") + "".join(f"\n{v} px" for v in overrides.values()),
+                                 fontsize=8)
+fig.tight_layout()
+fig.savefig(sys.argv[1], dpi=100)
+PY
+
 # Tables (final-epoch top-1, mean ± std over seeds, Δ paired by seed with the standard conv).
 python scripts/summarize.py "$out/cluttered" "$out/sigma_init" --out "$figures/cluttered.md"
 python scripts/summarize.py "$out/scaled" --out "$figures/scaled.md"

@@ -3,7 +3,8 @@
     python scripts/study_canvas_numbers.py OUT --figures DIR [--out numbers.md]
 
 OUT holds the study's sweeps (cluttered/, scaled/, sigma_init/), DIR the erf.py and sigma_report.py reports
-written from them (erf_scaled/, sigma_scaled/, sigma_init/). Prints, and with --out writes, markdown tables:
+written from them (erf_cluttered/, erf_scaled/, sigma_scaled/, sigma_init/). Prints, and with --out writes,
+markdown tables:
 
 1. the cluttered digits: top-1 per convolution, Δ top-1 paired by seed with conv=standard, its 95 % interval,
    the seeds a 1-point Δ needs at that spread (80 % power, α = 0.05, two-sided paired t-test:

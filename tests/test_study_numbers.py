@@ -39,7 +39,8 @@ def test_stage_sigma_weighs_every_sigma_value_once(numbers) -> None:
 
 def test_sigma_table_gives_mean_and_std_over_each_conditions_seeds(numbers, tmp_path: Path) -> None:
     def layers(stem: float) -> dict[str, tuple[int, float]]:
-        return {"conv1": (16, stem), "layer1.0.conv1": (16, 2.0), "layer2.0.conv1": (32, 2.0), "layer3.0.conv1": (64, 2.0)}
+        return {"conv1": (16, stem), "layer1.0.conv1": (16, 2.0), "layer2.0.conv1": (32, 2.0),
+                "layer3.0.conv1": (64, 2.0)}
 
     runs = [run_report("a0", 0, layers(1.0)), run_report("a1", 1, layers(3.0)), run_report("b0", 0, layers(2.5))]
     conditions = [{"label": "size 8", "n": 2, "runs": ["a0", "a1"], "layers": {"conv1": {"sigma_init": 2.0}}},
