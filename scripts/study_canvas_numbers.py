@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 from pathlib import Path
 from typing import Any
@@ -60,8 +61,14 @@ def power_table(rows: list[Row]) -> str:
         low, high = confidence_interval(delta.mean, delta.std, delta.n)
         table.append(cells + [format_stat(delta, "+"), f"[{low:+.2f}, {high:+.2f}]",
                               str(seeds_needed(delta.std, EFFECT)), f"{detectable_difference(delta.std, delta.n):.2f}"])
-    return markdown_table(["setting", "n", "top-1 (%)", "Δ top-1 vs standard", "95 % interval of Δ",
+    text = markdown_table(["setting", "n", "top-1 (%)", "Δ top-1 vs standard", "95 % interval of Δ",
                            f"seeds for a {EFFECT:g}-point Δ", "Δ resolved with n seeds"], table)
+    spreads = [row.delta for row in rows if row.delta is not None and row.delta.std is not None]
+    if spreads:  # each arm's spread is an estimate from few pairs: the pooled one plans the next study
+        pooled = math.sqrt(sum((d.n - 1) * d.std ** 2 for d in spreads) / sum(d.n - 1 for d in spreads))
+        text += (f"\nPooled spread of the paired Δ over the {len(spreads)} comparisons: {pooled:.2f} points; at that "
+                 f"spread a {EFFECT:g}-point Δ needs {seeds_needed(pooled, EFFECT)} seeds.\n")
+    return text
 
 
 def stage_of(layer: str) -> str:
