@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Regenerates docs/STUDY.md's section "Where the receptive field matters": the cluttered and the rescaled digits
-# (data/digit_canvas.py), ResNet-20 with the default recipe. About 80 minutes on 2 CPU cores.
+# (data/digit_canvas.py), ResNet-20 with the default recipe. About 80 minutes on 2 CPU cores (47 runs of ~95 s).
 #   bash scripts/study_canvas.sh [OUT [FIGURES [OVERRIDES]]]
 #     OUT: where the runs go (default outputs/study_canvas); FIGURES: tables and figures (default docs/study/canvas);
 #     OVERRIDES: added to every run, e.g. a trial of the whole pipeline in a few minutes:
@@ -58,6 +58,7 @@ python scripts/summarize.py "$out/scaled" --out "$figures/scaled.md"
 # Figures: ERFs per condition averaged over seeds, with the architecture at initialisation; σ by depth.
 python scripts/erf.py "$out/cluttered" --images 64 --out "$figures/erf_cluttered"
 python scripts/erf.py "$out/scaled" --images 64 --out "$figures/erf_scaled"
+python scripts/sigma_report.py "$out/cluttered" --out "$figures/sigma_cluttered"
 python scripts/sigma_report.py "$out/scaled/gmconv" --out "$figures/sigma_scaled"
 python scripts/sigma_report.py "$out/sigma_init" --out "$figures/sigma_init"
 # The numbers the text quotes: power of the paired comparison, σ by stage per digit size and per σ₀, ERF sizes.

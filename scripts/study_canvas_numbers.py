@@ -3,12 +3,12 @@
     python scripts/study_canvas_numbers.py OUT --figures DIR [--out numbers.md]
 
 OUT holds the study's sweeps (cluttered/, scaled/, sigma_init/), DIR the erf.py and sigma_report.py reports
-written from them (erf_cluttered/, erf_scaled/, sigma_scaled/, sigma_init/). Prints, and with --out writes,
-markdown tables:
+written from them (erf_cluttered/, erf_scaled/, sigma_cluttered/, sigma_scaled/, sigma_init/). Prints, and with
+--out writes, markdown tables:
 
 1. the cluttered digits: top-1 per convolution, Δ top-1 paired by seed with conv=standard, its 95 % interval,
    the seeds a 1-point Δ needs at that spread (80 % power, α = 0.05, two-sided paired t-test:
-   analysis/power.py) and the smallest Δ the seeds that ran resolve;
+   analysis/power.py) and the smallest Δ the seeds that ran resolve; the ERF and learned σ per convolution;
 2. learned σ by stage (stem, stages 1-3: the mean of every σ of the stage's layers) per digit size, and the
    effective receptive field per digit size and convolution, trained and at initialisation;
 3. learned σ by stage and top-1 per σ₀.
@@ -132,6 +132,8 @@ def main(argv: list[str] | None = None) -> None:
         "## 1. Cluttered digits: accuracy and power\n", power_table(cluttered),
         "## 1. Cluttered digits: effective receptive field of layer3\n",
         erf_table(args.figures / "erf_cluttered" / "erf.json"),
+        "## 1. Cluttered digits: σ by stage at the default σ learning rate\n",
+        sigma_table(args.figures / "sigma_cluttered" / "sigma_report.json"),
         "## 2. Rescaled digits: σ by stage per digit size (conv=gmconv, optim.sigma_lr_scale=100)\n",
         sigma_table(args.figures / "sigma_scaled" / "sigma_report.json"),
         "## 2. Rescaled digits: effective receptive field of layer3 per digit size\n",
