@@ -101,7 +101,7 @@ def sigma_table(report: Path, accuracy: dict[frozenset[Path], Stat] | None = Non
         table.append([condition["label"], str(condition["n"]), ", ".join(f"{s:g}" for s in sorted(init)), *cells,
                       *extra])
     headers = ["condition", "n", "σ₀", "σ stem", "σ stage 1", "σ stage 2", "σ stage 3", "σ network",
-               "mean |σ − σ₀|"] + (["top-1 (%)"] if accuracy else [])
+               "mean \\|σ − σ₀\\|"] + (["top-1 (%)"] if accuracy else [])
     return markdown_table(headers, table)
 
 
