@@ -8,7 +8,8 @@ from typing import Optional
 
 @dataclass
 class DataConfig:
-    name: str = "digits"  # digits | digits_cluttered | digits_scaled | cifar10 | cifar100 | imagenet | imagefolder | fake
+    # digits | digits_cluttered | digits_scaled | cifar10 | cifar100 | imagenet | imagefolder | fake
+    name: str = "digits"
     root: Optional[str] = None  # dataset folder (cifar*, imagenet, imagefolder)
     download: bool = False  # cifar*: fetch with torchvision's downloader when the files are missing
     # Per process: under torchrun the global batch is batch_size × world size.

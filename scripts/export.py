@@ -151,7 +151,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--fold", action=argparse.BooleanOptionalAction, default=True,
                         help="fold GMConv's masks into plain convolutions (default) or keep the layers")
     parser.add_argument("--dynamic-batch", action="store_true", help="any batch size (pt2, onnx)")
-    parser.add_argument("--out", type=Path, help="the folder to write (default: outputs/export/<data>/<model>-<conv>/<run>/<format>)")
+    parser.add_argument("--out", type=Path,
+                        help="the folder to write (default: outputs/export/<data>/<model>-<conv>/<run>/<format>)")
     parser.add_argument("--weights", default="best", help=" | ".join(WEIGHTS))
     parser.add_argument("--tolerance", type=float, default=1e-4, help="largest absolute logit difference allowed")
     args = parser.parse_args(argv)

@@ -21,6 +21,7 @@ import argparse
 import json
 import math
 import sys
+from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
@@ -78,12 +79,13 @@ def stage_of(layer: str) -> str:
 
 def stage_sigma(run: dict[str, Any]) -> dict[str, float]:
     """A run's mean σ per stage (every σ value of the stage's layers counted once) and over the network."""
-    totals: dict[str, list[float]] = {}
+    counts: dict[str, int] = defaultdict(int)
+    sums: dict[str, float] = defaultdict(float)
     for name, layer in run["layers"].items():
-        count, total = totals.setdefault(stage_of(name), [0.0, 0.0])
-        totals[stage_of(name)] = [count + layer["count"], total + layer["count"] * layer["mean"]]
-    means = {stage: total / count for stage, (count, total) in totals.items()}
-    return {**means, "network": run["network"]["mean"], "moved": run["network"]["mean_abs_delta"]}
+        counts[stage_of(name)] += layer["count"]
+        sums[stage_of(name)] += layer["count"] * layer["mean"]
+    return {**{stage: sums[stage] / counts[stage] for stage in counts},
+            "network": run["network"]["mean"], "moved": run["network"]["mean_abs_delta"]}
 
 
 def sigma_table(report: Path, accuracy: dict[frozenset[Path], Stat] | None = None) -> str:

@@ -11,8 +11,9 @@ from typing import Any, Callable
 
 import torch
 from hydra import compose, initialize_config_dir
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
+from data import DataConfig
 from engine.config import register_configs
 from engine.runner import run
 
@@ -28,6 +29,13 @@ def compose_train(*overrides: str, hydra: bool = False) -> DictConfig:
     """configs/train.yaml with ``overrides``, composed as train.py composes it."""
     with initialize_config_dir(config_dir=str(CONFIGS), version_base="1.3"):
         return compose("train", overrides=list(overrides), return_hydra_config=hydra)
+
+
+def from_yaml(name: str, **overrides: object) -> DataConfig:
+    """What ``data=<name>`` composes to (its YAML over the typed schema), with test-sized overrides."""
+    merged = OmegaConf.merge(OmegaConf.structured(DataConfig), OmegaConf.load(CONFIGS / "data" / f"{name}.yaml"),
+                             overrides)
+    return OmegaConf.to_object(merged)
 
 
 def run_in_process(run_dir: Path, *overrides: str) -> dict[str, Any]:

@@ -27,15 +27,10 @@ from data import fake
 from data.batch_augment import BatchAugment, BatchAugmentedLoader
 from data.info import Splits
 from data.registry import BUILDERS, DatasetBuilder
+from helpers import from_yaml
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIGS = REPO / "configs" / "data"
-
-
-def from_yaml(name: str, **overrides: object) -> DataConfig:
-    """What ``data=<name>`` composes to (its YAML over the typed schema), with test-sized overrides."""
-    merged = OmegaConf.merge(OmegaConf.structured(DataConfig), OmegaConf.load(CONFIGS / f"{name}.yaml"), overrides)
-    return OmegaConf.to_object(merged)
 
 
 def first_batches(loader, count: int) -> list[list[torch.Tensor]]:
@@ -466,9 +461,10 @@ def test_bad_settings_raise_value_errors_naming_the_key(overrides: dict, match: 
 
 @pytest.mark.parametrize("overrides, match", [
     ({"num_classes": 5}, "data.num_classes=5 is not used by data=digits (only data=fake takes it); remove the override"),
-    ({"name": "cifar10", "train_size": 100}, "data.train_size=100 is not used by data=cifar10 (only data=digits_cluttered, "
-                                          "data=digits_scaled, data=fake take it)"),
-    ({"name": "imagenet", "val_size": 10}, "data.val_size=10 is not used by data=imagenet (only data=digits_cluttered"),
+    ({"name": "cifar10", "train_size": 100}, "data.train_size=100 is not used by data=cifar10 "
+                                             "(only data=digits_cluttered, data=digits_scaled, data=fake take it)"),
+    ({"name": "imagenet", "val_size": 10}, "data.val_size=10 is not used by data=imagenet "
+                                           "(only data=digits_cluttered"),
     ({"name": "cifar100", "val_resize": 36}, "data.val_resize=36 is not used by data=cifar100 "
                                              "(only data=imagefolder, data=imagenet take it)"),
     ({"name": "fake", "val_resize": 36}, "data.val_resize=36 is not used by data=fake"),

@@ -6,13 +6,12 @@ import re
 
 import pytest
 import torch
-from omegaconf import OmegaConf
 
-from data import DataConfig, build_loaders, check_data_config
+from data import build_loaders, check_data_config
 from data import digit_canvas
 from data.digit_canvas import build_digit_canvases, fragment_size, render
 from data.digits import DigitSplit, digit_split
-from tests.test_data import from_yaml
+from helpers import from_yaml
 
 SMALL = {"train_size": 300, "val_size": 200}
 
@@ -131,9 +130,7 @@ def test_loaders_give_canvas_sized_normalised_three_channel_images() -> None:
 
 
 def test_the_canvas_is_the_image_size() -> None:
-    cfg = OmegaConf.merge(OmegaConf.structured(DataConfig),
-                          OmegaConf.load("configs/data/digits_scaled.yaml"), {"canvas": 40})
-    assert cfg.image_size == 40  # the config sets the image size from the canvas
+    assert from_yaml("digits_scaled", canvas=40).image_size == 40  # the config sets the image size from the canvas
 
 
 @pytest.mark.parametrize("name, overrides, match", [
