@@ -6,11 +6,10 @@ The reusable layer of this project; it depends on torch alone.
     from gmconv import reparameterize  # fold, then timm's re-parameterisation (RepVGG, MobileOne, ...)
     from gmconv import erf_map, erf_stats  # effective receptive fields, to measure what σ does
     from gmconv import reuse_masked_weights  # evaluate unfolded: each masked weight computed once
-    from gmconv import share_masks  # hand-built networks: every layer's mask in one batch (convert does it)
 """
 
 from .conv import GMConv2d
-from .convert import ConversionReport, convert_to_gmconv, enlarge_kernel, gmconv_from_conv
+from .convert import ConversionReport, convert_to_gmconv, enlarge_kernel, gmconv_from_conv, replace_convs
 from .dynamic import DynamicGMConv2d
 from .erf import erf_map, erf_stats
 from .fold import fold_gmconv, fold_layer
@@ -18,7 +17,6 @@ from .options import GMConvOptions
 from .params import sigma_parameters
 from .reparam import reparameterize
 from .reuse import reuse_masked_weights
-from .shared_masks import share_masks
 from .stats import sigma_stats, sigma_without_gradient
 
 __all__ = [
@@ -34,8 +32,8 @@ __all__ = [
     "fold_layer",
     "gmconv_from_conv",
     "reparameterize",
+    "replace_convs",
     "reuse_masked_weights",
-    "share_masks",
     "sigma_parameters",
     "sigma_stats",
     "sigma_without_gradient",

@@ -18,9 +18,7 @@ import torch
 from torch import nn
 
 from .mask import gaussian_mask, initial_sigma, raw_from_sigma, sigma_from_raw, sigma_shape, squared_distances
-from .masked_weight import masked_weight
 from .options import GMConvOptions
-from .shared_masks import SharedMasks, compute_masks
 
 # torch.fx traces ``gaussian_mask`` as one call: its dtype checks are Python control flow that a
 # symbolic tracer cannot follow, and the eager forward keeps them (free) instead of extra casts.
@@ -39,20 +37,10 @@ class Reused:
     masked_weight: torch.Tensor | None = None
 
 
-# newer torch tells symbolic tracing apart from export (checked below through torch.compiler); older has only one flag
-_is_fx_symbolic_tracing = getattr(
-    torch.fx._symbolic_trace, "is_fx_symbolic_tracing", torch.fx._symbolic_trace.is_fx_tracing
-)
-
-
-def _in_graph_capture() -> bool:
-    """True while fx, jit.trace, dynamo or export records the forward, or a torch.func transform runs it: a graph
-    must hold the plain product (which a compiler fuses), not masks computed outside it or a cached tensor."""
-    return (
-        _is_fx_symbolic_tracing() or torch.jit.is_tracing()
-        or torch.compiler.is_compiling() or torch.compiler.is_exporting()
-        or torch._C._functorch.peek_interpreter_stack() is not None
-    )
+def _in_graph_capture(weight: torch.Tensor) -> bool:
+    """True while torch.compile, torch.export, jit.trace or fx records the forward: a graph must hold the plain
+    product (which a compiler fuses), never a tensor cached outside it."""
+    return torch.compiler.is_compiling() or torch.jit.is_tracing() or isinstance(weight, torch.fx.Proxy)
 
 
 class GaussianMaskConv(nn.Conv2d):
@@ -142,7 +130,6 @@ class GMConv2d(GaussianMaskConv):
         else:
             self.register_buffer("sigma_raw", raw)
         self._reused: Reused | None = None  # set by gmconv.reuse_masked_weights
-        self._shared_masks: SharedMasks | None = None  # set by gmconv.share_masks (convert_to_gmconv calls it)
 
     @property
     def sigma(self) -> torch.Tensor:
@@ -158,31 +145,20 @@ class GMConv2d(GaussianMaskConv):
         sigma = sigma_from_raw(sigma_raw, self.sigma_parametrization, self.sigma_min)
         return gaussian_mask(sigma, self.sq_dist, self.sigma_granularity, self.weight.dtype)
 
-    def _masks(self, with_derivative: bool) -> torch.Tensor:
-        """(1 or 2, *mask shape): the mask, and ∂M/∂raw when asked for, computed outside autograd (shared_masks.py).
-        Modules pickled by an older version lack ``_shared_masks``."""
-        shared = getattr(self, "_shared_masks", None)
-        if shared is not None:
-            return shared.masks(self, with_derivative)
-        return compute_masks([self], with_derivative)[self].masks
-
     def masked_weight(self) -> torch.Tensor:
-        """``W ⊙ M``: during training with σ's gradient written out (gmconv/masked_weight.py); inside a traced,
-        compiled or exported graph as the plain product; inside ``gmconv.reuse_masked_weights`` and without
-        autograd, computed once and reused."""
+        """``W ⊙ M``, under autograd; inside ``gmconv.reuse_masked_weights`` and without autograd, computed once and
+        reused while neither the weight nor σ changes."""
         # the capture check comes first, so that torch.compile never reads (nor guards on) the layer's state
-        if _in_graph_capture():
+        if _in_graph_capture(self.weight) or torch.is_grad_enabled():
             return self.weight * self.mask()
-        if torch.is_grad_enabled() and self.sigma_raw.requires_grad:
-            return masked_weight(self.weight, self.sigma_raw, self._masks(True), self.mask_from)
-        reused = None if torch.is_grad_enabled() else getattr(self, "_reused", None)
+        reused = getattr(self, "_reused", None)
         if reused is None:
-            return self.weight * self._masks(False)[0]
+            return self.weight * self.mask()
         weight, sigma_raw = self.weight, self.sigma_raw
         versions = (weight.data_ptr(), weight._version, sigma_raw.data_ptr(), sigma_raw._version)
         if reused.weight is not weight or reused.sigma_raw is not sigma_raw or reused.versions != versions:
             reused.weight, reused.sigma_raw, reused.versions = weight, sigma_raw, versions
-            reused.masked_weight = weight * self._masks(False)[0]
+            reused.masked_weight = weight * self.mask()
         return reused.masked_weight
 
     def forward(self, input: torch.Tensor) -> torch.Tensor:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import fnmatch
 import warnings
 from dataclasses import dataclass, field, replace
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable
 
 import torch.nn.functional as F
 from torch import nn
@@ -15,7 +15,6 @@ from .dynamic import DynamicGMConv2d
 from .modules import module_aliases, rebuilt_conv, replace_everywhere
 from .options import GMConvOptions, option_names
 from .reparam import guard_reparameterization
-from .shared_masks import share_masks
 
 GMConvLayer = GMConv2d | DynamicGMConv2d
 
@@ -34,9 +33,10 @@ class ConversionReport:
     skipped: dict[str, str] = field(default_factory=dict)
     unmatched: list[str] = field(default_factory=list)
     reparameterizable: list[str] = field(default_factory=list)
+    layer: str = "GMConv"  # what the convolutions became, for the summary
 
     def summary(self) -> str:
-        lines = [f"GMConv: converted {len(self.converted)} conv layers, skipped {len(self.skipped)}"]
+        lines = [f"{self.layer}: converted {len(self.converted)} conv layers, skipped {len(self.skipped)}"]
         reasons: dict[str, list[str]] = {}
         for name, reason in self.skipped.items():
             reasons.setdefault(reason, []).append(name)
@@ -144,19 +144,31 @@ def convert_to_gmconv(
     report = report if report is not None else ConversionReport()
     layer_type = DynamicGMConv2d if options.dynamic else GMConv2d
     layer_kwargs = options.layer_kwargs(layer_type)
-    aliases = module_aliases(model)
-    for name, conv in _targets(model, options, report):
-        source = conv
+
+    def build(conv: nn.Conv2d) -> nn.Module:
         if options.enlarge_by:
             conv = enlarge_kernel(conv, tuple(side + options.enlarge_by for side in conv.kernel_size))
-        gm = gmconv_from_conv(conv, layer_type, **layer_kwargs)
-        if name:
-            replace_everywhere(model, aliases[id(source)], gm)
-        else:  # ``model`` is itself a Conv2d: it cannot be replaced in place, return the new layer
-            model = gm
-        report.converted.append(name)
+        return gmconv_from_conv(conv, layer_type, **layer_kwargs)
+
+    model = replace_convs(model, build, options, report)
     report.reparameterizable.extend(guard_reparameterization(model))
-    share_masks(model)
+    return model
+
+
+def replace_convs(model: nn.Module, build: Callable[[nn.Conv2d], nn.Module], options: GMConvOptions,
+                  report: ConversionReport) -> nn.Module:
+    """Replace each ``nn.Conv2d`` that ``options`` selects (``min_kernel_size``, ``convert_patchify``, ``include``,
+    ``exclude``) by ``build(conv)``, in place, and record what was done in ``report``; returns the model (a new
+    layer when ``model`` is itself a Conv2d). GMConv's conversion uses it, and so can any other layer type that
+    should be compared with GMConv on the same layers."""
+    aliases = module_aliases(model)
+    for name, conv in _targets(model, options, report):
+        replacement = build(conv)
+        if name:
+            replace_everywhere(model, aliases[id(conv)], replacement)
+        else:  # ``model`` is itself a Conv2d: it cannot be replaced in place, return the new layer
+            model = replacement
+        report.converted.append(name)
     return model
 
 

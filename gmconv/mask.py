@@ -25,8 +25,8 @@ def _inverse_softplus(value: float) -> float:
     return value + math.log(-math.expm1(-value))
 
 
-# How an unconstrained raw parameter becomes the positive part of σ, back, and dσ/draw: (forward, inverse, derivative).
-PARAMETRIZATIONS = {"softplus": (F.softplus, _inverse_softplus, torch.sigmoid), "exp": (torch.exp, math.log, torch.exp)}
+# How an unconstrained raw parameter becomes the positive part of σ, and back: (forward, inverse).
+PARAMETRIZATIONS = {"softplus": (F.softplus, _inverse_softplus), "exp": (torch.exp, math.log)}
 
 
 def _parametrization(name: str) -> tuple:
@@ -39,7 +39,7 @@ def _parametrization(name: str) -> tuple:
 
 def sigma_from_raw(raw: torch.Tensor, parametrization: str, sigma_min: float) -> torch.Tensor:
     """σ > sigma_min from an unconstrained raw parameter."""
-    forward, _, _ = _parametrization(parametrization)
+    forward, _ = _parametrization(parametrization)
     return forward(raw) + sigma_min
 
 
@@ -53,7 +53,7 @@ def initial_sigma(sigma_init: float, sigma_mode: str, kernel_size: tuple[int, in
 
 def raw_from_sigma(sigma: float, parametrization: str, sigma_min: float) -> float:
     """The raw value that ``sigma_from_raw`` maps to ``sigma`` (> sigma_min): where σ starts."""
-    _, inverse, _ = _parametrization(parametrization)
+    _, inverse = _parametrization(parametrization)
     return inverse(sigma - sigma_min)
 
 
@@ -87,27 +87,3 @@ def gaussian_mask(
     coef = coef.view(*coef.shape, *(1,) * (2 if granularity == "kernel" else 3))
     mask = torch.exp(grid * coef)
     return mask if mask.dtype == dtype else mask.to(dtype)
-
-
-def masks_and_derivatives(
-    raw: torch.Tensor, sq_dist: torch.Tensor, parametrization: str, sigma_min: float, dtype: torch.dtype,
-    with_derivative: bool,
-) -> torch.Tensor:
-    """For a flat ``raw`` of S σ values: (1, S, kh, kw) masks, or (2, S, kh, kw) masks and ∂mask/∂raw.
-
-    The derivative is what the σ gradient needs, ∂M/∂raw = M · r² / σ³ · dσ/draw, computed here (outside
-    autograd, for many layers at once) so that a layer's backward is two products (gmconv/masked_weight.py).
-    The masks are ``gaussian_mask``'s, computed the same way.
-    """
-    _, _, derivative = _parametrization(parametrization)
-    compute = compute_dtype(dtype)
-    raw = raw if raw.dtype == compute else raw.to(compute)
-    sigma = sigma_from_raw(raw, parametrization, sigma_min)
-    masks = gaussian_mask(sigma, sq_dist, "kernel", compute)  # (S, kh, kw): one mask per σ
-    if with_derivative:
-        grid = sq_dist if sq_dist.dtype == compute else sq_dist.to(compute)
-        scale = derivative(raw).mul(sigma.pow(-3)).view(-1, 1, 1)
-        masks = torch.stack([masks, masks * grid * scale])
-    else:
-        masks = masks.unsqueeze(0)
-    return masks if masks.dtype == dtype else masks.to(dtype)

@@ -18,6 +18,7 @@ from PIL import Image
 from torch import nn
 
 from gmconv import DynamicGMConv2d, GMConv2d, erf_map, erf_stats
+from gmconv.erf import GAUSSIAN_MASS, gaussian_fit
 from gmconv.erf import spatial_layers
 from helpers import ROOT, failed_with, ok, run_in_process
 from models.cifar_resnet import CifarResNet
@@ -25,7 +26,8 @@ from models.cifar_resnet import CifarResNet
 TINY_RUN = ["trainer.epochs=1", "trainer.limit_train_batches=2", "trainer.limit_val_batches=1", "data.batch_size=16",
             "trainer.progress=false"]
 STAT_KEYS = {"centroid_y", "centroid_x", "sigma_y", "sigma_x",
-             "area_ratio@0.2", "area_ratio@0.3", "area_ratio@0.5", "area_ratio@0.99"}
+             "area_ratio@0.2", "area_ratio@0.3", "area_ratio@0.5", "area_ratio@0.99",
+             "gauss_r2", "gauss_mass_1sigma", "gauss_mass_2sigma", "gauss_sigma_major", "gauss_sigma_minor"}
 
 
 def _script():
@@ -261,3 +263,27 @@ def test_script_refuses_bad_input_in_one_line(sweep, tmp_path, capsys, one_threa
     error = capsys.readouterr().err
     assert error.count("\n") == 1 and "no run with a checkpoint in" in error
     assert "(1 run folder(s) without one)" in error
+
+
+def _grid(size: int = 41) -> tuple[torch.Tensor, torch.Tensor]:
+    return torch.meshgrid(torch.arange(size, dtype=torch.float64), torch.arange(size, dtype=torch.float64),
+                          indexing="ij")
+
+
+def test_a_gaussian_map_fits_a_gaussian_and_a_square_or_a_ring_does_not():
+    y, x = _grid()
+    # a rotated, elongated Gaussian: σ 5 and 2.5 px along axes at 30°
+    c, s = math.cos(math.pi / 6), math.sin(math.pi / 6)
+    u, v = c * (y - 20) + s * (x - 21), -s * (y - 20) + c * (x - 21)
+    fit = gaussian_fit(torch.exp(-0.5 * ((u / 5) ** 2 + (v / 2.5) ** 2)))
+    assert fit["gauss_r2"] > 0.999
+    assert fit["gauss_sigma_major"] == pytest.approx(5, rel=0.02) and fit["gauss_sigma_minor"] == pytest.approx(2.5, rel=0.04)
+    assert fit["gauss_mass_1sigma"] == pytest.approx(GAUSSIAN_MASS[1], abs=0.03)
+    assert fit["gauss_mass_2sigma"] == pytest.approx(GAUSSIAN_MASS[2], abs=0.02)
+    square = gaussian_fit((((y - 20).abs() <= 6) & ((x - 20).abs() <= 6)).double())
+    assert square["gauss_r2"] < 0.8 and square["gauss_mass_1sigma"] < 0.3  # flatter than a Gaussian
+    radius = ((y - 20) ** 2 + (x - 20) ** 2).sqrt()
+    ring = gaussian_fit(((radius > 8) & (radius < 10)).double())
+    assert ring["gauss_r2"] < 0.1 and ring["gauss_mass_1sigma"] == 0
+    peaked = gaussian_fit(torch.exp(-((y - 20).abs() + (x - 20).abs()) / 2))  # Laplace: heavier tails
+    assert peaked["gauss_r2"] < 0.9 and peaked["gauss_mass_1sigma"] > GAUSSIAN_MASS[1] + 0.05

@@ -19,6 +19,7 @@ from torch.func import functional_call
 from gmconv import (DynamicGMConv2d, GMConv2d, GMConvOptions, convert_to_gmconv, gmconv_from_conv,
                     reuse_masked_weights)
 from gmconv.options import CONVERSION_OPTIONS, option_names
+from models.registry import create_backbone
 
 GRANULARITIES = ["layer", "channel", "kernel"]
 PADDING_MODES = ["zeros", "reflect", "replicate", "circular"]
@@ -483,15 +484,15 @@ def test_torch_compile_inductor_matches_eager():
 
 
 def _count_mask_builds(monkeypatch: pytest.MonkeyPatch) -> list[int]:
-    """How many times the layers fetch their masks (``_masks``, which every eager forward goes through)."""
+    """How many times the layers build their masks (``mask``, which every eager forward goes through)."""
     calls = [0]
-    original = GMConv2d._masks
+    original = GMConv2d.mask
 
-    def counting(self: GMConv2d, with_derivative: bool) -> torch.Tensor:
+    def counting(self: GMConv2d) -> torch.Tensor:
         calls[0] += 1
-        return original(self, with_derivative)
+        return original(self)
 
-    monkeypatch.setattr(GMConv2d, "_masks", counting)
+    monkeypatch.setattr(GMConv2d, "mask", counting)
     return calls
 
 
@@ -565,3 +566,25 @@ def test_reuse_masked_weights_does_not_recompile_a_compiled_model():
                 torch.testing.assert_close(compiled(x), expected)
         torch.testing.assert_close(compiled(x), expected)
     assert torch._dynamo.utils.counters["stats"]["unique_graphs"] == 1
+
+
+def test_a_sigma_changed_through_data_is_used_by_the_next_forward():
+    """Each forward builds its masks from σ as it is then: a layer skipped in one pass and changed through
+    ``.data`` (which moves no version counter) computes with its new σ."""
+    torch.manual_seed(0)
+    net = convert_to_gmconv(nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.Conv2d(8, 8, 3, padding=1),
+                                          nn.Conv2d(8, 8, 3, padding=1)))
+    x, z = torch.randn(2, 3, 8, 8), torch.randn(2, 8, 8, 8)
+    net[:2](x)
+    net[2].sigma_raw.data.fill_(-3.0)
+    fresh = copy.deepcopy(net[2])
+    torch.testing.assert_close(net[2](z), fresh(z), rtol=0, atol=0)
+
+
+def test_a_copied_or_pickled_layer_carries_only_itself():
+    net = convert_to_gmconv(create_backbone("local", "resnet20", num_classes=10))
+    layer = net.layer3[0].conv1
+    plain = nn.Conv2d(layer.in_channels, layer.out_channels, layer.kernel_size, bias=layer.bias is not None)
+    assert len(pickle.dumps(layer)) < 1.2 * len(pickle.dumps(plain))
+    copied = copy.deepcopy(layer)
+    assert sum(p.numel() for p in copied.parameters()) == layer.weight.numel() + layer.sigma_raw.numel()
