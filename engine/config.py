@@ -10,8 +10,9 @@ options would silently ignore.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from enum import Enum
+from pathlib import Path
 from typing import Any, Optional
 
 from hydra.core.config_store import ConfigStore
@@ -21,9 +22,11 @@ from timm.optim import list_optimizers
 
 from data import DataConfig, check_data_config
 from data.text import first_line
-from gmconv import GMConvOptions
 from models.config import ConvConfig, ConvType, ModelConfig, ModelSource, gmconv_options, plain
+from models.conv_types import check_rival_options, unused_options
 from models.small_input import parse_small_input
+
+from .precision import channels_last_setting
 
 
 class Device(str, Enum):
@@ -33,7 +36,11 @@ class Device(str, Enum):
 
 
 class Amp(str, Enum):
+    """Autocast's precision; auto: bf16 where the device computes it in hardware, else fp32 (engine/precision.py)."""
+
+    auto = "auto"
     none = "none"
+    fp32 = "fp32"  # another name for none
     bf16 = "bf16"
     fp16 = "fp16"
 
@@ -87,6 +94,8 @@ class OptimConfig:
     lr_scaling: LrScaling = LrScaling.none
     # GMConv's σ learns at lr × sigma_lr_scale (its own parameter group, never weight-decayed)
     sigma_lr_scale: float = 1.0
+    # conv=deformable: the offset branch learns at lr × offset_lr_scale (the DCN papers' β)
+    offset_lr_scale: float = 1.0
     # timm models: lr × layer_decay^(depth from the head) per layer group (BEiT); null: off
     layer_decay: Optional[float] = None
     kwargs: dict[str, Any] = field(default_factory=dict)  # more timm optimizer arguments (e.g. betas)
@@ -111,8 +120,10 @@ class SchedConfig:
 class TrainerConfig:
     epochs: int = 10
     device: Device = Device.auto
-    amp: Amp = Amp.none
-    channels_last: bool = False
+    # auto: bf16 autocast where the device computes bf16 in hardware, fp32 elsewhere; the run's config records
+    # the choice (engine/precision.py)
+    amp: Amp = Amp.auto
+    channels_last: Any = "auto"  # auto (on with bf16/fp16 autocast), true or false
     compile: bool = False
     compile_mode: CompileMode = CompileMode.default  # with compile=true
     sync_bn: bool = False  # under torchrun: BatchNorm statistics over all processes (SyncBatchNorm)
@@ -168,15 +179,29 @@ class TrainConfig:
     ckpt: Optional[str] = None  # eval_only: a run folder (its best.pt, else last.pt) or a checkpoint file
 
 
+CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
+
+
 def register_configs() -> None:
     """Make the schema known to Hydra; call before composing (train.py does, on import)."""
     ConfigStore.instance().store(name="train_schema", node=TrainConfig)
+
+
+def compose_config(*overrides: str, hydra: bool = False) -> DictConfig:
+    """configs/train.yaml with ``overrides``, composed as train.py composes it (``hydra``: with Hydra's own node),
+    for the tools, benchmarks and tests that need a run's config without running train.py."""
+    from hydra import compose, initialize_config_dir
+
+    register_configs()
+    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
+        return compose("train", overrides=list(overrides), return_hydra_config=hydra)
 
 
 def validate(cfg: DictConfig) -> None:
     """Every check of a composed config, before any data or model is built; ValueError names the key."""
     _check_known_keys(cfg)
     _check_ranges(cfg)
+    channels_last_setting(cfg.trainer.channels_last)
     check_data_config(cfg.data)
     parse_small_input(cfg.model.small_input)
     _check_conv(cfg.conv)
@@ -230,6 +255,7 @@ def _check_ranges(cfg: DictConfig) -> None:
         (cfg.optim.lr > 0, "optim.lr", cfg.optim.lr, "a positive number"),
         (cfg.optim.weight_decay >= 0, "optim.weight_decay", cfg.optim.weight_decay, ">= 0"),
         (cfg.optim.sigma_lr_scale >= 0, "optim.sigma_lr_scale", cfg.optim.sigma_lr_scale, ">= 0"),
+        (cfg.optim.offset_lr_scale >= 0, "optim.offset_lr_scale", cfg.optim.offset_lr_scale, ">= 0"),
         (cfg.trainer.eval_every > 0, "trainer.eval_every", cfg.trainer.eval_every, "a positive integer"),
         (cfg.trainer.log_every_steps > 0, "trainer.log_every_steps", cfg.trainer.log_every_steps,
          "a positive integer"),
@@ -259,15 +285,19 @@ def _check_ranges(cfg: DictConfig) -> None:
 
 
 def _check_conv(conv: DictConfig) -> None:
-    options = gmconv_options(conv)
-    if ConvType(conv.type) is ConvType.standard:
-        _refuse_changed(options, GMConvOptions(), "conv", "conv=standard uses no GMConv option; "
-                        "choose conv=gmconv (or a variant) or remove the override")
-    else:
+    kind = ConvType(conv.type)
+    unused = unused_options(conv)
+    if unused:
+        uses = "no conv option" if kind is ConvType.standard else "other options"
+        raise ValueError(f"{unused[0]} has no effect: conv={conv.name} (conv.type={kind.value}) uses {uses}; "
+                         "remove it or choose the conv type that reads it (configs/conv/)")
+    if kind is ConvType.gmconv:
         try:
-            options.validate()
+            gmconv_options(conv).validate()
         except ValueError as err:
             raise ValueError(f"conv.{err}") from err
+    elif kind is not ConvType.standard:
+        check_rival_options(conv)
 
 
 def _check_settings_that_need_sigma(cfg: DictConfig) -> None:
@@ -280,6 +310,9 @@ def _check_settings_that_need_sigma(cfg: DictConfig) -> None:
         why = "predicts σ for each image, so no layer has one mask" if cfg.conv.dynamic else "has no Gaussian mask"
         raise ValueError(f"trainer.log_masks=true has no effect: conv={cfg.conv.name} {why}; "
                          "remove it or choose conv=gmconv (or a static variant)")
+    if ConvType(cfg.conv.type) is not ConvType.deformable and cfg.optim.offset_lr_scale != OptimConfig.offset_lr_scale:
+        raise ValueError(f"optim.offset_lr_scale={cfg.optim.offset_lr_scale} has no effect: conv={cfg.conv.name} has "
+                         "no offsets; remove it or choose conv=deformable")
 
 
 def _check_optim(optim: DictConfig) -> None:
@@ -350,12 +383,6 @@ def _check_trainer_recipe(trainer: DictConfig) -> None:
                          "trainer.best_of=model")
 
 
-def _refuse_changed(current: Any, defaults: Any, group: str, why: str) -> None:
-    for f in fields(defaults):
-        if getattr(current, f.name) != getattr(defaults, f.name):
-            raise ValueError(f"{group}.{f.name}={getattr(current, f.name)} has no effect: {why}")
-
-
 # Settings that define what a run trains: changing one on resume would continue another experiment
 # (or break the saved position inside an epoch), so it is refused rather than silently mixed.
 FIXED_ON_RESUME = ("model", "conv", "data.name", "data.image_size", "data.batch_size", "data.num_classes",
@@ -368,10 +395,16 @@ _NOT_SETTINGS = ("resume", "eval_only", "ckpt")
 def resume_changes(saved: dict[str, Any], cfg: DictConfig) -> list[str]:
     """The settings that differ from the checkpoint's, as "key old → new" lines to log.
 
+    A key the checkpoint lacks (a setting added since) counts only when it is not at its default.
     Everything else a resumed run applies for real (more epochs re-plan the schedule from where it
     stands, a new lr or weight decay takes effect at once); a setting in FIXED_ON_RESUME is refused.
     """
-    changes = [change for change in setting_changes(saved, cfg) if change[0].split(".")[0] not in _NOT_SETTINGS]
+    known = flatten(saved)
+    defaults = flatten(OmegaConf.to_container(OmegaConf.structured(TrainConfig), enum_to_str=True))
+    # a setting added to the framework after the run was saved is absent from its checkpoint: at its default, the
+    # run computes as it did
+    changes = [(key, old, new) for key, old, new in setting_changes(saved, cfg) if key.split(".")[0] not in _NOT_SETTINGS
+               and (key in known or new != defaults.get(key))]
     for key, old, new in changes:
         if any(key == fixed or key.startswith(fixed + ".") for fixed in FIXED_ON_RESUME):
             raise ValueError(f"{key}={new} differs from the resumed run's {key}={old}, and it cannot change on "

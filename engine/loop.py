@@ -44,7 +44,9 @@ class Progress(str, Enum):
 
 
 def autocast(device: torch.device, amp: str) -> contextlib.AbstractContextManager:
-    if amp == "none":
+    """The forward pass's autocast for a chosen precision (engine/precision.py): none (fp32), bf16 or fp16."""
+    amp = getattr(amp, "value", amp)
+    if amp not in AMP_DTYPES:
         return contextlib.nullcontext()
     return torch.autocast(device.type, dtype=AMP_DTYPES[amp])
 
@@ -110,10 +112,10 @@ def train_one_epoch(
             optimizer.zero_grad(set_to_none=True)
         with _sync_gradients(model, last_of_group):
             with autocast(device, trainer.amp):
-                logits = model(images)
-                loss = objective.criterion(logits, targets)
+                logits = model(images).float()  # the loss and the metrics in fp32, whatever the forward ran in
+            loss = objective.criterion(logits, targets)
             _backward(state, loss / group_size)
-        sums.update(loss.detach() * targets.shape[0], logits.detach().float(), objective.dominant_labels(targets))
+        sums.update(loss.detach() * targets.shape[0], logits.detach(), objective.dominant_labels(targets))
         if last_of_group:
             totals.lr_sum, totals.steps = totals.lr_sum + current_lr(state), totals.steps + 1
             _optimizer_step(state, trainer.grad_clip, guard, loss, epoch)

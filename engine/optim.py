@@ -13,6 +13,7 @@ from torch import nn
 from torch.optim import Optimizer
 
 from gmconv import sigma_parameters
+from models.layers import receptive_field_groups
 
 # timm's optimizer names for the config's "sgd": timm's own "sgd" is Nesterov SGD.
 _SGD_NAMES = {False: "momentum", True: "nesterov"}
@@ -21,8 +22,9 @@ _SCHED_NAMES = {"cosine": "cosine", "step": "step", "multistep": "multistep", "p
 
 
 def param_groups(model: nn.Module, weight_decay: float, sigma_lr_scale: float = 1.0,
-                 layer_decay: Optional[float] = None) -> list[dict]:
-    """timm's parameter groups, with GMConv's σ taken out into a group of its own.
+                 layer_decay: Optional[float] = None, offset_lr_scale: float = 1.0) -> list[dict]:
+    """timm's parameter groups, with GMConv's σ taken out into a group of its own (and the rivals' offsets,
+    positions and widths into theirs: ``receptive_field_groups``).
 
     timm decides the rest: no weight decay on biases, normalisation parameters (ndim <= 1) and the
     names a model lists in ``no_weight_decay()`` (position embeddings, tokens); with ``layer_decay``,
@@ -42,14 +44,13 @@ def param_groups(model: nn.Module, weight_decay: float, sigma_lr_scale: float = 
                              f"layers, and {type(model).__name__} has none; remove optim.layer_decay")
         groups = param_groups_layer_decay(model, weight_decay, no_weight_decay_list=no_decay_names,
                                           layer_decay=layer_decay)
-    sigma_params = sigma_parameters(model)
-    sigma_ids = {id(p) for p in sigma_params}
+    own = [{"params": sigma_parameters(model), "weight_decay": 0.0, "lr_scale": sigma_lr_scale},
+           *receptive_field_groups(model, weight_decay, offset_lr_scale)]
+    own_ids = {id(p) for group in own for p in group["params"]}
     for group in groups:
-        group["params"] = [p for p in group["params"] if id(p) not in sigma_ids]
+        group["params"] = [p for p in group["params"] if id(p) not in own_ids]
     groups = sorted((g for g in groups if g["params"]), key=lambda g: g["weight_decay"] == 0)
-    if sigma_params:
-        groups.append({"params": sigma_params, "weight_decay": 0.0, "lr_scale": sigma_lr_scale})
-    return groups
+    return groups + [group for group in own if group["params"]]
 
 
 def scaled_lr(optim: DictConfig, global_batch: int) -> float:
@@ -66,7 +67,7 @@ def build_optimizer(model: nn.Module, optim: DictConfig, lr: float) -> Optimizer
     extra = dict(optim.kwargs)
     if optim.name == "sgd":
         extra["momentum"] = optim.momentum
-    groups = param_groups(model, optim.weight_decay, optim.sigma_lr_scale, optim.layer_decay)
+    groups = param_groups(model, optim.weight_decay, optim.sigma_lr_scale, optim.layer_decay, optim.offset_lr_scale)
     try:
         return create_optimizer_v2(groups, opt=name, lr=lr, weight_decay=optim.weight_decay, **extra)
     except (ValueError, AssertionError) as err:

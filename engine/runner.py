@@ -34,6 +34,7 @@ from .history import COMPLETED, STOPPED, History
 from .loop import format_duration
 from .metrics import EpochTotals
 from .optim import build_optimizer, build_scheduler, scaled_lr
+from .precision import apply_precision
 from .preemption import Preempted
 from .distributed import (barrier, cleanup, configure_determinism, init_distributed, quiet_non_main_logging,
                           seed_everything, select_device)
@@ -76,6 +77,7 @@ def run(cfg: DictConfig, run_dir: Path, *, overrides: list[str] | None = None,
     try:
         ctx = Context(dist_info, select_device(cfg.trainer.device, dist_info), RunFolder(run_dir),
                       list(overrides or []), hydra_config, recipe_changes)
+        log.info(apply_precision(cfg, ctx.device).line())
         with ctx.folder.hold() if dist_info.is_main else contextlib.nullcontext():
             return evaluate_checkpoint(cfg, ctx) if cfg.eval_only else train(cfg, ctx)
     finally:

@@ -12,8 +12,15 @@ from gmconv import GMConvOptions
 
 
 class ConvType(str, Enum):
+    """What a backbone's convolutions become (models/conv_types.py): GMConv, or a rival that also shapes or widens
+    the receptive field, to compare with it on the same layers."""
+
     standard = "standard"
     gmconv = "gmconv"
+    deformable = "deformable"  # DCNv2 (DCNv1 with modulated=false): taps sampled at learned offsets
+    dcls = "dcls"  # dilated convolution with learnable spacings, Gaussian interpolation
+    dilated = "dilated"  # the same kernel, dilated
+    large_kernel = "large_kernel"  # the kernel zero-padded to kernel_size × kernel_size
 
 
 class ModelSource(str, Enum):
@@ -45,6 +52,13 @@ class ConvConfig(GMConvOptions):
 
     name: str = "standard"  # the label used in run-folder names
     type: ConvType = ConvType.standard
+    # the rivals' options (each type reads its own: models/conv_types.py)
+    modulated: bool = True  # deformable: DCNv2's modulation (false: DCNv1)
+    offset_groups: int = 1  # deformable: channel groups with offsets of their own
+    dcls_size: int = 5  # dcls: the side of the kernel the k² elements move in
+    dcls_sigma_init: float = 0.5  # dcls: each element's initial Gaussian width, in taps
+    dilation: int = 2  # dilated
+    kernel_size: int = 5  # large_kernel
 
 
 # model.drop_rate / model.drop_path_rate → the constructor argument of each source (none for the local models)

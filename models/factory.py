@@ -14,9 +14,10 @@ import logging
 
 from torch import nn
 
-from gmconv import ConversionReport, GMConvOptions, convert_to_gmconv
+from gmconv import ConversionReport, GMConvOptions, convert_to_gmconv, replace_convs
 
 from .config import REGULARISATION_ARGS, ConvConfig, ConvType, ModelConfig, ModelSource, gmconv_options
+from .conv_types import LABELS, rival_builder, selection
 from .pretrained import PretrainedWeights, read_pretrained
 from .registry import create_backbone
 from .small_input import maybe_adapt_to_small_input, parse_small_input
@@ -104,16 +105,21 @@ def _unsupported(key: str, value: float, model_name: str, argument: str) -> Valu
 def apply_conv(model: nn.Module, conv_cfg: ConvConfig, *, model_name: str | None = None) -> ConversionReport | None:
     """Convert ``model``'s convolutions in place as ``conv_cfg`` says and log what was done.
 
-    Returns the report, or None for standard convolutions. Every ``GMConvOptions`` field of
-    ``conv_cfg`` is passed on, so a new option needs no change here. An include/exclude pattern that
-    matches no convolution is a ValueError: it is almost always a typo that would silently change
-    the experiment.
+    Returns the report, or None for standard convolutions. GMConv receives every ``GMConvOptions``
+    field of ``conv_cfg``, so a new option needs no change here; a rival type (models/conv_types.py)
+    replaces the same layers with its own. An include/exclude pattern that matches no convolution is
+    a ValueError: it is almost always a typo that would silently change the experiment.
     """
-    if ConvType(conv_cfg.type) is ConvType.standard:
+    kind = ConvType(conv_cfg.type)
+    if kind is ConvType.standard:
         return None
-    options = gmconv_options(conv_cfg)
-    report = ConversionReport()
-    converted = convert_to_gmconv(model, options, report=report)
+    report = ConversionReport(layer=LABELS.get(kind, "GMConv"))
+    if kind is ConvType.gmconv:
+        options = gmconv_options(conv_cfg)
+        converted = convert_to_gmconv(model, options, report=report)
+    else:
+        options = selection(conv_cfg)
+        converted = replace_convs(model, rival_builder(conv_cfg), options, report)
     if converted is not model:  # only happens for a bare nn.Conv2d, which cannot change type in place
         raise TypeError("apply_conv converts a network in place; a bare nn.Conv2d cannot be converted in place")
     name = model_name or type(model).__name__

@@ -5,7 +5,8 @@
 
 The files go to --out, by default outputs/export/<data>/<model>-<conv>/<run folder>/<format>/ (never into the
 run folder, whose record belongs to the run). GMConv layers are folded into plain convolutions by default
-(gmconv.fold_gmconv: the same outputs, a plain network); --no-fold keeps them (pt2, onnx and torchscript
+(models.conv_types.fold_convs: the same outputs, a plain network; DCLS folds into its dense kernels, a
+deformable network cannot be folded); --no-fold keeps them (pt2, onnx and torchscript
 record their arithmetic, so the file still needs nothing of this project). Beside the model file, model.json
 says how to prepare an image (size, resize, crop, mean, std), the class names, where the model came from
 (run, checkpoint, config hash) and its σ.
@@ -40,7 +41,8 @@ sys.path.insert(0, str(ROOT))
 
 from analysis import TrainedRun, load_run  # noqa: E402
 from analysis.trained_run import WEIGHTS, build_untrained, validation_images  # noqa: E402
-from gmconv import DynamicGMConv2d, fold_gmconv, sigma_stats  # noqa: E402
+from gmconv import DynamicGMConv2d, sigma_stats  # noqa: E402
+from models.conv_types import fold_convs, folded_config  # noqa: E402
 
 FORMATS = {"pt2": "model.pt2", "onnx": "model.onnx", "torchscript": "model.torchscript.pt", "state_dict": "model.pth"}
 
@@ -57,7 +59,7 @@ def exportable(run: TrainedRun, fold: bool) -> nn.Module:
     if dynamic:
         raise ValueError(f"{run.label} predicts σ per image ({dynamic[0]}, ...): it cannot be folded into plain "
                          "convolutions; export it with --no-fold")
-    return fold_gmconv(model)
+    return fold_convs(model)
 
 
 def write_model(model: nn.Module, example: torch.Tensor, fmt: str, path: Path, dynamic_batch: bool) -> None:
@@ -91,8 +93,9 @@ def load_back(fmt: str, path: Path, run: TrainedRun, fold: bool) -> Callable[[to
     if fmt == "torchscript":
         return torch.jit.load(str(path))
     plain = copy.deepcopy(run.config)
-    if fold:  # the folded state_dict is a plain network's: build it with standard convolutions
-        plain.conv.type, plain.conv.name = "standard", "standard"
+    if fold:  # the folded state_dict is a plain network's: build it with plain convolutions
+        for key, value in folded_config(plain.conv).items():
+            plain.conv[key] = value
     model = build_untrained(plain, run.ckpt["data_info"]) if fold else copy.deepcopy(run.model)
     model.load_state_dict(torch.load(path, map_location="cpu", weights_only=True), strict=True)
     return model.eval()

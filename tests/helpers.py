@@ -10,11 +10,10 @@ from pathlib import Path
 from typing import Any, Callable
 
 import torch
-from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig, OmegaConf
 
 from data import DataConfig
-from engine.config import register_configs
+from engine.config import compose_config, register_configs
 from engine.runner import run
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -27,8 +26,7 @@ register_configs()
 
 def compose_train(*overrides: str, hydra: bool = False) -> DictConfig:
     """configs/train.yaml with ``overrides``, composed as train.py composes it."""
-    with initialize_config_dir(config_dir=str(CONFIGS), version_base="1.3"):
-        return compose("train", overrides=list(overrides), return_hydra_config=hydra)
+    return compose_config(*overrides, hydra=hydra)
 
 
 def from_yaml(name: str, **overrides: object) -> DataConfig:

@@ -316,7 +316,7 @@ def test_the_checker_and_the_loaders_apply_one_rule(tmp_path):
 
 def test_hydra_composition_errors_are_one_line(tmp_path):
     proc = train("conv=gmcnv", f"hydra.run.dir={tmp_path / 'run'}")
-    out = failed_with(proc, "error: conv=gmcnv is not an option of conv; choose one of gmconv, gmconv_dynamic")
+    out = failed_with(proc, "error: conv=gmcnv is not an option of conv; choose one of dcls, deformable, dilated, gmconv, gmconv_dynamic")
     assert proc.returncode == 2 and len(out.strip().splitlines()) == 1 and "HYDRA_FULL_ERROR" not in out
     assert not (tmp_path / "run").exists()
 
