@@ -160,7 +160,8 @@ def train_step(model: nn.Module, opt: torch.optim.Optimizer, x: torch.Tensor, y:
 
     def step() -> None:
         with autocast:
-            loss = F.cross_entropy(model(x), y)
+            logits = model(x)
+        loss = F.cross_entropy(logits.float(), y)  # the loss in fp32, as engine/loop.py computes it
         loss.backward()
         opt.step()
         opt.zero_grad(set_to_none=True)
@@ -193,6 +194,10 @@ def bench_model(name: str, args: argparse.Namespace, device: torch.device
     gm.train()
 
     x = torch.randn(args.batch_size, 3, args.image_size, args.image_size, device=device)
+    if args.channels_last:  # what trainer.channels_last does: the networks' weights and the input in NHWC
+        x = x.to(memory_format=torch.channels_last)
+        for net in (standard, gm, folded, reused, standard_eval, gm_eval):
+            net.to(memory_format=torch.channels_last)
     y = torch.randint(0, classes, (args.batch_size,), device=device)
     sgd = dict(lr=1e-3, momentum=0.9, foreach=True if args.foreach else None)
     steps = {
@@ -210,7 +215,8 @@ def bench_model(name: str, args: argparse.Namespace, device: torch.device
             steps[key]()
     sync(device)
     extras: dict[str, list[float]] = {"layers": [float(n_gm)]}
-    count_on = device if device.type == "cuda" else torch.device("meta")
+    # autocast has no meta device: under --amp the counts are taken on the device itself
+    count_on = device if device.type == "cuda" or args.amp != "none" else torch.device("meta")
     xc, yc = x.to(count_on), y.to(count_on)
     for key, model in (("train standard", standard), ("train gmconv", gm)):
         copied = copy.deepcopy(model).to(count_on)
@@ -261,6 +267,8 @@ def main() -> None:
     parser.add_argument("--device", choices=["cpu", "cuda"], default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads (CPU); default: torch's")
     parser.add_argument("--amp", choices=["none", "bf16"], default="none", help="bf16 autocast for every variant")
+    parser.add_argument("--channels-last", action="store_true", help="channels_last weights and inputs (NHWC), as "
+                        "trainer.channels_last=true trains")
     parser.add_argument("--profile", type=int, default=0, metavar="STEPS",
                         help="also profile this many training steps of each network and print the operations "
                              "GMConv adds time to (0: off)")
@@ -277,7 +285,7 @@ def main() -> None:
     load = f", load avg {os.getloadavg()[0]:.2f}" if hasattr(os, "getloadavg") else ""
     optimizer = "foreach" if args.foreach or device.type == "cuda" else "for-loop"
     print(f"torch {torch.__version__} on {device.type} ({hw}){load}; batch {args.batch_size}, "
-          f"{args.image_size}px, amp {args.amp}, {args.reps} reps after {args.warmup} warmup, interleaved; "
+          f"{args.image_size}px, amp {args.amp}, channels_last {args.channels_last}, {args.reps} reps after {args.warmup} warmup, interleaved; "
           f"SGD {optimizer}; GMConv options {gmconv_options(args.gmconv) or 'default'}")
 
     rows, best_rows, extra_rows = [], [], []

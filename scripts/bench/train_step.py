@@ -39,20 +39,23 @@ def network(model: str, conv: str, image_size: int) -> nn.Module:
     return build_model(cfg.model, cfg.conv, num_classes=10, image_size=image_size)
 
 
-def train_step(model: nn.Module, batch: int, size: int, precision: str, compile: bool) -> Callable[[], None]:
+def train_step(model: nn.Module, batch: int, size: int, precision: str, compile: bool,
+               device: torch.device) -> Callable[[], None]:
     dtype, memory_format = PRECISIONS[precision]
-    model = model.to(memory_format=memory_format).train()
+    model = model.to(device, memory_format=memory_format).train()
     forward = torch.compile(model) if compile else model
-    x = torch.randn(batch, 3, size, size).to(memory_format=memory_format)
-    y = torch.randint(0, 10, (batch,))
+    x = torch.randn(batch, 3, size, size, device=device).to(memory_format=memory_format)
+    y = torch.randint(0, 10, (batch,), device=device)
     sgd = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9)
 
     def step() -> None:
-        with torch.autocast("cpu", dtype=dtype) if dtype else contextlib.nullcontext():
+        with torch.autocast(device.type, dtype=dtype) if dtype else contextlib.nullcontext():
             logits = forward(x).float()
         F.cross_entropy(logits, y).backward()
         sgd.step()
         sgd.zero_grad(set_to_none=True)
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
 
     return step
 
@@ -88,18 +91,20 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--reps", type=int, default=10)
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads; default: torch's")
+    parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
     convs = ["standard", *(c for c in args.convs if c != "standard")]
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {os.cpu_count()} CPUs; {args.reps} reps "
+    print(f"torch {torch.__version__} on {args.device}, {torch.get_num_threads()} threads, {os.cpu_count()} CPUs; {args.reps} reps "
           f"after {args.warmup} warm-up, interleaved")
     rows = []
     for model in args.models:
         batch, size = SHAPES[model]
         for precision in args.precisions:
             for compiled in (False, True) if args.compile else (False,):
-                steps = {conv: train_step(network(model, conv, size), batch, size, precision, compiled)
+                steps = {conv: train_step(network(model, conv, size), batch, size, precision, compiled,
+                                          torch.device(args.device))
                          for conv in convs}
                 times = interleaved(steps, args.reps, args.warmup)
                 base = statistics.median(times["standard"])
