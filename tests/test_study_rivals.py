@@ -1,0 +1,44 @@
+"""The rivals study's pipeline (scripts/study/rivals.py): a row per finished run with its ERF's shape, resumable,
+and the tables built from the record alone."""
+
+from __future__ import annotations
+
+import csv
+
+import pytest
+
+from scripts.study import rivals
+
+TINY = ["trainer.epochs=1", "data.train_size=64", "data.val_size=32", "data.batch_size=32"]
+
+
+@pytest.mark.slow
+def test_a_study_records_each_run_once_and_reports_paired_deltas(tmp_path, capsys):
+    record, tables = tmp_path / "runs.csv", tmp_path / "tables.md"
+    arguments = ["run", "--seeds", "2", "--arms", "standard", "dilated", "--out", str(tmp_path / "runs"),
+                 "--record", str(record), "--overrides", *TINY]
+    rivals.main(arguments)
+    rows = list(csv.DictReader(record.open()))
+    assert [(r["arm"], r["seed"]) for r in rows] == [("standard", "0"), ("dilated", "0"), ("standard", "1"),
+                                                     ("dilated", "1")]
+    assert all(r["amp"] in ("bf16", "none") and 0 <= float(r["trained_gauss_r2"]) <= 1 for r in rows)
+    assert all(float(r["init_gauss_mass_1sigma"]) > 0 and r["sigma_mean"] == "" for r in rows)
+    rivals.main(arguments)  # everything is recorded: nothing runs again
+    assert "4 of 4 runs already in" in capsys.readouterr().out
+    assert len(list(csv.DictReader(record.open()))) == 4
+    rivals.main(["report", "--record", str(record), "--tables", str(tables)])
+    table = tables.read_text()
+    dilated = next(line for line in table.splitlines() if line.startswith("dilated"))
+    assert " 2 " in dilated and "[" in dilated  # two seeds, a paired Δ with its interval
+
+
+def test_compare_pairs_the_precisions_by_seed(tmp_path):
+    def row(amp: str, seed: int, top1: float) -> dict:
+        return {**dict.fromkeys(rivals.COLUMNS, ""), "data": "digits", "arm": "gmconv", "seed": seed, "amp": amp,
+                "top1": top1, "wall_time_s": 10, "sigma_mean": 2.0}
+    fp32, bf16 = tmp_path / "fp32.csv", tmp_path / "bf16.csv"
+    rivals.write_record(fp32, [row("none", 0, 90.0), row("none", 1, 91.0), row("none", 2, 92.0)])
+    rivals.write_record(bf16, [row("bf16", 0, 91.0), row("bf16", 1, 91.5), row("bf16", 3, 50.0)])
+    rivals.main(["compare", str(fp32), str(bf16), "--out", str(tmp_path / "comparison.md")])
+    line = next(line for line in (tmp_path / "comparison.md").read_text().splitlines() if line.startswith("digits"))
+    assert "+0.75 [" in line and " 2 " in line  # seeds 0 and 1 only: Δ 1.0 and 0.5
