@@ -289,6 +289,12 @@ def text_table(headers: list[str], rows: list[list[Any]]) -> str:
                                enumerate(zip(row, widths))) for row in cells)
 
 
+def markdown_table(headers: list[str], rows: list[list[Any]]) -> str:
+    """A markdown table: the first column left-aligned, the others right-aligned (numbers)."""
+    lines = ["| " + " | ".join(headers) + " |", "|---|" + "---:|" * (len(headers) - 1)]
+    return "\n".join(lines + ["| " + " | ".join(str(cell) for cell in row) + " |" for row in rows])
+
+
 def format_delta(row: Row) -> str:
     if row.baseline is None:
         return "—"

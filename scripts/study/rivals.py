@@ -1,7 +1,7 @@
 """GMConv against the rivals its paper argues against, on the same bench: accuracy, cost and the ERF's shape.
 
     python -m scripts.study.rivals run [--task cluttered|scaled] [--seeds 17] [--arms standard gmconv ...]
-    python -m scripts.study.rivals report        # docs/study/rivals/tables.md from the record
+    python -m scripts.study.rivals report --study docs/STUDY.md   # the tables, from the record
     python -m scripts.study.rivals compare A.csv B.csv ... --out FILE   # fp32 against bf16, paired by seed
 
 ``run`` trains ResNet-20 with the data's recipe for every (task, arm, seed) not yet in the record, one
@@ -35,7 +35,7 @@ from pathlib import Path
 from typing import Any
 
 from analysis.power import confidence_interval, detectable_difference, seeds_needed
-from analysis.summary import text_table
+from analysis.summary import markdown_table
 from analysis.trained_run import build_untrained, load_run, validation_images
 from engine.checkpoint import LAST, atomic_write
 from gmconv import erf_map, erf_stats, sigma_stats
@@ -170,7 +170,7 @@ def task_table(rows: list[dict[str, str]], data: str, size: str) -> str:
                       pm(sigma) if sigma else "—"])
     headers = ["arm", "seeds", "top-1 %", "Δ top-1 vs standard [95 % CI]", "resolves Δ of", "params", "FLOPs",
                "train img/s", "ERF R² init", "ERF R² trained", "mass in 1σ", "ERF σ major px", "mean σ (GMConv)"]
-    return text_table(headers, table)
+    return markdown_table(headers, table)
 
 
 def report(args: argparse.Namespace) -> None:
@@ -186,7 +186,8 @@ def report(args: argparse.Namespace) -> None:
                   " Top-1 at the final epoch, mean ± sample std over seeds; Δ paired by seed with the standard "
                   "convolution, with its 95 % t-interval; \"resolves Δ of\": the smallest true Δ these seeds detect "
                   "with 80 % power at that spread. ERF: the last stage's, 64 validation images; R² against its "
-                  "moment-matched Gaussian, mass inside its 1σ ellipse (a Gaussian: 0.39).", "",
+                  "moment-matched Gaussian, mass inside its 1σ ellipse (a Gaussian: 0.39). Training img/s is per "
+                  "run, measured with other jobs on the machine (docs/BENCHMARKS.md has quiet step times).", "",
                   task_table(rows, data, size), ""]
         spreads = [stat([float(r["top1"]) - float(s["top1"]) for r, s in pairs])[1]
                    for pairs in _pairs(rows, data, size) if len(pairs) > 2]
@@ -197,6 +198,21 @@ def report(args: argparse.Namespace) -> None:
     args.tables.parent.mkdir(parents=True, exist_ok=True)
     atomic_write(args.tables, lambda tmp: Path(tmp).write_text("\n".join(parts)))
     print(f"wrote {args.tables}")
+    if args.study is not None:
+        replace_block(args.study, "\n".join(parts[2:]))
+        print(f"updated the tables in {args.study}")
+
+
+BEGIN, END = "<!-- rivals tables: begin (python -m scripts.study.rivals report) -->", "<!-- rivals tables: end -->"
+
+
+def replace_block(path: Path, text: str) -> None:
+    """Put ``text`` between the BEGIN and END markers of ``path``, so a document's tables are the script's."""
+    document = path.read_text()
+    if BEGIN not in document or END not in document:
+        raise SystemExit(f"{path} has no {BEGIN} ... {END} block to put the tables in")
+    head, rest = document.split(BEGIN, 1)
+    atomic_write(path, lambda tmp: Path(tmp).write_text(f"{head}{BEGIN}\n{text.strip()}\n{END}{rest.split(END, 1)[1]}"))
 
 
 def _pairs(rows: list[dict[str, str]], data: str, size: str) -> list[list[tuple[dict, dict]]]:
@@ -232,7 +248,7 @@ def compare(args: argparse.Namespace) -> None:
                       pm([float(bf16[s]["wall_time_s"]) for s in seeds], 0),
                       pm([float(fp32[s]["sigma_mean"]) for s in seeds if fp32[s]["sigma_mean"]], 3) or "—",
                       pm([float(bf16[s]["sigma_mean"]) for s in seeds if bf16[s]["sigma_mean"]], 3) or "—"])
-    lines.append(text_table(["data", "arm", "seeds", "top-1 fp32 %", "top-1 bf16 %", "Δ bf16 − fp32 [95 % CI]",
+    lines.append(markdown_table(["data", "arm", "seeds", "top-1 fp32 %", "top-1 bf16 %", "Δ bf16 − fp32 [95 % CI]",
                              "wall s fp32", "wall s bf16", "mean σ fp32", "mean σ bf16"], table))
     args.out.parent.mkdir(parents=True, exist_ok=True)
     atomic_write(args.out, lambda tmp: Path(tmp).write_text("\n".join(lines) + "\n"))
@@ -252,6 +268,8 @@ def main(argv: list[str] | None = None) -> None:
     reporter = commands.add_parser("report", help="the tables, from the record")
     reporter.add_argument("--record", type=Path, default=RECORD)
     reporter.add_argument("--tables", type=Path, default=TABLES)
+    reporter.add_argument("--study", type=Path, default=None,
+                          help="also put the tables in this document's marked block (docs/STUDY.md)")
     comparer = commands.add_parser("compare", help="fp32 against bf16, paired by seed, from several records")
     comparer.add_argument("records", nargs="+", type=Path)
     comparer.add_argument("--out", type=Path, required=True)
