@@ -5,6 +5,7 @@ where they cannot work."""
 from __future__ import annotations
 
 import copy
+import sys
 
 import pytest
 import torch
@@ -21,7 +22,7 @@ from models.factory import apply_conv
 from models.layers import Dcls2d, DeformConv2d
 from models.layers.deformable import sampled_conv
 from models.registry import create_backbone
-from tests.helpers import QUICK, compose_train, run_in_process
+from tests.helpers import QUICK, ROOT, compose_train, run_in_process
 
 RIVALS = ("deformable", "dcls", "dilated", "large_kernel")
 # what each rival learns about the receptive field, beyond the convolution's own weight and bias
@@ -181,3 +182,17 @@ def test_train_py_runs_each_rival_on_the_digits(name, tmp_path):
     results = run_in_process(tmp_path / name, f"conv={name}", *QUICK)
     assert results["status"] == "completed" and results["conv"] == name
     assert results["params"] > 0 and results["flops"] > 0
+
+
+@pytest.mark.slow
+def test_a_dcls_run_exports_folded_and_a_deformable_run_only_unfolded(tmp_path, capsys):
+    sys.path.insert(0, str(ROOT / "scripts"))
+    import export  # scripts/export.py
+
+    for name in ("dcls", "deformable"):
+        run_in_process(tmp_path / name, f"conv={name}", *QUICK)
+    assert export.main([str(tmp_path / "dcls"), "--format", "state_dict", "--out", str(tmp_path / "dcls.sd")]) == 0
+    assert export.main([str(tmp_path / "deformable"), "--format", "pt2", "--out", str(tmp_path / "d.pt2")]) == 2
+    assert "cannot fold deformable convolutions" in capsys.readouterr().err
+    assert export.main([str(tmp_path / "deformable"), "--format", "pt2", "--no-fold", "--out",
+                        str(tmp_path / "d.pt2")]) == 0
