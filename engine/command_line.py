@@ -20,7 +20,7 @@ from hydra.core.override_parser.overrides_parser import OverridesParser
 from data.text import first_line
 
 from .checkpoint import BEST, LAST, find_checkpoint, load_checkpoint
-from .config import UNKNOWN_KEY
+from .config import unknown_key
 
 GROUPS = ("model", "conv", "data", "optim", "sched")
 RESUMED_SETTINGS = (*GROUPS, "trainer", "recipe", "seed")  # a resumed run continues with all of these
@@ -150,7 +150,7 @@ def composition_error(err: Exception) -> str:
         group, _, option = str(err.missing_cfg_file).rpartition("/")
         return f"{group}={option} is not an option of {group}; choose one of {', '.join(err.options)}"
     if isinstance(cause, (ConfigAttributeError, ConfigKeyError)) and getattr(cause, "full_key", None):
-        return UNKNOWN_KEY.format(key=cause.full_key)
+        return unknown_key(cause.full_key)
     if isinstance(err, OverrideParseException):
         return (f"cannot read the command line: {first_line(err)} (Hydra's override grammar: "
                 "https://hydra.cc/docs/advanced/override_grammar/basic/)")

@@ -10,6 +10,7 @@ options would silently ignore.
 
 from __future__ import annotations
 
+import difflib
 from dataclasses import dataclass, field
 from enum import Enum
 from pathlib import Path
@@ -218,8 +219,20 @@ def validate(cfg: DictConfig) -> None:
                          "evaluate a run with eval_only=true ckpt=<run folder>")
 
 
-UNKNOWN_KEY = ("{key} is not a setting of this framework; remove it or fix its spelling "
-               "(python train.py --cfg job lists every key)")
+def unknown_key(key: str) -> str:
+    """The one line for a key the schema does not have, with the settings it most likely meant: the same last
+    part under another prefix (``epochs`` → ``trainer.epochs``), else a close spelling of that part."""
+    known = list(flatten(OmegaConf.to_container(OmegaConf.structured(TrainConfig), enum_to_str=True)))
+    last = key.rsplit(".", 1)[-1]
+    by_last: dict[str, list[str]] = {}
+    for k in known:
+        by_last.setdefault(k.rsplit(".", 1)[-1], []).append(k)
+    meant = by_last.get(last) or [k for tail in difflib.get_close_matches(last, list(by_last), n=2, cutoff=0.75)
+                                  for k in by_last[tail]]
+    prefix = key.rsplit(".", 1)[0] if "." in key else ""
+    meant = sorted(meant, key=lambda k: not k.startswith(prefix + "."))[:3]
+    hint = f"did you mean {' or '.join(meant)}?" if meant else "remove it or fix its spelling"
+    return f"{key} is not a setting of this framework; {hint} (python train.py --cfg job lists every key)"
 
 
 def settings_without_effect(cfg: DictConfig) -> list[str]:
@@ -245,7 +258,7 @@ def _check_known_keys(cfg: DictConfig) -> None:
     try:
         OmegaConf.merge(OmegaConf.structured(TrainConfig), OmegaConf.to_container(cfg, enum_to_str=True))
     except (ConfigKeyError, ValidationError) as err:
-        raise ValueError(UNKNOWN_KEY.format(key=getattr(err, "full_key", None) or first_line(err))) from err
+        raise ValueError(unknown_key(getattr(err, "full_key", None) or first_line(err))) from err
 
 
 def _check_ranges(cfg: DictConfig) -> None:

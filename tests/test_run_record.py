@@ -323,7 +323,10 @@ def test_hydra_composition_errors_are_one_line(tmp_path):
 
 @pytest.mark.parametrize("override, message", [
     ("trainer.epochs=abc", "trainer.epochs=abc is invalid: Value 'abc' of type 'str' could not be converted"),
-    ("trainer.epoch=3", "trainer.epoch is not a setting of this framework; remove it or fix its spelling"),
+    ("trainer.epoch=3", "trainer.epoch is not a setting of this framework; did you mean trainer.epochs?"),
+    ("epochs=3", "epochs is not a setting of this framework; did you mean trainer.epochs?"),
+    ("trainer.lr=0.1", "trainer.lr is not a setting of this framework; did you mean optim.lr?"),
+    ("trainer.zzz=1", "trainer.zzz is not a setting of this framework; remove it or fix its spelling"),
     ("trainer.epochs=[1", "cannot read the command line: no viable alternative at input '[1'"),
     ("hydra/launcher=nope", "hydra/launcher=nope is not an option of hydra/launcher; choose one of basic"),
 ])
