@@ -104,6 +104,9 @@ def build_cifar(data: DataConfig, *, with_train: bool = True) -> Splits:
                          f"set data.image_size=32")
     root = require_root(data, release.folder)
     folder = root / release.folder
+    if root.name == release.folder and not folder.is_dir() and (root / release.test).is_file():
+        raise FileNotFoundError(f"data.root={root} is the {release.folder} folder itself: data.root is the folder "
+                                f"that holds {release.folder}; use data.root={root.parent}")
     if data.download and not folder.is_dir():
         _download(release, root)
     try:

@@ -258,6 +258,11 @@ def test_cifar_missing_files_name_the_path_and_the_fix(tmp_path: Path, cifar10_r
         build_loaders(DataConfig(name="cifar10", root=str(empty)), seed=0)
     assert str(empty / "cifar-10-batches-py") in str(err.value) and "\n" not in str(err.value)
 
+    inner = cifar10_root / "cifar-10-batches-py"  # a common slip: the release folder itself as data.root
+    with pytest.raises(FileNotFoundError, match=f"data.root is the folder that holds cifar-10-batches-py; use "
+                                                f"data.root={cifar10_root}$"):
+        build_loaders(DataConfig(name="cifar10", root=str(inner)), seed=0)
+
     (cifar10_root / "cifar-10-batches-py" / "test_batch").unlink()
     with pytest.raises(FileNotFoundError, match="data.download"):
         build_loaders(DataConfig(name="cifar10", root=str(cifar10_root), batch_size=4), seed=0)
