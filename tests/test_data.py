@@ -27,7 +27,7 @@ from data import fake
 from data.batch_augment import BatchAugment, BatchAugmentedLoader
 from data.info import Splits
 from data.registry import BUILDERS, DatasetBuilder
-from helpers import from_yaml
+from helpers import compose_train, from_yaml
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIGS = REPO / "configs" / "data"
@@ -505,3 +505,11 @@ def test_batch_larger_than_the_training_split_is_rejected() -> None:
 def test_bad_rank_is_rejected() -> None:
     with pytest.raises(ValueError, match="rank=2 with world_size=2"):
         build_loaders(DataConfig(), seed=0, rank=2, world_size=2)
+
+
+@pytest.mark.parametrize("cores, expected", [({0, 1}, 2), (set(range(16)), 4)])
+def test_a_recipes_worker_count_follows_the_machine_and_a_typed_one_is_kept(monkeypatch, cores, expected) -> None:
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: cores)
+    monkeypatch.delenv("LOCAL_WORLD_SIZE", raising=False)
+    assert compose_train("data=cifar10").data.num_workers == expected  # the recipe's 4, at most the cores
+    assert compose_train("data=cifar10", "data.num_workers=3").data.num_workers == 3
