@@ -132,6 +132,7 @@ def test_help_explains_the_program_its_groups_and_the_most_used_settings():
     for setting in ("trainer.epochs=", "data.root=", "optim.lr=", "resume=<run folder>", "eval_only=true ckpt=", "-m "):
         assert setting in out, setting
     assert "== Config ==" not in out  # the composed config is --cfg job's
+    assert "Most used settings (examples of values; the defaults follow the data's recipe" in out  # not defaults
 
 
 @pytest.mark.parametrize("overrides, warning", [
