@@ -44,6 +44,7 @@ from analysis.trained_run import WEIGHTS, build_untrained, validation_images  # 
 from gmconv import DynamicGMConv2d, sigma_stats  # noqa: E402
 from models.conv_types import fold_convs, folded_config  # noqa: E402
 
+ONNX_INLINE_BYTES = 1_800_000_000  # weights an ONNX file holds itself (protobuf's limit is 2 GiB for the whole file)
 FORMATS = {"pt2": "model.pt2", "onnx": "model.onnx", "torchscript": "model.torchscript.pt", "state_dict": "model.pth"}
 
 
@@ -72,9 +73,12 @@ def write_model(model: nn.Module, example: torch.Tensor, fmt: str, path: Path, d
             import onnxscript  # noqa: F401  (torch.onnx's exporter needs it)
         except ImportError as err:
             raise ValueError('--format onnx needs the export extra: pip install -e ".[export]"') from err
+        # one self-contained file below protobuf's 2 GB limit; above it the weights go to model.onnx.data beside it
+        external = sum(p.numel() * p.element_size() for p in model.parameters()) > ONNX_INLINE_BYTES
         with contextlib.redirect_stdout(io.StringIO()):  # the exporter reports each of its stages
             torch.onnx.export(model, (example,), str(path), input_names=["images"], output_names=["logits"],
-                              dynamo=True, dynamic_shapes=({0: batch},) if batch else None, verbose=False)
+                              dynamo=True, dynamic_shapes=({0: batch},) if batch else None, verbose=False,
+                              external_data=external)
     elif fmt == "torchscript":
         torch.jit.trace(model, example).save(str(path))
     else:
@@ -115,6 +119,12 @@ def metadata(run: TrainedRun, fmt: str, file: str, fold: bool, dynamic_batch: bo
     }
 
 
+def current_umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 def export(args: argparse.Namespace) -> Path:
     run = load_run(args.run, weights=args.weights)
     model = exportable(run, args.fold)
@@ -126,6 +136,7 @@ def export(args: argparse.Namespace) -> Path:
                        f"{run.config.conv.name}" / source.name / args.format)
     out.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))  # renamed into place
+    staging.chmod(0o777 & ~current_umask())  # mkdtemp's folder is private; the export is a folder like any other
     try:
         path = staging / FORMATS[args.format]
         write_model(model, images[:2] if args.dynamic_batch else images, args.format, path, args.dynamic_batch)
@@ -137,6 +148,7 @@ def export(args: argparse.Namespace) -> Path:
             raise ExportFailed(f"the exported model's logits differ from the run's by {difference:.3g} > "
                                f"--tolerance {args.tolerance:g}; nothing written")
         info = metadata(run, args.format, FORMATS[args.format], args.fold, args.dynamic_batch, difference)
+        info["files"] = sorted(p.name for p in staging.iterdir())  # the model's files: model.onnx.data too, if needed
         (staging / "model.json").write_text(json.dumps(info, indent=1) + "\n")
         if out.exists():
             shutil.rmtree(out)

@@ -132,9 +132,14 @@ for folder in ("pt2", "onnx", "torchscript"):
 
 
 def test_exported_models_run_without_this_project(digits_run, tmp_path):
+    umask = export.current_umask()
     for fmt in ("pt2", "onnx", "torchscript"):
         assert export.main([str(digits_run), "--format", fmt, "--out", str(tmp_path / fmt)] +
                            (["--dynamic-batch"] if fmt != "torchscript" else [])) == 0
+        assert (tmp_path / fmt).stat().st_mode & 0o777 == 0o777 & ~umask  # a folder like any the user makes
+        files = sorted(p.name for p in (tmp_path / fmt).iterdir())
+        assert files == sorted(["model.json", export.FORMATS[fmt]])  # one model file: ONNX without external data
+        assert json.loads((tmp_path / fmt / "model.json").read_text())["files"] == [export.FORMATS[fmt]]
     run = load_run(digits_run)
     image = torch.from_numpy(np.random.default_rng(0).integers(0, 256, (32, 32, 3), dtype=np.uint8))
     Image.fromarray(image.numpy()).save(tmp_path / "image.png")
