@@ -200,8 +200,11 @@ def compact_events(folder: Path, keep_up_to: int) -> None:
     folder.rename(old)
     new.rename(folder)
     shutil.rmtree(old)
-    log.info("TensorBoard: removed %d event(s) written after step %d by an earlier session", len(events) - len(kept),
-             keep_up_to)
+    redone = sum(1 for event in events if event.step > keep_up_to and not event.HasField("file_version")
+                 and not _is_run_marker(event)) if keep_up_to >= 0 else 0
+    if redone:  # a killed session's points past the checkpoint: this session trains those steps again
+        log.info("TensorBoard: %d point(s) after step %d, from a session stopped before its next checkpoint, are "
+                 "replaced by this session's, which trains those steps again", redone, keep_up_to)
 
 
 def finish_compaction(folder: Path) -> None:
@@ -220,11 +223,14 @@ def _read_events(path: Path) -> Iterable[Event]:
         yield Event.FromString(raw)
 
 
+def _is_run_marker(event: Event) -> bool:
+    """A completed session's hparams summary (written again when the run completes again), or a purge marker
+    (SummaryWriter's purge_step) of an older version: never kept, and nothing a reader loses."""
+    return event.HasField("session_log") or (
+        event.HasField("summary") and any(value.tag.startswith(HPARAMS_TAGS) for value in event.summary.value))
+
+
 def _kept(event: Event, keep_up_to: int) -> bool:
     if event.HasField("file_version"):
         return keep_up_to >= 0
-    if event.HasField("session_log"):  # a purge marker (SummaryWriter's purge_step) of an older version
-        return False
-    if event.HasField("summary") and any(value.tag.startswith(HPARAMS_TAGS) for value in event.summary.value):
-        return False
-    return event.step <= keep_up_to
+    return not _is_run_marker(event) and event.step <= keep_up_to

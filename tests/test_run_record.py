@@ -132,9 +132,10 @@ def test_a_resumed_run_keeps_every_epoch_once_in_tensorboard(extended):
         assert [e.step for e in acc.Scalars(tag)] == steps, tag
     assert [e.step for e in acc.Scalars("val/top1")] == steps[1:]  # epoch 1 was not evaluated
     assert [e.step for e in acc.Scalars("hparam/top1")] == [steps[-1]]  # the first completion's summary is gone
+    assert "TensorBoard:" not in extended[2]  # replacing that summary loses nothing a reader saw: nothing said
 
 
-def test_tensorboard_events_written_after_the_checkpoint_leave_the_event_files(tmp_path):
+def test_tensorboard_events_written_after_the_checkpoint_leave_the_event_files(tmp_path, caplog):
     """What a session killed after its checkpoint wrote is removed from the files themselves, so no reader
     (tbparse, pandas exports) sees an epoch twice; a kill during the compaction is completed on the next start."""
     tb = tmp_path / "tb"
@@ -142,7 +143,11 @@ def test_tensorboard_events_written_after_the_checkpoint_leave_the_event_files(t
         for step in range(1, 11):
             writer.add_scalar("train/loss", float(step), step)
         writer.add_hparams({"lr": 0.1}, {"hparam/top1": 1.0}, run_name=".", global_step=10)
+    caplog.set_level("INFO")
     compact_events(tb, keep_up_to=6)
+    said = [r.getMessage() for r in caplog.records if r.getMessage().startswith("TensorBoard:")]
+    assert said == ["TensorBoard: 4 point(s) after step 6, from a session stopped before its next checkpoint, are "
+                    "replaced by this session's, which trains those steps again"]  # the hparams summary not counted
     events = [e for path in sorted(tb.glob("*tfevents*")) for e in EventFileLoader(str(path)).Load()]
     loss_steps = [e.step for e in events if e.HasField("summary") and e.summary.value[0].tag == "train/loss"]
     assert loss_steps == [1, 2, 3, 4, 5, 6] and len(list(tb.glob("*tfevents*"))) == 1
