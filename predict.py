@@ -8,7 +8,7 @@ list's folder). Image files are those training reads (data/class_folders.py: hid
 an image extension are left out and counted). An unreadable image stops with one line naming it, as in
 training; --skip-bad-images lists it and goes on. Where every image lies in a folder named after one of the
 run's classes, top-1 and top-5 against those names are printed too. Output: one line per image with its
-top-k classes and probabilities, to --out (CSV or JSON, by its suffix) and a summary on the terminal.
+top-k classes and probabilities, on the terminal or in --out (CSV or JSON, by its suffix), and a summary.
 Exit status: 0 done, 2 bad input (no image, no checkpoint, an unreadable image), 1 another failure.
 """
 
@@ -88,8 +88,6 @@ def batches(images: list[Path], transform: Any, size: int, skip_bad: bool, skipp
 def predict(args: argparse.Namespace) -> list[dict[str, Any]]:
     run = load_run(args.run, weights=args.weights)
     inputs = collect(args.inputs)
-    if args.device not in ("auto", "cpu", "cuda"):
-        raise BadInput(f"--device={args.device} is not one of auto, cpu, cuda")
     device = select_device(args.device, DistInfo())
     model, classes = run.model.to(device), run.classes
     top_k = min(args.top_k, len(classes))
@@ -120,6 +118,11 @@ def summary(run: Any, rows: list[dict[str, Any]], inputs: Inputs, skipped: list[
     return line
 
 
+def terminal_line(row: dict[str, Any]) -> str:
+    """``file  class 0.973  class 0.012 ...``: an image's top-k on the terminal, where no --out file takes them."""
+    return "  ".join([row["file"], *(f"{t['class']} {t['probability']:.3f}" for t in row["top"])])
+
+
 def write(rows: list[dict[str, Any]], out: Path, top_k: int) -> None:
     if out.suffix.lower() == ".json":
         atomic_write(out, lambda tmp: Path(tmp).write_text(json.dumps(rows, indent=1) + "\n"))
@@ -144,8 +147,8 @@ def main(argv: Optional[list[str]] = None) -> int:
     parser.add_argument("--top-k", type=int, default=5)
     parser.add_argument("--out", type=Path, help="write the predictions here: .csv or .json")
     parser.add_argument("--batch-size", type=int, default=64)
-    parser.add_argument("--device", default="auto", help="auto, cpu or cuda")
-    parser.add_argument("--weights", default="best", help=f"{' | '.join(WEIGHTS)}: which weights of the run")
+    parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    parser.add_argument("--weights", default="best", choices=WEIGHTS, help="which weights of the run")
     parser.add_argument("--skip-bad-images", action="store_true", help="list unreadable images and go on")
     args = parser.parse_args(argv)
     try:
@@ -157,6 +160,8 @@ def main(argv: Optional[list[str]] = None) -> int:
         if args.out is not None:
             write(rows, args.out, min(args.top_k, len(rows[0]["top"])) if rows else args.top_k)
             print(f"predictions: {args.out}")
+        else:
+            print(*(terminal_line(row) for row in rows), sep="\n")
     except (ValueError, FileNotFoundError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

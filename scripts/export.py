@@ -162,18 +162,16 @@ def export(args: argparse.Namespace) -> Path:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("run", help="a run folder (its best.pt, else last.pt) or a checkpoint file")
-    parser.add_argument("--format", required=True, help=" | ".join(FORMATS))
+    parser.add_argument("--format", required=True, choices=list(FORMATS))
     parser.add_argument("--fold", action=argparse.BooleanOptionalAction, default=True,
                         help="fold GMConv's masks into plain convolutions (default) or keep the layers")
     parser.add_argument("--dynamic-batch", action="store_true", help="any batch size (pt2, onnx)")
     parser.add_argument("--out", type=Path,
                         help="the folder to write (default: outputs/export/<data>/<model>-<conv>/<run>/<format>)")
-    parser.add_argument("--weights", default="best", help=" | ".join(WEIGHTS))
+    parser.add_argument("--weights", default="best", choices=WEIGHTS, help="which weights of the run")
     parser.add_argument("--tolerance", type=float, default=1e-4, help="largest absolute logit difference allowed")
     args = parser.parse_args(argv)
     try:
-        if args.format not in FORMATS:
-            raise ValueError(f"--format {args.format} is not one of {', '.join(FORMATS)}")
         export(args)
     except (ValueError, FileNotFoundError) as err:
         print(f"error: {err}", file=sys.stderr)

@@ -169,8 +169,11 @@ def test_a_folded_resnet_state_dict_loads_strictly_into_torchvisions_architectur
 
 
 def test_export_refuses_bad_input_in_one_line(digits_run, tmp_path, capsys):
-    assert export.main([str(digits_run), "--format", "tflite"]) == 2
-    assert "--format tflite is not one of pt2, onnx, torchscript, state_dict" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as refused:  # argparse's own error, before anything is loaded
+        export.main([str(tmp_path / "no such run"), "--format", "tflite"])
+    assert refused.value.code == 2
+    assert "argument --format: invalid choice: 'tflite' (choose from pt2, onnx, torchscript, state_dict)" in (
+        capsys.readouterr().err.replace("'pt2', 'onnx', 'torchscript', 'state_dict'", "pt2, onnx, torchscript, state_dict"))
     dynamic = types.SimpleNamespace(model=nn.Sequential(DynamicGMConv2d(3, 4, 3)), label="resnet20-gmconv_dynamic")
     with pytest.raises(ValueError, match="export it with --no-fold"):
         export.exportable(dynamic, fold=True)
@@ -186,3 +189,19 @@ def test_load_run_gives_the_model_its_classes_preprocessing_and_numbers(digits_r
     assert run.model(run.transform(image)[None]).shape == (1, 10)
     with pytest.raises(ValueError, match="no moving average"):
         load_run(digits_run, weights="ema")
+
+
+def test_predictions_go_to_the_terminal_without_out(digits_run, tmp_path, capsys):
+    for name in ("a.png", "b.png"):
+        Image.fromarray(np.random.default_rng(0).integers(0, 256, (32, 32, 3), dtype=np.uint8)).save(tmp_path / name)
+    assert predict.main([str(digits_run), str(tmp_path / "a.png"), str(tmp_path / "b.png"), "--top-k", "3"]) == 0
+    lines = [line for line in capsys.readouterr().out.splitlines() if line.startswith(str(tmp_path))]
+    assert [line.split()[0] for line in lines] == [str(tmp_path / "a.png"), str(tmp_path / "b.png")]
+    run = load_run(digits_run)
+    for line in lines:  # file, then three (class, probability) pairs, most probable first
+        fields = line.split()[1:]
+        classes, probabilities = fields[0::2], [float(p) for p in fields[1::2]]
+        assert len(classes) == 3 and set(classes) <= set(run.classes) and probabilities == sorted(probabilities)[::-1]
+    with pytest.raises(SystemExit):
+        predict.main([str(digits_run), str(tmp_path / "a.png"), "--device", "tpu"])
+    assert "argument --device: invalid choice: 'tpu'" in capsys.readouterr().err
