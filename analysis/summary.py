@@ -41,7 +41,6 @@ BOOKKEEPING = frozenset({
 CONV_ONLY = ("conv.", "optim.sigma_lr_scale")
 STANDARD = "standard"
 SHORT_MARK = "†"
-CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 # Config groups whose ``<group>.name`` labels a group instead of the sub-settings that come with it.
 NAME_KEYS = {f"{group}.name": group for group in ("model", "conv", "data", "optim", "sched")}
 
@@ -244,34 +243,39 @@ SHORTENING = ("trainer.limit_train_batches", "trainer.limit_val_batches")
 
 def shortened(group: Group) -> list[str]:
     """Why a group's runs are not full runs, whatever the other groups are: epochs cut short, a validation
-    set cut short, or fewer epochs than the experiment recipe the runs were started from."""
+    set cut short, or fewer epochs than the recipe the runs were started from (an experiment= overlay's, else
+    the data's recipe for that model)."""
     settings = dict(group.settings)
     reasons = [f"{key}={settings[key]}" for key in SHORTENING if settings.get(key) is not None]
-    for experiment in sorted({_experiment(run) for run in group.runs} - {None}):
-        planned = recipe_epochs(experiment)
+    for source in sorted({_recipe_source(run) for run in group.runs} - {None}):
+        planned = planned_epochs(source)
         if planned is not None and settings.get("trainer.epochs", planned) < planned:
-            reasons.append(f"trainer.epochs={settings['trainer.epochs']} of experiment={experiment}'s {planned}")
+            reasons.append(f"trainer.epochs={settings['trainer.epochs']} of {' '.join(source)}'s {planned}")
     return reasons
 
 
-def _experiment(run: CompletedRun) -> Optional[str]:
-    """The experiment= a run was started with (its first session's typed overrides)."""
+def _recipe_source(run: CompletedRun) -> Optional[tuple[str, ...]]:
+    """What a run's epochs were planned by, as overrides: the experiment= it was started with (its first session's
+    typed overrides), else its data and model, whose recipe plans them."""
     typed = run.results.get("overrides") or []
-    return next((o.split("=", 1)[1] for o in typed if o.startswith("experiment=")), None)
+    experiment = next((o for o in typed if o.startswith("experiment=")), None)
+    if experiment is not None:
+        return (experiment,)
+    config = run.results.get("config") or {}
+    names = [(group, (config.get(group) or {}).get("name")) for group in ("data", "model")]
+    return tuple(f"{group}={name}" for group, name in names) if all(name for _, name in names) else None
 
 
 @functools.cache
-def recipe_epochs(experiment: str) -> Optional[int]:
-    """The epochs configs/experiment/<experiment>.yaml plans (None where it cannot be composed here)."""
-    from hydra import compose, initialize_config_dir
+def planned_epochs(overrides: tuple[str, ...]) -> Optional[int]:
+    """The epochs the composed config plans for ``overrides`` (None where they cannot be composed here, e.g. a
+    timm model, whose name is not a model= option)."""
     from hydra.errors import HydraException
 
-    from engine.config import register_configs
+    from engine.config import compose_config
 
-    register_configs()
     try:
-        with initialize_config_dir(config_dir=str(CONFIGS), version_base="1.3"):
-            return int(compose("train", overrides=[f"experiment={experiment}"]).trainer.epochs)
+        return int(compose_config(*overrides).trainer.epochs)
     except HydraException:
         return None
 

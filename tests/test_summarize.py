@@ -201,7 +201,7 @@ def test_a_sweeps_run_folders_come_in_job_order(tmp_path):
 
 
 def test_short_runs_are_marked_even_where_every_run_is_short():
-    """A table of runs cut short (limit_*_batches, or fewer epochs than their experiment's recipe) hides the
+    """A table of runs cut short (limit_*_batches, or fewer epochs than their experiment's or data's recipe) hides the
     settings they share, so it would look like results without the mark."""
     limited = [fake(conv, seed, 90.0 + seed, trainer={"limit_train_batches": 3, "limit_val_batches": None,
                                                      "epochs": 10}) for conv in ("standard", "gmconv") for seed in (0, 1)]
@@ -214,3 +214,9 @@ def test_short_runs_are_marked_even_where_every_run_is_short():
     full = [fake("gmconv", 0, 90.0, ["experiment=cifar10_resnet20"],
                  trainer={"limit_train_batches": None, "limit_val_batches": None, "epochs": 164})]
     assert "†" not in markdown(table_rows(group_runs(full)), [], 0)
+    # without an experiment, the data's recipe plans the epochs: the digits' 10
+    short = [fake("gmconv", 0, 90.0, ["trainer.epochs=1"], trainer={"limit_train_batches": None,
+                                                                    "limit_val_batches": None, "epochs": 1})]
+    assert "trainer.epochs=1 of data=digits model=resnet20's 10" in markdown(table_rows(group_runs(short)), [], 0)
+    whole = [fake("gmconv", 0, 90.0, trainer={"limit_train_batches": None, "limit_val_batches": None, "epochs": 10})]
+    assert "†" not in markdown(table_rows(group_runs(whole)), [], 0)
