@@ -144,7 +144,7 @@ def test_folding_bakes_dcls_and_gmconv_and_refuses_deformable_in_one_line():
     (["conv=standard", "conv.kernel_size=7"], "conv.kernel_size=7 has no effect: conv=standard"),
     (["conv=deformable", "conv.sigma_init=3"], "conv.sigma_init=3.0 has no effect: conv=deformable"),
     (["conv=dilated", "conv.dilation=0"], "conv.dilation=0 is invalid"),
-    (["conv=gmconv", "optim.offset_lr_scale=0.1"], "optim.offset_lr_scale=0.1 has no effect: conv=gmconv"),
+    (["conv=gmconv", "optim.offset_lr_scale=0.5"], "optim.offset_lr_scale=0.5 has no effect: conv=gmconv"),
 ])
 def test_an_option_the_conv_type_does_not_read_is_refused_in_one_line(overrides, message):
     from engine.config import validate
@@ -165,7 +165,7 @@ def test_a_layer_the_rival_cannot_take_is_refused_naming_the_fix():
 def test_the_offsets_learn_at_their_own_rate_and_dcls_spacings_are_not_decayed():
     model = create_backbone("local", "resnet20", num_classes=10)
     apply_conv(model, conv_config("deformable"))
-    groups = param_groups(model, 5e-4, offset_lr_scale=0.1)
+    groups = param_groups(model, 5e-4, offset_lr_scale=0.1)  # the default
     offsets = {id(p) for m in model.modules() if isinstance(m, DeformConv2d) for p in m.offset.parameters()}
     (group,) = [g for g in groups if {id(p) for p in g["params"]} & offsets]
     assert {id(p) for p in group["params"]} == offsets and group["lr_scale"] == 0.1
