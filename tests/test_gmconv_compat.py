@@ -7,7 +7,11 @@ from __future__ import annotations
 import copy
 import importlib.util
 import math
+import os
 import re
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import timm
@@ -272,3 +276,34 @@ def test_zoo_check_writes_its_table_and_refuses_unprefixed_names(zoo_check, tmp_
     assert re.search(r"^\| timm:test_resnet \| resnet \| \d+ of \d+ \| ok \|", text, re.M) and "Incomplete" not in text
     with pytest.raises(SystemExit, match="resnet18: name models as timm:<name> or tv:<name>"):
         zoo_check.main(["--models", "resnet18"])
+
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_the_layer_needs_torch_alone(tmp_path):
+    """gmconv/ is the part other projects drop into their CNNs: it imports and converts, folds and measures with
+    none of the framework's dependencies importable (the `framework` extra: pyproject.toml)."""
+    blocked = ("hydra", "omegaconf", "timm", "torchvision", "tensorboard", "tqdm", "sklearn", "matplotlib", "PIL")
+    program = f"""
+import sys
+class Block:
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] in {blocked!r}:
+            raise ImportError(f"{{name}} is not installed here")
+sys.meta_path.insert(0, Block())
+import torch
+from torch import nn
+import gmconv
+net = gmconv.convert_to_gmconv(nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 8, 3, padding=1)))
+x = torch.randn(2, 3, 12, 12)
+net(x).sum().backward()
+import copy
+assert torch.allclose(gmconv.fold_gmconv(copy.deepcopy(net).eval())(x), net.eval()(x), atol=1e-5)
+print(sorted(gmconv.sigma_stats(net)), round(float(gmconv.erf_map(net, x).sum()), 6))
+assert not [m for m in sys.modules if m.split(".")[0] in {blocked!r}]
+"""
+    proc = subprocess.run([sys.executable, "-c", program], cwd=tmp_path, capture_output=True, text=True, timeout=120,
+                          env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.strip() == "['0', '2'] 1.0"
