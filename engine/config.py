@@ -418,8 +418,8 @@ def resume_changes(saved: dict[str, Any], cfg: DictConfig) -> list[str]:
     defaults = flatten(OmegaConf.to_container(OmegaConf.structured(TrainConfig), enum_to_str=True))
     # a setting added to the framework after the run was saved is absent from its checkpoint: at its default, the
     # run computes as it did
-    changes = [(key, old, new) for key, old, new in setting_changes(saved, cfg) if key.split(".")[0] not in _NOT_SETTINGS
-               and (key in known or new != defaults.get(key))]
+    changes = [(key, old, new) for key, old, new in setting_changes(saved, cfg)
+               if key.split(".")[0] not in _NOT_SETTINGS and (key in known or new != defaults.get(key))]
     for key, old, new in changes:
         if any(key == fixed or key.startswith(fixed + ".") for fixed in FIXED_ON_RESUME):
             raise ValueError(f"{key}={new} differs from the resumed run's {key}={old}, and it cannot change on "

@@ -11,7 +11,6 @@ import os
 import re
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 import timm
@@ -276,9 +275,6 @@ def test_zoo_check_writes_its_table_and_refuses_unprefixed_names(zoo_check, tmp_
     assert re.search(r"^\| timm:test_resnet \| resnet \| \d+ of \d+ \| ok \|", text, re.M) and "Incomplete" not in text
     with pytest.raises(SystemExit, match="resnet18: name models as timm:<name> or tv:<name>"):
         zoo_check.main(["--models", "resnet18"])
-
-
-ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_the_layer_needs_torch_alone(tmp_path):

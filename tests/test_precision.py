@@ -72,7 +72,8 @@ def test_sigma_learns_in_bf16_as_in_fp32():
     """σ, the mask and the optimizer state stay fp32 under autocast; σ's gradient is finite, non-zero and of
     fp32's sign in each channel where fp32's is clearly away from zero."""
     torch.manual_seed(0)
-    model = convert_to_gmconv(create_backbone("local", "resnet20", num_classes=10)).to(memory_format=torch.channels_last)
+    model = convert_to_gmconv(create_backbone("local", "resnet20", num_classes=10))
+    model = model.to(memory_format=torch.channels_last)
     x = torch.randn(16, 3, 32, 32).to(memory_format=torch.channels_last)
     y = torch.randint(0, 10, (16,))
     layers = [m for m in model.modules() if isinstance(m, GMConv2d)]

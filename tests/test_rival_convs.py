@@ -95,7 +95,8 @@ def test_the_cpu_sampling_equals_torchvisions_deform_conv2d_with_its_gradients(o
     ours = sampled_conv(x, offsets, weight, bias, (stride, stride), (1, 1), (1, 1), mask, offset_groups)
     theirs = deform_conv2d(x, offsets, weight, bias, (stride, stride), (1, 1), (1, 1), mask)
     torch.testing.assert_close(ours, theirs, rtol=0, atol=1e-11)
-    for a, b in zip(torch.autograd.grad(ours.square().sum(), inputs), torch.autograd.grad(theirs.square().sum(), inputs)):
+    ours_grads = torch.autograd.grad(ours.square().sum(), inputs)
+    for a, b in zip(ours_grads, torch.autograd.grad(theirs.square().sum(), inputs)):
         torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-9)
 
 

@@ -11,8 +11,8 @@ outside the image, which matches zero padding for interior outputs). This is the
 argues against: an ERF shaped by moving samples rather than by weighting a fixed grid.
 
 On a GPU the sampling runs in torchvision's ``deform_conv2d``; on a CPU in ``sampled_conv`` (the same result,
-about 6× faster there). Like timm's ``StdConv2d``, the layer is an ``nn.Conv2d`` with its own ``forward``: ``weight`` and
-``bias`` keep their names, so a standard checkpoint loads into it with ``strict=False`` (only the
+about 6× faster there). Like timm's ``StdConv2d``, the layer is an ``nn.Conv2d`` with its own ``forward``:
+``weight`` and ``bias`` keep their names, so a standard checkpoint loads into it with ``strict=False`` (only the
 offset branch is missing, and it starts at zero).
 """
 

@@ -96,8 +96,8 @@ def main(argv: list[str] | None = None) -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     convs = ["standard", *(c for c in args.convs if c != "standard")]
-    print(f"torch {torch.__version__} on {args.device}, {torch.get_num_threads()} threads, {os.cpu_count()} CPUs; {args.reps} reps "
-          f"after {args.warmup} warm-up, interleaved")
+    print(f"torch {torch.__version__} on {args.device}, {torch.get_num_threads()} threads, {os.cpu_count()} CPUs; "
+          f"{args.reps} reps "          f"after {args.warmup} warm-up, interleaved")
     rows = []
     for model in args.models:
         batch, size = SHAPES[model]
