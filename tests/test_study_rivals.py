@@ -28,8 +28,8 @@ def test_a_study_records_each_run_once_and_reports_paired_deltas(tmp_path, capsy
     assert len(list(csv.DictReader(record.open()))) == 4
     rivals.main(["report", "--record", str(record), "--tables", str(tables)])
     table = tables.read_text()
-    dilated = next(line for line in table.splitlines() if line.startswith("dilated"))
-    assert " 2 " in dilated and "[" in dilated  # two seeds, a paired Δ with its interval
+    dilated = next(line for line in table.splitlines() if line.startswith("| dilated"))
+    assert "| 2 |" in dilated and "[" in dilated  # two seeds, a paired Δ with its interval
 
 
 def test_compare_pairs_the_precisions_by_seed(tmp_path):
@@ -40,5 +40,5 @@ def test_compare_pairs_the_precisions_by_seed(tmp_path):
     rivals.write_record(fp32, [row("none", 0, 90.0), row("none", 1, 91.0), row("none", 2, 92.0)])
     rivals.write_record(bf16, [row("bf16", 0, 91.0), row("bf16", 1, 91.5), row("bf16", 3, 50.0)])
     rivals.main(["compare", str(fp32), str(bf16), "--out", str(tmp_path / "comparison.md")])
-    line = next(line for line in (tmp_path / "comparison.md").read_text().splitlines() if line.startswith("digits"))
-    assert "+0.75 [" in line and " 2 " in line  # seeds 0 and 1 only: Δ 1.0 and 0.5
+    line = next(line for line in (tmp_path / "comparison.md").read_text().splitlines() if line.startswith("| digits"))
+    assert "+0.75 [" in line and "| 2 |" in line  # seeds 0 and 1 only: Δ 1.0 and 0.5
