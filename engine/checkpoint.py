@@ -175,9 +175,9 @@ def save_json(obj: Any, path: str | os.PathLike) -> None:
 
 
 def capture_process_state(state: TrainState) -> dict[str, Any]:
-    """What each process holds of its own and a checkpoint keeps per rank: its RNG states and the sums
-    of its share of the epoch in progress."""
-    totals = state.epoch_totals.state_dict() if state.epoch_totals is not None else None
+    """What each process holds of its own and a checkpoint keeps per rank: its RNG states and, where an epoch
+    stopped half-way, the sums of its share of that epoch (at an epoch's end there are none to continue)."""
+    totals = state.epoch_totals.state_dict() if state.epoch_totals is not None and state.batches_done else None
     return {"rng": capture_rng(), "epoch_totals": totals}
 
 

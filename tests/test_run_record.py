@@ -170,7 +170,9 @@ def test_an_epoch_stopped_half_way_and_resumed_records_all_of_its_batches(tmp_pa
     with pytest.raises(Preempted):
         run_in_process(run_dir, *args)
     monkeypatch.undo()
+    assert load(run_dir / "checkpoints" / "last.pt")["epoch_totals"][0] is not None  # the half epoch's sums
     resumed = run_in_process(run_dir, *args, f"resume={run_dir}")
+    assert load(run_dir / "checkpoints" / "last.pt")["epoch_totals"] == [None]  # an epoch's end: nothing to continue
     expected, got = rows(tmp_path / "full")[0], rows(run_dir)[0]
     for column in ("step", "train_loss", "train_top1", "lr", "val_loss", "val_top1", "val_top5"):
         assert got[column] == expected[column], column
