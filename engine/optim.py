@@ -15,14 +15,17 @@ from torch.optim import Optimizer
 from gmconv import sigma_parameters
 from models.layers import receptive_field_groups
 
+from .config import OptimConfig
+
 # timm's optimizer names for the config's "sgd": timm's own "sgd" is Nesterov SGD.
 _SGD_NAMES = {False: "momentum", True: "nesterov"}
 # timm's scheduler names for the config's sched.name ("none": timm's constant lr, warmup still applies)
 _SCHED_NAMES = {"cosine": "cosine", "step": "step", "multistep": "multistep", "poly": "poly", "none": "constant"}
 
 
-def param_groups(model: nn.Module, weight_decay: float, sigma_lr_scale: float = 1.0,
-                 layer_decay: Optional[float] = None, offset_lr_scale: float = 1.0) -> list[dict]:
+def param_groups(model: nn.Module, weight_decay: float, sigma_lr_scale: float = OptimConfig.sigma_lr_scale,
+                 layer_decay: Optional[float] = None,
+                 offset_lr_scale: float = OptimConfig.offset_lr_scale) -> list[dict]:
     """timm's parameter groups, with GMConv's σ taken out into a group of its own (and the rivals' offsets,
     positions and widths into theirs: ``receptive_field_groups``).
 

@@ -43,7 +43,11 @@ def fast_bf16(device: torch.device) -> tuple[bool, str]:
     """Whether ``device`` computes bf16 in hardware, and what was found (for the log)."""
     if device.type == "cuda":
         name = torch.cuda.get_device_name(device)
-        if torch.cuda.is_bf16_supported(including_emulation=False):
+        try:
+            native = torch.cuda.is_bf16_supported(including_emulation=False)
+        except TypeError:  # torch before 2.5 knows no emulation: its answer is the hardware's
+            native = torch.cuda.is_bf16_supported()
+        if native:
             return True, f"{name} computes bf16 natively"
         return False, f"{name} has no native bf16 (trainer.amp=fp16 uses its fp16 tensor cores)"
     if device.type == "cpu":
