@@ -197,3 +197,22 @@ def test_a_dcls_run_exports_folded_and_a_deformable_run_only_unfolded(tmp_path, 
     assert "cannot fold deformable convolutions" in capsys.readouterr().err
     assert export.main([str(tmp_path / "deformable"), "--format", "pt2", "--no-fold", "--out",
                         str(tmp_path / "d.pt2")]) == 0
+
+
+@pytest.mark.parametrize("name", RIVALS)
+def test_each_rival_computes_the_same_in_channels_last(name):
+    """trainer.channels_last (on by default with bf16) converts the network and its input to NHWC."""
+    torch.manual_seed(0)
+    model = create_backbone("local", "resnet20", num_classes=10).eval()
+    apply_conv(model, conv_config(name))
+    if name == "deformable":  # offsets away from zero, so that sampling between pixels is exercised
+        for m in model.modules():
+            if isinstance(m, DeformConv2d):
+                nn.init.normal_(m.offset.weight, std=0.05)
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        expected = model(x)
+        nhwc = copy.deepcopy(model).to(memory_format=torch.channels_last)
+        torch.testing.assert_close(nhwc(x.to(memory_format=torch.channels_last)), expected, rtol=1e-4, atol=1e-4)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            assert torch.isfinite(nhwc(x.to(memory_format=torch.channels_last))).all()
