@@ -86,7 +86,7 @@ def report_sweep() -> None:
 if __name__ == "__main__":
     try:
         command = expand_command_line(sys.argv)
-        check_composes(command.argv, Path(__file__).resolve().parent / "configs")
+        check_composes(command.argv)
     except (ValueError, FileNotFoundError) as err:
         print(f"error: {err}", file=sys.stderr)
         sys.exit(2)

@@ -20,7 +20,7 @@ from hydra.core.override_parser.overrides_parser import OverridesParser
 from data.text import first_line
 
 from .checkpoint import BEST, LAST, find_checkpoint, load_checkpoint
-from .config import unknown_key
+from .config import compose_config, unknown_key
 
 GROUPS = ("model", "conv", "data", "optim", "sched")
 RESUMED_SETTINGS = (*GROUPS, "trainer", "recipe", "seed")  # a resumed run continues with all of these
@@ -117,11 +117,10 @@ def _parse(args: list[str]) -> dict[str, Any]:
     return {o.key_or_group: o.value() for o in overrides}
 
 
-def check_composes(argv: list[str], config_dir: Path) -> None:
+def check_composes(argv: list[str]) -> None:
     """Compose the config as Hydra will, and turn its errors (an unknown option, a value of the wrong
     type, a misspelt key, bad override syntax) into one ValueError line naming the override and the fix,
     instead of Hydra's multi-line report. Help, info and sweeps are left to Hydra."""
-    from hydra import compose, initialize_config_dir
     from hydra.errors import HydraException
     from omegaconf.errors import OmegaConfBaseException
 
@@ -129,8 +128,7 @@ def check_composes(argv: list[str], config_dir: Path) -> None:
     if any(flag in HYDRA_OWN_FLAGS for flag in flags):
         return
     try:
-        with initialize_config_dir(config_dir=str(config_dir), version_base="1.3"):
-            compose("train", overrides=overrides, return_hydra_config=True)
+        compose_config(*overrides, hydra=True)
     except (HydraException, OmegaConfBaseException) as err:
         raise ValueError(composition_error(err)) from None
 

@@ -19,13 +19,12 @@ import time
 from pathlib import Path
 
 import torch
-from hydra import compose, initialize_config_dir
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench_engine import CONFIGS, bare_epoch  # noqa: E402
+from bench_engine import bare_epoch  # noqa: E402
 from data import build_loaders, set_epoch  # noqa: E402
-from engine.config import register_configs, validate  # noqa: E402
+from engine.config import compose_config, validate  # noqa: E402
 from engine.distributed import DistInfo, select_device  # noqa: E402
 from models import build_model  # noqa: E402
 
@@ -62,9 +61,7 @@ def main() -> None:
     parser.add_argument("overrides", nargs="*", help="train.py overrides, e.g. data=imagefolder data.root=DIR")
     args = parser.parse_args()
 
-    register_configs()
-    with initialize_config_dir(config_dir=str(CONFIGS), version_base="1.3"):
-        cfg = compose("train", overrides=args.overrides)
+    cfg = compose_config(*args.overrides)
     validate(cfg)
     device = select_device(cfg.trainer.device, DistInfo())
     workers = [int(w) for w in args.workers.split(",")] if args.workers else [cfg.data.num_workers]

@@ -20,20 +20,18 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from hydra import compose, initialize_config_dir
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from data import build_loaders, set_epoch  # noqa: E402
 from engine.checkpoint import TrainState  # noqa: E402
-from engine.config import register_configs, validate  # noqa: E402
+from engine.config import compose_config, validate  # noqa: E402
 from engine.loop import Progress, train_one_epoch  # noqa: E402
 from engine.optim import build_optimizer, build_scheduler  # noqa: E402
 from engine.distributed import DistInfo, select_device  # noqa: E402
 from engine.objective import Objective, build_objective  # noqa: E402
 from models import build_model  # noqa: E402
 
-CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 
 
 def engine_epoch(state: TrainState, loader, cfg, device: torch.device, epoch: int, objective: Objective) -> float:
@@ -61,9 +59,7 @@ def main() -> None:
     parser.add_argument("overrides", nargs="*", help="train.py overrides, e.g. model=resnet18 data=digits")
     args = parser.parse_args()
 
-    register_configs()
-    with initialize_config_dir(config_dir=str(CONFIGS), version_base="1.3"):
-        cfg = compose("train", overrides=[*args.overrides, "trainer.progress=false"])
+    cfg = compose_config(*args.overrides, "trainer.progress=false")
     validate(cfg)
     device = select_device(cfg.trainer.device, DistInfo())
     torch.manual_seed(cfg.seed)

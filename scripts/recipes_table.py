@@ -17,12 +17,10 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from hydra import compose, initialize_config_dir  # noqa: E402
 from omegaconf import DictConfig  # noqa: E402
 
-from engine.config import register_configs  # noqa: E402
+from engine.config import CONFIG_DIR, compose_config  # noqa: E402
 
-CONFIGS = ROOT / "configs"
 DATA = ("digits", "digits_cluttered", "digits_scaled", "cifar10", "cifar100", "imagenet", "imagefolder", "fake")
 # how each dataset augments by default (data/transforms.py), before any policy a recipe adds
 GEOMETRY = {"digits": "padded crop", "digits_cluttered": "padded crop", "digits_scaled": "padded crop",
@@ -33,13 +31,12 @@ COLUMNS = ("model", "optimizer", "lr", "weight decay", "batch / process", "epoch
 
 
 def options(group: str) -> list[str]:
-    return sorted(p.stem for p in (CONFIGS / group).glob("*.yaml"))
+    return sorted(p.stem for p in (CONFIG_DIR / group).glob("*.yaml"))
 
 
 @functools.cache
 def composed(data: str, model: str) -> DictConfig:
-    with initialize_config_dir(config_dir=str(CONFIGS), version_base="1.3"):
-        return compose("train", overrides=[f"data={data}", f"model={model}"])
+    return compose_config(f"data={data}", f"model={model}")
 
 
 def row(cfg: DictConfig) -> tuple[str, ...]:
@@ -66,7 +63,6 @@ def schedule(sched: DictConfig) -> str:
 
 
 def table() -> str:
-    register_configs()
     models = options("model")
     lines = ["# Recipes: what `data=<data> model=<model>` trains with",
              "",

@@ -339,7 +339,7 @@ def test_hydra_composition_errors_are_one_line(tmp_path):
 ])
 def test_every_kind_of_composition_error_reads_as_one_line(override, message):
     with pytest.raises(ValueError) as caught:
-        check_composes(["train.py", override], ROOT / "configs")
+        check_composes(["train.py", override])
     assert str(caught.value).startswith(message) and "\n" not in str(caught.value)
 
 
