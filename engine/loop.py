@@ -86,36 +86,28 @@ def train_one_epoch(
     steps) and returns True to stop at this step boundary. ``guard`` watches for a non-finite loss or
     gradients and says when a step's update must be skipped (engine/nonfinite.py).
     """
-    model, optimizer = state.model, state.optimizer
-    model.train()
+    state.model.train()
     if state.batches_done == 0 or state.epoch_totals is None:
         state.epoch_totals = EpochTotals(device)
     totals = state.epoch_totals  # the epoch's sums so far: empty, or restored from a mid-epoch checkpoint
-    sums = totals.metrics
     start_batch = state.batches_done
     limit = trainer.limit_train_batches
     batches, total = _batches(loader, None if limit is None else limit - start_batch)
     epoch_batches, group = start_batch + total, trainer.accumulate_steps
     bar = tqdm(batches, total=total, desc=f"train {epoch + 1}/{trainer.epochs}", disable=progress is not Progress.bar,
                leave=False, dynamic_ncols=True, file=sys.stdout)
+    shown = _Shown(progress, bar, trainer, epoch, start_batch, total)
     totals.start()
-    stretch_start = time.perf_counter()
     stopped = False
     for i, (images, targets) in enumerate(bar):
         batch = start_batch + i
         group_start = batch - batch % group
-        group_size = min(group, epoch_batches - group_start)
+        group_size = min(group, epoch_batches - group_start)  # the epoch's last group may be smaller
         last_of_group = batch + 1 == group_start + group_size
-        images, targets = _to_device(images, targets, device, trainer.channels_last)
-        images, targets = objective.mix(images, targets)
+        images, targets = objective.mix(*_to_device(images, targets, device, trainer.channels_last))
         if batch == group_start:
-            optimizer.zero_grad(set_to_none=True)
-        with _sync_gradients(model, last_of_group):
-            with autocast(device, trainer.amp):
-                logits = model(images).float()  # the loss and the metrics in fp32, whatever the forward ran in
-            loss = objective.criterion(logits, targets)
-            _backward(state, loss / group_size)
-        sums.update(loss.detach() * targets.shape[0], logits.detach(), objective.dominant_labels(targets))
+            state.optimizer.zero_grad(set_to_none=True)
+        loss = _forward_backward(state, images, targets, objective, trainer.amp, device, group_size, last_of_group)
         if last_of_group:
             totals.lr_sum, totals.steps = totals.lr_sum + current_lr(state), totals.steps + 1
             _optimizer_step(state, trainer.grad_clip, guard, loss, epoch)
@@ -123,22 +115,48 @@ def train_one_epoch(
             if on_step is not None and on_step(state):
                 stopped = True
                 break
-        if progress is Progress.bar and (i % 10 == 0 or i == total - 1):
-            bar.set_postfix(_running(totals, state))
-        elif progress is Progress.lines and (i + 1) % trainer.log_every_steps == 0:
-            running = _running(totals, state)
-            eta = (total - i - 1) * (time.perf_counter() - stretch_start) / (i + 1)
-            log.info("epoch %d/%d  batch %d/%d  loss %s  top1 %s%%  lr %s  %s img/s  ETA %s", epoch + 1, trainer.epochs,
-                     start_batch + i + 1, start_batch + total, running["loss"], running["top1"], running["lr"],
-                     running["img_s"], format_duration(eta))
+        shown.batch(i, totals, state)
     if device.type == "cuda":
         torch.cuda.synchronize(device)
     totals.stop()
-    metrics = sums.compute()
+    metrics = totals.metrics.compute()
     seconds = totals.seconds
     images_per_s = metrics["samples"] / seconds if seconds > 0 else 0.0
     return {"loss": metrics["loss"], "top1": metrics["top1"], "lr": totals.lr_sum / max(totals.steps, 1),
             "images_per_s": images_per_s, "seconds": seconds, "stopped": stopped}
+
+
+def _forward_backward(state: TrainState, images: torch.Tensor, targets: torch.Tensor, objective: Objective, amp: str,
+                      device: torch.device, group_size: int, last_of_group: bool) -> torch.Tensor:
+    """One batch's forward (in the run's precision; the loss and the metrics on fp32 logits) and backward, its
+    loss divided by its accumulation group's size; its numbers added to the epoch's sums. Returns the loss."""
+    with _sync_gradients(state.model, last_of_group):
+        with autocast(device, amp):
+            logits = state.model(images).float()
+        loss = objective.criterion(logits, targets)
+        _backward(state, loss / group_size)
+    state.epoch_totals.metrics.update(loss.detach() * targets.shape[0], logits.detach(),
+                                      objective.dominant_labels(targets))
+    return loss
+
+
+class _Shown:
+    """An epoch's progress as it trains: the tqdm bar's running numbers, or a log line every
+    ``trainer.log_every_steps`` batches with an ETA (``Progress``)."""
+
+    def __init__(self, progress: Progress, bar: tqdm, trainer: DictConfig, epoch: int, start_batch: int, total: int):
+        self.progress, self.bar, self.trainer, self.epoch = progress, bar, trainer, epoch
+        self.start_batch, self.total, self.start = start_batch, total, time.perf_counter()
+
+    def batch(self, i: int, totals: EpochTotals, state: TrainState) -> None:
+        if self.progress is Progress.bar and (i % 10 == 0 or i == self.total - 1):
+            self.bar.set_postfix(_running(totals, state))
+        elif self.progress is Progress.lines and (i + 1) % self.trainer.log_every_steps == 0:
+            running = _running(totals, state)
+            eta = (self.total - i - 1) * (time.perf_counter() - self.start) / (i + 1)
+            log.info("epoch %d/%d  batch %d/%d  loss %s  top1 %s%%  lr %s  %s img/s  ETA %s", self.epoch + 1,
+                     self.trainer.epochs, self.start_batch + i + 1, self.start_batch + self.total, running["loss"],
+                     running["top1"], running["lr"], running["img_s"], format_duration(eta))
 
 
 def _sync_gradients(model: nn.Module, sync: bool) -> contextlib.AbstractContextManager:
