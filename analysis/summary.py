@@ -27,6 +27,8 @@ from engine.checkpoint import LAST, load_checkpoint
 from engine.config import flatten
 from engine.loop import format_duration
 from engine.run_folder import RESULTS, RunFolder
+from models.config import ConvType
+from models.conv_types import OPTIONS
 
 # Keys of the resolved config that say how or where a run was executed, not what was trained: runs
 # that differ only here are the same experiment. (trainer.device is "auto" almost always, so it does
@@ -99,8 +101,22 @@ def experiment_settings(config: dict[str, Any]) -> dict[str, Any]:
     """What a resolved config says was trained: the flattened config without BOOKKEEPING and without the
     recipe's description (a function of data and model, and long). Runs equal here are seeds of one setting;
     analysis/trained_run.py groups checkpoints by it too, so a figure's conditions are summarize.py's groups."""
-    return {key: value for key, value in flatten(config).items()
-            if key not in BOOKKEEPING and not key.startswith("recipe.")}
+    flat = flatten(config)
+    return {key: value for key, value in flat.items()
+            if key not in BOOKKEEPING and not key.startswith("recipe.") and not _inert(key, flat)}
+
+
+def _inert(key: str, flat: dict[str, Any]) -> bool:
+    """A setting the run's conv type cannot act on: a conv option it does not read (models/conv_types.py), σ's
+    learning rate without GMConv, the offsets' without deformable layers. Runs that differ only there (say,
+    made before and after such a default changed) trained the same network the same way."""
+    kind = flat.get("conv.type")
+    if kind not in OPTIONS:  # a config older than the conv types
+        return False
+    if key.startswith("conv."):
+        return key[len("conv."):] not in ("name", "type", *OPTIONS[ConvType(kind)])
+    return (key == "optim.sigma_lr_scale" and kind != ConvType.gmconv) or (
+        key == "optim.offset_lr_scale" and kind != ConvType.deformable)
 
 
 def settings_of(results: dict[str, Any]) -> dict[str, Any]:
@@ -156,7 +172,8 @@ def group_runs(runs: list[CompletedRun]) -> list[Group]:
     keys = sorted({key for run in runs for key in run.settings})
     by_settings: dict[Settings, list[CompletedRun]] = {}
     for run in runs:
-        by_settings.setdefault(tuple((key, run.settings.get(key)) for key in keys), []).append(run)
+        # a key a run lacks (a setting its conv type cannot act on) is left out, not compared as None
+        by_settings.setdefault(tuple((key, run.settings[key]) for key in keys if key in run.settings), []).append(run)
     shown = label_keys([dict(settings) for settings in by_settings])
     groups = [Group(_label(dict(settings), shown), settings, tuple(sorted(members, key=lambda r: (r.seed, r.path))))
               for settings, members in by_settings.items()]
@@ -166,7 +183,8 @@ def group_runs(runs: list[CompletedRun]) -> list[Group]:
 def label_keys(settings: list[dict[str, Any]]) -> list[str]:
     """The keys that differ between groups, with ``<group>.<key>`` left out where ``<group>.name`` already
     tells it; for a single group, its model, conv and data."""
-    differing = [key for key in settings[0] if len({s[key] for s in settings}) > 1]
+    keys = list(dict.fromkeys(key for s in settings for key in s))
+    differing = [key for key in keys if len({s[key] for s in settings if key in s}) > 1]
     names = {NAME_KEYS[key] for key in differing if key in NAME_KEYS}
 
     def implied(key: str) -> bool:
@@ -175,11 +193,12 @@ def label_keys(settings: list[dict[str, Any]]) -> list[str]:
             return False
         values: dict[Any, set[Any]] = {}
         for s in settings:
-            values.setdefault(s[f"{group}.name"], set()).add(s[key])
+            if key in s:
+                values.setdefault(s[f"{group}.name"], set()).add(s[key])
         return all(len(v) == 1 for v in values.values())
 
     shown = [key for key in differing if not implied(key)] or [key for key in ("model.name", "conv.name", "data.name")
-                                                                if key in settings[0]]  # one group: what it is
+                                                                if key in keys]  # one group: what it is
     order = {key: i for i, key in enumerate(NAME_KEYS)}
     return sorted(shown, key=lambda key: (order.get(key, len(order)), key))
 
@@ -190,7 +209,7 @@ def _label(settings: dict[str, Any], keys: list[str]) -> str:
     its layers."""
     if settings.get("conv.type") == STANDARD:
         keys = [key for key in keys if key == "conv.name" or not key.startswith(CONV_ONLY)]
-    return " ".join(f"{NAME_KEYS.get(key, key)}={as_typed(settings[key])}" for key in keys)
+    return " ".join(f"{NAME_KEYS.get(key, key)}={as_typed(settings[key])}" for key in keys if key in settings)
 
 
 def baseline_of(group: Group, groups: list[Group]) -> Optional[Group]:

@@ -183,7 +183,8 @@ def test_analysis_conditions_group_seeds_and_are_labelled_by_what_differs():
     """erf.py and sigma_report.py average over the seeds of a condition: runs equal but for seed and bookkeeping."""
     def run(seed: int, root: str = "data", **optim):
         config = OmegaConf.merge(OmegaConf.structured(TrainConfig),
-                                 {"conv": {"name": "gmconv"}, "seed": seed, "data": {"root": root}, "optim": optim})
+                                 {"conv": {"name": "gmconv", "type": "gmconv"}, "seed": seed, "data": {"root": root},
+                                  "optim": optim})
         return TrainedRun(Path("."), config, Path("."), {}, None)
 
     runs = [run(1), run(0, sigma_lr_scale=100.0), run(0, root="elsewhere"), run(2, sigma_lr_scale=100.0)]
@@ -220,3 +221,17 @@ def test_short_runs_are_marked_even_where_every_run_is_short():
     assert "trainer.epochs=1 of data=digits model=resnet20's 10" in markdown(table_rows(group_runs(short)), [], 0)
     whole = [fake("gmconv", 0, 90.0, trainer={"limit_train_batches": None, "limit_val_batches": None, "epochs": 10})]
     assert "†" not in markdown(table_rows(group_runs(whole)), [], 0)
+
+
+def test_settings_a_conv_type_cannot_act_on_do_not_split_a_condition():
+    """Runs made before and after such a default changed (the offsets' learning rate of a GMConv run, a dilation
+    on a standard one) trained the same network the same way: one group, labelled without them."""
+    runs = [fake("gmconv", 0, 90.0, optim={"offset_lr_scale": 1.0}, conv={"dilation": 2}),
+            fake("gmconv", 1, 91.0, optim={"offset_lr_scale": 0.1}, conv={"dilation": 3}),
+            fake("standard", 0, 89.0, optim={"offset_lr_scale": 1.0}), fake("standard", 1, 90.0)]
+    rows = rows_by_label(runs)
+    assert set(rows) == {"conv=gmconv", "conv=standard"} and rows["conv=gmconv"].top1.n == 2
+    assert rows["conv=gmconv"].delta.n == 2  # paired with the standard runs across the changed default
+    deformable = fake("deformable", 0, 80.0, optim={"offset_lr_scale": 1.0}, conv={"type": "deformable"})
+    other = fake("deformable", 1, 81.0, optim={"offset_lr_scale": 0.1}, conv={"type": "deformable"})
+    assert len(group_runs([deformable, other])) == 2  # where it acts, it is a setting
