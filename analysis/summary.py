@@ -36,6 +36,7 @@ from models.conv_types import OPTIONS
 BOOKKEEPING = frozenset({
     "seed", "resume", "eval_only", "ckpt",
     "trainer.progress", "trainer.device", "trainer.log_every_steps", "trainer.checkpoint_every_steps",
+    "trainer.log_masks",
     "data.root", "data.download", "data.num_workers", "data.pin_memory", "data.persistent_workers",
 })
 # What a GMConv run may set and a standard run may not (engine/config.py refuses σ's learning-rate scale
