@@ -144,8 +144,9 @@ class TrainerConfig:
     log_every_steps: int = 20  # step-level TensorBoard scalars, and a progress line when not on a terminal
     progress: bool = True  # tqdm bars on a terminal
     deterministic: bool = False
-    limit_train_batches: Optional[int] = None  # smoke runs: stop each epoch after this many batches
-    limit_val_batches: Optional[int] = None
+    # short runs: batches per epoch, a count (4) or a fraction of the epoch (0.1; Lightning's rule); null: all
+    limit_train_batches: Any = None
+    limit_val_batches: Any = None
     # TensorBoard images (sigma_mask/<layer>) of each GMConv layer's masks at its smallest, median and
     # largest σ at every epoch's end, beside the σ curves: receptive fields seen narrowing or widening
     log_masks: bool = False
@@ -277,10 +278,10 @@ def _check_ranges(cfg: DictConfig) -> None:
         (0 <= cfg.trainer.label_smoothing < 1, "trainer.label_smoothing", cfg.trainer.label_smoothing, "in [0, 1)"),
         (cfg.trainer.grad_clip is None or cfg.trainer.grad_clip > 0, "trainer.grad_clip",
          cfg.trainer.grad_clip, "a positive number or null"),
-        (cfg.trainer.limit_train_batches is None or cfg.trainer.limit_train_batches > 0,
-         "trainer.limit_train_batches", cfg.trainer.limit_train_batches, positive_or_null),
-        (cfg.trainer.limit_val_batches is None or cfg.trainer.limit_val_batches > 0,
-         "trainer.limit_val_batches", cfg.trainer.limit_val_batches, positive_or_null),
+        (_batch_limit_ok(cfg.trainer.limit_train_batches), "trainer.limit_train_batches",
+         cfg.trainer.limit_train_batches, "a positive number of batches, a fraction of the epoch in (0, 1], or null"),
+        (_batch_limit_ok(cfg.trainer.limit_val_batches), "trainer.limit_val_batches",
+         cfg.trainer.limit_val_batches, "a positive number of batches, a fraction of the epoch in (0, 1], or null"),
         (cfg.trainer.checkpoint_every_steps is None or cfg.trainer.checkpoint_every_steps > 0,
          "trainer.checkpoint_every_steps", cfg.trainer.checkpoint_every_steps, positive_or_null),
         (cfg.trainer.nonfinite_limit > 0, "trainer.nonfinite_limit", cfg.trainer.nonfinite_limit,
@@ -297,6 +298,24 @@ def _check_ranges(cfg: DictConfig) -> None:
     for ok, key, value, expected in checks:
         if not ok:
             raise ValueError(f"{key}={value} is invalid: expected {expected}")
+
+
+def _batch_limit_ok(limit: Any) -> bool:
+    if limit is None:
+        return True
+    if isinstance(limit, bool) or not isinstance(limit, (int, float)):
+        return False
+    return limit > 0 if isinstance(limit, int) else 0 < limit <= 1
+
+
+def batches_in(limit: Any, batches: int) -> int:
+    """How many of an epoch's ``batches`` a ``trainer.limit_*_batches`` setting lets run: all (null), at most a
+    count (an int), or a fraction of them, at least one (a float)."""
+    if limit is None:
+        return batches
+    if isinstance(limit, float):
+        return max(1, int(limit * batches))
+    return min(limit, batches)
 
 
 def _check_conv(conv: DictConfig) -> None:

@@ -19,6 +19,7 @@ from tqdm import tqdm
 from gmconv import reuse_masked_weights
 
 from .checkpoint import TrainState, unwrap
+from .config import batches_in
 from .metrics import EpochTotals, MetricSums
 from .nonfinite import NonFiniteGuard
 from .objective import Objective
@@ -51,8 +52,8 @@ def autocast(device: torch.device, amp: str) -> contextlib.AbstractContextManage
     return torch.autocast(device.type, dtype=AMP_DTYPES[amp])
 
 
-def _batches(loader: Iterable, limit: Optional[int]) -> tuple[Iterable, int]:
-    total = len(loader) if limit is None else min(limit, len(loader))
+def _batches(loader: Iterable, count: int) -> tuple[Iterable, int]:
+    total = min(count, len(loader))
     return itertools.islice(loader, total), total
 
 
@@ -91,8 +92,8 @@ def train_one_epoch(
         state.epoch_totals = EpochTotals(device)
     totals = state.epoch_totals  # the epoch's sums so far: empty, or restored from a mid-epoch checkpoint
     start_batch = state.batches_done
-    limit = trainer.limit_train_batches
-    batches, total = _batches(loader, None if limit is None else limit - start_batch)
+    # the loader holds the epoch's batches after start_batch (a mid-epoch checkpoint's position)
+    batches, total = _batches(loader, batches_in(trainer.limit_train_batches, start_batch + len(loader)) - start_batch)
     epoch_batches, group = start_batch + total, trainer.accumulate_steps
     bar = tqdm(batches, total=total, desc=f"train {epoch + 1}/{trainer.epochs}", disable=progress is not Progress.bar,
                leave=False, dynamic_ncols=True, file=sys.stdout)
@@ -215,7 +216,7 @@ def evaluate(
     """
     model.eval()
     sums = MetricSums(device)
-    batches, total = _batches(loader, trainer.limit_val_batches)
+    batches, total = _batches(loader, batches_in(trainer.limit_val_batches, len(loader)))
     with reuse_masked_weights(model):
         for images, targets in tqdm(batches, total=total, desc="eval", disable=progress is not Progress.bar,
                                     leave=False, dynamic_ncols=True, file=sys.stdout):

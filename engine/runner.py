@@ -27,7 +27,7 @@ from data.text import first_line
 
 from . import checkpoint
 from .checkpoint import TrainState, unwrap
-from .config import settings_without_effect, validate
+from .config import batches_in, settings_without_effect, validate
 from .evaluation import evaluate_checkpoint
 from .fit import Fit
 from .history import COMPLETED, STOPPED, History
@@ -171,7 +171,7 @@ def build_session(cfg: DictConfig, ctx: Context, resume: Optional[Resume]) -> Se
     if cfg.sched.warmup_epochs:
         log.info("lr warms up linearly from %g to %.4g over %g epoch(s) (sched.warmup_epochs)", cfg.sched.warmup_lr, lr,
                  cfg.sched.warmup_epochs)
-    batches_per_epoch = min(len(train_loader), cfg.trainer.limit_train_batches or len(train_loader))
+    batches_per_epoch = batches_in(cfg.trainer.limit_train_batches, len(train_loader))
     optimizer = build_optimizer(unwrap(model), cfg.optim, lr)
     state = TrainState(
         model=model,

@@ -25,7 +25,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from data import build_loaders, set_epoch  # noqa: E402
 from engine.checkpoint import TrainState  # noqa: E402
-from engine.config import compose_config, validate  # noqa: E402
+from engine.config import batches_in, compose_config, validate  # noqa: E402
 from engine.loop import Progress, train_one_epoch  # noqa: E402
 from engine.optim import build_optimizer, build_scheduler  # noqa: E402
 from engine.distributed import DistInfo, select_device  # noqa: E402
@@ -64,7 +64,7 @@ def main() -> None:
     device = select_device(cfg.trainer.device, DistInfo())
     torch.manual_seed(cfg.seed)
     loader, _, info = build_loaders(cfg.data, seed=cfg.seed, pin_memory=device.type == "cuda", device=device)
-    steps = min(len(loader), cfg.trainer.limit_train_batches or len(loader))
+    steps = batches_in(cfg.trainer.limit_train_batches, len(loader))
 
     def fresh_model() -> torch.nn.Module:
         return build_model(cfg.model, cfg.conv, num_classes=info.num_classes, image_size=info.image_size).to(device)

@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import pytest
-from helpers import CONFIGS, compose_train, ok, train
+from helpers import CONFIGS, compose_train, load, ok, run_in_process, train
 from hydra.errors import ConfigCompositionException
 from omegaconf import OmegaConf
 
-from engine.config import resume_changes, settings_without_effect, validate
+from engine.config import batches_in, resume_changes, settings_without_effect, validate
 
 
 def options(group: str) -> list[str]:
@@ -174,3 +174,24 @@ def test_what_an_experiment_and_the_command_line_change_of_the_recipe_is_listed(
                                                 "trainer.epochs 164 → 20"]  # data.num_workers is not the recipe's
     assert recipe_line(run).startswith("recipe: cifar10/resnet110 — He et al. 2016: SGD lr 0.1")
     assert "optimizer for alexnet: lr 0.01" in recipe_line(compose_train("data=imagenet", "model=alexnet"))
+
+
+@pytest.mark.parametrize("value, ok", [("4", True), ("0.25", True), ("1.0", True), ("null", True), ("0", False),
+                                       ("1.5", False), ("-2", False), ("true", False), ("abc", False)])
+def test_a_batch_limit_is_a_count_or_a_fraction_of_the_epoch(value, ok):
+    for key in ("trainer.limit_train_batches", "trainer.limit_val_batches"):
+        cfg = compose_train(f"{key}={value}")
+        if ok:
+            validate(cfg)
+        else:
+            with pytest.raises(ValueError, match=f"{key}=.* is invalid: expected a positive number of batches, a "
+                                                 "fraction of the epoch in \\(0, 1\\], or null"):
+                validate(cfg)
+    assert [batches_in(limit, 23) for limit in (None, 4, 40, 0.5, 0.01, 1.0)] == [23, 4, 23, 11, 1, 23]
+
+
+def test_fractions_of_the_epoch_train_and_evaluate_that_share(tmp_path):
+    results = run_in_process(tmp_path, "trainer.epochs=1", "trainer.limit_train_batches=0.5",
+                             "trainer.limit_val_batches=0.34", "trainer.progress=false")
+    assert load(tmp_path / "checkpoints" / "last.pt")["step"] == 11  # 23 batches of 64 digits: half is 11
+    assert results["eval_samples"] == 2 * 64  # 6 validation batches: a third is 2
