@@ -195,3 +195,11 @@ def test_fractions_of_the_epoch_train_and_evaluate_that_share(tmp_path):
                              "trainer.limit_val_batches=0.34", "trainer.progress=false")
     assert load(tmp_path / "checkpoints" / "last.pt")["step"] == 11  # 23 batches of 64 digits: half is 11
     assert results["eval_samples"] == 2 * 64  # 6 validation batches: a third is 2
+
+
+def test_debug_fast_is_one_short_epoch_apart_from_real_runs(tmp_path):
+    cfg = compose_train("debug=fast", "model=resnet56", hydra=True)
+    assert (cfg.trainer.epochs, cfg.trainer.limit_train_batches, cfg.trainer.limit_val_batches) == (1, 4, 2)
+    assert OmegaConf.to_container(cfg.hydra.run)["dir"].startswith("outputs/debug/${data.name}/")
+    results = run_in_process(tmp_path, "debug=fast", "trainer.progress=false")
+    assert results["status"] == "completed" and results["epochs"] == 1
