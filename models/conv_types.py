@@ -3,7 +3,7 @@
 Every type but ``standard`` replaces the convolutions that the selection options choose (``min_kernel_size``,
 ``convert_patchify``, ``include``, ``exclude``: gmconv.replace_convs), so GMConv and its rivals are compared on
 the same layers of the same backbone. Adding a type: a member of ``ConvType``, its options here and a
-builder, a file in configs/conv/.
+builder in BUILDERS, a file in configs/conv/.
 """
 
 from __future__ import annotations
@@ -59,19 +59,23 @@ def check_rival_options(conv_cfg: Any) -> None:
 
 
 def rival_builder(conv_cfg: Any) -> Callable[[nn.Conv2d], nn.Module]:
-    """The function that turns one selected ``nn.Conv2d`` into the rival ``conv.type`` names."""
-    kind = ConvType(conv_cfg.type)
-    if kind is ConvType.deformable:
-        return lambda conv: rebuilt_conv(conv, DeformConv2d, conv.weight.detach(), modulated=conv_cfg.modulated,
-                                         offset_groups=conv_cfg.offset_groups)
-    if kind is ConvType.dcls:
-        # a kernel already as large (a 7×7 stem) keeps its side: its elements move within it
-        return lambda conv: Dcls2d(conv, max(conv.kernel_size[0], conv_cfg.dcls_size), conv_cfg.dcls_sigma_init)
-    if kind is ConvType.dilated:
-        return lambda conv: dilated(conv, conv_cfg.dilation)
-    if kind is ConvType.large_kernel:
-        return lambda conv: enlarge_kernel(conv, tuple(max(side, conv_cfg.kernel_size) for side in conv.kernel_size))
-    raise ValueError(f"conv.type={kind.value} has no rival builder")
+    """The function that turns one selected ``nn.Conv2d`` into the rival ``conv.type`` names (BUILDERS)."""
+    build = BUILDERS[ConvType(conv_cfg.type)]
+    return lambda conv: build(conv, conv_cfg)
+
+
+def _deformable(conv: nn.Conv2d, conv_cfg: Any) -> nn.Module:
+    return rebuilt_conv(conv, DeformConv2d, conv.weight.detach(), modulated=conv_cfg.modulated,
+                        offset_groups=conv_cfg.offset_groups)
+
+
+def _dcls(conv: nn.Conv2d, conv_cfg: Any) -> nn.Module:
+    # a kernel already as large (a 7×7 stem) keeps its side: its elements move within it
+    return Dcls2d(conv, max(conv.kernel_size[0], conv_cfg.dcls_size), conv_cfg.dcls_sigma_init)
+
+
+def _large_kernel(conv: nn.Conv2d, conv_cfg: Any) -> nn.Module:
+    return enlarge_kernel(conv, tuple(max(side, conv_cfg.kernel_size) for side in conv.kernel_size))
 
 
 def dilated(conv: nn.Conv2d, dilation: int) -> nn.Conv2d:
@@ -80,6 +84,14 @@ def dilated(conv: nn.Conv2d, dilation: int) -> nn.Conv2d:
     if not isinstance(padding, str):
         padding = tuple(p + (dilation - d) * (k - 1) // 2 for p, d, k in zip(padding, conv.dilation, conv.kernel_size))
     return rebuilt_conv(conv, nn.Conv2d, conv.weight.detach(), dilation=(dilation, dilation), padding=padding)
+
+
+BUILDERS: dict[ConvType, Callable[[nn.Conv2d, Any], nn.Module]] = {
+    ConvType.deformable: _deformable,
+    ConvType.dcls: _dcls,
+    ConvType.dilated: lambda conv, conv_cfg: dilated(conv, conv_cfg.dilation),
+    ConvType.large_kernel: _large_kernel,
+}
 
 
 def selection(conv_cfg: Any) -> GMConvOptions:
