@@ -43,10 +43,10 @@ class Dcls2d(nn.Module):
         self.in_channels, self.out_channels, self.groups = conv.in_channels, conv.out_channels, conv.groups
         self.kernel_size, self.size = (kh, kw), size
         self.stride, self.dilation = conv.stride, conv.dilation
-        grow = (size - kh) // 2 if (size - kh) % 2 == 0 else None
-        if grow is None:
+        if (size - kh) % 2:
             raise ValueError(f"conv.dcls_size={size} and a {kh}×{kh} kernel must differ by an even number (the "
                              "kernel's centre stays where it is)")
+        grow = (size - kh) // 2
         self.padding = tuple(p + d * grow for p, d in zip(conv.padding, conv.dilation))
         weight = conv.weight.detach()
         self.weight = nn.Parameter(weight.flatten(2).clone())  # (out, in/groups, k²)
@@ -63,6 +63,7 @@ class Dcls2d(nn.Module):
 
     @property
     def sigma(self) -> torch.Tensor:
+        """Each element's width along y and x, in taps: (2, out, in/groups, k²)."""
         return F.softplus(self.sigma_raw) + SIGMA_MIN
 
     def dense_weight(self) -> torch.Tensor:
@@ -70,10 +71,8 @@ class Dcls2d(nn.Module):
         limit = (self.size - 1) / 2
         with torch.no_grad():
             self.positions.clamp_(-limit, limit)
-        sigma = F.softplus(self.sigma_raw) + SIGMA_MIN
-        grid = self.grid.to(self.positions.dtype)
         # (2, out, in/groups, k², size): the two separable Gaussians of each element, each summing to 1
-        profile = torch.exp(-0.5 * ((grid - self.positions.unsqueeze(-1)) / sigma.unsqueeze(-1)) ** 2)
+        profile = torch.exp(-0.5 * ((self.grid - self.positions.unsqueeze(-1)) / self.sigma.unsqueeze(-1)) ** 2)
         profile = profile / profile.sum(-1, keepdim=True)
         rows = (self.weight.unsqueeze(-1) * profile[0]).flatten(0, 1)  # (out·in/groups, k², size)
         cols = profile[1].flatten(0, 1)
