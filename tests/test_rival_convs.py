@@ -178,7 +178,7 @@ def test_the_offsets_learn_at_their_own_rate_and_dcls_spacings_are_not_decayed()
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("name", RIVALS)
+@pytest.mark.parametrize("name", ["dilated", "large_kernel"])  # dcls and deformable: the export test trains them
 def test_train_py_runs_each_rival_on_the_digits(name, tmp_path):
     results = run_in_process(tmp_path / name, f"conv={name}", *QUICK)
     assert results["status"] == "completed" and results["conv"] == name
@@ -190,8 +190,9 @@ def test_a_dcls_run_exports_folded_and_a_deformable_run_only_unfolded(tmp_path, 
     sys.path.insert(0, str(ROOT / "scripts"))
     import export  # scripts/export.py
 
-    for name in ("dcls", "deformable"):
-        run_in_process(tmp_path / name, f"conv={name}", *QUICK)
+    for name in ("dcls", "deformable"):  # train.py runs them on the digits
+        results = run_in_process(tmp_path / name, f"conv={name}", *QUICK)
+        assert results["status"] == "completed" and results["params"] > 0 and results["flops"] > 0
     assert export.main([str(tmp_path / "dcls"), "--format", "state_dict", "--out", str(tmp_path / "dcls.sd")]) == 0
     assert export.main([str(tmp_path / "deformable"), "--format", "pt2", "--out", str(tmp_path / "d.pt2")]) == 2
     assert "cannot fold deformable convolutions" in capsys.readouterr().err

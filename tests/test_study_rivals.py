@@ -13,23 +13,31 @@ TINY = ["trainer.epochs=1", "data.train_size=64", "data.val_size=32", "data.batc
 
 
 @pytest.mark.slow
-def test_a_study_records_each_run_once_and_reports_paired_deltas(tmp_path, capsys):
-    record, tables = tmp_path / "runs.csv", tmp_path / "tables.md"
-    arguments = ["run", "--seeds", "2", "--arms", "standard", "dilated", "--out", str(tmp_path / "runs"),
+def test_a_study_records_each_run_once_with_its_erfs_shape(tmp_path, capsys):
+    record = tmp_path / "runs.csv"
+    arguments = ["run", "--seeds", "1", "--arms", "standard", "dilated", "--out", str(tmp_path / "runs"),
                  "--record", str(record), "--overrides", *TINY]
     rivals.main(arguments)
     rows = list(csv.DictReader(record.open()))
-    assert [(r["arm"], r["seed"]) for r in rows] == [("standard", "0"), ("dilated", "0"), ("standard", "1"),
-                                                     ("dilated", "1")]
+    assert [(r["arm"], r["seed"]) for r in rows] == [("standard", "0"), ("dilated", "0")]
     assert all(r["amp"] in ("bf16", "none") and 0 <= float(r["trained_gauss_r2"]) <= 1 for r in rows)
     assert all(float(r["init_gauss_mass_1sigma"]) > 0 and r["sigma_mean"] == "" for r in rows)
     rivals.main(arguments)  # everything is recorded: nothing runs again
-    assert "4 of 4 runs already in" in capsys.readouterr().out
-    assert len(list(csv.DictReader(record.open()))) == 4
+    assert "2 of 2 runs already in" in capsys.readouterr().out
+    assert len(list(csv.DictReader(record.open()))) == 2
+
+
+def test_the_report_pairs_each_arm_with_the_standard_convolution_by_seed(tmp_path):
+    def row(arm: str, seed: int, top1: float) -> dict:
+        return {**dict.fromkeys(rivals.COLUMNS, "0.5"), "data": "digits_cluttered", "digit_size": "", "arm": arm,
+                "seed": seed, "top1": top1, "params": 1000, "flops": 2000000, "amp": "bf16", "channels_last": True,
+                "sigma_mean": ""}
+    record, tables = tmp_path / "runs.csv", tmp_path / "tables.md"
+    rivals.write_record(record, [row("standard", 0, 90.0), row("dilated", 0, 91.0), row("standard", 1, 88.0),
+                                 row("dilated", 1, 88.5), row("dilated", 2, 99.0)])
     rivals.main(["report", "--record", str(record), "--tables", str(tables)])
-    table = tables.read_text()
-    dilated = next(line for line in table.splitlines() if line.startswith("| dilated"))
-    assert "| 2 |" in dilated and "[" in dilated  # two seeds, a paired Δ with its interval
+    dilated = next(line for line in tables.read_text().splitlines() if line.startswith("| dilated"))
+    assert "| 3 |" in dilated and "+0.75 [" in dilated  # three seeds; Δ over the two shared with standard
 
 
 def test_compare_pairs_the_precisions_by_seed(tmp_path):
