@@ -246,12 +246,10 @@ def compare(args: argparse.Namespace) -> None:
         low, high = confidence_interval(mean, std, len(deltas))
         table.append([data, arm, len(seeds), pm([float(fp32[s]["top1"]) for s in seeds]),
                       pm([float(bf16[s]["top1"]) for s in seeds]), f"{mean:+.2f} [{low:+.2f}, {high:+.2f}]",
-                      pm([float(fp32[s]["wall_time_s"]) for s in seeds], 0),
-                      pm([float(bf16[s]["wall_time_s"]) for s in seeds], 0),
                       pm([float(fp32[s]["sigma_mean"]) for s in seeds if fp32[s]["sigma_mean"]], 3) or "—",
                       pm([float(bf16[s]["sigma_mean"]) for s in seeds if bf16[s]["sigma_mean"]], 3) or "—"])
     lines.append(markdown_table(["data", "arm", "seeds", "top-1 fp32 %", "top-1 bf16 %", "Δ bf16 − fp32 [95 % CI]",
-                             "wall s fp32", "wall s bf16", "mean σ fp32", "mean σ bf16"], table))
+                                 "mean σ fp32", "mean σ bf16"], table))
     args.out.parent.mkdir(parents=True, exist_ok=True)
     atomic_write(args.out, lambda tmp: Path(tmp).write_text("\n".join(lines) + "\n"))
     print("\n".join(lines))
