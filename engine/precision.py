@@ -3,8 +3,8 @@
 ``trainer.amp=auto`` (the default) trains under bf16 autocast where the device computes bf16 in
 hardware: a CUDA device with native bf16 (Ampere and later), a CPU with AMX or AVX-512 BF16 units
 (asked through ``torch.cpu.get_capabilities()``). Elsewhere it stays in fp32, where emulated bf16 would
-only be slower. ``trainer.channels_last=auto`` follows: NHWC is the layout the bf16 convolution
-kernels of cuDNN and oneDNN run natively, and in fp32 it buys little.
+only be slower. ``trainer.channels_last=auto`` follows it: NHWC is the layout the bf16 convolution
+kernels of cuDNN and oneDNN run natively.
 
 Parameters, σ, the Gaussian masks, optimizer state and the loss stay fp32 whatever is chosen: autocast
 casts the convolutions' inputs only, the loss is computed on fp32 logits (engine/loop.py) and the masks
