@@ -1,12 +1,14 @@
 """Run train.py with a fault injected at a chosen moment: the reliability tests' tool, not part of the framework.
 
     python tests/inject.py [--kill-in-write N] [--kill-in-eval N] [--kill-at-step N] [--term-at-step N]
-                           [--run-time "YYYY-MM-DD HH:MM:SS"] -- ARGS
+                           [--hold-at-step N] [--run-time "YYYY-MM-DD HH:MM:SS"] -- ARGS
 
 --kill-in-write N: the process SIGKILLs itself halfway through writing its N-th checkpoint file.
 --kill-in-eval N:  the process SIGKILLs itself during its N-th evaluation, after the first batch.
 --kill-at-step N:  the process SIGKILLs itself right after optimizer step N (and the checkpoint due then).
 --term-at-step N:  the process sends itself SIGTERM at optimizer step N (a preemption: it saves and stops).
+--hold-at-step N:  the process waits, still training, after optimizer step N until a signal from outside ends it
+                   (so an outside kill lands mid-training however fast or loaded the machine is).
 --run-time T:      the run's start time is T (two runs "started in the same second").
 ARGS are train.py's arguments; train.py then runs as ``python train.py ARGS`` would.
 """
@@ -94,16 +96,19 @@ def kill_in_eval(n: int) -> None:
     engine.fit.evaluate = patched
 
 
-def at_step(n: int, kill: bool) -> None:
-    """SIGKILL after step ``n``'s work (``kill``), or SIGTERM before the step's stop check."""
+def at_step(n: int, action: str) -> None:
+    """After step ``n``'s work: SIGKILL (``kill``) or wait for a signal (``hold``); or SIGTERM before the step's
+    stop check (``term``)."""
     original = engine.fit.Fit.on_step
 
     def patched(self: Any, state: Any) -> bool:
-        if state.step == n and not kill:
+        if state.step == n and action == "term":
             os.kill(os.getpid(), signal.SIGTERM)
         stop = original(self, state)
-        if state.step == n and kill:
+        if state.step == n and action == "kill":
             die()
+        while state.step == n and action == "hold":
+            signal.pause()
         return stop
 
     engine.fit.Fit.on_step = patched
@@ -115,6 +120,7 @@ def main() -> None:
     parser.add_argument("--kill-in-eval", type=int)
     parser.add_argument("--kill-at-step", type=int)
     parser.add_argument("--term-at-step", type=int)
+    parser.add_argument("--hold-at-step", type=int)
     parser.add_argument("--run-time")
     parser.add_argument("train_args", nargs=argparse.REMAINDER)
     args = parser.parse_args()
@@ -122,10 +128,10 @@ def main() -> None:
         kill_in_write(args.kill_in_write)
     if args.kill_in_eval:
         kill_in_eval(args.kill_in_eval)
-    if args.kill_at_step:
-        at_step(args.kill_at_step, kill=True)
-    if args.term_at_step:
-        at_step(args.term_at_step, kill=False)
+    for action in ("kill", "term", "hold"):
+        step = getattr(args, f"{action}_at_step")
+        if step:
+            at_step(step, action)
     if args.run_time:
         start = datetime.fromisoformat(args.run_time)
         engine.distributed.agree_on_run_time = lambda info: start

@@ -393,7 +393,7 @@ def test_repeated_kills_at_any_moment_end_with_the_weights_of_an_uninterrupted_r
     assert load(last)["step"] == 4 and len(partial_writes(run_dir)) == 1
     killed("--kill-in-eval", "1")  # epoch 1's evaluation: its last step is saved with its record, after it
     assert load(last)["step"] == 4 and not partial_writes(run_dir)
-    killed(until=lambda ckpt: ckpt["step"] >= 10)  # from outside, while epoch 2 trains
+    killed("--hold-at-step", "11", until=lambda ckpt: ckpt["step"] == 10)  # from outside, while epoch 2 trains
     ok(train(f"resume={run_dir}"))
     assert json.loads((run_dir / "results.json").read_text())["status"] == "completed"
     full, resumed = load(tmp_path / "full/checkpoints/last.pt"), load(last)
