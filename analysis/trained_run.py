@@ -25,14 +25,12 @@ from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
 from data.loaders import build_val_loader
-from models import build_model
-
 from engine.checkpoint import BEST, LAST, find_checkpoint, load_checkpoint, load_model_weights
 from engine.config import TrainConfig, flatten
+from models import build_model
 
 from .preprocess import Preprocessing, Preprocessor, preprocessing_of
 from .summary import experiment_settings, natural_key
-
 
 WEIGHTS = ("best", "last", "ema")
 

@@ -58,7 +58,7 @@ class SkipUnreadable(Dataset):
             except UnreadableImage:
                 continue
         raise UnreadableImage(f"{MAX_TRIES} image files in a row from sample {index} on are unreadable: the "
-                              "dataset is broken, not one file; run python scripts/check_data.py <data.root>")
+                              "dataset is broken, not one file; run python -m scripts.check_data <data.root>")
 
 
 class Batch(tuple):

@@ -73,7 +73,7 @@ def _split(directory: Path, transform: v2.Compose) -> datasets.ImageFolder:
 
 def _refuse(problem: Optional[str], root: Path) -> None:
     if problem is not None:
-        raise ValueError(f"{problem}; python scripts/check_data.py {root} lists every problem of the tree")
+        raise ValueError(f"{problem}; python -m scripts.check_data {root} lists every problem of the tree")
 
 
 def build_folder(data: DataConfig, *, with_train: bool = True) -> Splits:

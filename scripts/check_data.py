@@ -1,6 +1,6 @@
 """Check a class-folder dataset (data=imagenet / imagefolder) before training on it.
 
-    python scripts/check_data.py /datasets/imagenet [--workers 16] [--image-size 224]
+    python -m scripts.check_data /datasets/imagenet [--workers 16] [--image-size 224]
 
 Applies training's own rule of what a class folder, an image file and a problem are
 (data/class_folders.py) and decodes every image, in parallel, with a progress bar. Lists:
@@ -21,13 +21,18 @@ from typing import Optional
 
 from tqdm import tqdm
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from data.class_folders import (LAYOUT, SPLITS, SplitFiles, empty_classes_problem,  # noqa: E402
-                                mismatch_problem, scan_split, too_few_classes_problem)
-from data.folder import FILE_ERRORS, decode  # noqa: E402
-from data.loaders import available_cores  # noqa: E402
-from data.text import first_line  # noqa: E402
+from data.class_folders import (
+    LAYOUT,
+    SPLITS,
+    SplitFiles,
+    empty_classes_problem,
+    mismatch_problem,
+    scan_split,
+    too_few_classes_problem,
+)
+from data.folder import FILE_ERRORS, decode
+from data.loaders import available_cores
+from data.text import first_line
 
 
 def tree_problems(root: Path) -> tuple[list[str], dict[str, SplitFiles]]:

@@ -5,8 +5,8 @@ them, except the seed and bookkeeping (analysis/summary.py: BOOKKEEPING); each g
 the standard-conv group of the same other settings, paired by seed. Unfinished or failed runs are
 listed below the table, never averaged in.
 
-    python scripts/summarize.py outputs/multirun/2025-01-01_10-00-00 outputs/digits
-    python scripts/summarize.py outputs --out results/summary.md    # also results/summary.csv
+    python -m scripts.summarize outputs/multirun/2025-01-01_10-00-00 outputs/digits
+    python -m scripts.summarize outputs --out results/summary.md    # also results/summary.csv
 """
 
 from __future__ import annotations
@@ -15,10 +15,8 @@ import argparse
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from anywhere without installing
-
-from analysis.summary import csv_text, group_runs, markdown, read_runs, table_rows  # noqa: E402
-from analysis.trained_run import find_run_folders  # noqa: E402
+from analysis.summary import csv_text, group_runs, markdown, read_runs, table_rows
+from analysis.trained_run import find_run_folders
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -8,6 +8,7 @@ import math
 from pathlib import Path
 
 import pytest
+
 from helpers import load, run_in_process
 
 SMALL = ["resnet56", "mobilenet_v2", "timm"]

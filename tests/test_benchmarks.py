@@ -12,27 +12,27 @@ TINY = ["model=resnet20", "data=fake", "data.image_size=16", "data.batch_size=8"
 
 
 def _script(name: str, *args: str) -> str:
-    proc = subprocess.run([sys.executable, f"scripts/{name}", *args], cwd=ROOT, capture_output=True, text=True,
+    proc = subprocess.run([sys.executable, "-m", f"scripts.bench.{name}", *args], cwd=ROOT, capture_output=True, text=True,
                           timeout=300)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
     return proc.stdout
 
 
 def test_bench_engine_reports_the_engine_against_a_bare_loop():
-    out = _script("bench_engine.py", "--rounds", "1", *TINY, "trainer.limit_train_batches=3")
+    out = _script("engine_overhead", "--rounds", "1", *TINY, "trainer.limit_train_batches=3")
     ratio = re.search(r"\| engine \(train_one_epoch \+ DataLoader\) \| [\d.]+ \| ([\d.]+) \|", out)
     assert ratio and float(ratio.group(1)) > 0, out
     assert "3 batches of 8" in out
 
 
 def test_bench_data_names_what_limits_the_run():
-    out = _script("bench_data.py", "--workers", "0,1", "--batches", "2", "--warmup", "1", "--rounds", "1", *TINY)
+    out = _script("loader_vs_model", "--workers", "0,1", "--batches", "2", "--warmup", "1", "--rounds", "1", *TINY)
     assert "| loader, 0 workers |" in out and "| loader, 1 workers |" in out, out
     assert re.search(r"limits this run", out), out
 
 
 def test_bench_gmconv_compares_every_variant_with_the_standard_network():
-    out = _script("bench_gmconv.py", "--models", "resnet18", "--batch-size", "2", "--image-size", "32",
+    out = _script("gmconv_speed", "--models", "resnet18", "--batch-size", "2", "--image-size", "32",
                   "--reps", "2", "--warmup", "1", "--device", "cpu", "--profile", "1")
     row = re.search(r"^resnet18 +([\d. |%]+)$", out, re.MULTILINE)
     assert row, out

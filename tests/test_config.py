@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import pytest
-from helpers import CONFIGS, compose_train, load, ok, run_in_process, train
 from hydra.errors import ConfigCompositionException
 from omegaconf import OmegaConf
 
 from engine.config import batches_in, resume_changes, settings_without_effect, validate
+from helpers import CONFIGS, compose_train, load, ok, run_in_process, train
 
 
 def options(group: str) -> list[str]:
@@ -148,13 +148,13 @@ def test_schedule_settings_that_cannot_take_effect_are_warned_about(overrides, w
 
 def test_docs_recipes_is_what_the_configs_compose_to():
     """docs/RECIPES.md is generated from the configs: it cannot drift from them."""
-    from scripts.recipes_table import table
+    from analysis.recipes_table import table
 
-    assert (CONFIGS.parent / "docs" / "RECIPES.md").read_text() == table(), "run python scripts/recipes_table.py --out docs/RECIPES.md"
+    assert (CONFIGS.parent / "docs" / "RECIPES.md").read_text() == table(), "run python -m scripts.docs.recipes_table --out docs/RECIPES.md"
 
 
 def test_no_value_tuned_on_the_digits_reaches_another_dataset():
-    from scripts.recipes_table import composed, options
+    from analysis.recipes_table import composed, options
 
     for data in ("cifar10", "cifar100", "imagenet", "imagefolder"):
         for model in options("model"):

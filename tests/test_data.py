@@ -22,8 +22,7 @@ from sklearn.datasets import load_digits
 from torch.utils.data import Dataset
 from torchvision.transforms import v2
 
-from data import DataConfig, build_loaders, check_data_config, set_epoch
-from data import fake
+from data import DataConfig, build_loaders, check_data_config, fake, set_epoch
 from data.batch_augment import BatchAugment, BatchAugmentedLoader
 from data.info import Splits
 from data.registry import BUILDERS, DatasetBuilder

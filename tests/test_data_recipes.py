@@ -18,8 +18,8 @@ from data import DataConfig, build_loaders, check_data_config, set_epoch
 from data.folder import decode
 from data.transforms import augmentation_policy, folder_transforms, resize_for_crop, small_image_transforms
 from engine.config import validate
-from models import build_model, count_flops
 from helpers import QUICK, compose_train, run_in_process
+from models import build_model, count_flops
 
 POLICIES = ["rand-m9-mstd0.5-inc1", "rand-m9-n3-tweights", "augmix-m5-w4-d2", "original", "v0",
             "randaugment", "trivialaugment", "autoaugment"]

@@ -7,8 +7,7 @@ import re
 import pytest
 import torch
 
-from data import build_loaders, check_data_config
-from data import digit_canvas
+from data import build_loaders, check_data_config, digit_canvas
 from data.digit_canvas import build_digit_canvases, fragment_size, render
 from data.digits import DigitSplit, digit_split
 from helpers import from_yaml

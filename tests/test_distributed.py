@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 import torch
+
 from helpers import ROOT, load, run_in_process, wait_for_checkpoint
 
 QUICK = ["trainer.device=cpu", "trainer.progress=false", "trainer.limit_val_batches=2"]

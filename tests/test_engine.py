@@ -14,10 +14,10 @@ from torch.utils._python_dispatch import TorchDispatchMode
 
 from engine.checkpoint import TrainState, capture_rng, restore_rng
 from engine.config import OptimConfig, SchedConfig
+from engine.ema import build_ema
 from engine.loop import Progress, train_one_epoch
 from engine.metrics import topk_correct
 from engine.nonfinite import NonFiniteGuard
-from engine.ema import build_ema
 from engine.objective import build_objective
 from engine.optim import build_optimizer, build_scheduler, param_groups, scaled_lr
 from gmconv import DynamicGMConv2d, GMConv2d

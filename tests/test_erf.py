@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import copy
-import importlib.util
 import json
 import math
 import os
@@ -17,9 +16,9 @@ import torch
 from PIL import Image
 from torch import nn
 
+from analysis import erf_report
 from gmconv import DynamicGMConv2d, GMConv2d, erf_map, erf_stats
-from gmconv.erf import GAUSSIAN_MASS, gaussian_fit
-from gmconv.erf import spatial_layers
+from gmconv.erf import GAUSSIAN_MASS, gaussian_fit, spatial_layers
 from helpers import ROOT, failed_with, ok, run_in_process
 from models.cifar_resnet import CifarResNet
 
@@ -30,18 +29,9 @@ STAT_KEYS = {"centroid_y", "centroid_x", "sigma_y", "sigma_x",
              "gauss_r2", "gauss_mass_1sigma", "gauss_mass_2sigma", "gauss_sigma_major", "gauss_sigma_minor"}
 
 
-def _script():
-    """scripts/erf.py as a module, to call its functions in-process."""
-    spec = importlib.util.spec_from_file_location("erf_script", ROOT / "scripts" / "erf.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # its dataclass looks its module up
-    spec.loader.exec_module(module)
-    return module
-
-
 def _script_run(*args: str) -> subprocess.CompletedProcess:
-    """``python scripts/erf.py *args`` with one thread: tiny tensors, and a 2-core CPU shared with other jobs."""
-    return subprocess.run([sys.executable, "scripts/erf.py", *args], cwd=ROOT, capture_output=True, text=True,
+    """``python -m scripts.erf *args`` with one thread: tiny tensors, and a 2-core CPU shared with other jobs."""
+    return subprocess.run([sys.executable, "-m", "scripts.erf", *args], cwd=ROOT, capture_output=True, text=True,
                           timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})
 
 
@@ -207,7 +197,7 @@ def test_a_sweep_gives_one_condition_per_setting_with_its_seeds_stats_and_each_r
 
 
 def test_the_figure_is_init_above_trained_per_condition_in_pixels_with_one_colour_bar(sweep, one_thread):
-    script = _script()
+    script = erf_report
     measured = script.collect([str(sweep / "0"), str(sweep / "1")], 2, None)
     (condition,) = measured
     assert [r.run.config.seed for r in condition.runs] == [0, 1]
@@ -233,7 +223,7 @@ def test_the_figure_is_init_above_trained_per_condition_in_pixels_with_one_colou
 
 
 def test_a_single_checkpoint_file_is_one_condition_written_beside_it(sweep, one_thread):
-    script = _script()
+    script = erf_report
     checkpoint = next((sweep / "2" / "checkpoints").glob("*.pt"))
     assert script.main([str(checkpoint), "--images", "2"]) == 0
     summary = json.loads((checkpoint.parent / "erf" / "erf.json").read_text())
@@ -249,7 +239,7 @@ def test_script_refuses_bad_input_in_one_line(sweep, tmp_path, capsys, one_threa
     proc = _script_run(str(empty))
     assert proc.returncode == 2
     assert len(failed_with(proc, "holds no checkpoint").strip().splitlines()) == 1
-    script = _script()
+    script = erf_report
     capsys.readouterr()
     assert script.main([str(sweep / "0"), "--layer", "layer9", "--out", str(tmp_path)]) == 2
     error = capsys.readouterr().err.strip()

@@ -16,8 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.func import functional_call
 
-from gmconv import (DynamicGMConv2d, GMConv2d, GMConvOptions, convert_to_gmconv, gmconv_from_conv,
-                    reuse_masked_weights)
+from gmconv import DynamicGMConv2d, GMConv2d, GMConvOptions, convert_to_gmconv, gmconv_from_conv, reuse_masked_weights
 from gmconv.options import CONVERSION_OPTIONS, option_names
 from models.registry import create_backbone
 

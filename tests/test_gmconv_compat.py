@@ -1,11 +1,10 @@
 """GMConv around a model: fx (feature extraction), TorchScript, torch.export, timm's re-parameterisation,
-patchify and large kernels, σ without gradient, detection backbones, and scripts/zoo_check.py.
+patchify and large kernels, σ without gradient, detection backbones, and scripts/docs/zoo_check.py.
 (The layer itself: test_gmconv.py; conversion and folding: test_gmconv_convert.py.)"""
 
 from __future__ import annotations
 
 import copy
-import importlib.util
 import math
 import os
 import re
@@ -20,21 +19,20 @@ from timm.utils import reparameterize_model
 from torch import nn
 from torchvision.models.feature_extraction import create_feature_extractor
 
+from analysis import zoo_check as zoo_check_module
 from engine.config import validate
 from gmconv import (
-    ConversionReport, DynamicGMConv2d, GMConv2d, convert_to_gmconv, fold_gmconv, reparameterize,
+    ConversionReport,
+    DynamicGMConv2d,
+    GMConv2d,
+    convert_to_gmconv,
+    fold_gmconv,
+    reparameterize,
     sigma_without_gradient,
 )
 from tests.helpers import ROOT, compose_train
 
 pytestmark = pytest.mark.usefixtures("one_thread")
-
-
-def _zoo_check():
-    spec = importlib.util.spec_from_file_location("zoo_check", ROOT / "scripts" / "zoo_check.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def converted_resnet18(**options) -> nn.Module:
@@ -240,7 +238,7 @@ def test_detection_models_convert_train_and_fold_exactly(builder, kwargs):
             torch.testing.assert_close(got[key], want[key], rtol=1e-5, atol=1e-5)
 
 
-# ---------------------------------------------------------------- scripts/zoo_check.py
+# ---------------------------------------------------------------- scripts/docs/zoo_check.py
 
 
 ZOO_FAMILIES = [
@@ -254,7 +252,7 @@ ZOO_FAMILIES = [
 
 @pytest.fixture(scope="module")
 def zoo_check():
-    return _zoo_check()
+    return zoo_check_module
 
 
 @pytest.mark.parametrize("spec", ZOO_FAMILIES)

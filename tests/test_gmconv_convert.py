@@ -12,10 +12,17 @@ import torchvision
 from torch import nn
 
 from gmconv import (
-    ConversionReport, DynamicGMConv2d, GMConv2d, GMConvOptions, convert_to_gmconv, enlarge_kernel, fold_gmconv,
-    fold_layer, sigma_parameters, sigma_stats,
+    ConversionReport,
+    DynamicGMConv2d,
+    GMConv2d,
+    GMConvOptions,
+    convert_to_gmconv,
+    enlarge_kernel,
+    fold_gmconv,
+    fold_layer,
+    sigma_parameters,
+    sigma_stats,
 )
-
 
 # torch warns that padding="same" with an even kernel copies the input; that case is tested on purpose
 pytestmark = [pytest.mark.filterwarnings("ignore:Using padding='same' with even kernel lengths"),

@@ -11,16 +11,23 @@ from pathlib import Path
 import pytest
 import torch
 import torchvision
-from helpers import compose_train
 from omegaconf import OmegaConf
 from torch import nn
 
 from gmconv import DynamicGMConv2d, GMConv2d
+from helpers import compose_train
 from models import (
-    adapt_to_small_input, apply_conv, build_backbone, build_model, count_flops, count_parameters,
-    create_backbone, register_model, registered_models,
+    adapt_to_small_input,
+    apply_conv,
+    build_backbone,
+    build_model,
+    count_flops,
+    count_parameters,
+    create_backbone,
+    register_model,
+    registered_models,
+    registry,
 )
-from models import registry
 from models.cifar_resnet import BasicBlock, CifarResNet
 from models.config import ConvConfig, ModelConfig
 

@@ -16,11 +16,11 @@ from torch import nn
 from data import DataConfig
 from engine.checkpoint import TrainState
 from engine.config import OptimConfig, SchedConfig, TrainerConfig, validate
-from engine.loop import Progress, train_one_epoch
-from engine.optim import build_optimizer, build_scheduler, param_groups, scaled_lr
 from engine.distributed import seed_everything
 from engine.ema import build_ema
+from engine.loop import Progress, train_one_epoch
 from engine.objective import Objective, build_objective
+from engine.optim import build_optimizer, build_scheduler, param_groups, scaled_lr
 from gmconv import GMConv2d, convert_to_gmconv
 from helpers import compose_train, load, run_in_process
 from models.config import ConvConfig, ModelConfig

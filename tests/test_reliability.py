@@ -21,18 +21,18 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers import QUICK, ROOT, compose_train, failed_with, load, ok, run_in_process, train, wait_for_checkpoint
 
 import engine.checkpoint
 from data.bad_images import UnreadableImage
 from engine.config import validate
+from engine.distributed import DistInfo
 from engine.faults import StorageError
 from engine.nonfinite import Diverged, NonFiniteGuard
 from engine.preemption import StopRequest
-from engine.distributed import DistInfo
 from engine.run_folder import RunFolder, claim_folder
 from engine.tracking import Tracker
 from gmconv import GMConv2d
+from helpers import QUICK, ROOT, compose_train, failed_with, load, ok, run_in_process, train, wait_for_checkpoint
 
 INJECT = str(ROOT / "tests" / "inject.py")
 
@@ -202,7 +202,7 @@ def test_check_data_lists_every_problem_and_passes_a_clean_tree(imagefolder_root
     truncated = imagefolder_root / "val/ant/1.png"
     truncated.write_bytes(truncated.read_bytes()[:200])
     (imagefolder_root / "val/dog").mkdir()
-    proc = subprocess.run([sys.executable, "scripts/check_data.py", str(imagefolder_root), "--workers", "2",
+    proc = subprocess.run([sys.executable, "-m", "scripts.check_data", str(imagefolder_root), "--workers", "2",
                            "--image-size", "32"], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 1, proc.stderr
     lines = proc.stdout.splitlines()
@@ -212,7 +212,7 @@ def test_check_data_lists_every_problem_and_passes_a_clean_tree(imagefolder_root
     assert any("only in val: dog" in line for line in lines)
     assert any(line.startswith("ignored:") and "val/cat/notes.txt" in line for line in lines)  # training skips it
     assert "24 image files checked: 5 problems, 1 other file ignored, 0 warnings" in lines[-1]
-    clean_proc = subprocess.run([sys.executable, "scripts/check_data.py", str(clean), "--image-size", "32"], cwd=ROOT,
+    clean_proc = subprocess.run([sys.executable, "-m", "scripts.check_data", str(clean), "--image-size", "32"], cwd=ROOT,
                                 capture_output=True, text=True, timeout=120)
     assert clean_proc.returncode == 0 and "24 image files checked: 0 problems" in clean_proc.stdout
 

@@ -5,7 +5,6 @@ where they cannot work."""
 from __future__ import annotations
 
 import copy
-import sys
 
 import pytest
 import torch
@@ -22,7 +21,7 @@ from models.factory import apply_conv
 from models.layers import Dcls2d, DeformConv2d
 from models.layers.deformable import sampled_conv
 from models.registry import create_backbone
-from tests.helpers import QUICK, ROOT, compose_train, run_in_process
+from tests.helpers import QUICK, compose_train, run_in_process
 
 RIVALS = ("deformable", "dcls", "dilated", "large_kernel")
 # what each rival learns about the receptive field, beyond the convolution's own weight and bias
@@ -187,8 +186,7 @@ def test_train_py_runs_each_rival_on_the_digits(name, tmp_path):
 
 @pytest.mark.slow
 def test_a_dcls_run_exports_folded_and_a_deformable_run_only_unfolded(tmp_path, capsys):
-    sys.path.insert(0, str(ROOT / "scripts"))
-    import export  # scripts/export.py
+    from analysis import export
 
     for name in ("dcls", "deformable"):  # train.py runs them on the digits
         results = run_in_process(tmp_path / name, f"conv={name}", *QUICK)

@@ -1,7 +1,7 @@
 """A run's record (metrics.csv, TensorBoard, train.log, history.json, results.json, .hydra/) after any sequence
 of settings, stops and resumes; evaluation and data checks that cannot mislead. One test per defect found by
 trying ordinary settings as a new user (each failed before the fix), then generated lifecycles checked
-against every invariant (scripts/lifecycle_fuzz.py, docs/RELIABILITY.md).
+against every invariant (scripts/dev/lifecycle_fuzz.py, docs/RELIABILITY.md).
 """
 
 from __future__ import annotations
@@ -20,7 +20,6 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from helpers import QUICK, ROOT, failed_with, load, ok, run_in_process, train
 from PIL import Image
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from tensorboard.backend.event_processing.event_file_loader import EventFileLoader
@@ -34,6 +33,7 @@ from engine.preemption import Preempted
 from engine.run_folder import RunFolder
 from engine.sweep_folders import SWEPT_ENV, announce_swept_settings, job_folder_name
 from engine.tracking import COMPACTING, REPLACED, compact_events, finish_compaction
+from helpers import QUICK, ROOT, failed_with, load, ok, run_in_process, train
 
 
 def rows(run_dir: Path) -> list[dict[str, str]]:
@@ -291,7 +291,7 @@ def test_class_order_is_checked_name_by_name():
 
 
 def check_data(root: Path, *more: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "scripts/check_data.py", str(root), "--workers", "1", *more], cwd=ROOT,
+    return subprocess.run([sys.executable, "-m", "scripts.check_data", str(root), "--workers", "1", *more], cwd=ROOT,
                           capture_output=True, text=True, timeout=120)
 
 
@@ -362,8 +362,8 @@ def test_a_killed_runs_worker_processes_do_not_keep_its_folder_locked(tmp_path):
 
 def test_generated_lifecycles_keep_every_invariant(tmp_path):
     """Two random lifecycles (starts, kills, preemptions, resumes with changes, evaluations, refused
-    commands); scripts/lifecycle_fuzz.py runs many more (docs/RELIABILITY.md)."""
-    proc = subprocess.run([sys.executable, "scripts/lifecycle_fuzz.py", "--n", "2", "--seed", "100",
+    commands); scripts/dev/lifecycle_fuzz.py runs many more (docs/RELIABILITY.md)."""
+    proc = subprocess.run([sys.executable, "-m", "scripts.dev.lifecycle_fuzz", "--n", "2", "--seed", "100",
                            "--workdir", str(tmp_path)], cwd=ROOT, capture_output=True, text=True, timeout=600,
                           env={**os.environ, "PYTHONUNBUFFERED": "1"})
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-2000:]

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import statistics
 import subprocess
@@ -12,8 +11,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from engine.checkpoint import BEST, LAST
+from analysis import sigma_report
 from analysis.trained_run import conditions, load_run
+from engine.checkpoint import BEST, LAST
 from gmconv import GMConv2d
 from helpers import ROOT, run_in_process
 
@@ -22,15 +22,6 @@ EPOCHS = 2
 LAYERS = 19  # CIFAR ResNet-20: the stem and 18 block convolutions are 3×3 GMConv2d layers
 
 
-def _load_script():
-    spec = importlib.util.spec_from_file_location("sigma_report", ROOT / "scripts" / "sigma_report.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # its dataclasses look their module up there
-    spec.loader.exec_module(module)
-    return module
-
-
-sigma_report = _load_script()
 
 
 @pytest.fixture(scope="module")
@@ -58,7 +49,7 @@ def standard_run(sweep) -> Path:
 
 
 def test_report_of_a_trained_run_holds_the_checkpoints_sigma_and_one_trajectory_point_per_epoch(gm_run):
-    proc = subprocess.run([sys.executable, "scripts/sigma_report.py", str(gm_run), "--channels", "3"], cwd=ROOT,
+    proc = subprocess.run([sys.executable, "-m", "scripts.sigma_report", str(gm_run), "--channels", "3"], cwd=ROOT,
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
     out = gm_run / "sigma_report"  # the documented default

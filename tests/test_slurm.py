@@ -7,10 +7,10 @@ from pathlib import Path
 
 import pytest
 import submitit
-from helpers import compose_train
 from hydra.utils import instantiate
 
 from engine.distributed import export_submitit_environment
+from helpers import compose_train
 
 
 @pytest.fixture

@@ -1,24 +1,20 @@
-"""scripts/study_canvas_numbers.py: the σ-by-stage and ERF tables docs/STUDY.md quotes, from the reports' JSON."""
+"""scripts/study/canvas_numbers.py: the σ-by-stage and ERF tables docs/STUDY.md quotes, from the reports' JSON."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import sys
 from pathlib import Path
 
 import pytest
+
+from analysis import canvas_numbers
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
 def numbers():
-    spec = importlib.util.spec_from_file_location("study_canvas_numbers", ROOT / "scripts" / "study_canvas_numbers.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
+    return canvas_numbers
 
 
 def run_report(path: str, seed: int, layers: dict[str, tuple[int, float]]) -> dict:

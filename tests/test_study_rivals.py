@@ -7,7 +7,7 @@ import csv
 
 import pytest
 
-from scripts.study import rivals
+from analysis import rivals_study as rivals
 
 TINY = ["trainer.epochs=1", "data.train_size=64", "data.val_size=32", "data.batch_size=32"]
 

@@ -16,22 +16,22 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from helpers import ROOT, failed_with, ok, run_in_process
 from omegaconf import OmegaConf
 
-from engine.config import TrainConfig
-from analysis.trained_run import TrainedRun, conditions, distinct_labels, find_run_folders
 from analysis.summary import CompletedRun, format_delta, group_runs, markdown, settings_of, table_rows
+from analysis.trained_run import TrainedRun, conditions, distinct_labels, find_run_folders
+from engine.config import TrainConfig
+from helpers import ROOT, failed_with, ok, run_in_process
 
 TINY = ["trainer.epochs=1", "trainer.limit_train_batches=2", "trainer.limit_val_batches=1", "data.batch_size=16",
         "trainer.progress=false"]
-SCRIPT = ROOT / "scripts" / "summarize.py"
+SCRIPT = ["-m", "scripts.summarize"]
 STANDARD, GMCONV, GMCONV_SIGMA10 = ("conv=standard", "conv=gmconv optim.sigma_lr_scale=1",
                                     "conv=gmconv optim.sigma_lr_scale=10")
 
 
 def summarize_cli(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, str(SCRIPT), *args], capture_output=True, text=True, timeout=120)
+    return subprocess.run([sys.executable, *SCRIPT, *args], cwd=ROOT, capture_output=True, text=True, timeout=120)
 
 
 @pytest.fixture(scope="module")

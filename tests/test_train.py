@@ -16,11 +16,11 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers import QUICK, failed_with, load, ok, run_in_process, train
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from engine.checkpoint import load_checkpoint
 from engine.preemption import Preempted, StopRequest
+from helpers import QUICK, failed_with, load, ok, run_in_process, train
 
 
 def scalar_tags(tb_dir: Path, kind: str = "scalars") -> set[str]:

@@ -14,17 +14,14 @@ import numpy as np
 import pytest
 import torch
 import torchvision
-from helpers import QUICK, ROOT, run_in_process
 from PIL import Image
 from torch import nn
 
 import predict
-from analysis import load_run
+from analysis import export, load_run
 from data.folder import decode
 from gmconv import DynamicGMConv2d
-
-sys.path.insert(0, str(ROOT / "scripts"))
-import export  # noqa: E402  (scripts/export.py)
+from helpers import QUICK, ROOT, run_in_process
 
 
 @pytest.fixture(scope="module")
@@ -36,7 +33,7 @@ def digits_run(tmp_path_factory) -> Path:
 
 
 def test_predicting_the_exported_digits_reproduces_eval_only_exactly(digits_run, tmp_path, capsys):
-    subprocess.run([sys.executable, "scripts/export_digits.py", str(tmp_path / "png")], cwd=ROOT, check=True,
+    subprocess.run([sys.executable, "-m", "scripts.export_digits", str(tmp_path / "png")], cwd=ROOT, check=True,
                    capture_output=True)
     evaluated = run_in_process(tmp_path / "eval", *QUICK, "trainer.limit_val_batches=null", "eval_only=true",
                                f"ckpt={digits_run}")

@@ -17,7 +17,7 @@ python -m scripts.study.rivals run --task cluttered --arms standard gmconv --see
 python -m scripts.study.rivals compare docs/study/precision/digits_fp32.csv docs/study/precision/digits_auto.csv \
     docs/study/precision/cluttered_fp32.csv docs/study/rivals/runs.csv --out docs/study/precision/comparison.md
 # σ by depth, fp32 beside bf16 (and each run's σ over training): the figures docs/STUDY.md shows are seed 0's
-python scripts/sigma_report.py outputs/study_precision/digits_fp32 outputs/study_precision/digits_auto \
+python -m scripts.sigma_report outputs/study_precision/digits_fp32 outputs/study_precision/digits_auto \
     --out outputs/study_precision/sigma
 cp outputs/study_precision/sigma/sigma_by_depth.png docs/study/precision/sigma_by_depth.png
 cp outputs/study_precision/sigma/0_seed_0_trajectory.png docs/study/precision/sigma_fp32_seed_0.png

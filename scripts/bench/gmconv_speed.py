@@ -30,8 +30,8 @@ untimed ones are printed with ratios to the standard network (and, below, the ra
 variant's fastest repetition). On a shared CPU, interleaving
 spreads background load evenly over the variants; the spread (IQR/median) shows how noisy a run was.
 
-    python scripts/bench_gmconv.py --device cpu --threads 2 --reps 5
-    python scripts/bench_gmconv.py --models resnet20 resnet56 --batch-size 128 --image-size 32 --count-only
+    python -m scripts.bench.gmconv_speed --device cpu --threads 2 --reps 5
+    python -m scripts.bench.gmconv_speed --models resnet20 resnet56 --batch-size 128 --image-size 32 --count-only
 
 ``--models`` takes torchvision names and this project's CIFAR ResNets (``resnet20`` ... ``resnet110``,
 10 classes); ``--gmconv KEY=VALUE`` passes options to ``convert_to_gmconv`` (e.g.
@@ -46,9 +46,7 @@ import copy
 import os
 import platform
 import statistics
-import sys
 import time
-from pathlib import Path
 from typing import Callable
 
 import torch
@@ -58,10 +56,8 @@ from torch import nn
 from torch.profiler import ProfilerActivity, profile
 from torch.utils._python_dispatch import TorchDispatchMode
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from anywhere without installing
-
-from gmconv import GMConv2d, convert_to_gmconv, fold_gmconv, reuse_masked_weights  # noqa: E402
-from models.registry import create_backbone, registered_models  # noqa: E402
+from gmconv import GMConv2d, convert_to_gmconv, fold_gmconv, reuse_masked_weights
+from models.registry import create_backbone, registered_models
 
 
 def sync(device: torch.device) -> None:

@@ -1,6 +1,6 @@
 """The engine's training throughput against a bare PyTorch loop, in one process, same model and batch.
 
-    python scripts/bench_engine.py model=resnet18 model.small_input=false conv=standard data=digits
+    python -m scripts.bench.engine_overhead model=resnet18 model.small_input=false conv=standard data=digits
 
 Arguments are train.py's overrides. The engine epoch is ``engine.loop.train_one_epoch`` fed by the
 configured DataLoader (sampler, transforms, augmentation, metrics, schedule: what ``train.py`` runs);
@@ -14,24 +14,19 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import sys
 import time
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from data import build_loaders, set_epoch  # noqa: E402
-from engine.checkpoint import TrainState  # noqa: E402
-from engine.config import batches_in, compose_config, validate  # noqa: E402
-from engine.loop import Progress, train_one_epoch  # noqa: E402
-from engine.optim import build_optimizer, build_scheduler  # noqa: E402
-from engine.distributed import DistInfo, select_device  # noqa: E402
-from engine.objective import Objective, build_objective  # noqa: E402
-from models import build_model  # noqa: E402
-
+from data import build_loaders, set_epoch
+from engine.checkpoint import TrainState
+from engine.config import batches_in, compose_config, validate
+from engine.distributed import DistInfo, select_device
+from engine.loop import Progress, train_one_epoch
+from engine.objective import Objective, build_objective
+from engine.optim import build_optimizer, build_scheduler
+from models import build_model
 
 
 def engine_epoch(state: TrainState, loader, cfg, device: torch.device, epoch: int, objective: Objective) -> float:

@@ -1,6 +1,6 @@
-"""The numbers docs/STUDY.md's "Where the receptive field matters" quotes, from scripts/study_canvas.sh's outputs.
+"""The numbers docs/STUDY.md's "Where the receptive field matters" quotes, from scripts/study/canvas.sh's outputs.
 
-    python scripts/study_canvas_numbers.py OUT --figures DIR [--out numbers.md]
+    python -m scripts.study.canvas_numbers OUT --figures DIR [--out numbers.md]
 
 OUT holds the study's sweeps (cluttered/, scaled/, sigma_init/), DIR the erf.py and sigma_report.py reports
 written from them (erf_cluttered/, erf_scaled/, sigma_cluttered/, sigma_scaled/, sigma_init/). Prints, and with
@@ -20,16 +20,13 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import sys
 from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from anywhere without installing
-
-from analysis.power import confidence_interval, detectable_difference, seeds_needed  # noqa: E402
-from analysis.summary import Row, Stat, format_stat, group_runs, read_runs, stat, table_rows  # noqa: E402
-from analysis.trained_run import find_run_folders  # noqa: E402
+from analysis.power import confidence_interval, detectable_difference, seeds_needed
+from analysis.summary import Row, Stat, format_stat, group_runs, read_runs, stat, table_rows
+from analysis.trained_run import find_run_folders
 
 EFFECT = 1.0  # top-1 points: the difference the study is sized to resolve (the issue's question)
 STAGES = ("stem", "layer1", "layer2", "layer3")  # a CIFAR ResNet's stem conv and its three stages
@@ -125,7 +122,7 @@ def accuracy_of(rows: list[Row]) -> dict[frozenset[Path], Stat]:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("runs", type=Path, help="scripts/study_canvas.sh's output folder (its OUT)")
+    parser.add_argument("runs", type=Path, help="scripts/study/canvas.sh's output folder (its OUT)")
     parser.add_argument("--figures", type=Path, required=True, help="where its erf.py and sigma_report.py wrote")
     parser.add_argument("--out", type=Path, help="also write the tables to this markdown file")
     args = parser.parse_args(argv)

@@ -1,6 +1,6 @@
 """Which one limits a run: the data loader or the model? Each one's images/s, measured alone.
 
-    python scripts/bench_data.py data=imagenet data.root=/datasets/imagenet model=resnet50 --workers 4,8,16
+    python -m scripts.bench.loader_vs_model data=imagenet data.root=/datasets/imagenet model=resnet50 --workers 4,8,16
 
 Arguments are train.py's overrides. For each worker count the training DataLoader is iterated on its
 own (decode, augmentation, collation, and the copy to the device), after its first batches have
@@ -16,17 +16,14 @@ import itertools
 import statistics
 import sys
 import time
-from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from bench_engine import bare_epoch  # noqa: E402
-from data import build_loaders, set_epoch  # noqa: E402
-from engine.config import compose_config, validate  # noqa: E402
-from engine.distributed import DistInfo, select_device  # noqa: E402
-from models import build_model  # noqa: E402
+from data import build_loaders, set_epoch
+from engine.config import compose_config, validate
+from engine.distributed import DistInfo, select_device
+from models import build_model
+from scripts.bench.engine_overhead import bare_epoch
 
 
 def loader_speed(loader, device: torch.device, batches: int, warmup: int) -> float:

@@ -1,6 +1,6 @@
 """Training throughput of train.py itself, standard vs GMConv, launched the way users launch it (torchrun).
 
-    python scripts/bench_train.py --nproc 1 --model resnet50 --image-size 224 --batch-size 128 --steps 100 --amp bf16
+    python -m scripts.bench.torchrun_throughput --nproc 1 --model resnet50 --image-size 224 --batch-size 128 --steps 100 --amp bf16
 
 Each conv type trains ``--steps`` steps on synthetic data (data=fake) in two epochs; the throughput is
 the second epoch's, after warm-up (cudnn autotuning, allocator growth). The conv types alternate
@@ -20,7 +20,7 @@ from pathlib import Path
 
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def train_once(args: argparse.Namespace, conv: str, run_dir: Path) -> dict:

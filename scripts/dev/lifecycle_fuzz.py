@@ -1,6 +1,6 @@
 """A run's record checked over randomly generated lifecycles (the invariants: docs/RELIABILITY.md).
 
-    python scripts/lifecycle_fuzz.py --n 200 [--seed 0] [--workdir DIR] [--no-fork]
+    python -m scripts.dev.lifecycle_fuzz --n 200 [--seed 0] [--workdir DIR] [--no-fork]
 
 A lifecycle takes one run folder through a random sequence of real train.py commands:
 - a start with random settings: epochs, eval_every, an EMA (kept by best.pt or not), gradient
@@ -49,8 +49,6 @@ from pathlib import Path
 from typing import Any, Optional
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")  # one intra-op thread: deterministic, and safe to fork
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
 
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
@@ -62,6 +60,7 @@ import engine.runner  # noqa: E402,F401  (imported once here, so that forked com
 from engine import epoch_record  # noqa: E402
 from engine.history import COMPLETED, INTERRUPTED, STOPPED  # noqa: E402
 
+ROOT = Path(__file__).resolve().parents[2]
 torch.set_num_threads(1)
 INJECT = ROOT / "tests" / "inject.py"
 TIMEOUT_S = 300

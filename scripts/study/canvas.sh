@@ -1,12 +1,12 @@
 #!/usr/bin/env bash
 # Regenerates docs/STUDY.md's section "Where the receptive field matters": the cluttered and the rescaled digits
 # (data/digit_canvas.py), ResNet-20 with the default recipe. About 80 minutes on 2 CPU cores (47 runs of ~95 s).
-#   bash scripts/study_canvas.sh [OUT [FIGURES [OVERRIDES]]]
+#   bash scripts/study/canvas.sh [OUT [FIGURES [OVERRIDES]]]
 #     OUT: where the runs go (default outputs/study_canvas); FIGURES: tables and figures (default docs/study/canvas);
 #     OVERRIDES: added to every run, e.g. a trial of the whole pipeline in a few minutes:
-#     bash scripts/study_canvas.sh /tmp/trial /tmp/trial/figures "trainer.epochs=1 data.train_size=128 data.val_size=64"
+#     bash scripts/study/canvas.sh /tmp/trial /tmp/trial/figures "trainer.epochs=1 data.train_size=128 data.val_size=64"
 set -euo pipefail
-cd "$(dirname "$0")/.."
+cd "$(dirname "$0")/../.."
 out=${1:-outputs/study_canvas}
 figures=${2:-docs/study/canvas}
 mkdir -p "$figures"
@@ -53,13 +53,13 @@ fig.savefig(sys.argv[1], dpi=100)
 PY
 
 # Tables (final-epoch top-1, mean ± std over seeds, Δ paired by seed with the standard conv).
-python scripts/summarize.py "$out/cluttered" "$out/sigma_init" --out "$figures/cluttered.md"
-python scripts/summarize.py "$out/scaled" --out "$figures/scaled.md"
+python -m scripts.summarize "$out/cluttered" "$out/sigma_init" --out "$figures/cluttered.md"
+python -m scripts.summarize "$out/scaled" --out "$figures/scaled.md"
 # Figures: ERFs per condition averaged over seeds, with the architecture at initialisation; σ by depth.
-python scripts/erf.py "$out/cluttered" --images 64 --out "$figures/erf_cluttered"
-python scripts/erf.py "$out/scaled" --images 64 --out "$figures/erf_scaled"
-python scripts/sigma_report.py "$out/cluttered" --out "$figures/sigma_cluttered"
-python scripts/sigma_report.py "$out/scaled/gmconv" --out "$figures/sigma_scaled"
-python scripts/sigma_report.py "$out/sigma_init" --out "$figures/sigma_init"
+python -m scripts.erf "$out/cluttered" --images 64 --out "$figures/erf_cluttered"
+python -m scripts.erf "$out/scaled" --images 64 --out "$figures/erf_scaled"
+python -m scripts.sigma_report "$out/cluttered" --out "$figures/sigma_cluttered"
+python -m scripts.sigma_report "$out/scaled/gmconv" --out "$figures/sigma_scaled"
+python -m scripts.sigma_report "$out/sigma_init" --out "$figures/sigma_init"
 # The numbers the text quotes: power of the paired comparison, σ by stage per digit size and per σ₀, ERF sizes.
-python scripts/study_canvas_numbers.py "$out" --figures "$figures" --out "$figures/numbers.md"
+python -m scripts.study.canvas_numbers "$out" --figures "$figures" --out "$figures/numbers.md"

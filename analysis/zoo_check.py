@@ -17,8 +17,8 @@ random inputs of --size px. The checks, one column each ("ok", "n/a" with the re
 - export: ``torch.export.export`` of the converted model gives the same outputs; "n/a" if the
   original does not export either.
 
-    nice -n 10 python scripts/zoo_check.py --out docs/COMPATIBILITY.md       # the default ~100 models
-    python scripts/zoo_check.py --models timm:convnext_atto tv:resnet18       # some (timm: or tv:)
+    nice -n 10 python -m scripts.docs.zoo_check --out docs/COMPATIBILITY.md       # the default ~100 models
+    python -m scripts.docs.zoo_check --models timm:convnext_atto tv:resnet18       # some (timm: or tv:)
 """
 
 from __future__ import annotations
@@ -41,10 +41,8 @@ from timm.models._features_fx import get_notrace_functions, get_notrace_modules
 from torch import nn
 from torchvision.models.feature_extraction import NodePathTracer
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from anywhere without installing
-
-from engine.checkpoint import atomic_write  # noqa: E402
-from gmconv import ConversionReport, GMConv2d, convert_to_gmconv, fold_gmconv, sigma_without_gradient  # noqa: E402
+from engine.checkpoint import atomic_write
+from gmconv import ConversionReport, GMConv2d, convert_to_gmconv, fold_gmconv, sigma_without_gradient
 
 TIMM_MODELS = """
 test_resnet test_efficientnet test_vit test_convnext test_byobnet
@@ -234,7 +232,7 @@ def markdown(rows: list[dict[str, str]], args: argparse.Namespace, seconds: floa
     lines = [
         "# GMConv compatibility: timm and torchvision models",
         "",
-        f"Written by `scripts/zoo_check.py` (its docstring defines every column) on {datetime.date.today()}: "
+        f"Written by `scripts/docs/zoo_check.py` (its docstring defines every column) on {datetime.date.today()}: "
         f"torch {torch.__version__}, torchvision {torchvision.__version__}, timm {timm.__version__}, "
         f"Python {platform.python_version()}, {platform.machine()} CPU, {args.threads} thread(s), "
         f"random init, fp32, batch {BATCH}, {args.size} px; {seconds / 60:.1f} min in all.",
