@@ -2,7 +2,8 @@
 # Regenerates docs/STUDY.md's section "Where the receptive field matters": the cluttered and the rescaled digits
 # (data/digit_canvas.py), ResNet-20 with the default recipe. About 80 minutes on 2 CPU cores (47 runs of ~95 s).
 #   bash scripts/study/canvas.sh [OUT [FIGURES [OVERRIDES]]]
-#     OUT: where the runs go (default outputs/study_canvas); FIGURES: tables and figures (default docs/study/canvas);
+#     OUT: where the runs and the full ERF and σ reports go (default outputs/study_canvas); FIGURES: the tables and
+#     the figures the docs show (default docs/study/canvas);
 #     OVERRIDES: added to every run, e.g. a trial of the whole pipeline in a few minutes:
 #     bash scripts/study/canvas.sh /tmp/trial /tmp/trial/figures "trainer.epochs=1 data.train_size=128 data.val_size=64"
 set -euo pipefail
@@ -56,10 +57,21 @@ PY
 python -m scripts.summarize "$out/cluttered" "$out/sigma_init" --out "$figures/cluttered.md"
 python -m scripts.summarize "$out/scaled" --out "$figures/scaled.md"
 # Figures: ERFs per condition averaged over seeds, with the architecture at initialisation; σ by depth.
-python -m scripts.erf "$out/cluttered" --images 64 --out "$figures/erf_cluttered"
-python -m scripts.erf "$out/scaled" --images 64 --out "$figures/erf_scaled"
-python -m scripts.sigma_report "$out/cluttered" --out "$figures/sigma_cluttered"
-python -m scripts.sigma_report "$out/scaled/gmconv" --out "$figures/sigma_scaled"
-python -m scripts.sigma_report "$out/sigma_init" --out "$figures/sigma_init"
-# The numbers the text quotes: power of the paired comparison, σ by stage per digit size and per σ₀, ERF sizes.
-python -m scripts.study.canvas_numbers "$out" --figures "$figures" --out "$figures/numbers.md"
+# The reports (figures and their numbers, erf.json and sigma_report.json) go to $out/reports; the figures
+# docs/STUDY.md shows are copied to $figures: the ERFs, σ by depth, and seed 0's masks.
+reports="$out/reports"
+python -m scripts.erf "$out/cluttered" --images 64 --out "$reports/erf_cluttered"
+python -m scripts.erf "$out/scaled" --images 64 --out "$reports/erf_scaled"
+python -m scripts.sigma_report "$out/cluttered" --out "$reports/sigma_cluttered"
+python -m scripts.sigma_report "$out/scaled/gmconv" --out "$reports/sigma_scaled"
+python -m scripts.sigma_report "$out/sigma_init" --out "$reports/sigma_init"
+for report in erf_cluttered erf_scaled; do
+    mkdir -p "$figures/$report" && cp "$reports/$report/erf.png" "$figures/$report/"
+done
+for report in sigma_cluttered sigma_scaled sigma_init; do
+    mkdir -p "$figures/$report"
+    cp "$reports/$report/sigma_by_depth.png" "$reports/$report"/*_seed_0_masks.png "$figures/$report/"
+done
+# The numbers the text quotes: power of the paired comparison, σ by stage per digit size and per σ₀, ERF sizes
+# (read from the reports' erf.json and sigma_report.json).
+python -m scripts.study.canvas_numbers "$out" --figures "$reports" --out "$figures/numbers.md"

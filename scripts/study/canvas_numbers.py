@@ -1,4 +1,4 @@
-"""The numbers docs/STUDY.md's "Where the receptive field matters" quotes, from scripts/study_canvas.sh's outputs.
+"""The numbers docs/STUDY.md's "Where the receptive field matters" quotes, from scripts/study/canvas.sh's outputs.
 
     python -m scripts.study.canvas_numbers --help
 

@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # Regenerates docs/STUDY.md's numbers and figures on the digits data (CPU, about an hour on 2 cores).
 #   bash scripts/study/digits.sh [OUT]        OUT: where the runs go (default outputs/study)
+# The runs and the full ERF and σ reports (with their erf.json and sigma_report.json) stay under OUT/; the tables
+# and the figures docs/STUDY.md shows go to docs/study/.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 out=${1:-outputs/study}
@@ -13,7 +15,7 @@ python train.py -m optim.sigma_lr_scale=1,10,30,100,300,1000 seed=0,1,2 $no_warm
     hydra.sweep.dir="$out/sigma_lr"
 python -m scripts.summarize "$out/sigma_lr" --out "$figures/sigma_lr.md"
 python -m scripts.sigma_report "$out"/sigma_lr/*seed=0 --out "$out/sigma_lr_report"
-mkdir -p "$figures/sigma_lr" && cp "$out"/sigma_lr_report/{sigma_by_depth.png,sigma_report.json} "$figures/sigma_lr/"
+mkdir -p "$figures/sigma_lr" && cp "$out/sigma_lr_report/sigma_by_depth.png" "$figures/sigma_lr/"
 
 # 2. Standard vs GMConv and the σ ablations, ResNet-20 and ResNet-32, 5 seeds each; and GMConv with σ
 #    learning 100x faster (a separate sweep: conv=standard takes no optim.sigma_lr_scale).
@@ -32,13 +34,20 @@ python -m scripts.summarize "$out/digits_warmup" --out "$figures/digits_warmup.m
 # 3. Effective receptive fields (seed 0 of each conv type, trained and at initialisation) and learned σ;
 #    ResNet-32 from the warmup sweep, where every seed trained.
 python -m scripts.erf "$out"/digits/main/*model=resnet20,seed=0 "$out"/digits/sigma_lr_100/*model=resnet20,*seed=0 \
-    --images 64 --out "$figures/erf_resnet20"
+    --images 64 --out "$out/erf_resnet20"
 python -m scripts.sigma_report "$out"/digits/main/*conv=gmconv,model=resnet20,seed=0 \
-    "$out"/digits/sigma_lr_100/*model=resnet20,*seed=0 --out "$figures/sigma_resnet20"
+    "$out"/digits/sigma_lr_100/*model=resnet20,*seed=0 --out "$out/sigma_resnet20"
 python -m scripts.erf "$out"/digits_warmup/main/*seed=0 "$out"/digits_warmup/sigma_lr_100/*seed=0 \
-    --images 64 --out "$figures/erf_resnet32"
+    --images 64 --out "$out/erf_resnet32"
 python -m scripts.sigma_report "$out"/digits_warmup/main/*conv=gmconv,*seed=0 "$out"/digits_warmup/sigma_lr_100/*seed=0 \
-    --out "$figures/sigma_resnet32"
+    --out "$out/sigma_resnet32"
+# The figures: each ERF, and every σ figure of these seed-0 runs (σ by depth, each run's trajectory and masks).
+for report in erf_resnet20 erf_resnet32; do
+    mkdir -p "$figures/$report" && cp "$out/$report/erf.png" "$figures/$report/"
+done
+for report in sigma_resnet20 sigma_resnet32; do
+    mkdir -p "$figures/$report" && cp "$out/$report"/*.png "$figures/$report/"
+done
 
 # 4. ERF statistics of every seed (mean ± std per configuration) for ResNet-20.
 python -m scripts.erf "$out"/digits/main/*model=resnet20,* "$out"/digits/sigma_lr_100/*model=resnet20,* \
