@@ -1,14 +1,65 @@
-"""Fixtures that write real, tiny datasets in the on-disk formats the loaders read (no mocks)."""
+"""Fixtures that write real, tiny datasets in the on-disk formats the loaders read (no mocks), and the rule
+that keeps the fast tier (``pytest -m "not slow"``) fast: a test that trains a run or starts a process is
+marked slow, or it fails and says so."""
 
 from __future__ import annotations
 
+import multiprocessing.process
 import pickle
+import subprocess
 from pathlib import Path
+from typing import Any, Iterator
 
 import numpy as np
 import pytest
 import torch
 from PIL import Image
+
+import engine.runner
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_setup(item: pytest.Item) -> Iterator[None]:
+    with _slow_work_refused(item):  # the fixtures a test is the first to use count as its own work
+        yield
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_call(item: pytest.Item) -> Iterator[None]:
+    with _slow_work_refused(item):
+        yield
+
+
+class _slow_work_refused:
+    """Outside tests marked slow: training or evaluating a run (what train.py and run_in_process do once the
+    settings are valid), a subprocess, or a multiprocessing worker (DataLoader workers, DDP) fails the test with
+    the fix. Settings refused before any work stay in the fast tier."""
+
+    TARGETS = ((engine.runner, "train"), (engine.runner, "evaluate_checkpoint"), (subprocess.Popen, "__init__"),
+               (multiprocessing.process.BaseProcess, "start"))
+
+    def __init__(self, item: pytest.Item) -> None:
+        self.active = item.get_closest_marker("slow") is None
+        self.saved: list[tuple[Any, str, Any]] = []
+
+    def __enter__(self) -> None:
+        if not self.active:
+            return
+        for owner, name in self.TARGETS:
+            self.saved.append((owner, name, owner.__dict__[name]))
+            setattr(owner, name, _refuse(f"{getattr(owner, '__name__', owner)}.{name}"))
+
+    def __exit__(self, *exc: Any) -> None:
+        for owner, name, original in self.saved:
+            setattr(owner, name, original)
+
+
+def _refuse(what: str) -> Any:
+    def refused(*args: Any, **kwargs: Any) -> None:
+        pytest.fail(f"{what}: this test trains a run or starts a process; mark it @pytest.mark.slow so that the "
+                    'fast tier (pytest -m "not slow") stays fast', pytrace=False)
+
+    return refused
 
 
 @pytest.fixture

@@ -32,6 +32,7 @@ def check(tmp_path: Path, model: str, conv: str) -> None:
     assert has_sigma == (conv == "gmconv"), f"{model}/{conv}: σ in checkpoint = {has_sigma}"
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("conv", ["standard", "gmconv"])
 @pytest.mark.parametrize("model", SMALL)
 def test_small_backbones_train(tmp_path, model, conv):

@@ -6,7 +6,11 @@ import re
 import subprocess
 import sys
 
+import pytest
+
 from helpers import ROOT
+
+pytestmark = pytest.mark.slow  # every test here trains a run or starts a process
 
 TINY = ["model=resnet20", "data=fake", "data.image_size=16", "data.batch_size=8", "data.train_size=64"]
 

@@ -123,6 +123,7 @@ def test_resume_applies_schedule_and_optimizer_changes_but_refuses_another_exper
             resume_changes(saved, compose_train(override))
 
 
+@pytest.mark.slow
 def test_help_explains_the_program_its_groups_and_the_most_used_settings():
     out = ok(train("--help")).stdout
     assert "Train an image classifier with or without GMConv" in out and "README" in out
@@ -190,6 +191,7 @@ def test_a_batch_limit_is_a_count_or_a_fraction_of_the_epoch(value, ok):
     assert [batches_in(limit, 23) for limit in (None, 4, 40, 0.5, 0.01, 1.0)] == [23, 4, 23, 11, 1, 23]
 
 
+@pytest.mark.slow
 def test_fractions_of_the_epoch_train_and_evaluate_that_share(tmp_path):
     results = run_in_process(tmp_path, "trainer.epochs=1", "trainer.limit_train_batches=0.5",
                              "trainer.limit_val_batches=0.34", "trainer.progress=false")
@@ -197,6 +199,7 @@ def test_fractions_of_the_epoch_train_and_evaluate_that_share(tmp_path):
     assert results["eval_samples"] == 2 * 64  # 6 validation batches: a third is 2
 
 
+@pytest.mark.slow
 def test_debug_fast_is_one_short_epoch_apart_from_real_runs(tmp_path):
     cfg = compose_train("debug=fast", "model=resnet56", hydra=True)
     assert (cfg.trainer.epochs, cfg.trainer.limit_train_batches, cfg.trainer.limit_val_batches) == (1, 4, 2)

@@ -85,6 +85,7 @@ def test_fake_sizes_default_to_the_constants_in_fake_py() -> None:
 # ------------------------------------------------------------------------------------------ imports
 
 
+@pytest.mark.slow
 def test_a_dataset_imports_its_dependencies_only_when_built() -> None:
     """scikit-learn (and SciPy) cost about a second at start-up: only data=digits may pay it. Checking
     the config of any dataset imports none of them."""
@@ -163,6 +164,7 @@ def test_batch_augmentation_draws_the_per_sample_pipelines_crops_and_flips(flip:
     assert set(hits) == set(range(len(candidates)))  # 400 draws: every crop (and mirror) occurs
 
 
+@pytest.mark.slow
 def test_batch_augmented_loaders_resume_mid_epoch_exactly_and_differ_per_rank() -> None:
     def batches(rank: int, start_batch: int, workers: int) -> list[torch.Tensor]:
         train, _, _ = build_loaders(DataConfig(num_workers=workers, persistent_workers=False), seed=3, rank=rank,
@@ -238,6 +240,7 @@ class _RunsCommand:
         return os.system, (self.command,)
 
 
+@pytest.mark.slow
 def test_more_workers_than_cores_is_said_once_in_the_runs_words(monkeypatch, caplog) -> None:
     monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1})
     monkeypatch.delenv("LOCAL_WORLD_SIZE", raising=False)
@@ -360,6 +363,7 @@ def test_shuffle_depends_on_seed_and_epoch_only() -> None:
     assert _order(0, 3) != _order(1, 3)
 
 
+@pytest.mark.slow
 def test_resumed_epoch_reproduces_shuffle_and_worker_augmentation() -> None:
     cfg = DataConfig(batch_size=32, num_workers=2, persistent_workers=False)  # digits, augmented
     uninterrupted, _, _ = build_loaders(cfg, seed=7)
@@ -405,6 +409,7 @@ def build_probe(cfg: DataConfig, *, with_train: bool = True) -> Splits:
     return Splits(_RandomProbe() if with_train else None, _RandomProbe(), ["a"], (0.0,) * 3, (1.0,) * 3)
 
 
+@pytest.mark.slow
 def test_workers_seed_numpy_and_random_per_worker_and_epoch(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setitem(BUILDERS, "probe", DatasetBuilder(f"{__name__}:build_probe"))
     cfg = DataConfig(name="probe", batch_size=4, num_workers=2, persistent_workers=False)
@@ -433,6 +438,7 @@ def test_validation_shards_cover_every_sample_exactly_once(world_size: int) -> N
     assert sorted(seen) == list(range(25)) and evaluated == len(val.dataset) == 25
 
 
+@pytest.mark.slow
 def test_persistent_workers_serve_several_epochs() -> None:
     cfg = DataConfig(name="fake", train_size=70, val_size=30, batch_size=16, image_size=8, num_workers=2)
     train, val, _ = build_loaders(cfg, seed=0)

@@ -131,6 +131,7 @@ def test_in_memory_validation_images_come_at_the_test_size(name: str) -> None:
     assert (info.image_size, info.test_image_size) == (32, 48)
 
 
+@pytest.mark.slow
 def test_flops_are_counted_at_the_test_size(tmp_path: Path) -> None:
     """The model is built (and model.small_input decided) for the training size; it is evaluated, and its
     FLOPs quoted, at the test size."""
@@ -156,6 +157,7 @@ def _first_batch(rank: int, epoch: int) -> torch.Tensor:
     return next(iter(train))[0]
 
 
+@pytest.mark.slow
 def test_ranks_draw_different_augmentations_each_repeatably() -> None:
     rank0, rank1 = _first_batch(0, 2), _first_batch(1, 2)
     assert len({image.numpy().tobytes() for image in rank0}) > 1  # augmented: one image, several crops

@@ -66,6 +66,7 @@ def children(pid: int) -> list[int]:
     return found
 
 
+@pytest.mark.slow
 def test_two_processes_share_one_run_folder(tmp_path):
     # microseconds in the folder name: without agreeing on rank 0's clock, two processes would differ
     proc = torchrun(2, *QUICK, "trainer.epochs=1", "trainer.limit_train_batches=3", "data.batch_size=16",
@@ -80,6 +81,7 @@ def test_two_processes_share_one_run_folder(tmp_path):
     assert (proc.stdout + proc.stderr).count("epoch 1/1") == 1  # rank 1 prints warnings only
 
 
+@pytest.mark.slow
 def test_two_processes_match_one_with_the_same_global_batch(tmp_path):
     """DDP averages gradients: 2 × batch 8 must take the same steps as 1 × batch 16."""
     common = [*QUICK, "model=alexnet", "+model.kwargs.dropout=0.0", "conv=gmconv", "data.augment=false",
@@ -92,6 +94,7 @@ def test_two_processes_match_one_with_the_same_global_batch(tmp_path):
     assert results(tmp_path / "two")["global_batch"] == results(tmp_path / "one")["global_batch"] == 16
 
 
+@pytest.mark.slow
 def test_evaluation_counts_every_sample_once_for_any_world_size(tmp_path):
     data = ["data=fake", "data.val_size=101", "data.batch_size=8", "data.eval_batch_size=7", "model=resnet20"]
     # the checkpoint to evaluate, trained in this process

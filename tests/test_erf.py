@@ -167,6 +167,7 @@ def _stats_over(values: list[float]) -> dict:
             "n": len(values)}
 
 
+@pytest.mark.slow
 def test_a_sweep_gives_one_condition_per_setting_with_its_seeds_stats_and_each_runs(sweep, tmp_path):
     out = tmp_path / "erf"
     proc = ok(_script_run(str(sweep), "--images", "4", "--out", str(out)))
@@ -196,6 +197,7 @@ def test_a_sweep_gives_one_condition_per_setting_with_its_seeds_stats_and_each_r
     assert f"{sigma_x['mean']:.2f} ± {sigma_x['std']:.2f}" in table
 
 
+@pytest.mark.slow
 def test_the_figure_is_init_above_trained_per_condition_in_pixels_with_one_colour_bar(sweep, one_thread):
     script = erf_report
     measured = script.collect([str(sweep / "0"), str(sweep / "1")], 2, None)
@@ -222,6 +224,7 @@ def test_the_figure_is_init_above_trained_per_condition_in_pixels_with_one_colou
         assert all(len(ax.get_xticks()) > 1 for ax in panels)  # pixel ticks, not bare images
 
 
+@pytest.mark.slow
 def test_a_single_checkpoint_file_is_one_condition_written_beside_it(sweep, one_thread):
     script = erf_report
     checkpoint = next((sweep / "2" / "checkpoints").glob("*.pt"))
@@ -233,6 +236,7 @@ def test_a_single_checkpoint_file_is_one_condition_written_beside_it(sweep, one_
     assert (checkpoint.parent / "erf" / "erf.png").is_file()
 
 
+@pytest.mark.slow
 def test_script_refuses_bad_input_in_one_line(sweep, tmp_path, capsys, one_thread):
     empty = tmp_path / "not_a_run"
     empty.mkdir()

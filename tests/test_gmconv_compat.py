@@ -275,6 +275,7 @@ def test_zoo_check_writes_its_table_and_refuses_unprefixed_names(zoo_check, tmp_
         zoo_check.main(["--models", "resnet18"])
 
 
+@pytest.mark.slow
 def test_the_layer_needs_torch_alone(tmp_path):
     """gmconv/ is the part other projects drop into their CNNs: it imports and converts, folds and measures with
     none of the framework's dependencies importable (the `framework` extra: pyproject.toml)."""

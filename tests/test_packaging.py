@@ -7,10 +7,15 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from helpers import ROOT
+
+pytestmark = pytest.mark.slow  # it starts a process
 
 PROBE = """
 import importlib.util
+
 for name in ("gmconv", "data", "models", "engine"):
     spec = importlib.util.find_spec(name)
     print(name, spec.origin if spec else None)

@@ -54,6 +54,7 @@ def test_what_is_typed_wins_and_fp32_is_none(cpu_units):
         validate(compose_train("trainer.channels_last=sometimes"))
 
 
+@pytest.mark.slow
 def test_the_run_records_the_choice_and_a_resume_keeps_it_on_another_machine(cpu_units, tmp_path, caplog):
     caplog.set_level("INFO")
     cpu_units({"avx512_bf16": True})

@@ -248,6 +248,7 @@ def test_each_rank_draws_its_own_numbers_reproducibly():
     assert all(a != b for a, b in zip(draws(0), draws(1)))
 
 
+@pytest.mark.slow
 def test_a_resumed_run_with_ema_mixup_and_accumulation_is_bit_exact(tmp_path):
     args = ["trainer.epochs=2", "trainer.limit_train_batches=3", "trainer.limit_val_batches=1", "data.batch_size=16",
             "trainer.progress=false", "trainer.device=cpu", "trainer.ema_decay=0.9", "trainer.best_of=ema",
@@ -266,6 +267,7 @@ def test_a_resumed_run_with_ema_mixup_and_accumulation_is_bit_exact(tmp_path):
     assert best["weights"] == "ema" and all(torch.equal(best["model"][k], best["ema"][k]) for k in best["ema"])
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("experiment, data", [
     ("imagenet_resnet50_rsb_a3", "imagefolder_root"),
     ("imagenet_resnet50_tv", "imagefolder_root"),

@@ -67,6 +67,7 @@ def one_epoch_copy(one_epoch, tmp_path) -> Path:
 # --- divergence ---------------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_a_diverging_run_stops_in_one_line_and_its_checkpoints_keep_the_last_finite_state(one_epoch_copy):
     """lr=1e6 from a trained epoch: NaN within a few steps; detection is deferred (every 3 steps), so the
     weights in memory are NaN when it stops, and nothing of them may reach a checkpoint."""
@@ -92,6 +93,7 @@ def test_a_diverging_run_stops_in_one_line_and_its_checkpoints_keep_the_last_fin
     assert first["ended"] == "completed" and extension["ended"].startswith("failed: Diverged: training diverged")
 
 
+@pytest.mark.slow
 def test_skip_mode_skips_non_finite_steps_and_counts_them(tmp_path, monkeypatch):
     """Two injected NaN losses out of 8 steps: skipped and counted, weights finite."""
     observe = NonFiniteGuard.observe
@@ -167,6 +169,7 @@ def folder_args(root: Path, *more: str) -> list[str]:
             "data.batch_size=4", "trainer.limit_train_batches=null", "trainer.limit_val_batches=null", *more]
 
 
+@pytest.mark.slow
 def test_an_unreadable_image_stops_the_run_in_one_line_naming_it(corrupt_tree, tmp_path):
     root, corrupt, _ = corrupt_tree
     with pytest.raises(UnreadableImage) as caught:  # raised in a DataLoader worker
@@ -177,6 +180,7 @@ def test_an_unreadable_image_stops_the_run_in_one_line_naming_it(corrupt_tree, t
     assert not (tmp_path / "run/checkpoints").exists()  # nothing trained, nothing saved as if it had
 
 
+@pytest.mark.slow
 def test_skip_bad_images_replaces_and_counts_them_exactly_across_a_resume(corrupt_tree, tmp_path, caplog):
     """12 training images (1 unreadable), 3 batches of 4 per epoch, 2 epochs: 2 replacements in training,
     counted with workers and kept exactly through a resume; the empty val image once per validation pass."""
@@ -193,6 +197,7 @@ def test_skip_bad_images_replaces_and_counts_them_exactly_across_a_resume(corrup
     assert resumed["eval_samples"] == 12  # the empty file's place is taken, every sample still counted
 
 
+@pytest.mark.slow
 def test_check_data_lists_every_problem_and_passes_a_clean_tree(imagefolder_root, tmp_path):
     clean = tmp_path / "clean"
     shutil.copytree(imagefolder_root, clean)
@@ -220,6 +225,7 @@ def test_check_data_lists_every_problem_and_passes_a_clean_tree(imagefolder_root
 # --- storage ------------------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_a_run_folder_that_cannot_be_made_fails_in_one_line(tmp_path):
     """A parent that is a file stops root as well as anyone; chmod does not stop root, so the read-only
     case runs only as another user."""
@@ -235,6 +241,7 @@ def test_a_run_folder_that_cannot_be_made_fails_in_one_line(tmp_path):
         assert not list(locked.iterdir())
 
 
+@pytest.mark.slow
 def test_a_full_disk_during_a_checkpoint_write_keeps_the_previous_one_and_the_run_resumes(one_epoch_copy,
                                                                                         monkeypatch):
     run_dir = one_epoch_copy
@@ -274,6 +281,7 @@ def test_a_full_disk_during_a_checkpoint_write_keeps_the_previous_one_and_the_ru
     assert results["status"] == "completed" and load(run_dir / "checkpoints/last.pt")["epoch"] == 2
 
 
+@pytest.mark.slow
 def test_a_failing_tensorboard_write_leaves_training_and_checkpoints_alone(tmp_path, monkeypatch, caplog):
     def no_space(*args, **kwargs):
         raise OSError(errno.ENOSPC, "No space left on device")
@@ -321,6 +329,7 @@ def test_a_second_ctrl_c_stops_at_once(monkeypatch):
         stop.close()
 
 
+@pytest.mark.slow
 def test_a_second_process_cannot_resume_a_run_folder_in_use_and_a_killed_one_frees_it(one_epoch):
     run_dir = one_epoch
     before = files(run_dir)

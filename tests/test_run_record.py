@@ -89,6 +89,7 @@ def extended(every_other_epoch, tmp_path_factory) -> tuple[Path, dict[str, bytes
 # --- 1. one epoch record ---------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_metrics_csv_has_one_header_for_evaluated_and_unevaluated_epochs(every_other_epoch):
     with (every_other_epoch / "metrics.csv").open(newline="") as f:
         table = list(csv.reader(f))
@@ -100,6 +101,7 @@ def test_metrics_csv_has_one_header_for_evaluated_and_unevaluated_epochs(every_o
     assert frame["train_loss"].notna().all() and (frame["images_per_s"] > 0).all()
 
 
+@pytest.mark.slow
 def test_resumes_extend_the_record_and_an_ema_turned_on_widens_metrics_csv(extended, tmp_path):
     """The issue's sequence: a resume of an eval_every run, then one that turns an EMA on, then another."""
     run_dir = Path(shutil.copytree(extended[0], tmp_path / "run"))
@@ -122,6 +124,7 @@ def test_resumes_extend_the_record_and_an_ema_turned_on_widens_metrics_csv(exten
     assert first["top1"] == float(rows(run_dir)[2]["val_top1"])  # session 1's rows are kept as they were
 
 
+@pytest.mark.slow
 def test_a_resumed_run_keeps_every_epoch_once_in_tensorboard(extended):
     """purge_step at the checkpoint's step removed the epoch-end scalars written at that very step."""
     run_dir = extended[0]
@@ -161,6 +164,7 @@ def test_tensorboard_events_written_after_the_checkpoint_leave_the_event_files(t
     assert tb.is_dir() and not (tmp_path / REPLACED).exists() and not (tmp_path / COMPACTING).exists()
 
 
+@pytest.mark.slow
 def test_an_epoch_stopped_half_way_and_resumed_records_all_of_its_batches(tmp_path, monkeypatch):
     """Its train loss, top-1 and lr are the uninterrupted epoch's, not those of the batches after the stop."""
     args = [*QUICK, "trainer.limit_train_batches=6", "trainer.deterministic=true", "data.batch_size=16"]
@@ -179,6 +183,7 @@ def test_an_epoch_stopped_half_way_and_resumed_records_all_of_its_batches(tmp_pa
     assert resumed["top1"] == full["top1"]
 
 
+@pytest.mark.slow
 def test_a_run_killed_while_writing_its_first_last_pt_starts_again_with_resume_auto(tmp_path, monkeypatch):
     """best.pt is written before last.pt: a kill in between leaves a best.pt and no last.pt (found by the
     lifecycle fuzz, which then could neither resume nor restart the run). The kill is simulated: the
@@ -206,6 +211,7 @@ def test_a_run_killed_while_writing_its_first_last_pt_starts_again_with_resume_a
 # --- 2. a run's history ----------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_history_records_each_session_and_results_sum_their_wall_time(extended):
     run_dir, before, _ = extended
     results = json.loads((run_dir / "results.json").read_text())
@@ -222,6 +228,7 @@ def test_history_records_each_session_and_results_sum_their_wall_time(extended):
     assert config.encode() == before[".hydra/config.yaml"]  # .hydra/ stays the first session's
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("preview", [["resume={run}"], ["eval_only=true", "ckpt={run}"]])
 def test_a_resume_or_an_evaluation_can_be_previewed_with_cfg_job(every_other_epoch, preview):
     before = folder_bytes(every_other_epoch)
@@ -264,6 +271,7 @@ def tree(root: Path, classes: tuple[str, ...], splits: tuple[str, ...] = ("train
     return root
 
 
+@pytest.mark.slow
 def test_evaluation_refuses_data_with_other_classes_and_needs_only_the_validation_split(tmp_path):
     trained = tree(tmp_path / "trained", ("bird", "cat", "dog", "fish"))
     run_dir = tmp_path / "run"
@@ -295,6 +303,7 @@ def check_data(root: Path, *more: str) -> subprocess.CompletedProcess:
                           capture_output=True, text=True, timeout=120)
 
 
+@pytest.mark.slow
 def test_the_checker_and_the_loaders_apply_one_rule(tmp_path):
     """An empty class folder stops both; files training ignores are listed as ignored, not as problems."""
     root = tree(tmp_path / "data", ("ant", "bee"))
@@ -321,6 +330,7 @@ def test_the_checker_and_the_loaders_apply_one_rule(tmp_path):
     assert info.classes == ["ant", "bee"] and len(train_loader.dataset) == 6
 
 
+@pytest.mark.slow
 def test_hydra_composition_errors_are_one_line(tmp_path):
     proc = train("conv=gmcnv", f"hydra.run.dir={tmp_path / 'run'}")
     out = failed_with(proc, "error: conv=gmcnv is not an option of conv; choose one of dcls, deformable, dilated, gmconv, gmconv_dynamic")
@@ -343,6 +353,7 @@ def test_every_kind_of_composition_error_reads_as_one_line(override, message):
     assert str(caught.value).startswith(message) and "\n" not in str(caught.value)
 
 
+@pytest.mark.slow
 def test_a_killed_runs_worker_processes_do_not_keep_its_folder_locked(tmp_path):
     """DataLoader workers outlive a SIGKILLed main process by seconds; they must not hold the run's lock."""
     holder = subprocess.Popen([sys.executable, "-c", "import os, sys, time; from engine.run_folder import RunFolder\n"
@@ -360,6 +371,7 @@ def test_a_killed_runs_worker_processes_do_not_keep_its_folder_locked(tmp_path):
 # --- 4. invariants over generated lifecycles ---------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_generated_lifecycles_keep_every_invariant(tmp_path):
     """Two random lifecycles (starts, kills, preemptions, resumes with changes, evaluations, refused
     commands); scripts/dev/lifecycle_fuzz.py runs many more (docs/RELIABILITY.md)."""
@@ -370,6 +382,7 @@ def test_generated_lifecycles_keep_every_invariant(tmp_path):
     assert "2 lifecycles" in proc.stdout and "0 broke an invariant" in proc.stdout
 
 
+@pytest.mark.slow
 def test_checkpoints_are_read_without_running_code(every_other_epoch):
     for name in ("last.pt", "best.pt"):
         assert torch.load(every_other_epoch / "checkpoints" / name, weights_only=True)["records"]

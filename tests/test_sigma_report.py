@@ -48,6 +48,7 @@ def standard_run(sweep) -> Path:
     return sweep / "2"
 
 
+@pytest.mark.slow
 def test_report_of_a_trained_run_holds_the_checkpoints_sigma_and_one_trajectory_point_per_epoch(gm_run):
     proc = subprocess.run([sys.executable, "-m", "scripts.sigma_report", str(gm_run), "--channels", "3"], cwd=ROOT,
                           capture_output=True, text=True, timeout=120)
@@ -83,6 +84,7 @@ def test_report_of_a_trained_run_holds_the_checkpoints_sigma_and_one_trajectory_
     assert condition["network"]["sigma_mean"] == {"mean": run["network"]["mean"], "std": None, "n": 1}
 
 
+@pytest.mark.slow
 def test_a_sweep_folder_is_expanded_to_its_gmconv_runs_the_others_skipped_with_a_note(sweep, tmp_path, capsys):
     out = tmp_path / "report"
     assert sigma_report.main([str(sweep), "--out", str(out)]) == 0
@@ -109,6 +111,7 @@ def test_a_sweep_folder_is_expanded_to_its_gmconv_runs_the_others_skipped_with_a
     assert condition.members == (1, 0, 2)  # by seed
 
 
+@pytest.mark.slow
 def test_figures_a_line_per_condition_and_a_compact_mask_grid_with_a_colour_bar(sweep):
     runs = sigma_report.read_runs([sweep / "0", sweep / "1"], LAST)
     assert len(sigma_report.figure_trajectories(runs[0]).axes) == LAYERS
@@ -155,6 +158,7 @@ def _one_line_error(capsys, argv: list[str]) -> str:
     return err
 
 
+@pytest.mark.slow
 def test_a_folder_without_checkpoint_fails_with_one_line(sweep, tmp_path, capsys):
     err = _one_line_error(capsys, [str(tmp_path)])
     assert f"{tmp_path} holds no checkpoint" in err
@@ -162,6 +166,7 @@ def test_a_folder_without_checkpoint_fails_with_one_line(sweep, tmp_path, capsys
     assert f"{sweep / '3'} holds no checkpoint" in err
 
 
+@pytest.mark.slow
 def test_a_standard_run_among_good_ones_is_skipped_and_alone_fails_writing_nothing(gm_run, standard_run, tmp_path,
                                                                                   capsys):
     assert sigma_report.main([str(standard_run), str(gm_run), "--out", str(tmp_path / "report")]) == 0
@@ -173,6 +178,7 @@ def test_a_standard_run_among_good_ones_is_skipped_and_alone_fails_writing_nothi
     assert not (tmp_path / "nothing").exists()
 
 
+@pytest.mark.slow
 def test_channels_and_mask_layers_must_be_valid(gm_run, capsys):
     assert "--channels=0 is invalid" in _one_line_error(capsys, [str(gm_run), "--channels", "0"])
     assert "--mask-layers=-1 is invalid" in _one_line_error(capsys, [str(gm_run), "--mask-layers", "-1"])

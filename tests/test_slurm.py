@@ -37,6 +37,7 @@ def sbatch_text(tmp_path: Path, *overrides: str) -> str:
     return submitted.read_text()
 
 
+@pytest.mark.slow
 def test_slurm_launcher_generates_the_requested_job(tmp_path, fake_slurm):
     text = sbatch_text(tmp_path, "hydra.launcher.nodes=2", "hydra.launcher.gpus_per_node=4",
                        "hydra.launcher.timeout_min=90", "hydra.launcher.partition=gpu")
@@ -45,6 +46,7 @@ def test_slurm_launcher_generates_the_requested_job(tmp_path, fake_slurm):
         assert f"#SBATCH {line}\n" in text, text
 
 
+@pytest.mark.slow
 def test_slurm_defaults_run_one_task_per_gpu(tmp_path, fake_slurm):
     text = sbatch_text(tmp_path)
     assert "#SBATCH --nodes=1\n" in text and "#SBATCH --gpus-per-node=8\n" in text

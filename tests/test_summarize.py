@@ -67,6 +67,7 @@ def expected_group(results: dict, label: str) -> dict[str, list[float]]:
     return {key: [r[key] for r in members] for key in keys}
 
 
+@pytest.mark.slow
 def test_real_runs_grouped_by_setting_with_paired_delta_and_unfinished_runs_listed(runs, tmp_path):
     out = tmp_path / "report" / "summary.md"
     proc = ok(summarize_cli(str(runs["sweep"]), str(runs["single"]), "--out", str(out)))
@@ -161,6 +162,7 @@ def test_a_setting_the_conv_name_does_not_imply_is_labelled_and_splits_groups():
     assert sorted(rows_by_label(runs[:2])) == ["conv=gmconv", "conv=standard"]  # conv.type follows conv.name
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name, error", [("missing", "error: no such folder"), ("", "error: no run folder")])
 def test_an_empty_or_missing_folder_fails_in_one_line(tmp_path, name, error):
     out = failed_with(summarize_cli(str(tmp_path / name)), error)

@@ -22,6 +22,8 @@ from engine.checkpoint import load_checkpoint
 from engine.preemption import Preempted, StopRequest
 from helpers import QUICK, failed_with, load, ok, run_in_process, train
 
+pytestmark = pytest.mark.slow  # every test here trains a run or starts a process
+
 
 def scalar_tags(tb_dir: Path, kind: str = "scalars") -> set[str]:
     tags: set[str] = set()

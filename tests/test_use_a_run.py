@@ -32,6 +32,7 @@ def digits_run(tmp_path_factory) -> Path:
     return run_dir
 
 
+@pytest.mark.slow
 def test_predicting_the_exported_digits_reproduces_eval_only_exactly(digits_run, tmp_path, capsys):
     subprocess.run([sys.executable, "-m", "scripts.export_digits", str(tmp_path / "png")], cwd=ROOT, check=True,
                    capture_output=True)
@@ -52,6 +53,7 @@ def _image(path: Path, size: int = 40, grey: bool = False) -> None:
     Image.fromarray(pixels).save(path)
 
 
+@pytest.mark.slow
 def test_predict_reads_folders_lists_and_awkward_files_as_training_does(tmp_path, capsys):
     root = tmp_path / "data"
     for split in ("train", "val"):
@@ -81,6 +83,7 @@ def test_predict_reads_folders_lists_and_awkward_files_as_training_does(tmp_path
     assert "skipped: " in out.err and "broken.png" in out.err and "2 other files ignored" in out.out
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("make, message", [
     (lambda tmp: (tmp / "empty").mkdir() or [str(tmp / "empty")], "no image file in"),
     (lambda tmp: ["missing.png"], "missing.png does not exist"),
@@ -128,6 +131,7 @@ for folder in ("pt2", "onnx", "torchscript"):
 """
 
 
+@pytest.mark.slow
 def test_exported_models_run_without_this_project(digits_run, tmp_path):
     umask = export.current_umask()
     for fmt in ("pt2", "onnx", "torchscript"):
@@ -152,6 +156,7 @@ def test_exported_models_run_without_this_project(digits_run, tmp_path):
         assert float(difference) < 1e-4 and name == run.classes[int(expected.argmax())], fmt
 
 
+@pytest.mark.slow
 def test_a_folded_resnet_state_dict_loads_strictly_into_torchvisions_architecture(tmp_path):
     run_dir = tmp_path / "run"
     run_in_process(run_dir, "model=resnet18", "data=fake", "data.image_size=72", "data.num_classes=3",
@@ -165,6 +170,7 @@ def test_a_folded_resnet_state_dict_loads_strictly_into_torchvisions_architectur
         torch.testing.assert_close(plain.eval()(x), load_run(run_dir).model(x), rtol=1e-4, atol=1e-5)
 
 
+@pytest.mark.slow
 def test_export_refuses_bad_input_in_one_line(digits_run, tmp_path, capsys):
     with pytest.raises(SystemExit) as refused:  # argparse's own error, before anything is loaded
         export.main([str(tmp_path / "no such run"), "--format", "tflite"])
@@ -177,6 +183,7 @@ def test_export_refuses_bad_input_in_one_line(digits_run, tmp_path, capsys):
     assert not (tmp_path / "out").exists()
 
 
+@pytest.mark.slow
 def test_load_run_gives_the_model_its_classes_preprocessing_and_numbers(digits_run):
     run = load_run(digits_run)
     assert run.classes == [str(i) for i in range(10)] and run.weights == "best"
@@ -188,6 +195,7 @@ def test_load_run_gives_the_model_its_classes_preprocessing_and_numbers(digits_r
         load_run(digits_run, weights="ema")
 
 
+@pytest.mark.slow
 def test_predictions_go_to_the_terminal_without_out(digits_run, tmp_path, capsys):
     for name in ("a.png", "b.png"):
         Image.fromarray(np.random.default_rng(0).integers(0, 256, (32, 32, 3), dtype=np.uint8)).save(tmp_path / name)
