@@ -21,7 +21,7 @@ class DataConfig:
     image_size: int = 32  # training crop (and validation crop unless test_image_size is set)
     val_resize: Optional[int] = None  # imagenet/imagefolder: resize before the centre crop (null: from crop_pct)
     augment: bool = True
-    # Training recipe (README "Augmentation and evaluation"); every augmentation needs augment=true.
+    # Training recipe (docs/TRAINING.md, "Augmentation and evaluation"); every augmentation needs augment=true.
     auto_augment: Optional[str] = None  # timm policy string (rand-m9-mstd0.5-inc1, augmix-m5-w4-d2, original,
     #   v0, ...) or a torchvision policy (randaugment | trivialaugment | autoaugment); null: none
     color_jitter: float = 0.0  # brightness, contrast and saturation each jittered by up to ± this; 0: off

@@ -126,7 +126,7 @@ def test_resume_applies_schedule_and_optimizer_changes_but_refuses_another_exper
 @pytest.mark.slow
 def test_help_explains_the_program_its_groups_and_the_most_used_settings():
     out = ok(train("--help")).stdout
-    assert "Train an image classifier with or without GMConv" in out and "README" in out
+    assert "Train an image classifier with or without GMConv" in out and "docs/TRAINING.md" in out
     for group in ("model", "conv", "data", "optim", "sched", "experiment"):
         assert f"\n  {group} " in out, group  # a line on what the group is
         assert f"\n{group}: " in out, group  # and its options

@@ -3,7 +3,7 @@
 # batch 16 and 128 (bf16 + channels_last, with a profile of the added time), the training step of every conv type
 # in fp32 and bf16, eager and compiled, train.py's throughput at 224 px, and the engine against a bare loop.
 # Output goes to the terminal and to OUT/bench_gpu.log (OUT: $OUT or outputs/bench_gpu). Needs the
-# project installed as the README says (bench_train and bench_engine run train.py code: hydra-core, omegaconf).
+# project installed as the README says (torchrun_throughput and engine_overhead run train.py code: hydra-core, omegaconf).
 #   bash scripts/bench/gpu.sh
 set -euo pipefail
 cd "$(dirname "$0")/../.."
