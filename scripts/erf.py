@@ -51,6 +51,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from anywher
 from analysis.summary import Stat, format_stat, stat, text_table  # noqa: E402
 from analysis.trained_run import (  # noqa: E402
     TrainedRun, build_untrained, conditions, distinct_labels, load_runs, validation_images)
+from engine.errors import BadInput, ConfigError  # noqa: E402
 from gmconv.erf import erf_map, erf_stats, spatial_layers  # noqa: E402
 
 THRESHOLDS = (0.2, 0.3, 0.5, 0.99)
@@ -114,9 +115,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def measure(model: nn.Module, images: torch.Tensor, layer: str | None) -> tuple[str | None, torch.Tensor]:
-    """(layer used, ERF map); the default layer is the last spatial one, as erf_map chooses it."""
-    layer = layer or next(reversed(spatial_layers(model, images)), None)
-    return layer, erf_map(model, images, layer=layer)
+    """(layer used, ERF map); the default layer is the last spatial one, as erf_map chooses it. gmconv checks the
+    layer with ValueError, as a library does; here the layer is --layer on the run's model: a ConfigError."""
+    try:
+        layer = layer or next(reversed(spatial_layers(model, images)), None)
+        return layer, erf_map(model, images, layer=layer)
+    except ValueError as err:
+        raise ConfigError(str(err)) from err
 
 
 def init_key(run: TrainedRun) -> tuple[Any, ...]:
@@ -232,7 +237,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         measured = collect(args.runs, args.images, args.layer)
-    except (FileNotFoundError, ValueError) as err:
+    except BadInput as err:
         print(f"erf.py: error: {err}", file=sys.stderr)
         return 2
     first = Path(args.runs[0])
