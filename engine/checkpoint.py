@@ -258,7 +258,13 @@ def restore(state: TrainState, ckpt: dict[str, Any], path: str | Path, rank: int
     when the checkpoint has no state for ``rank`` (written by fewer processes): that rank's draws then go
     on from its own seed, and its share of the epoch is counted from the resumed batch on."""
     load_model_weights(state.model, ckpt, path)
-    state.load_progress(ckpt)
+    try:
+        state.load_progress(ckpt)
+    except ValueError as err:  # torch's check that the saved parameter groups fit the optimizer's
+        raise CheckpointError(f"checkpoint {path} holds an optimizer state that does not fit the optimizer built "
+                              f"here ({first_line(err)}): a setting that shapes its parameter groups changed "
+                              "(optim.layer_decay); resume with the run's own, or start a new run from the "
+                              f"weights with model.pretrained={path}") from err
     states = ckpt["rng"] if isinstance(ckpt["rng"], list) else [ckpt["rng"]]  # one dict: an older checkpoint
     if rank >= len(states):
         return False
