@@ -32,12 +32,9 @@ from data.folder import FILE_ERRORS, decode
 from data.text import first_line
 from engine.checkpoint import atomic_write
 from engine.distributed import DistInfo, select_device
+from engine.errors import BadInput, ConfigError, DataError, MissingFile
 
 LIST_SUFFIXES = (".txt", ".lst")
-
-
-class BadInput(ValueError):
-    """Input that cannot be predicted on; the message names it and the fix."""
 
 
 @dataclass
@@ -59,10 +56,10 @@ def collect(paths: list[Path]) -> Inputs:
         elif path.is_file():
             (found.images if is_image_file(path) else found.ignored).append(path)
         else:
-            raise BadInput(f"{path} does not exist; pass image files, folders of images or a list file")
+            raise MissingFile(f"{path} does not exist; pass image files, folders of images or a list file")
     if not found.images:
-        raise BadInput(f"no image file in {', '.join(map(str, paths))} ({len(found.ignored)} other files ignored); "
-                       "image files end with .jpg, .jpeg, .png, .webp, .bmp, .ppm, .pgm, .tif or .tiff")
+        raise DataError(f"no image file in {', '.join(map(str, paths))} ({len(found.ignored)} other files ignored); "
+                        "image files end with .jpg, .jpeg, .png, .webp, .bmp, .ppm, .pgm, .tif or .tiff")
     return found
 
 
@@ -78,8 +75,8 @@ def batches(images: list[Path], transform: Any, size: int, skip_bad: bool, skipp
                 kept.append(path)
             except FILE_ERRORS as err:
                 if not skip_bad:
-                    raise BadInput(f"cannot read image {path} ({first_line(err)}); remove it or pass "
-                                   "--skip-bad-images to predict the others") from None
+                    raise DataError(f"cannot read image {path} ({first_line(err)}); remove it or pass "
+                                    "--skip-bad-images to predict the others") from None
                 skipped.append(f"{path}: {first_line(err)}")
         if kept:
             yield kept, torch.stack(tensors)
@@ -153,16 +150,16 @@ def main(argv: Optional[list[str]] = None) -> int:
     args = parser.parse_args(argv)
     try:
         if args.top_k < 1 or args.batch_size < 1:
-            raise BadInput(f"--top-k={args.top_k} and --batch-size={args.batch_size} must be positive")
+            raise ConfigError(f"--top-k={args.top_k} and --batch-size={args.batch_size} must be positive")
         if args.out is not None and args.out.suffix.lower() not in (".csv", ".json"):
-            raise BadInput(f"--out {args.out}: the file must end with .csv or .json")
+            raise ConfigError(f"--out {args.out}: the file must end with .csv or .json")
         rows = predict(args)
         if args.out is not None:
             write(rows, args.out, min(args.top_k, len(rows[0]["top"])) if rows else args.top_k)
             print(f"predictions: {args.out}")
         else:
             print(*(terminal_line(row) for row in rows), sep="\n")
-    except (ValueError, FileNotFoundError) as err:
+    except BadInput as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     return 0

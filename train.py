@@ -22,6 +22,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from engine.command_line import check_composes, expand_command_line
 from engine.config import register_configs
+from engine.errors import BadInput
 from engine.faults import RunFailed
 from engine.preemption import Preempted
 from engine.distributed import agree_on_run_time, init_distributed
@@ -53,18 +54,30 @@ def main(cfg: DictConfig) -> float | None:
         RunFolder(run_dir).remove_if_unused()
         sys.exit(130)
     except Exception as err:
-        bad_input = isinstance(err, (ValueError, FileNotFoundError))
-        known = bad_input or isinstance(err, RunFailed)  # one line says it all: no traceback
-        if not bad_input:  # it ran: its failure belongs in train.log (a refused command leaves the log alone)
+        bad_input = isinstance(err, BadInput)
+        if not bad_input:  # it ran, or a bug stopped it: train.log gets why (a refused command leaves the log alone)
             commit_run_log()
-        log.debug("details", exc_info=True) if known else log.exception("the run failed")
-        log.error("error: %s", err)
+        message = report_failure(err)
         RunFolder(run_dir).remove_if_unused()
         if hydra_config.mode != RunMode.MULTIRUN:
             sys.exit(2 if bad_input else 1)
-        failed_jobs.append(f"job {hydra_config.job.num} ({' '.join(hydra_config.overrides.task)}): {err}")
+        failed_jobs.append(f"job {hydra_config.job.num} ({' '.join(hydra_config.overrides.task)}): {message}")
         return None  # the sweep goes on with its next job
     return results.get("top1")  # for Hydra sweepers that optimise a metric
+
+
+def report_failure(err: Exception) -> str:
+    """Log why the run stopped; returns the one-line message. Refused input (engine/errors.py) and a run's
+    known failures (engine/faults.py) say all in one line. Anything else is a bug: its traceback goes to the
+    console and to train.log, since where it was raised is what fixing it needs."""
+    if isinstance(err, (BadInput, RunFailed)):
+        log.debug("details", exc_info=True)
+        message = str(err)
+    else:
+        log.exception("the run failed: an internal error, not a problem with the input (the traceback says where)")
+        message = f"{type(err).__name__}: {err}"
+    log.error("error: %s", message)
+    return message
 
 
 def _recipe_changes(cfg: DictConfig, hydra_config: DictConfig) -> list[str] | None:
@@ -87,7 +100,7 @@ if __name__ == "__main__":
     try:
         command = expand_command_line(sys.argv)
         check_composes(command.argv)
-    except (ValueError, FileNotFoundError) as err:
+    except BadInput as err:
         print(f"error: {err}", file=sys.stderr)
         sys.exit(2)
     sys.argv, typed_overrides = command.argv, command.typed

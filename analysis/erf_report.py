@@ -48,6 +48,7 @@ from torch import nn
 
 from analysis.summary import Stat, format_stat, stat, text_table
 from analysis.trained_run import TrainedRun, build_untrained, conditions, distinct_labels, load_runs, validation_images
+from engine.errors import BadInput, ConfigError
 from gmconv.erf import erf_map, erf_stats, spatial_layers
 
 THRESHOLDS = (0.2, 0.3, 0.5, 0.99)
@@ -111,9 +112,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def measure(model: nn.Module, images: torch.Tensor, layer: str | None) -> tuple[str | None, torch.Tensor]:
-    """(layer used, ERF map); the default layer is the last spatial one, as erf_map chooses it."""
-    layer = layer or next(reversed(spatial_layers(model, images)), None)
-    return layer, erf_map(model, images, layer=layer)
+    """(layer used, ERF map); the default layer is the last spatial one, as erf_map chooses it. gmconv checks the
+    layer with ValueError, as a library does; here the layer is --layer on the run's model: a ConfigError."""
+    try:
+        layer = layer or next(reversed(spatial_layers(model, images)), None)
+        return layer, erf_map(model, images, layer=layer)
+    except ValueError as err:
+        raise ConfigError(str(err)) from err
 
 
 def init_key(run: TrainedRun) -> tuple[Any, ...]:
@@ -229,7 +234,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         measured = collect(args.runs, args.images, args.layer)
-    except (FileNotFoundError, ValueError) as err:
+    except BadInput as err:
         print(f"erf.py: error: {err}", file=sys.stderr)
         return 2
     first = Path(args.runs[0])

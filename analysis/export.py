@@ -38,6 +38,7 @@ from torch import nn
 
 from analysis import TrainedRun, load_run
 from analysis.trained_run import WEIGHTS, build_untrained, validation_images
+from engine.errors import BadInput, ConfigError
 from gmconv import DynamicGMConv2d, sigma_stats
 from models.conv_types import fold_convs, folded_config
 
@@ -57,8 +58,8 @@ def exportable(run: TrainedRun, fold: bool) -> nn.Module:
         return model
     dynamic = [name for name, m in model.named_modules() if isinstance(m, DynamicGMConv2d)]
     if dynamic:
-        raise ValueError(f"{run.label} predicts σ per image ({dynamic[0]}, ...): it cannot be folded into plain "
-                         "convolutions; export it with --no-fold")
+        raise ConfigError(f"{run.label} predicts σ per image ({dynamic[0]}, ...): it cannot be folded into plain "
+                          "convolutions; export it with --no-fold")
     return fold_convs(model)
 
 
@@ -71,7 +72,7 @@ def write_model(model: nn.Module, example: torch.Tensor, fmt: str, path: Path, d
         try:
             import onnxscript  # noqa: F401  (torch.onnx's exporter needs it)
         except ImportError as err:
-            raise ValueError('--format onnx needs the export extra: pip install -e ".[export]"') from err
+            raise ConfigError('--format onnx needs the export extra: pip install -e ".[export]"') from err
         # one self-contained file below protobuf's 2 GB limit; above it the weights go to model.onnx.data beside it
         external = sum(p.numel() * p.element_size() for p in model.parameters()) > ONNX_INLINE_BYTES
         with contextlib.redirect_stdout(io.StringIO()):  # the exporter reports each of its stages
@@ -172,7 +173,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         export(args)
-    except (ValueError, FileNotFoundError) as err:
+    except BadInput as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     except ExportFailed as err:

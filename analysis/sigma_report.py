@@ -56,6 +56,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from analysis.summary import Stat, format_stat, stat, text_table
 from analysis.trained_run import TrainedRun, conditions, distinct_labels, load_runs
 from engine.checkpoint import BEST, LAST
+from engine.errors import BadInput, ConfigError, DataError
 from gmconv import DynamicGMConv2d, GMConv2d
 from gmconv.stats import masks_by_sigma
 
@@ -64,11 +65,7 @@ REPORT_JSON = "sigma_report.json"
 BY_DEPTH_PNG = "sigma_by_depth.png"
 
 
-class BadInput(Exception):
-    """Input the report cannot cover; its message is the one line the user sees."""
-
-
-class NoSigma(BadInput):
+class NoSigma(DataError):
     """A run without learned σ: skipped with a note, so a sweep that compares against conv=standard reports
     its GMConv runs."""
 
@@ -114,10 +111,7 @@ def read_runs(paths: list[Path], checkpoint: str) -> list[SigmaRun]:
     """Every run with learned σ at ``paths`` (sweep folders expanded), labelled apart; the runs skipped are
     noted on stdout. BadInput where a path is no trained run or no run has σ."""
     other = BEST if checkpoint == LAST else LAST
-    try:
-        trained, notes = load_runs(paths, prefer=(checkpoint, other))
-    except (FileNotFoundError, ValueError) as err:
-        raise BadInput(str(err)) from err
+    trained, notes = load_runs(paths, prefer=(checkpoint, other))
     runs = []
     for run in trained:
         try:
@@ -127,7 +121,7 @@ def read_runs(paths: list[Path], checkpoint: str) -> list[SigmaRun]:
     for note in notes:
         print(f"note: {note}")
     if not runs:
-        raise BadInput(f"no run with learned σ in {', '.join(map(str, paths))} (the notes above say why)")
+        raise DataError(f"no run with learned σ in {', '.join(map(str, paths))} (the notes above say why)")
     for run, label in zip(runs, distinct_labels([run.trained for run in runs])):
         run.label = label
     return runs
@@ -350,9 +344,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     try:
         if args.channels < 1:
-            raise BadInput(f"--channels={args.channels} is invalid: expected a positive integer")
+            raise ConfigError(f"--channels={args.channels} is invalid: expected a positive integer")
         if args.mask_layers < 0:
-            raise BadInput(f"--mask-layers={args.mask_layers} is invalid: expected 0 (every layer) or more")
+            raise ConfigError(f"--mask-layers={args.mask_layers} is invalid: expected 0 (every layer) or more")
         runs = read_runs(args.runs, f"{args.checkpoint}.pt")  # all checked before writing
     except BadInput as err:
         print(f"error: {err}", file=sys.stderr)

@@ -27,6 +27,7 @@ from torch import nn
 from data.loaders import build_val_loader
 from engine.checkpoint import BEST, LAST, find_checkpoint, load_checkpoint, load_model_weights
 from engine.config import TrainConfig, flatten
+from engine.errors import BadInput, CheckpointError, ConfigError, MissingFile
 from models import build_model
 
 from .preprocess import Preprocessing, Preprocessor, preprocessing_of
@@ -79,17 +80,17 @@ def load_run(run_dir: str | Path, prefer: tuple[str, ...] = (BEST, LAST), *, wei
     """The run in ``run_dir`` (its best.pt, else last.pt; or a checkpoint file), rebuilt from the checkpoint
     alone. ``weights``: "best" (best.pt, else last.pt), "last", or "ema" (last.pt's moving average)."""
     if weights is not None and weights not in WEIGHTS:
-        raise ValueError(f"weights={weights!r} is not one of {', '.join(WEIGHTS)}")
+        raise ConfigError(f"weights={weights!r} is not one of {', '.join(WEIGHTS)}")
     if weights is not None:
         prefer = (BEST, LAST) if weights == "best" else (LAST,)
     path = find_checkpoint(run_dir, prefer)
     ckpt = load_checkpoint(path)
     if "data_info" not in ckpt or "config" not in ckpt:
-        raise ValueError(f"{path} predates analysis support (no data_info); retrain it with this version")
+        raise CheckpointError(f"{path} predates analysis support (no data_info); retrain it with this version")
     if weights == "ema":
         if ckpt.get("ema") is None:
-            raise ValueError(f"{path} holds no moving average (the run was trained without trainer.ema_decay); "
-                             "use weights=best or last")
+            raise CheckpointError(f"{path} holds no moving average (the run was trained without trainer.ema_decay); "
+                                  "use weights=best or last")
         ckpt = {**ckpt, "model": ckpt["ema"]}
     config = OmegaConf.merge(OmegaConf.structured(TrainConfig), ckpt["config"])
     model = build_untrained(config, ckpt["data_info"])
@@ -156,7 +157,7 @@ def validation_images(run: TrainedRun, count: int) -> tuple[torch.Tensor, str]:
     data is unavailable here, ``count`` standard-normal images of the same size. The text says which."""
     try:
         val_loader, _ = build_val_loader(run.config.data, seed=run.config.seed)
-    except (FileNotFoundError, ValueError) as err:
+    except BadInput as err:
         info = run.ckpt["data_info"]
         size = info.get("test_image_size", info["image_size"])  # checkpoints before data.test_image_size lack it
         generator = torch.Generator().manual_seed(0)
@@ -186,17 +187,17 @@ def load_runs(paths: list[str | Path], prefer: tuple[str, ...] = (BEST, LAST)) -
     with find_run_folders as scripts/summarize.py expands them) and a note for each run skipped. A run folder
     found inside a given folder that holds no checkpoint (it failed or has not finished an epoch) is skipped,
     so one failed job does not stop the study of a sweep; a path given itself must load, and so must one run at
-    least (FileNotFoundError, ValueError)."""
+    least (MissingFile, or another BadInput)."""
     runs, notes = [], []
     for path in map(Path, paths):
         for folder in find_run_folders([path]) or [path]:
             try:
                 runs.append(load_run(folder, prefer))
-            except FileNotFoundError:
+            except MissingFile:
                 if folder == path:
                     raise
                 notes.append(f"skipped {folder}: no checkpoint (checkpoints/{' or '.join(prefer)})")
     if not runs:
-        raise FileNotFoundError(f"no run with a checkpoint in {', '.join(map(str, paths))} "
-                                f"({len(notes)} run folder(s) without one)")
+        raise MissingFile(f"no run with a checkpoint in {', '.join(map(str, paths))} "
+                          f"({len(notes)} run folder(s) without one)")
     return runs, notes

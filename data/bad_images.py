@@ -18,12 +18,14 @@ import torch
 from torch.utils.data import Dataset
 from torch.utils.data._utils.collate import default_collate
 
+from engine.errors import DataError
+
 log = logging.getLogger(__name__)
 
 MAX_TRIES = 16  # unreadable files in a row before even skip mode gives up: the data is broken, not a file
 
 
-class UnreadableImage(ValueError):
+class UnreadableImage(DataError):
     """An image file that cannot be decoded; the message names it and the fix."""
 
     @classmethod

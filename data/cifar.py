@@ -18,6 +18,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from engine.errors import ConfigError, DataError, MissingFile
+
 from .config import DataConfig
 from .info import Splits
 from .in_memory import tensor_splits
@@ -65,19 +67,19 @@ class _CifarUnpickler(pickle.Unpickler):
 
 
 def read_file(path: Path, keys: tuple[str, ...], release: Release) -> dict[str, Any]:
-    """One file of the release as a dict holding ``keys``; a ValueError naming the file and what it held."""
+    """One file of the release as a dict holding ``keys``; a DataError naming the file and what it held."""
     fix = f"replace it with the file from the official {release.title} python archive ({release.archive})"
     try:
         with open(path, "rb") as f:
             content = _CifarUnpickler(f, encoding="latin1").load()
     except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError, IndexError) as err:
-        raise ValueError(f"{path} is not a readable {release.title} python file ({type(err).__name__}: "
-                         f"{first_line(err)}); {fix}") from None
+        raise DataError(f"{path} is not a readable {release.title} python file ({type(err).__name__}: "
+                        f"{first_line(err)}); {fix}") from None
     if not isinstance(content, dict) or not all(key in content for key in keys):
         found = (f"a dict with keys {', '.join(repr(k) for k in list(content)[:6])}" if isinstance(content, dict)
                  else f"a {type(content).__name__}")
-        raise ValueError(f"{path}: expected a pickled dict with keys {', '.join(map(repr, keys))}, found {found}; "
-                         f"{fix}")
+        raise DataError(f"{path}: expected a pickled dict with keys {', '.join(map(repr, keys))}, found {found}; "
+                        f"{fix}")
     return content
 
 
@@ -88,9 +90,9 @@ def read_split(folder: Path, names: tuple[str, ...], release: Release) -> tuple[
         batch = read_file(folder / name, ("data", release.labels), release)
         pixels = np.asarray(batch["data"], dtype=np.uint8)
         if pixels.ndim != 2 or pixels.shape[1] != 3 * 32 * 32 or len(pixels) != len(batch[release.labels]):
-            raise ValueError(f"{folder / name}: 'data' holds an array of shape {pixels.shape} for "
-                             f"{len(batch[release.labels])} labels, not N×3072 for N labels; replace it with the "
-                             f"file from the official {release.title} python archive")
+            raise DataError(f"{folder / name}: 'data' holds an array of shape {pixels.shape} for "
+                            f"{len(batch[release.labels])} labels, not N×3072 for N labels; replace it with the "
+                            f"file from the official {release.title} python archive")
         images.append(torch.from_numpy(pixels).reshape(-1, 3, 32, 32))
         labels.append(torch.tensor(batch[release.labels], dtype=torch.long))
     return torch.cat(images), torch.cat(labels)
@@ -100,13 +102,13 @@ def build_cifar(data: DataConfig, *, with_train: bool = True) -> Splits:
     """50k/10k official train/test split (the test set serves as validation), the usual per-channel statistics."""
     release = RELEASES[data.name]
     if data.image_size != 32:
-        raise ValueError(f"data.image_size={data.image_size} is invalid for {release.title}: its images are 32 px; "
-                         f"set data.image_size=32")
+        raise ConfigError(f"data.image_size={data.image_size} is invalid for {release.title}: its images are 32 px; "
+                          f"set data.image_size=32")
     root = require_root(data, release.folder)
     folder = root / release.folder
     if root.name == release.folder and not folder.is_dir() and (root / release.test).is_file():
-        raise FileNotFoundError(f"data.root={root} is the {release.folder} folder itself: data.root is the folder "
-                                f"that holds {release.folder}; use data.root={root.parent}")
+        raise MissingFile(f"data.root={root} is the {release.folder} folder itself: data.root is the folder "
+                          f"that holds {release.folder}; use data.root={root.parent}")
     if data.download and not folder.is_dir():
         _download(release, root)
     try:
@@ -116,8 +118,8 @@ def build_cifar(data: DataConfig, *, with_train: bool = True) -> Splits:
     except FileNotFoundError as err:
         fix = "put the python-pickle files there or set data.download=true" if not data.download else (
             "the download did not provide it; put the python-pickle files there by hand")
-        raise FileNotFoundError(f"{release.title} not found under {root} (expected {folder}, missing "
-                                f"{Path(err.filename).name}); {fix}") from err
+        raise MissingFile(f"{release.title} not found under {root} (expected {folder}, missing "
+                          f"{Path(err.filename).name}); {fix}") from err
     train_set, val_set = tensor_splits(data, train, val, release.mean, release.std, padding=4, flip=True)
     return Splits(train=train_set, val=val_set, classes=classes, mean=release.mean, std=release.std)
 
@@ -128,5 +130,5 @@ def _download(release: Release, root: Path) -> None:
     try:
         download_and_extract_archive(release.archive, str(root), md5=release.md5)
     except (OSError, RuntimeError) as err:  # no network, a bad archive
-        raise FileNotFoundError(f"{release.title} could not be downloaded to {root} ({first_line(err)}); put the "
-                                f"python-pickle files in {root / release.folder} by hand") from err
+        raise MissingFile(f"{release.title} could not be downloaded to {root} ({first_line(err)}); put the "
+                          f"python-pickle files in {root / release.folder} by hand") from err

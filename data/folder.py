@@ -13,6 +13,8 @@ from torchvision.datasets.folder import default_loader
 from torchvision.io import ImageReadMode, decode_image, read_file
 from torchvision.transforms import v2
 
+from engine.errors import DataError, MissingFile
+
 from .bad_images import SkipUnreadable, UnreadableImage
 from .class_folders import (LAYOUT, class_folders, empty_classes_problem, is_image_file, mismatch_problem,
                             too_few_classes_problem)
@@ -46,7 +48,7 @@ def read_image(path: str) -> Any:
     except FILE_ERRORS as err:
         root = Path(path).parents[2]  # <root>/<split>/<class>/<file>
         raise UnreadableImage(f"cannot read image {path} ({first_line(err)}); replace or remove it (python "
-                              f"scripts/check_data.py {root} lists every bad file), or set "
+                              f"-m scripts.check_data {root} lists every bad file), or set "
                               "data.skip_bad_images=true to train on without it") from None
 
 
@@ -61,7 +63,7 @@ class _ClassFolders(datasets.ImageFolder):
 def _split(directory: Path, transform: v2.Compose) -> datasets.ImageFolder:
     """One split, refused in one line naming the folder, the problem and the fix when it breaks the rule."""
     if not directory.is_dir():
-        raise FileNotFoundError(f"{directory} not found: data.root must hold {LAYOUT}; fix data.root or the tree")
+        raise MissingFile(f"{directory} not found: data.root must hold {LAYOUT}; fix data.root or the tree")
     _refuse(too_few_classes_problem(directory, class_folders(directory)), directory.parent)
     split = _ClassFolders(str(directory), transform=transform, loader=read_image, is_valid_file=is_image_file,
                           allow_empty=True)
@@ -73,7 +75,7 @@ def _split(directory: Path, transform: v2.Compose) -> datasets.ImageFolder:
 
 def _refuse(problem: Optional[str], root: Path) -> None:
     if problem is not None:
-        raise ValueError(f"{problem}; python -m scripts.check_data {root} lists every problem of the tree")
+        raise DataError(f"{problem}; python -m scripts.check_data {root} lists every problem of the tree")
 
 
 def build_folder(data: DataConfig, *, with_train: bool = True) -> Splits:
@@ -81,7 +83,7 @@ def build_folder(data: DataConfig, *, with_train: bool = True) -> Splits:
     the same class folders: labels are folder indices, so a mismatch would relabel every class after it."""
     root = require_root(data, LAYOUT)
     if not root.is_dir():
-        raise FileNotFoundError(f"data.root={root} does not exist; set data.root to a folder holding {LAYOUT}")
+        raise MissingFile(f"data.root={root} does not exist; set data.root to a folder holding {LAYOUT}")
     train_tf, val_tf = folder_transforms(data, IMAGENET_MEAN, IMAGENET_STD)
     train = _split(root / "train", train_tf) if with_train else None
     val = _split(root / "val", val_tf)

@@ -11,6 +11,8 @@ from typing import Any, Iterator, Union
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from engine.errors import ConfigError
+
 from .batch_augment import BatchAugmentedLoader, batch_collate
 
 from .bad_images import UnreadableImage, collate
@@ -53,8 +55,8 @@ def build_loaders(
     splits = _splits(data, seed, rank, world_size, with_train=True)
     per_process = -(-len(splits.train) // world_size)
     if per_process < data.batch_size:
-        raise ValueError(f"data.batch_size={data.batch_size} exceeds the {per_process} training images per "
-                         f"process, so an epoch would have no full batch; lower data.batch_size")
+        raise ConfigError(f"data.batch_size={data.batch_size} exceeds the {per_process} training images per "
+                          f"process, so an epoch would have no full batch; lower data.batch_size")
     common = _common(data, pin_memory)
     # Each loader owns a generator: starting an epoch or a validation pass then never draws from the
     # global RNG that training uses, and validating cannot shift the training workers' seeds.

@@ -13,6 +13,8 @@ from timm.data import auto_augment as timm_aa
 from timm.data.auto_augment import augment_and_mix_transform, auto_augment_transform, rand_augment_transform
 from torchvision.transforms import v2
 
+from engine.errors import ConfigError
+
 from .batch_augment import BatchAugment
 from .config import DataConfig
 
@@ -42,7 +44,7 @@ def augmentation_policy(policy: str, size: int, mean: Sequence[float]) -> list[C
 
     timm's policies get the hyper-parameters timm's own ``create_transform`` gives them (translations
     up to 45 % of the image, the dataset mean as fill colour) and a PIL conversion in front, which
-    leaves PIL input untouched. Raises a one-line ValueError naming ``data.auto_augment`` for a
+    leaves PIL input untouched. Raises a one-line ConfigError naming ``data.auto_augment`` for a
     string neither library accepts.
     """
     if policy in TORCHVISION_POLICIES:
@@ -62,7 +64,7 @@ def augmentation_policy(policy: str, size: int, mean: Sequence[float]) -> list[C
             return [v2.ToPILImage(), _posterize_to_zero_bits(TIMM_POLICIES[name](policy, hparams))]
         except (AssertionError, ValueError, KeyError) as err:  # timm asserts on unknown keys and names
             problem = str(err) or type(err).__name__
-    raise ValueError(f"data.auto_augment={policy} is invalid ({problem}); {POLICY_HELP}")
+    raise ConfigError(f"data.auto_augment={policy} is invalid ({problem}); {POLICY_HELP}")
 
 
 def _known_section(policy: str, section: str) -> bool:

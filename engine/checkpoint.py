@@ -32,6 +32,7 @@ from torch.optim import Optimizer
 
 from data.text import first_line
 
+from .errors import CheckpointError, MissingFile
 from .faults import storage_error
 from .metrics import EpochTotals
 
@@ -209,19 +210,18 @@ def _write_durably(path: str, obj: Any) -> None:
 
 
 def load_checkpoint(path: str | Path, *, mmap: bool = False) -> dict[str, Any]:
-    """Read a checkpoint; one clear ValueError for anything that is not a readable checkpoint. ``mmap``:
+    """Read a checkpoint; one clear CheckpointError for anything that is not a readable checkpoint. ``mmap``:
     tensors are mapped, not read, for a reader who wants the position and config alone."""
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"checkpoint {path} does not exist; pass a run folder or the path of a "
-                                f"{LAST} or {BEST} file")
+        raise MissingFile(f"checkpoint {path} does not exist; pass a run folder or the path of a {LAST} or {BEST} file")
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
     except Exception as err:  # truncated zip, random bytes, a pickle with code: all unreadable here
-        raise ValueError(f"cannot read checkpoint {path}: truncated, corrupt or not a checkpoint ({first_line(err)})"
-                         ) from err
+        raise CheckpointError(f"cannot read checkpoint {path}: truncated, corrupt or not a checkpoint "
+                              f"({first_line(err)})") from err
     if not isinstance(ckpt, dict) or "model" not in ckpt:
-        raise ValueError(f"{path} is not a checkpoint of this framework (no 'model' entry)")
+        raise CheckpointError(f"{path} is not a checkpoint of this framework (no 'model' entry)")
     return ckpt
 
 
@@ -231,11 +231,11 @@ def find_checkpoint(path: str | Path, prefer: tuple[str, ...]) -> Path:
     if path.is_dir():
         found = next((path / "checkpoints" / name for name in prefer if (path / "checkpoints" / name).is_file()), None)
         if found is None:
-            raise FileNotFoundError(f"{path} holds no checkpoint (looked for checkpoints/{' or '.join(prefer)}); "
-                                    "pass a run folder that has saved one, or a .pt file")
+            raise MissingFile(f"{path} holds no checkpoint (looked for checkpoints/{' or '.join(prefer)}); "
+                              "pass a run folder that has saved one, or a .pt file")
         return found
     if not path.is_file():
-        raise FileNotFoundError(f"no checkpoint at {path}; pass a run folder or the path of a {LAST} or {BEST} file")
+        raise MissingFile(f"no checkpoint at {path}; pass a run folder or the path of a {LAST} or {BEST} file")
     return path
 
 
@@ -247,7 +247,7 @@ def load_model_weights(model: nn.Module, ckpt: dict[str, Any], path: str | Path)
         saved = ckpt.get("config", {})
         origin = (f"model={saved.get('model', {}).get('name')} conv={saved.get('conv', {}).get('name')}"
                   if saved else "another model")
-        raise ValueError(
+        raise CheckpointError(
             f"checkpoint {path} holds weights of {origin}, which do not fit the model built here "
             f"({_load_error_summary(err)}); pass the same model/conv settings as the run that wrote it"
         ) from err
@@ -258,7 +258,13 @@ def restore(state: TrainState, ckpt: dict[str, Any], path: str | Path, rank: int
     when the checkpoint has no state for ``rank`` (written by fewer processes): that rank's draws then go
     on from its own seed, and its share of the epoch is counted from the resumed batch on."""
     load_model_weights(state.model, ckpt, path)
-    state.load_progress(ckpt)
+    try:
+        state.load_progress(ckpt)
+    except ValueError as err:  # torch's check that the saved parameter groups fit the optimizer's
+        raise CheckpointError(f"checkpoint {path} holds an optimizer state that does not fit the optimizer built "
+                              f"here ({first_line(err)}): a setting that shapes its parameter groups changed "
+                              "(optim.layer_decay); resume with the run's own, or start a new run from the "
+                              f"weights with model.pretrained={path}") from err
     states = ckpt["rng"] if isinstance(ckpt["rng"], list) else [ckpt["rng"]]  # one dict: an older checkpoint
     if rank >= len(states):
         return False

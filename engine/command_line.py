@@ -21,6 +21,7 @@ from data.text import first_line
 
 from .checkpoint import BEST, LAST, find_checkpoint, load_checkpoint
 from .config import compose_config, unknown_key
+from .errors import ConfigError
 
 GROUPS = ("model", "conv", "data", "optim", "sched")
 RESUMED_SETTINGS = (*GROUPS, "trainer", "recipe", "seed")  # a resumed run continues with all of these
@@ -119,7 +120,7 @@ def _parse(args: list[str]) -> dict[str, Any]:
 
 def check_composes(argv: list[str]) -> None:
     """Compose the config as Hydra will, and turn its errors (an unknown option, a value of the wrong
-    type, a misspelt key, bad override syntax) into one ValueError line naming the override and the fix,
+    type, a misspelt key, bad override syntax) into one ConfigError line naming the override and the fix,
     instead of Hydra's multi-line report. Help, info and sweeps are left to Hydra."""
     from hydra.errors import HydraException
     from omegaconf.errors import OmegaConfBaseException
@@ -130,7 +131,7 @@ def check_composes(argv: list[str]) -> None:
     try:
         compose_config(*overrides, hydra=True)
     except (HydraException, OmegaConfBaseException) as err:
-        raise ValueError(composition_error(err)) from None
+        raise ConfigError(composition_error(err)) from None
 
 
 # flags whose output is Hydra's own (or a sweep, whose jobs report their own errors)

@@ -27,6 +27,7 @@ from models.config import ConvConfig, ConvType, ModelConfig, ModelSource, gmconv
 from models.conv_types import check_rival_options, unused_options
 from models.small_input import parse_small_input
 
+from .errors import ConfigError
 from .precision import channels_last_setting
 
 
@@ -202,7 +203,7 @@ def compose_config(*overrides: str, hydra: bool = False) -> DictConfig:
 
 
 def validate(cfg: DictConfig) -> None:
-    """Every check of a composed config, before any data or model is built; ValueError names the key."""
+    """Every check of a composed config, before any data or model is built; ConfigError names the key."""
     _check_known_keys(cfg)
     _check_ranges(cfg)
     channels_last_setting(cfg.trainer.channels_last)
@@ -214,12 +215,12 @@ def validate(cfg: DictConfig) -> None:
     _check_layer_decay(cfg)
     _check_sched(cfg.sched)
     if not cfg.trainer.compile and CompileMode(cfg.trainer.compile_mode) is not TrainerConfig.compile_mode:
-        raise ValueError(f"trainer.compile_mode={CompileMode(cfg.trainer.compile_mode).name} has no effect without "
-                         "trainer.compile=true; add trainer.compile=true or remove it")
+        raise ConfigError(f"trainer.compile_mode={CompileMode(cfg.trainer.compile_mode).name} has no effect without "
+                          "trainer.compile=true; add trainer.compile=true or remove it")
     _check_trainer_recipe(cfg.trainer)
     if cfg.eval_only and cfg.resume:
-        raise ValueError("resume= continues training and cannot be combined with eval_only=true; "
-                         "evaluate a run with eval_only=true ckpt=<run folder>")
+        raise ConfigError("resume= continues training and cannot be combined with eval_only=true; "
+                          "evaluate a run with eval_only=true ckpt=<run folder>")
 
 
 def unknown_key(key: str) -> str:
@@ -261,7 +262,7 @@ def _check_known_keys(cfg: DictConfig) -> None:
     try:
         OmegaConf.merge(OmegaConf.structured(TrainConfig), OmegaConf.to_container(cfg, enum_to_str=True))
     except (ConfigKeyError, ValidationError) as err:
-        raise ValueError(unknown_key(getattr(err, "full_key", None) or first_line(err))) from err
+        raise ConfigError(unknown_key(getattr(err, "full_key", None) or first_line(err))) from err
 
 
 def _check_ranges(cfg: DictConfig) -> None:
@@ -297,7 +298,7 @@ def _check_ranges(cfg: DictConfig) -> None:
     ]
     for ok, key, value, expected in checks:
         if not ok:
-            raise ValueError(f"{key}={value} is invalid: expected {expected}")
+            raise ConfigError(f"{key}={value} is invalid: expected {expected}")
 
 
 def _batch_limit_ok(limit: Any) -> bool:
@@ -323,13 +324,13 @@ def _check_conv(conv: DictConfig) -> None:
     unused = unused_options(conv)
     if unused:
         uses = "no conv option" if kind is ConvType.standard else "other options"
-        raise ValueError(f"{unused[0]} has no effect: conv={conv.name} (conv.type={kind.value}) uses {uses}; "
-                         "remove it or choose the conv type that reads it (configs/conv/)")
+        raise ConfigError(f"{unused[0]} has no effect: conv={conv.name} (conv.type={kind.value}) uses {uses}; "
+                          "remove it or choose the conv type that reads it (configs/conv/)")
     if kind is ConvType.gmconv:
         try:
             gmconv_options(conv).validate()
         except ValueError as err:
-            raise ValueError(f"conv.{err}") from err
+            raise ConfigError(f"conv.{err}") from err
     elif kind is not ConvType.standard:
         check_rival_options(conv)
 
@@ -338,27 +339,27 @@ def _check_settings_that_need_sigma(cfg: DictConfig) -> None:
     """σ's learning rate and the mask images mean nothing without a (learned, static) Gaussian mask."""
     gmconv = ConvType(cfg.conv.type) is ConvType.gmconv
     if not (gmconv and cfg.conv.learnable_sigma) and cfg.optim.sigma_lr_scale != OptimConfig.sigma_lr_scale:
-        raise ValueError(f"optim.sigma_lr_scale={cfg.optim.sigma_lr_scale} has no effect: conv={cfg.conv.name} "
-                         "learns no σ; remove it or choose a GMConv conv with a learnable σ")
+        raise ConfigError(f"optim.sigma_lr_scale={cfg.optim.sigma_lr_scale} has no effect: conv={cfg.conv.name} "
+                          "learns no σ; remove it or choose a GMConv conv with a learnable σ")
     if cfg.trainer.log_masks and not (gmconv and not cfg.conv.dynamic):
         why = "predicts σ for each image, so no layer has one mask" if cfg.conv.dynamic else "has no Gaussian mask"
-        raise ValueError(f"trainer.log_masks=true has no effect: conv={cfg.conv.name} {why}; "
-                         "remove it or choose conv=gmconv (or a static variant)")
+        raise ConfigError(f"trainer.log_masks=true has no effect: conv={cfg.conv.name} {why}; "
+                          "remove it or choose conv=gmconv (or a static variant)")
     if ConvType(cfg.conv.type) is not ConvType.deformable and cfg.optim.offset_lr_scale != OptimConfig.offset_lr_scale:
-        raise ValueError(f"optim.offset_lr_scale={cfg.optim.offset_lr_scale} has no effect: conv={cfg.conv.name} has "
-                         "no offsets; remove it or choose conv=deformable")
+        raise ConfigError(f"optim.offset_lr_scale={cfg.optim.offset_lr_scale} has no effect: conv={cfg.conv.name} has "
+                          "no offsets; remove it or choose conv=deformable")
 
 
 def _check_optim(optim: DictConfig) -> None:
     if optim.name != "sgd" and optim.name not in list_optimizers():
-        raise ValueError(f"optim.name={optim.name} is not an optimizer timm knows; use sgd, adamw or a name from "
-                         "timm.optim.list_optimizers()")
+        raise ConfigError(f"optim.name={optim.name} is not an optimizer timm knows; use sgd, adamw or a name from "
+                          "timm.optim.list_optimizers()")
     if optim.name != "sgd":
         defaults = OptimConfig()
         for key in ("momentum", "nesterov"):
             if optim[key] != getattr(defaults, key):
-                raise ValueError(f"optim.{key}={optim[key]} is used by optim=sgd only, not optim.name={optim.name}; "
-                                 f"pass it through optim.kwargs if that optimizer takes it, or remove it")
+                raise ConfigError(f"optim.{key}={optim[key]} is used by optim=sgd only, not optim.name={optim.name}; "
+                                  f"pass it through optim.kwargs if that optimizer takes it, or remove it")
 
 
 def _check_layer_decay(cfg: DictConfig) -> None:
@@ -366,11 +367,11 @@ def _check_layer_decay(cfg: DictConfig) -> None:
     if layer_decay is None:
         return
     if not 0 < layer_decay <= 1:
-        raise ValueError(f"optim.layer_decay={layer_decay} is invalid: expected a number in (0, 1] or null")
+        raise ConfigError(f"optim.layer_decay={layer_decay} is invalid: expected a number in (0, 1] or null")
     if ModelSource(cfg.model.source) is not ModelSource.timm:
-        raise ValueError(f"optim.layer_decay={layer_decay} needs a timm model's layer groups (group_matcher), and "
-                         f"model={cfg.model.name} is a {ModelSource(cfg.model.source).value} model; remove it or use "
-                         "model=timm model.name=<timm model>")
+        raise ConfigError(f"optim.layer_decay={layer_decay} needs a timm model's layer groups (group_matcher), and "
+                          f"model={cfg.model.name} is a {ModelSource(cfg.model.source).value} model; remove it or use "
+                          "model=timm model.name=<timm model>")
 
 
 _SCHED_ONLY = {"milestones": ("multistep",), "gamma": ("multistep", "step"), "min_lr": ("cosine", "poly"),
@@ -382,39 +383,39 @@ def _check_sched(sched: DictConfig) -> None:
     name = SchedName(sched.name).value
     for key, owners in _SCHED_ONLY.items():
         if name not in owners and plain(sched[key]) != getattr(defaults, key):
-            raise ValueError(f"sched.{key}={plain(sched[key])} is used by sched={'|'.join(owners)} only, not "
-                             f"sched={name}; remove it or choose that schedule")
+            raise ConfigError(f"sched.{key}={plain(sched[key])} is used by sched={'|'.join(owners)} only, not "
+                              f"sched={name}; remove it or choose that schedule")
     if name == "step" and not (sched.decay_epochs or 0) > 0:
-        raise ValueError(f"sched.decay_epochs={sched.decay_epochs} is invalid: sched=step needs the epochs between "
-                         "two lr × gamma steps, e.g. sched.decay_epochs=30")
+        raise ConfigError(f"sched.decay_epochs={sched.decay_epochs} is invalid: sched=step needs the epochs between "
+                          "two lr × gamma steps, e.g. sched.decay_epochs=30")
     if sched.power <= 0:
-        raise ValueError(f"sched.power={sched.power} is invalid: expected a positive number")
+        raise ConfigError(f"sched.power={sched.power} is invalid: expected a positive number")
     milestones = list(sched.milestones)
     if name == "multistep" and (not milestones or milestones != sorted(set(milestones)) or milestones[0] <= 0):
-        raise ValueError(f"sched.milestones={milestones} is invalid: sched=multistep needs positive epochs "
-                         "in increasing order, e.g. [30,60]")
+        raise ConfigError(f"sched.milestones={milestones} is invalid: sched=multistep needs positive epochs "
+                          "in increasing order, e.g. [30,60]")
 
 
 def _check_trainer_recipe(trainer: DictConfig) -> None:
     """Accumulation, loss and EMA settings: ranges, and the ones that only mean something together."""
     if trainer.accumulate_steps < 1:
-        raise ValueError(f"trainer.accumulate_steps={trainer.accumulate_steps} is invalid: expected a positive "
-                         "integer (1: an optimizer step per batch)")
+        raise ConfigError(f"trainer.accumulate_steps={trainer.accumulate_steps} is invalid: expected a positive "
+                          "integer (1: an optimizer step per batch)")
     threshold = trainer.bce_target_threshold
     if threshold is not None and Loss(trainer.loss) is not Loss.bce:
-        raise ValueError(f"trainer.bce_target_threshold={threshold} is used by trainer.loss=bce only; remove it "
-                         "or set trainer.loss=bce")
+        raise ConfigError(f"trainer.bce_target_threshold={threshold} is used by trainer.loss=bce only; remove it "
+                          "or set trainer.loss=bce")
     if threshold is not None and not 0 <= threshold < 1:
-        raise ValueError(f"trainer.bce_target_threshold={threshold} is invalid: expected a number in [0, 1) or null")
+        raise ConfigError(f"trainer.bce_target_threshold={threshold} is invalid: expected a number in [0, 1) or null")
     decay = trainer.ema_decay
     if decay is not None and not 0 < decay < 1:
-        raise ValueError(f"trainer.ema_decay={decay} is invalid: expected a number in (0, 1) such as 0.9998, "
-                         "or null for no EMA")
+        raise ConfigError(f"trainer.ema_decay={decay} is invalid: expected a number in (0, 1) such as 0.9998, "
+                          "or null for no EMA")
     if decay is None and trainer.ema_warmup:
-        raise ValueError("trainer.ema_warmup=true has no effect without an EMA; set trainer.ema_decay or remove it")
+        raise ConfigError("trainer.ema_warmup=true has no effect without an EMA; set trainer.ema_decay or remove it")
     if decay is None and BestOf(trainer.best_of) is BestOf.ema:
-        raise ValueError("trainer.best_of=ema needs an EMA; set trainer.ema_decay (e.g. 0.9998) or use "
-                         "trainer.best_of=model")
+        raise ConfigError("trainer.best_of=ema needs an EMA; set trainer.ema_decay (e.g. 0.9998) or use "
+                          "trainer.best_of=model")
 
 
 # Settings that define what a run trains: changing one on resume would continue another experiment
@@ -441,9 +442,9 @@ def resume_changes(saved: dict[str, Any], cfg: DictConfig) -> list[str]:
                if key.split(".")[0] not in _NOT_SETTINGS and (key in known or new != defaults.get(key))]
     for key, old, new in changes:
         if any(key == fixed or key.startswith(fixed + ".") for fixed in FIXED_ON_RESUME):
-            raise ValueError(f"{key}={new} differs from the resumed run's {key}={old}, and it cannot change on "
-                             "resume; resume without it, or start a new run from the weights with "
-                             "model.pretrained=<run folder>/checkpoints/last.pt")
+            raise ConfigError(f"{key}={new} differs from the resumed run's {key}={old}, and it cannot change on "
+                              "resume; resume without it, or start a new run from the weights with "
+                              "model.pretrained=<run folder>/checkpoints/last.pt")
     return [f"{key} {old} → {new}" for key, old, new in changes]
 
 

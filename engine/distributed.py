@@ -18,6 +18,8 @@ import torch
 import torch.distributed as dist
 from torch.distributed.constants import default_pg_timeout
 
+from .errors import ConfigError
+
 
 @dataclass(frozen=True)
 class DistInfo:
@@ -119,7 +121,7 @@ def cleanup() -> None:
 def select_device(device: str, dist_info: DistInfo) -> torch.device:
     """``trainer.device``: auto picks CUDA when present; under torchrun, GPU number LOCAL_RANK."""
     if device == "cuda" and not torch.cuda.is_available():
-        raise ValueError("trainer.device=cuda but no CUDA device is available; use trainer.device=cpu or auto")
+        raise ConfigError("trainer.device=cuda but no CUDA device is available; use trainer.device=cpu or auto")
     if device == "cpu" or not torch.cuda.is_available():
         return torch.device("cpu")
     torch.cuda.set_device(dist_info.local_rank)

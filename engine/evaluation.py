@@ -19,6 +19,7 @@ from data import build_val_loader
 from .checkpoint import BEST, LAST, find_checkpoint, load_checkpoint, load_model_weights, without_ddp
 from .loop import Progress, evaluate
 from .distributed import barrier
+from .errors import DataError
 from .run_log import commit_run_log
 from .setup import Context, build_described_model, prepare_model
 
@@ -64,15 +65,15 @@ def check_classes(data: list[str], trained: Optional[list[str]], checkpoint: Pat
         return
     fix = "evaluate on the data the run was trained on (data=, data.root=)"
     if len(data) != len(trained):
-        raise ValueError(f"the data has {len(data)} classes and {checkpoint} was trained on {len(trained)}: it is "
-                         f"other data than the run's ({_differences(data, trained)}); {fix}")
+        raise DataError(f"the data has {len(data)} classes and {checkpoint} was trained on {len(trained)}: it is "
+                        f"other data than the run's ({_differences(data, trained)}); {fix}")
     if set(data) == set(trained):
         label = next(i for i, (a, b) in enumerate(zip(data, trained)) if a != b)
-        raise ValueError(f"the data has the classes {checkpoint} was trained on, in another order (label {label} is "
-                         f"{data[label]!r} in the data and {trained[label]!r} in the checkpoint), so every label "
-                         f"would be shifted; {fix}")
-    raise ValueError(f"the data's classes differ from the ones {checkpoint} was trained on "
-                     f"({_differences(data, trained)}); {fix}")
+        raise DataError(f"the data has the classes {checkpoint} was trained on, in another order (label {label} is "
+                        f"{data[label]!r} in the data and {trained[label]!r} in the checkpoint), so every label "
+                        f"would be shifted; {fix}")
+    raise DataError(f"the data's classes differ from the ones {checkpoint} was trained on "
+                    f"({_differences(data, trained)}); {fix}")
 
 
 def _differences(data: list[str], trained: list[str], limit: int = 5) -> str:

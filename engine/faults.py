@@ -1,6 +1,6 @@
 """Failures a run reports in one line (train.py prints it without a traceback): what went wrong, what
-was kept, what to do. Settings and data errors stay ValueError / FileNotFoundError (exit 2); these are
-things that happened while the run was going (exit 1)."""
+was kept, what to do. Input refused before the run is engine/errors.py's (exit 2); these are things that
+happened while the run was going (exit 1)."""
 
 from __future__ import annotations
 

@@ -16,6 +16,7 @@ from gmconv import sigma_parameters
 from models.layers import receptive_field_groups
 
 from .config import OptimConfig
+from .errors import ConfigError
 
 # timm's optimizer names for the config's "sgd": timm's own "sgd" is Nesterov SGD.
 _SGD_NAMES = {False: "momentum", True: "nesterov"}
@@ -43,8 +44,8 @@ def param_groups(model: nn.Module, weight_decay: float, sigma_lr_scale: float = 
         groups = param_groups_weight_decay(model, weight_decay, no_weight_decay_list=no_decay_names)
     else:
         if not hasattr(model, "group_matcher"):
-            raise ValueError(f"optim.layer_decay={layer_decay} needs a model with timm's group_matcher() to know its "
-                             f"layers, and {type(model).__name__} has none; remove optim.layer_decay")
+            raise ConfigError(f"optim.layer_decay={layer_decay} needs a model with timm's group_matcher() to know its "
+                              f"layers, and {type(model).__name__} has none; remove optim.layer_decay")
         groups = param_groups_layer_decay(model, weight_decay, no_weight_decay_list=no_decay_names,
                                           layer_decay=layer_decay)
     own = [{"params": sigma_parameters(model), "weight_decay": 0.0, "lr_scale": sigma_lr_scale},
@@ -74,7 +75,7 @@ def build_optimizer(model: nn.Module, optim: DictConfig, lr: float) -> Optimizer
     try:
         return create_optimizer_v2(groups, opt=name, lr=lr, weight_decay=optim.weight_decay, **extra)
     except (ValueError, AssertionError) as err:
-        raise ValueError(f"optim.name={optim.name} could not be built by timm ({err}); use sgd or adamw") from err
+        raise ConfigError(f"optim.name={optim.name} could not be built by timm ({err}); use sgd or adamw") from err
 
 
 def build_scheduler(optimizer: Optimizer, sched: DictConfig, epochs: int,

@@ -23,6 +23,8 @@ from typing import Any
 import torch
 from omegaconf import DictConfig
 
+from .errors import ConfigError
+
 AUTO = "auto"
 FP32 = ("none", "fp32")  # two names for no autocast: "none" is what the run's config records
 
@@ -64,12 +66,12 @@ def fast_bf16(device: torch.device) -> tuple[bool, str]:
 
 
 def channels_last_setting(value: Any) -> bool | None:
-    """``trainer.channels_last`` as typed: True, False, or None for auto; anything else is a ValueError."""
+    """``trainer.channels_last`` as typed: True, False, or None for auto; anything else is a ConfigError."""
     if value == AUTO:
         return None
     if isinstance(value, bool):
         return value
-    raise ValueError(f"trainer.channels_last={value} is invalid: expected auto, true or false")
+    raise ConfigError(f"trainer.channels_last={value} is invalid: expected auto, true or false")
 
 
 def choose_precision(trainer: DictConfig, device: torch.device) -> Precision:

@@ -13,6 +13,7 @@ from omegaconf import DictConfig
 from . import checkpoint
 from .checkpoint import LAST
 from .config import resume_changes
+from .errors import ConfigError
 from .run_folder import RunFolder
 
 
@@ -41,8 +42,8 @@ def plan_resume(cfg: DictConfig, folder: RunFolder) -> Optional[Resume]:
     ckpt = checkpoint.load_checkpoint(path)
     changes = resume_changes(ckpt.get("config", {}), cfg)
     if ckpt["epoch"] > cfg.trainer.epochs:
-        raise ValueError(f"trainer.epochs={cfg.trainer.epochs} is less than the {ckpt['epoch']} epochs {path} "
-                         "has already trained; pass a larger trainer.epochs or evaluate it with eval_only=true")
+        raise ConfigError(f"trainer.epochs={cfg.trainer.epochs} is less than the {ckpt['epoch']} epochs {path} "
+                          "has already trained; pass a larger trainer.epochs or evaluate it with eval_only=true")
     return Resume(path, ckpt, folder.owns(path), changes)
 
 

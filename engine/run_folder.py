@@ -34,6 +34,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict, read_write
 from .checkpoint import BEST, LAST, PARTIAL, atomic_write, save_json
 from .faults import storage_error
 from .distributed import init_distributed
+from .errors import RunFolderError
 from .sweep_folders import announce_swept_settings
 
 log = logging.getLogger(__name__)
@@ -85,8 +86,8 @@ class RunFolder:
         if self.holds_progress() or (self.holds_run() and not restart):
             how = (f"continue it with resume={self.path}" if self.holds_progress() else
                    f"it saved no last.pt: start it again there with resume=auto hydra.run.dir={self.path}")
-            raise ValueError(f"{self.path} already holds {self.describe()}; {how}, or start a new run in another "
-                             "folder (leave hydra.run.dir unset for a fresh one)")
+            raise RunFolderError(f"{self.path} already holds {self.describe()}; {how}, or start a new run in "
+                                 "another folder (leave hydra.run.dir unset for a fresh one)")
 
     @contextlib.contextmanager
     def hold(self) -> Iterator[None]:
@@ -109,9 +110,9 @@ class RunFolder:
                 fcntl.lockf(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except OSError as err:
                 if err.errno in (errno.EACCES, errno.EAGAIN):
-                    raise ValueError(f"{self.path} is in use by another process (it holds {path}); wait for that "
-                                     "run to end or stop it, then try again (a killed process frees it at once)"
-                                     ) from None
+                    raise RunFolderError(f"{self.path} is in use by another process (it holds {path}); wait for "
+                                         "that run to end or stop it, then try again (a killed process frees it at "
+                                         "once)") from None
                 log.warning("cannot lock %s (%s): nothing stops a second process from writing this run folder "
                             "at the same time (a file system without locks, e.g. some NFS mounts)", path, err.strerror)
             yield
@@ -167,11 +168,11 @@ class ClaimRunFolder(Callback):
         if info.is_main:
             try:
                 chosen = [str(claim_folder(Path(run.dir), unique=unique))]
-            except ValueError as err:
+            except RunFolderError as err:
                 chosen = [err]
         if info.enabled:
             dist.broadcast_object_list(chosen, src=0)
-        if isinstance(chosen[0], ValueError):
+        if isinstance(chosen[0], RunFolderError):
             print(f"error: {chosen[0]}", file=sys.stderr)
             sys.exit(2)
         with read_write(run), open_dict(run):
@@ -198,6 +199,6 @@ def claim_folder(path: Path, *, unique: bool) -> Path:
         blocking_file = next((p for p in path.parents if p.exists() and not p.is_dir()), None)
         code = errno.errorcode.get(err.errno, "") if err.errno else ""
         reason = f"{blocking_file} is a file, not a folder" if blocking_file else f"{err.strerror or err} [{code}]"
-        raise ValueError(f"cannot use {path} as the run folder: {reason}; choose a writable place with "
-                         "hydra.run.dir=<folder>") from err
+        raise RunFolderError(f"cannot use {path} as the run folder: {reason}; choose a writable place with "
+                             "hydra.run.dir=<folder>") from err
     return folder

@@ -68,7 +68,7 @@ def run(cfg: DictConfig, run_dir: Path, *, overrides: list[str] | None = None,
         hydra_config: DictConfig | None = None, recipe_changes: list[str] | None = None) -> dict[str, Any]:
     """Train (or, with ``eval_only``, evaluate) as ``cfg`` says, in ``run_dir``; returns results.json's content.
 
-    Raises ValueError / FileNotFoundError for bad settings or data (before anything is written to
+    Raises ``BadInput`` (engine/errors.py) for bad settings, data or checkpoints (before anything is written to
     ``run_dir``), and ``Preempted`` when a signal stopped training with its checkpoint saved.
     """
     validate(cfg)

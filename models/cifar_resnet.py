@@ -23,6 +23,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from engine.errors import ConfigError
+
 from .registry import register_model
 
 SHORTCUTS = ("A", "B")
@@ -85,7 +87,7 @@ class CifarResNet(nn.Module):
         if depth < 8 or (depth - 2) % 6:
             raise ValueError(f"CIFAR ResNet depth={depth} must be 6n + 2 with n >= 1 (20, 32, 44, 56, 110, ...)")
         if shortcut not in SHORTCUTS:
-            raise ValueError(f"shortcut={shortcut!r} must be one of {', '.join(SHORTCUTS)}")
+            raise ConfigError(f"shortcut={shortcut!r} must be one of {', '.join(SHORTCUTS)}")
         blocks_per_stage = (depth - 2) // 6
         self.conv1 = nn.Conv2d(3, STAGE_WIDTHS[0], 3, 1, 1, bias=False)
         self.bn1 = nn.BatchNorm2d(STAGE_WIDTHS[0])

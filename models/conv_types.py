@@ -13,6 +13,7 @@ from typing import Any, Callable
 
 from torch import nn
 
+from engine.errors import ConfigError
 from gmconv import GMConvOptions, fold_gmconv
 from gmconv.convert import enlarge_kernel
 from gmconv.modules import module_aliases, rebuilt_conv, replace_everywhere
@@ -55,7 +56,7 @@ def check_rival_options(conv_cfg: Any) -> None:
               (conv_cfg.kernel_size >= 1, "kernel_size", "a positive integer")]
     for ok, key, expected in checks:
         if not ok:
-            raise ValueError(f"conv.{key}={conv_cfg[key]} is invalid: expected {expected}")
+            raise ConfigError(f"conv.{key}={conv_cfg[key]} is invalid: expected {expected}")
 
 
 def rival_builder(conv_cfg: Any) -> Callable[[nn.Conv2d], nn.Module]:
@@ -105,8 +106,8 @@ def fold_convs(model: nn.Module) -> nn.Module:
     says, so no fixed kernel computes it: refused in one line, the model untouched."""
     deformable = [name for name, m in model.named_modules() if isinstance(m, DeformConv2d)]
     if deformable:
-        raise ValueError(f"cannot fold deformable convolutions ({deformable[0]}, ...): where they sample depends on "
-                         "the input, so no plain convolution computes them; export without folding (--no-fold)")
+        raise ConfigError(f"cannot fold deformable convolutions ({deformable[0]}, ...): where they sample depends on "
+                          "the input, so no plain convolution computes them; export without folding (--no-fold)")
     model = fold_gmconv(model)
     aliases = module_aliases(model)
     for m in [m for m in model.modules() if isinstance(m, Dcls2d)]:

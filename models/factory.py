@@ -14,6 +14,7 @@ import logging
 
 from torch import nn
 
+from engine.errors import ConfigError
 from gmconv import ConversionReport, GMConvOptions, convert_to_gmconv, replace_convs
 
 from .config import REGULARISATION_ARGS, ConvConfig, ConvType, ModelConfig, ModelSource, gmconv_options
@@ -64,7 +65,7 @@ def _backbone(
 
 def _create_regularised(model_cfg: ModelConfig, source: ModelSource, num_classes: int) -> nn.Module:
     """The backbone with ``model.drop_rate`` / ``drop_path_rate`` passed as its constructor's arguments;
-    a backbone without such an argument is a ValueError naming the setting (never silently ignored)."""
+    a backbone without such an argument is a ConfigError naming the setting (never silently ignored)."""
     settings = _regularisation(model_cfg, source)
     names = REGULARISATION_ARGS[source]
     kwargs = {names[key]: value for key, value in settings.items()}
@@ -89,17 +90,17 @@ def _regularisation(model_cfg: ModelConfig, source: ModelSource) -> dict[str, fl
                 if getattr(model_cfg, key) is not None}
     unsupported = [key for key in settings if key not in REGULARISATION_ARGS[source]]
     if unsupported:
-        raise ValueError(f"model.{unsupported[0]}={settings[unsupported[0]]} is not supported by the {source.value} "
-                         f"model {model_cfg.name} (no dropout or stochastic-depth argument); remove it")
+        raise ConfigError(f"model.{unsupported[0]}={settings[unsupported[0]]} is not supported by the {source.value} "
+                          f"model {model_cfg.name} (no dropout or stochastic-depth argument); remove it")
     clash = sorted({REGULARISATION_ARGS[source][key] for key in settings} & dict(model_cfg.kwargs).keys())
     if clash:
-        raise ValueError(f"model.kwargs.{clash[0]} repeats model.drop_rate/drop_path_rate; set it once")
+        raise ConfigError(f"model.kwargs.{clash[0]} repeats model.drop_rate/drop_path_rate; set it once")
     return settings
 
 
-def _unsupported(key: str, value: float, model_name: str, argument: str) -> ValueError:
-    return ValueError(f"model.{key}={value} is not supported by {model_name} (its builder does not accept {argument}); "
-                      "remove it")
+def _unsupported(key: str, value: float, model_name: str, argument: str) -> ConfigError:
+    return ConfigError(f"model.{key}={value} is not supported by {model_name} (its builder does not accept "
+                       f"{argument}); remove it")
 
 
 def apply_conv(model: nn.Module, conv_cfg: ConvConfig, *, model_name: str | None = None) -> ConversionReport | None:
@@ -108,25 +109,34 @@ def apply_conv(model: nn.Module, conv_cfg: ConvConfig, *, model_name: str | None
     Returns the report, or None for standard convolutions. GMConv receives every ``GMConvOptions``
     field of ``conv_cfg``, so a new option needs no change here; a rival type (models/conv_types.py)
     replaces the same layers with its own. An include/exclude pattern that matches no convolution is
-    a ValueError: it is almost always a typo that would silently change the experiment.
+    a ConfigError: it is almost always a typo that would silently change the experiment.
     """
     kind = ConvType(conv_cfg.type)
     if kind is ConvType.standard:
         return None
     report = ConversionReport(layer=LABELS.get(kind, "GMConv"))
-    if kind is ConvType.gmconv:
-        options = gmconv_options(conv_cfg)
-        converted = convert_to_gmconv(model, options, report=report)
-    else:
-        options = selection(conv_cfg)
-        converted = replace_convs(model, rival_builder(conv_cfg), options, report)
+    options = gmconv_options(conv_cfg) if kind is ConvType.gmconv else selection(conv_cfg)
+    converted = _converted(model, conv_cfg, kind, options, report)
     if converted is not model:  # only happens for a bare nn.Conv2d, which cannot change type in place
         raise TypeError("apply_conv converts a network in place; a bare nn.Conv2d cannot be converted in place")
     name = model_name or type(model).__name__
     log.info("%s: %s", name, report.summary())
     if report.unmatched:
-        raise ValueError(_unmatched_message(model, options, report.unmatched, name))
+        raise ConfigError(_unmatched_message(model, options, report.unmatched, name))
     return report
+
+
+def _converted(model: nn.Module, conv_cfg: ConvConfig, kind: ConvType, options: GMConvOptions,
+               report: ConversionReport) -> nn.Module:
+    """The conversion itself. gmconv/ and the layers (models/layers/) check their arguments with ValueError, as
+    libraries do; here those arguments are the user's conv settings and the model's layers, so the message is a
+    ConfigError (the original, with its traceback, is its cause)."""
+    try:
+        if kind is ConvType.gmconv:
+            return convert_to_gmconv(model, options, report=report)
+        return replace_convs(model, rival_builder(conv_cfg), options, report)
+    except ValueError as err:
+        raise ConfigError(str(err)) from err
 
 
 def _unmatched_message(model: nn.Module, options: GMConvOptions, unmatched: list[str], name: str) -> str:

@@ -22,6 +22,8 @@ import torch
 import torchvision
 from torch import nn
 
+from engine.errors import CheckpointError, ConfigError, MissingFile
+
 from .config import ModelSource
 
 log = logging.getLogger(__name__)
@@ -34,8 +36,8 @@ _MAX_NAMED = 8
 def read_pretrained(pretrained: str | None, *, source: ModelSource | str, name: str) -> PretrainedWeights | None:
     """The weights ``pretrained`` (None, a file path or ``"torchvision"``) names, or None for none.
 
-    Raises FileNotFoundError for a missing file (or an uncached torchvision download) and
-    ValueError for a file that cannot be read.
+    Raises MissingFile for a missing file (or an uncached torchvision download) and
+    CheckpointError for a file that cannot be read.
     """
     if pretrained is None:
         return None
@@ -73,10 +75,10 @@ class PretrainedWeights:
         self.loaded.update(fitting)
 
     def finish(self, model: nn.Module) -> None:
-        """ValueError if nothing was loaded; otherwise log what was loaded and what was not, for ``model``."""
+        """CheckpointError if nothing was loaded; otherwise log what was loaded and what was not, for ``model``."""
         own = model.state_dict()
         if not self.loaded:
-            raise ValueError(
+            raise CheckpointError(
                 f"{self.path} does not look like weights for {self.name}: none of its {len(self.state)} entries "
                 f"matches a parameter or buffer of the model by name and shape "
                 f"(e.g. model: {_names(own)}; file: {_names(self.state)})"
@@ -95,16 +97,16 @@ class PretrainedWeights:
 
 
 def torchvision_cache_path(source: ModelSource | str, name: str) -> Path:
-    """Where ``torch.hub`` keeps torchvision's default weights for ``name``; FileNotFoundError if absent."""
+    """Where ``torch.hub`` keeps torchvision's default weights for ``name``; MissingFile if absent."""
     if ModelSource(source) is not ModelSource.torchvision:
-        raise ValueError(
+        raise ConfigError(
             f"model.pretrained=torchvision needs model.source=torchvision (this is a {ModelSource(source).value} "
             f"model); set model.pretrained to the path of a weights file for {name!r}"
         )
     weights = torchvision.models.get_model_weights(name).DEFAULT
     path = Path(torch.hub.get_dir()) / "checkpoints" / Path(urlparse(weights.url).path).name
     if not path.is_file():
-        raise FileNotFoundError(
+        raise MissingFile(
             f"torchvision's default weights for {name} ({weights}) are not in the local torch hub cache: "
             f"expected {path}. Nothing is downloaded here: fetch {weights.url} on a machine with network "
             f"access and copy it to {path} (TORCH_HOME moves the cache), "
@@ -116,11 +118,11 @@ def torchvision_cache_path(source: ModelSource | str, name: str) -> Path:
 def _read_state_dict(path: Path) -> Mapping[str, object]:
     """The tensors of a raw state_dict, or of a checkpoint's "model"/"state_dict" entry."""
     if not path.is_file():
-        raise FileNotFoundError(f"pretrained weights file {path} does not exist (model.pretrained)")
+        raise MissingFile(f"pretrained weights file {path} does not exist (model.pretrained)")
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # truncated zip, random bytes, a pickle with code: all unreadable here
-        raise ValueError(
+        raise CheckpointError(
             f"cannot read pretrained weights {path} (model.pretrained): {type(err).__name__}: {err}"
         ) from err
     if not isinstance(obj, Mapping):

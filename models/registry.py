@@ -16,6 +16,8 @@ import timm
 import torchvision
 from torch import nn
 
+from engine.errors import ConfigError
+
 from .config import ModelSource
 
 ModelBuilder = Callable[..., nn.Module]
@@ -60,7 +62,7 @@ def registered_models() -> list[str]:
 def create_backbone(source: ModelSource | str, name: str, num_classes: int, **kwargs: Any) -> nn.Module:
     """A randomly initialised backbone ``name`` from ``source`` with a ``num_classes``-way head.
 
-    ``kwargs`` go to the builder (e.g. timm's ``drop_rate``). An unknown name raises ValueError
+    ``kwargs`` go to the builder (e.g. timm's ``drop_rate``). An unknown name raises ConfigError
     listing valid (or the closest) names of that source.
     """
     source = ModelSource(source)
@@ -78,7 +80,7 @@ def create_backbone(source: ModelSource | str, name: str, num_classes: int, **kw
     return timm.create_model(name, pretrained=False, num_classes=num_classes, **kwargs)
 
 
-def _unknown_model(name: str, source: ModelSource, choices: list[str]) -> ValueError:
+def _unknown_model(name: str, source: ModelSource, choices: list[str]) -> ConfigError:
     """The error for a misspelt name: every choice when there are few, else the closest ones."""
     if len(choices) <= _MAX_LISTED:
         listing = f"choose one of: {', '.join(sorted(choices))}"
@@ -86,6 +88,6 @@ def _unknown_model(name: str, source: ModelSource, choices: list[str]) -> ValueE
         close = difflib.get_close_matches(name, choices, n=_MAX_CLOSE, cutoff=0.5)
         label, shown = ("closest", close) if close else ("for example", sorted(choices)[:_MAX_LISTED])
         listing = f"{len(choices)} available, {label}: {', '.join(shown)}"
-    return ValueError(
+    return ConfigError(
         f"unknown {source.value} model {name!r} (model.name); {listing} ({_LISTING_HINTS[source]})"
     )

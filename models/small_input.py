@@ -20,6 +20,8 @@ from typing import Callable
 from torch import nn
 from torchvision import models as tvm
 
+from engine.errors import ConfigError
+
 from .config import ModelSource
 
 log = logging.getLogger(__name__)
@@ -37,7 +39,7 @@ def parse_small_input(value: object) -> str:
     """
     setting = str(value).lower()
     if setting not in SMALL_INPUT_SETTINGS:
-        raise ValueError(
+        raise ConfigError(
             f"model.small_input={value!r} is not valid; choose one of {', '.join(SMALL_INPUT_SETTINGS)}"
         )
     return setting
@@ -73,7 +75,7 @@ def adapt_to_small_input(model: nn.Module, source: ModelSource | str, name: str)
     """Give a torchvision ResNet/VGG/AlexNet/MobileNetV2 a CIFAR-style stem, in place; returns ``model``."""
     adapter = _adapter_for(model)
     if adapter is None:
-        raise ValueError(
+        raise ConfigError(
             f"model.small_input=true is only supported for {_SUPPORTED}, not for "
             f"{ModelSource(source).value} model {name!r}; set model.small_input=auto or false"
         )

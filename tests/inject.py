@@ -1,7 +1,7 @@
 """Run train.py with a fault injected at a chosen moment: the reliability tests' tool, not part of the framework.
 
     python tests/inject.py [--kill-in-write N] [--kill-in-eval N] [--kill-at-step N] [--term-at-step N]
-                           [--hold-at-step N] [--run-time "YYYY-MM-DD HH:MM:SS"] -- ARGS
+                           [--hold-at-step N] [--bug-at-step N] [--run-time "YYYY-MM-DD HH:MM:SS"] -- ARGS
 
 --kill-in-write N: the process SIGKILLs itself halfway through writing its N-th checkpoint file.
 --kill-in-eval N:  the process SIGKILLs itself during its N-th evaluation, after the first batch.
@@ -9,6 +9,8 @@
 --term-at-step N:  the process sends itself SIGTERM at optimizer step N (a preemption: it saves and stops).
 --hold-at-step N:  the process waits, still training, after optimizer step N until a signal from outside ends it
                    (so an outside kill lands mid-training however fast or loaded the machine is).
+--bug-at-step N:   the engine raises ValueError("boom") at optimizer step N (a_bug_in_the_engine): an internal
+                   error, which train.py must report as a bug, not as bad input.
 --run-time T:      the run's start time is T (two runs "started in the same second").
 ARGS are train.py's arguments; train.py then runs as ``python train.py ARGS`` would.
 """
@@ -96,14 +98,20 @@ def kill_in_eval(n: int) -> None:
     engine.fit.evaluate = patched
 
 
+def a_bug_in_the_engine() -> None:
+    raise ValueError("boom")
+
+
 def at_step(n: int, action: str) -> None:
-    """After step ``n``'s work: SIGKILL (``kill``) or wait for a signal (``hold``); or SIGTERM before the step's
-    stop check (``term``)."""
+    """After step ``n``'s work: SIGKILL (``kill``) or wait for a signal (``hold``); or SIGTERM (``term``) or a
+    ValueError (``bug``) before the step's stop check."""
     original = engine.fit.Fit.on_step
 
     def patched(self: Any, state: Any) -> bool:
         if state.step == n and action == "term":
             os.kill(os.getpid(), signal.SIGTERM)
+        if state.step == n and action == "bug":
+            a_bug_in_the_engine()
         stop = original(self, state)
         if state.step == n and action == "kill":
             die()
@@ -121,6 +129,7 @@ def main() -> None:
     parser.add_argument("--kill-at-step", type=int)
     parser.add_argument("--term-at-step", type=int)
     parser.add_argument("--hold-at-step", type=int)
+    parser.add_argument("--bug-at-step", type=int)
     parser.add_argument("--run-time")
     parser.add_argument("train_args", nargs=argparse.REMAINDER)
     args = parser.parse_args()
@@ -128,7 +137,7 @@ def main() -> None:
         kill_in_write(args.kill_in_write)
     if args.kill_in_eval:
         kill_in_eval(args.kill_in_eval)
-    for action in ("kill", "term", "hold"):
+    for action in ("kill", "term", "hold", "bug"):
         step = getattr(args, f"{action}_at_step")
         if step:
             at_step(step, action)

@@ -12,9 +12,10 @@ from omegaconf import OmegaConf
 from torch import nn
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from engine.checkpoint import TrainState, capture_rng, restore_rng
+from engine.checkpoint import TrainState, capture_rng, restore, restore_rng
 from engine.config import OptimConfig, SchedConfig
 from engine.ema import build_ema
+from engine.errors import CheckpointError
 from engine.loop import Progress, train_one_epoch
 from engine.metrics import topk_correct
 from engine.nonfinite import NonFiniteGuard
@@ -112,6 +113,19 @@ def test_restored_optimizer_keeps_its_buffers_but_takes_the_configured_hyperpara
         momentum = resumed.optimizer.state_dict()["state"][0]["momentum_buffer"]
         torch.testing.assert_close(momentum, saved["optimizer"]["state"][0]["momentum_buffer"])
         assert resumed.step == 1
+
+
+def test_an_optimizer_state_with_other_parameter_groups_is_refused_as_bad_input():
+    """torch's ValueError for a saved optimizer whose groups differ (a setting such as optim.layer_decay changed on
+    resume) is the user's input meeting the checkpoint: a CheckpointError naming the file and the way out."""
+    model = nn.Linear(2, 2)
+    two_groups = torch.optim.SGD([{"params": [model.weight]}, {"params": [model.bias]}], lr=0.1)
+    one_group = torch.optim.SGD(model.parameters(), lr=0.1)
+    scheduler = build_scheduler(one_group, OmegaConf.structured(SchedConfig(name="none", warmup_epochs=0)), epochs=2,
+                                optimizer_steps_per_epoch=3)
+    saved = {"model": model.state_dict(), "optimizer": two_groups.state_dict()}
+    with pytest.raises(CheckpointError, match=r"run/last.pt holds an optimizer state that does not fit.*layer_decay"):
+        restore(TrainState(model=model, optimizer=one_group, scheduler=scheduler), saved, "run/last.pt")
 
 
 def test_tracker_writes_one_mask_image_per_gmconv_layer_and_none_for_a_standard_model(tmp_path):

@@ -241,6 +241,33 @@ def test_a_run_folder_that_cannot_be_made_fails_in_one_line(tmp_path):
         assert not list(locked.iterdir())
 
 
+# --- internal errors ------------------------------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_an_internal_error_is_reported_as_a_bug_with_its_traceback_and_bad_input_in_one_line(tmp_path):
+    """A ValueError raised inside the training loop is a bug, not the user's mistake: exit 1, its traceback on
+    the terminal and in train.log. Refused input (engine/errors.py) still ends in one line, exit 2, whether
+    train.py refuses it before Hydra starts (an unknown option) or the runner does (a value out of range)."""
+    run_dir = tmp_path / "bug"
+    proc = subprocess.run([sys.executable, INJECT, "--bug-at-step", "2", "--", *QUICK, f"hydra.run.dir={run_dir}"],
+                          cwd=ROOT, capture_output=True, text=True, timeout=300)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 1, out[-3000:]
+    for text in (out, (run_dir / "train.log").read_text()):
+        assert "Traceback (most recent call last)" in text, text[-3000:]
+        assert "in a_bug_in_the_engine" in text and "ValueError: boom" in text, text[-3000:]
+    assert json.loads((run_dir / "history.json").read_text())["sessions"][-1]["ended"] == "failed: ValueError: boom"
+    for setting, fragment in (("conv=gmcnv", "conv=gmcnv is not an option of conv"),
+                              ("optim.lr=-1", "optim.lr=-1.0 is invalid")):
+        refused = tmp_path / setting.partition("=")[0]
+        proc = train(*QUICK, setting, f"hydra.run.dir={refused}")
+        out = failed_with(proc, f"error: {fragment}")
+        assert proc.returncode == 2 and out.count("error:") == 1, out[-2000:]
+        assert not refused.exists()
+
+
+
 @pytest.mark.slow
 def test_a_full_disk_during_a_checkpoint_write_keeps_the_previous_one_and_the_run_resumes(one_epoch_copy,
                                                                                         monkeypatch):
