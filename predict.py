@@ -58,25 +58,30 @@ def collect(paths: list[Path]) -> Inputs:
         else:
             raise MissingFile(f"{path} does not exist; pass image files, folders of images or a list file")
     if not found.images:
-        raise DataError(f"no image file in {', '.join(map(str, paths))} ({len(found.ignored)} other files ignored); "
-                        "image files end with .jpg, .jpeg, .png, .webp, .bmp, .ppm, .pgm, .tif or .tiff")
+        raise DataError(
+            f"no image file in {', '.join(map(str, paths))} ({len(found.ignored)} other files ignored); "
+            "image files end with .jpg, .jpeg, .png, .webp, .bmp, .ppm, .pgm, .tif or .tiff"
+        )
     return found
 
 
-def batches(images: list[Path], transform: Any, size: int, skip_bad: bool, skipped: list[str]
-            ) -> Iterator[tuple[list[Path], torch.Tensor]]:
+def batches(
+    images: list[Path], transform: Any, size: int, skip_bad: bool, skipped: list[str]
+) -> Iterator[tuple[list[Path], torch.Tensor]]:
     """(files, their model inputs) ``size`` at a time; an unreadable file stops, or with ``skip_bad`` is
     recorded in ``skipped`` and left out."""
     for start in range(0, len(images), size):
         kept, tensors = [], []
-        for path in images[start:start + size]:
+        for path in images[start : start + size]:
             try:
                 tensors.append(transform(decode(str(path))))
                 kept.append(path)
             except FILE_ERRORS as err:
                 if not skip_bad:
-                    raise DataError(f"cannot read image {path} ({first_line(err)}); remove it or pass "
-                                    "--skip-bad-images to predict the others") from None
+                    raise DataError(
+                        f"cannot read image {path} ({first_line(err)}); remove it or pass "
+                        "--skip-bad-images to predict the others"
+                    ) from None
                 skipped.append(f"{path}: {first_line(err)}")
         if kept:
             yield kept, torch.stack(tensors)
@@ -90,9 +95,13 @@ def predict(args: argparse.Namespace) -> list[dict[str, Any]]:
     top_k = min(args.top_k, len(classes))
     rows, skipped = [], []
     with torch.inference_mode():
-        for files, images in tqdm(batches(inputs.images, run.transform, args.batch_size, args.skip_bad_images,
-                                          skipped), total=-(-len(inputs.images) // args.batch_size), desc="predict",
-                                  unit="batch", file=sys.stderr):
+        for files, images in tqdm(
+            batches(inputs.images, run.transform, args.batch_size, args.skip_bad_images, skipped),
+            total=-(-len(inputs.images) // args.batch_size),
+            desc="predict",
+            unit="batch",
+            file=sys.stderr,
+        ):
             probabilities = model(images.to(device)).float().softmax(dim=1).cpu()
             values, indices = probabilities.topk(top_k, dim=1)
             for file, p, i in zip(files, values.tolist(), indices.tolist()):
@@ -104,9 +113,11 @@ def predict(args: argparse.Namespace) -> list[dict[str, Any]]:
 
 
 def summary(run: Any, rows: list[dict[str, Any]], inputs: Inputs, skipped: list[str]) -> str:
-    line = (f"{len(rows)} images predicted by {run.label} ({run.checkpoint}, {run.weights} weights)"
-            f"{f'; {len(skipped)} unreadable skipped' if skipped else ''}"
-            f"{f'; {len(inputs.ignored)} other files ignored' if inputs.ignored else ''}")
+    line = (
+        f"{len(rows)} images predicted by {run.label} ({run.checkpoint}, {run.weights} weights)"
+        f"{f'; {len(skipped)} unreadable skipped' if skipped else ''}"
+        f"{f'; {len(inputs.ignored)} other files ignored' if inputs.ignored else ''}"
+    )
     labels = [Path(row["file"]).parent.name for row in rows]
     if rows and all(label in run.classes for label in labels):  # class folders: score against their names
         top1 = sum(row["top"][0]["class"] == label for row, label in zip(rows, labels)) / len(rows)
@@ -128,11 +139,13 @@ def write(rows: list[dict[str, Any]], out: Path, top_k: int) -> None:
     def write_csv(tmp: str) -> None:
         with open(tmp, "w", newline="") as f:
             writer = csv.writer(f)
-            writer.writerow(["file", *(f"{name}_{k}" for k in range(1, top_k + 1)
-                                       for name in ("class", "probability"))])
+            writer.writerow(
+                ["file", *(f"{name}_{k}" for k in range(1, top_k + 1) for name in ("class", "probability"))]
+            )
             for row in rows:
-                writer.writerow([row["file"], *(value for t in row["top"]
-                                                for value in (t["class"], f"{t['probability']:.6g}"))])
+                writer.writerow(
+                    [row["file"], *(value for t in row["top"] for value in (t["class"], f"{t['probability']:.6g}"))]
+                )
 
     atomic_write(out, write_csv)
 

@@ -22,12 +22,12 @@ from omegaconf import DictConfig, OmegaConf
 
 from engine.command_line import check_composes, expand_command_line
 from engine.config import register_configs
+from engine.distributed import agree_on_run_time, init_distributed
 from engine.errors import BadInput
 from engine.faults import RunFailed
 from engine.preemption import Preempted
-from engine.distributed import agree_on_run_time, init_distributed
-from engine.run_folder import RunFolder
 from engine.recipes import changes_from_recipe, recipe_of
+from engine.run_folder import RunFolder
 from engine.run_log import commit_run_log
 from engine.runner import run
 
@@ -43,8 +43,13 @@ def main(cfg: DictConfig) -> float | None:
     run_dir = Path(hydra_config.runtime.output_dir)
     try:
         overrides = typed_overrides if typed_overrides is not None else list(hydra_config.overrides.task)
-        results = run(cfg, run_dir, overrides=overrides, hydra_config=hydra_config,
-                      recipe_changes=_recipe_changes(cfg, hydra_config))
+        results = run(
+            cfg,
+            run_dir,
+            overrides=overrides,
+            hydra_config=hydra_config,
+            recipe_changes=_recipe_changes(cfg, hydra_config),
+        )
     except Preempted:
         return None  # a clean stop: the checkpoint is saved and the log says how to continue
     except KeyboardInterrupt:  # a second Ctrl-C (engine/preemption.py), or one before training started

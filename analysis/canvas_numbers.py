@@ -42,8 +42,10 @@ def markdown_table(headers: list[str], rows: list[list[str]]) -> str:
 def accuracy_rows(folders: list[Path]) -> list[Row]:
     runs, unfinished, _ = read_runs(find_run_folders(folders))
     if unfinished:
-        raise SystemExit(f"error: {len(unfinished)} run(s) did not finish, e.g. {unfinished[0].path}: "
-                         f"{unfinished[0].what}; finish or remove them first")
+        raise SystemExit(
+            f"error: {len(unfinished)} run(s) did not finish, e.g. {unfinished[0].path}: "
+            f"{unfinished[0].what}; finish or remove them first"
+        )
     return table_rows(group_runs(runs))
 
 
@@ -57,15 +59,34 @@ def power_table(rows: list[Row]) -> str:
             table.append(cells + ["—"] * 4)
             continue
         low, high = confidence_interval(delta.mean, delta.std, delta.n)
-        table.append(cells + [format_stat(delta, "+"), f"[{low:+.2f}, {high:+.2f}]",
-                              str(seeds_needed(delta.std, EFFECT)), f"{detectable_difference(delta.std, delta.n):.2f}"])
-    text = markdown_table(["setting", "n", "top-1 (%)", "Δ top-1 vs standard", "95 % interval of Δ",
-                           f"seeds for a {EFFECT:g}-point Δ", "Δ resolved with n seeds"], table)
+        table.append(
+            cells
+            + [
+                format_stat(delta, "+"),
+                f"[{low:+.2f}, {high:+.2f}]",
+                str(seeds_needed(delta.std, EFFECT)),
+                f"{detectable_difference(delta.std, delta.n):.2f}",
+            ]
+        )
+    text = markdown_table(
+        [
+            "setting",
+            "n",
+            "top-1 (%)",
+            "Δ top-1 vs standard",
+            "95 % interval of Δ",
+            f"seeds for a {EFFECT:g}-point Δ",
+            "Δ resolved with n seeds",
+        ],
+        table,
+    )
     spreads = [row.delta for row in rows if row.delta is not None and row.delta.std is not None]
     if spreads:  # each arm's spread is an estimate from few pairs: the pooled one plans the next study
-        pooled = math.sqrt(sum((d.n - 1) * d.std ** 2 for d in spreads) / sum(d.n - 1 for d in spreads))
-        text += (f"\nPooled spread of the paired Δ over the {len(spreads)} comparisons: {pooled:.2f} points; at that "
-                 f"spread a {EFFECT:g}-point Δ needs {seeds_needed(pooled, EFFECT)} seeds.\n")
+        pooled = math.sqrt(sum((d.n - 1) * d.std**2 for d in spreads) / sum(d.n - 1 for d in spreads))
+        text += (
+            f"\nPooled spread of the paired Δ over the {len(spreads)} comparisons: {pooled:.2f} points; at that "
+            f"spread a {EFFECT:g}-point Δ needs {seeds_needed(pooled, EFFECT)} seeds.\n"
+        )
     return text
 
 
@@ -81,8 +102,11 @@ def stage_sigma(run: dict[str, Any]) -> dict[str, float]:
     for name, layer in run["layers"].items():
         counts[stage_of(name)] += layer["count"]
         sums[stage_of(name)] += layer["count"] * layer["mean"]
-    return {**{stage: sums[stage] / counts[stage] for stage in counts},
-            "network": run["network"]["mean"], "moved": run["network"]["mean_abs_delta"]}
+    return {
+        **{stage: sums[stage] / counts[stage] for stage in counts},
+        "network": run["network"]["mean"],
+        "moved": run["network"]["mean_abs_delta"],
+    }
 
 
 def sigma_table(report: Path, accuracy: dict[frozenset[Path], Stat] | None = None) -> str:
@@ -97,10 +121,20 @@ def sigma_table(report: Path, accuracy: dict[frozenset[Path], Stat] | None = Non
         init = {layer["sigma_init"] for layer in condition["layers"].values()}
         runs = frozenset(Path(path).resolve() for path in condition["runs"])
         extra = [format_stat(accuracy[runs])] if accuracy else []
-        table.append([condition["label"], str(condition["n"]), ", ".join(f"{s:g}" for s in sorted(init)), *cells,
-                      *extra])
-    headers = ["condition", "n", "σ₀", "σ stem", "σ stage 1", "σ stage 2", "σ stage 3", "σ network",
-               "mean \\|σ − σ₀\\|"] + (["top-1 (%)"] if accuracy else [])
+        table.append(
+            [condition["label"], str(condition["n"]), ", ".join(f"{s:g}" for s in sorted(init)), *cells, *extra]
+        )
+    headers = [
+        "condition",
+        "n",
+        "σ₀",
+        "σ stem",
+        "σ stage 1",
+        "σ stage 2",
+        "σ stage 3",
+        "σ network",
+        "mean \\|σ − σ₀\\|",
+    ] + (["top-1 (%)"] if accuracy else [])
     return markdown_table(headers, table)
 
 
@@ -109,8 +143,10 @@ def erf_table(report: Path) -> str:
     table = []
     for condition in json.loads(report.read_text())["conditions"]:
         for kind, stats in (("at init", condition["init_stats"]), ("trained", condition["stats"])):
-            cells = [format_stat(Stat(**stats[key]), digits=digits)
-                     for key, digits in (("sigma_x", 2), ("sigma_y", 2), ("area_ratio@0.5", 3), ("area_ratio@0.99", 3))]
+            cells = [
+                format_stat(Stat(**stats[key]), digits=digits)
+                for key, digits in (("sigma_x", 2), ("sigma_y", 2), ("area_ratio@0.5", 3), ("area_ratio@0.99", 3))
+            ]
             table.append([f"{condition['label']} {kind}", str(condition["n"]), *cells])
     return markdown_table(["condition", "n", "σx (px)", "σy (px)", "area@0.5", "area@0.99"], table)
 
@@ -127,19 +163,22 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--out", type=Path, help="also write the tables to this markdown file")
     args = parser.parse_args(argv)
     cluttered = accuracy_rows([args.runs / "cluttered", args.runs / "sigma_init"])
-    text = "\n".join([
-        "## 1. Cluttered digits: accuracy and power\n", power_table(cluttered),
-        "## 1. Cluttered digits: effective receptive field of layer3\n",
-        erf_table(args.figures / "erf_cluttered" / "erf.json"),
-        "## 1. Cluttered digits: σ by stage at the default σ learning rate\n",
-        sigma_table(args.figures / "sigma_cluttered" / "sigma_report.json"),
-        "## 2. Rescaled digits: σ by stage per digit size (conv=gmconv, optim.sigma_lr_scale=100)\n",
-        sigma_table(args.figures / "sigma_scaled" / "sigma_report.json"),
-        "## 2. Rescaled digits: effective receptive field of layer3 per digit size\n",
-        erf_table(args.figures / "erf_scaled" / "erf.json"),
-        "## 3. Cluttered digits: σ by stage and top-1 per σ₀ (optim.sigma_lr_scale=100)\n",
-        sigma_table(args.figures / "sigma_init" / "sigma_report.json", accuracy_of(cluttered)),
-    ])
+    text = "\n".join(
+        [
+            "## 1. Cluttered digits: accuracy and power\n",
+            power_table(cluttered),
+            "## 1. Cluttered digits: effective receptive field of layer3\n",
+            erf_table(args.figures / "erf_cluttered" / "erf.json"),
+            "## 1. Cluttered digits: σ by stage at the default σ learning rate\n",
+            sigma_table(args.figures / "sigma_cluttered" / "sigma_report.json"),
+            "## 2. Rescaled digits: σ by stage per digit size (conv=gmconv, optim.sigma_lr_scale=100)\n",
+            sigma_table(args.figures / "sigma_scaled" / "sigma_report.json"),
+            "## 2. Rescaled digits: effective receptive field of layer3 per digit size\n",
+            erf_table(args.figures / "erf_scaled" / "erf.json"),
+            "## 3. Cluttered digits: σ by stage and top-1 per σ₀ (optim.sigma_lr_scale=100)\n",
+            sigma_table(args.figures / "sigma_init" / "sigma_report.json", accuracy_of(cluttered)),
+        ]
+    )
     print(text, end="")
     if args.out:
         args.out.write_text(text)

@@ -101,11 +101,13 @@ class ConditionMaps:
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("runs", nargs="+", metavar="RUN",
-                        help="run folders, checkpoint files, or folders of run folders (sweeps)")
+    parser.add_argument(
+        "runs", nargs="+", metavar="RUN", help="run folders, checkpoint files, or folders of run folders (sweeps)"
+    )
     parser.add_argument("--images", type=int, default=32, help="validation images per run (default 32)")
-    parser.add_argument("--layer", default=None,
-                        help="module name of the feature map (default: the last spatial one before pooling)")
+    parser.add_argument(
+        "--layer", default=None, help="module name of the feature map (default: the last spatial one before pooling)"
+    )
     parser.add_argument("--out", type=Path, default=None, help="output folder (default: <first RUN>/erf)")
     parser.add_argument("--log", action="store_true", help="logarithmic colour scale")
     return parser.parse_args(argv)
@@ -124,8 +126,14 @@ def measure(model: nn.Module, images: torch.Tensor, layer: str | None) -> tuple[
 def init_key(run: TrainedRun) -> tuple[Any, ...]:
     """What the init map depends on: the architecture, the seed it is built with and the images measured."""
     info = run.ckpt["data_info"]
-    return (OmegaConf.to_yaml(run.config.model), OmegaConf.to_yaml(run.config.conv), OmegaConf.to_yaml(run.config.data),
-            info["num_classes"], info["image_size"], int(run.config.seed))
+    return (
+        OmegaConf.to_yaml(run.config.model),
+        OmegaConf.to_yaml(run.config.conv),
+        OmegaConf.to_yaml(run.config.data),
+        info["num_classes"],
+        info["image_size"],
+        int(run.config.seed),
+    )
 
 
 def collect(paths: list[str], count: int, layer: str | None) -> list[ConditionMaps]:
@@ -182,8 +190,11 @@ def erf_figure(measured: list[ConditionMaps], log: bool = False) -> Figure:
     maps = {(i, kind): c.mean_map(kind).cpu().numpy() for i, c in enumerate(measured) for kind in KINDS}
     norm = colour_norm(list(maps.values()), log)
     columns, blocks = min(len(measured), COLUMNS), math.ceil(len(measured) / COLUMNS)
-    fig = Figure(figsize=(PANEL_INCHES * columns + 0.9, (PANEL_INCHES + 0.3) * len(KINDS) * blocks), dpi=DPI,
-                 layout="constrained")
+    fig = Figure(
+        figsize=(PANEL_INCHES * columns + 0.9, (PANEL_INCHES + 0.3) * len(KINDS) * blocks),
+        dpi=DPI,
+        layout="constrained",
+    )
     axes = fig.subplots(len(KINDS) * blocks, columns, squeeze=False)
     used = []
     for i, condition in enumerate(measured):
@@ -207,9 +218,15 @@ def erf_figure(measured: list[ConditionMaps], log: bool = False) -> Figure:
 def table(measured: list[ConditionMaps]) -> str:
     """Two lines per condition (at init, trained): n and mean ± std over its seeds of σ and the area ratios."""
     keys = {"sigma_x": 2, "sigma_y": 2, **{f"area_ratio@{t:g}": 4 for t in THRESHOLDS}}  # key → decimals
-    rows = [[f"{c.label}{' at init' if kind == 'init' else ''}", len(c.runs),
-             *(format_stat(c.stats(kind)[key], digits=digits) for key, digits in keys.items())]
-            for c in measured for kind in KINDS]
+    rows = [
+        [
+            f"{c.label}{' at init' if kind == 'init' else ''}",
+            len(c.runs),
+            *(format_stat(c.stats(kind)[key], digits=digits) for key, digits in keys.items()),
+        ]
+        for c in measured
+        for kind in KINDS
+    ]
     return text_table(["condition", "n", *keys], rows)
 
 
@@ -217,13 +234,26 @@ def condition_record(condition: ConditionMaps) -> dict[str, Any]:
     """A condition's entry of erf.json (layout in the module docstring)."""
     first = condition.runs[0]
     return {
-        "label": condition.label, "n": len(condition.runs), "seeds": condition.seeds,
-        "layer": first.layer, "images": first.images,
+        "label": condition.label,
+        "n": len(condition.runs),
+        "seeds": condition.seeds,
+        "layer": first.layer,
+        "images": first.images,
         "stats": {key: dataclasses.asdict(s) for key, s in condition.stats("trained").items()},
         "init_stats": {key: dataclasses.asdict(s) for key, s in condition.stats("init").items()},
-        "runs": [{"label": r.label, "run": str(r.run.path), "checkpoint": str(r.run.checkpoint),
-                  "seed": int(r.run.config.seed), "layer": r.layer, "images": r.images,
-                  "stats": r.stats["trained"], "init_stats": r.stats["init"]} for r in condition.runs],
+        "runs": [
+            {
+                "label": r.label,
+                "run": str(r.run.path),
+                "checkpoint": str(r.run.checkpoint),
+                "seed": int(r.run.config.seed),
+                "layer": r.layer,
+                "images": r.images,
+                "stats": r.stats["trained"],
+                "init_stats": r.stats["init"],
+            }
+            for r in condition.runs
+        ],
     }
 
 

@@ -58,8 +58,10 @@ def exportable(run: TrainedRun, fold: bool) -> nn.Module:
         return model
     dynamic = [name for name, m in model.named_modules() if isinstance(m, DynamicGMConv2d)]
     if dynamic:
-        raise ConfigError(f"{run.label} predicts σ per image ({dynamic[0]}, ...): it cannot be folded into plain "
-                          "convolutions; export it with --no-fold")
+        raise ConfigError(
+            f"{run.label} predicts σ per image ({dynamic[0]}, ...): it cannot be folded into plain "
+            "convolutions; export it with --no-fold"
+        )
     return fold_convs(model)
 
 
@@ -76,9 +78,17 @@ def write_model(model: nn.Module, example: torch.Tensor, fmt: str, path: Path, d
         # one self-contained file below protobuf's 2 GB limit; above it the weights go to model.onnx.data beside it
         external = sum(p.numel() * p.element_size() for p in model.parameters()) > ONNX_INLINE_BYTES
         with contextlib.redirect_stdout(io.StringIO()):  # the exporter reports each of its stages
-            torch.onnx.export(model, (example,), str(path), input_names=["images"], output_names=["logits"],
-                              dynamo=True, dynamic_shapes=({0: batch},) if batch else None, verbose=False,
-                              external_data=external)
+            torch.onnx.export(
+                model,
+                (example,),
+                str(path),
+                input_names=["images"],
+                output_names=["logits"],
+                dynamo=True,
+                dynamic_shapes=({0: batch},) if batch else None,
+                verbose=False,
+                external_data=external,
+            )
     elif fmt == "torchscript":
         torch.jit.trace(model, example).save(str(path))
     else:
@@ -109,13 +119,23 @@ def metadata(run: TrainedRun, fmt: str, file: str, fold: bool, dynamic_batch: bo
     config_text = json.dumps(run.ckpt["config"], sort_keys=True, default=str)
     sigma = sigma_stats(run.model)
     return {
-        "format": fmt, "file": file, "folded": fold, "dynamic_batch": dynamic_batch,
-        "input": run.preprocessing.describe(), "classes": run.classes,
-        "model": run.config.model.name, "conv": run.config.conv.name, "data": run.config.data.name,
-        "run": str(run.path), "checkpoint": str(run.checkpoint), "weights": run.weights,
-        "epoch": run.ckpt.get("epoch"), "config_sha256": hashlib.sha256(config_text.encode()).hexdigest(),
+        "format": fmt,
+        "file": file,
+        "folded": fold,
+        "dynamic_batch": dynamic_batch,
+        "input": run.preprocessing.describe(),
+        "classes": run.classes,
+        "model": run.config.model.name,
+        "conv": run.config.conv.name,
+        "data": run.config.data.name,
+        "run": str(run.path),
+        "checkpoint": str(run.checkpoint),
+        "weights": run.weights,
+        "epoch": run.ckpt.get("epoch"),
+        "config_sha256": hashlib.sha256(config_text.encode()).hexdigest(),
         "sigma": {name: {k: stats[k] for k in ("mean", "min", "max")} for name, stats in sigma.items()},
-        "max_abs_difference": difference, "torch": torch.__version__,
+        "max_abs_difference": difference,
+        "torch": torch.__version__,
     }
 
 
@@ -132,8 +152,10 @@ def export(args: argparse.Namespace) -> Path:
     with torch.no_grad():
         expected = run.model(images)
     source = run.path if run.path.is_dir() else run.checkpoint.parent.parent  # <run>/checkpoints/<file>
-    out = args.out or (ROOT / "outputs" / "export" / run.config.data.name / f"{run.config.model.name}-"
-                       f"{run.config.conv.name}" / source.name / args.format)
+    out = args.out or (
+        ROOT / "outputs" / "export" / run.config.data.name / f"{run.config.model.name}-"
+        f"{run.config.conv.name}" / source.name / args.format
+    )
     out.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))  # renamed into place
     staging.chmod(0o777 & ~current_umask())  # mkdtemp's folder is private; the export is a folder like any other
@@ -145,8 +167,10 @@ def export(args: argparse.Namespace) -> Path:
         difference = (got.float() - expected.float()).abs().max().item()
         print(f"{args.format}: largest |logit difference| to the run's model on {described}: {difference:.3g}")
         if not difference <= args.tolerance:
-            raise ExportFailed(f"the exported model's logits differ from the run's by {difference:.3g} > "
-                               f"--tolerance {args.tolerance:g}; nothing written")
+            raise ExportFailed(
+                f"the exported model's logits differ from the run's by {difference:.3g} > "
+                f"--tolerance {args.tolerance:g}; nothing written"
+            )
         info = metadata(run, args.format, FORMATS[args.format], args.fold, args.dynamic_batch, difference)
         info["files"] = sorted(p.name for p in staging.iterdir())  # the model's files: model.onnx.data too, if needed
         (staging / "model.json").write_text(json.dumps(info, indent=1) + "\n")
@@ -163,11 +187,16 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("run", help="a run folder (its best.pt, else last.pt) or a checkpoint file")
     parser.add_argument("--format", required=True, choices=list(FORMATS))
-    parser.add_argument("--fold", action=argparse.BooleanOptionalAction, default=True,
-                        help="fold GMConv's masks into plain convolutions (default) or keep the layers")
+    parser.add_argument(
+        "--fold",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="fold GMConv's masks into plain convolutions (default) or keep the layers",
+    )
     parser.add_argument("--dynamic-batch", action="store_true", help="any batch size (pt2, onnx)")
-    parser.add_argument("--out", type=Path,
-                        help="the folder to write (default: outputs/export/<data>/<model>-<conv>/<run>/<format>)")
+    parser.add_argument(
+        "--out", type=Path, help="the folder to write (default: outputs/export/<data>/<model>-<conv>/<run>/<format>)"
+    )
     parser.add_argument("--weights", default="best", choices=WEIGHTS, help="which weights of the run")
     parser.add_argument("--tolerance", type=float, default=1e-4, help="largest absolute logit difference allowed")
     args = parser.parse_args(argv)

@@ -29,8 +29,9 @@ def paired_power(std_delta: float, seeds: int, effect: float, alpha: float = ALP
     return float(stats.nct.sf(critical, df, shift)) + (0.0 if math.isnan(wrong_sign) else wrong_sign)
 
 
-def seeds_needed(std_delta: float, effect: float, alpha: float = ALPHA, power: float = POWER,
-                 most: int = 10_000) -> int:
+def seeds_needed(
+    std_delta: float, effect: float, alpha: float = ALPHA, power: float = POWER, most: int = 10_000
+) -> int:
     """The fewest seeds at which the paired test reaches ``power`` for a true difference ``effect``."""
     if std_delta == 0:
         return 2

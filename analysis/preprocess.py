@@ -31,10 +31,18 @@ class Preprocessing:
 
     def describe(self) -> dict[str, Any]:
         """For an exported model's metadata: everything needed to prepare an image without this project."""
-        steps = (["decode to RGB", f"resize the shorter side to {self.resize} ({self.interpolation}, antialiased)",
-                  f"centre-crop {self.size}×{self.size}"] if self.resize else
-                 ["decode to RGB", f"resize to {self.size}×{self.size} ({self.interpolation}, antialiased) unless it "
-                  "is that size already"])
+        steps = (
+            [
+                "decode to RGB",
+                f"resize the shorter side to {self.resize} ({self.interpolation}, antialiased)",
+                f"centre-crop {self.size}×{self.size}",
+            ]
+            if self.resize
+            else [
+                "decode to RGB",
+                f"resize to {self.size}×{self.size} ({self.interpolation}, antialiased) unless it is that size already",
+            ]
+        )
         steps += ["scale to [0, 1]", "subtract mean, divide by std (per channel)", "layout N×3×H×W, float32"]
         return {**asdict(self), "steps": steps}
 

@@ -44,15 +44,39 @@ ROOT = Path(__file__).resolve().parents[1]
 RECORD = ROOT / "docs" / "study" / "rivals" / "runs.csv"
 TABLES = ROOT / "docs" / "study" / "rivals" / "tables.md"
 ARMS = ("standard", "gmconv", "gmconv_fixed", "deformable", "dcls", "dilated", "large_kernel")
-TASKS = {"cluttered": [("digits_cluttered", None)], "scaled": [("digits_scaled", size) for size in (8, 16, 24)],
-         "digits": [("digits", None)]}
+TASKS = {
+    "cluttered": [("digits_cluttered", None)],
+    "scaled": [("digits_scaled", size) for size in (8, 16, 24)],
+    "digits": [("digits", None)],
+}
 COMMON = ("model=resnet20", "trainer.eval_every=5", "trainer.progress=false")
 ERF_IMAGES = 64
-ERF_KEYS = ("gauss_r2", "gauss_mass_1sigma", "gauss_mass_2sigma", "gauss_sigma_major", "gauss_sigma_minor",
-            "area_ratio@0.5")
-COLUMNS = ("data", "digit_size", "arm", "seed", "top1", "best_top1", "top5", "params", "flops", "train_images_per_s",
-           "train_time_s", "wall_time_s", "amp", "channels_last", "sigma_mean",
-           *(f"{kind}_{key}" for kind in ("init", "trained") for key in ERF_KEYS))
+ERF_KEYS = (
+    "gauss_r2",
+    "gauss_mass_1sigma",
+    "gauss_mass_2sigma",
+    "gauss_sigma_major",
+    "gauss_sigma_minor",
+    "area_ratio@0.5",
+)
+COLUMNS = (
+    "data",
+    "digit_size",
+    "arm",
+    "seed",
+    "top1",
+    "best_top1",
+    "top5",
+    "params",
+    "flops",
+    "train_images_per_s",
+    "train_time_s",
+    "wall_time_s",
+    "amp",
+    "channels_last",
+    "sigma_mean",
+    *(f"{kind}_{key}" for kind in ("init", "trained") for key in ERF_KEYS),
+)
 
 
 @dataclass(frozen=True)
@@ -103,23 +127,38 @@ def measure(job: Job, folder: Path) -> dict[str, Any]:
     trained = load_run(folder, prefer=(LAST,))  # the final weights, whose top-1 the record holds
     results = trained.metrics
     images, _ = validation_images(trained, ERF_IMAGES)
-    stats = {"trained": erf_stats(erf_map(trained.model.float(), images)),
-             "init": erf_stats(erf_map(build_untrained(trained.config, trained.ckpt["data_info"]), images))}
+    stats = {
+        "trained": erf_stats(erf_map(trained.model.float(), images)),
+        "init": erf_stats(erf_map(build_untrained(trained.config, trained.ckpt["data_info"]), images)),
+    }
     sigma = [s["mean"] for s in sigma_stats(trained.model).values()]
     trainer = results["config"]["trainer"]
-    return {"data": job.key[0], "digit_size": job.key[1], "arm": job.arm, "seed": job.seed,
-            "top1": results["top1"], "best_top1": results["best_top1"], "top5": results["top5"],
-            "params": results["params"], "flops": results["flops"], "train_images_per_s": results["images_per_s"],
-            "train_time_s": results["train_time_s"], "wall_time_s": results["wall_time_s"], "amp": trainer["amp"],
-            "channels_last": trainer["channels_last"], "sigma_mean": statistics.fmean(sigma) if sigma else "",
-            **{f"{kind}_{key}": stats[kind][key] for kind in ("init", "trained") for key in ERF_KEYS}}
+    return {
+        "data": job.key[0],
+        "digit_size": job.key[1],
+        "arm": job.arm,
+        "seed": job.seed,
+        "top1": results["top1"],
+        "best_top1": results["best_top1"],
+        "top5": results["top5"],
+        "params": results["params"],
+        "flops": results["flops"],
+        "train_images_per_s": results["images_per_s"],
+        "train_time_s": results["train_time_s"],
+        "wall_time_s": results["wall_time_s"],
+        "amp": trainer["amp"],
+        "channels_last": trainer["channels_last"],
+        "sigma_mean": statistics.fmean(sigma) if sigma else "",
+        **{f"{kind}_{key}": stats[kind][key] for kind in ("init", "trained") for key in ERF_KEYS},
+    }
 
 
 def run(args: argparse.Namespace) -> None:
     rows = read_record(args.record)
     done = {(r["data"], r["digit_size"], r["arm"], r["seed"]) for r in rows}
-    jobs = [Job(data, size, arm, seed) for seed in range(args.seeds) for data, size in TASKS[args.task]
-            for arm in args.arms]
+    jobs = [
+        Job(data, size, arm, seed) for seed in range(args.seeds) for data, size in TASKS[args.task] for arm in args.arms
+    ]
     todo = [job for job in jobs if job.key not in done]
     print(f"{len(jobs) - len(todo)} of {len(jobs)} runs already in {args.record}; {len(todo)} to go", flush=True)
     for job in todo:
@@ -161,16 +200,38 @@ def task_table(rows: list[dict[str, str]], data: str, size: str) -> str:
             delta = resolves = "—"
         first = next(iter(runs.values()))
         sigma = [float(r["sigma_mean"]) for r in runs.values() if r["sigma_mean"]]
-        table.append([arm, len(runs), pm(top1), delta, resolves, f"{int(first['params']) / 1e3:.0f}k",
-                      f"{int(first['flops']) / 1e6:.0f}M",
-                      pm([float(r["train_images_per_s"]) for r in runs.values()], 0),
-                      pm([float(r["init_gauss_r2"]) for r in runs.values()]),
-                      pm([float(r["trained_gauss_r2"]) for r in runs.values()]),
-                      pm([float(r["trained_gauss_mass_1sigma"]) for r in runs.values()]),
-                      pm([float(r["trained_gauss_sigma_major"]) for r in runs.values()], 1),
-                      pm(sigma) if sigma else "—"])
-    headers = ["arm", "seeds", "top-1 %", "Δ top-1 vs standard [95 % CI]", "resolves Δ of", "params", "FLOPs",
-               "train img/s", "ERF R² init", "ERF R² trained", "mass in 1σ", "ERF σ major px", "mean σ (GMConv)"]
+        table.append(
+            [
+                arm,
+                len(runs),
+                pm(top1),
+                delta,
+                resolves,
+                f"{int(first['params']) / 1e3:.0f}k",
+                f"{int(first['flops']) / 1e6:.0f}M",
+                pm([float(r["train_images_per_s"]) for r in runs.values()], 0),
+                pm([float(r["init_gauss_r2"]) for r in runs.values()]),
+                pm([float(r["trained_gauss_r2"]) for r in runs.values()]),
+                pm([float(r["trained_gauss_mass_1sigma"]) for r in runs.values()]),
+                pm([float(r["trained_gauss_sigma_major"]) for r in runs.values()], 1),
+                pm(sigma) if sigma else "—",
+            ]
+        )
+    headers = [
+        "arm",
+        "seeds",
+        "top-1 %",
+        "Δ top-1 vs standard [95 % CI]",
+        "resolves Δ of",
+        "params",
+        "FLOPs",
+        "train img/s",
+        "ERF R² init",
+        "ERF R² trained",
+        "mass in 1σ",
+        "ERF σ major px",
+        "mean σ (GMConv)",
+    ]
     return markdown_table(headers, table)
 
 
@@ -181,22 +242,34 @@ def report(args: argparse.Namespace) -> None:
     parts = ["<!-- generated by python -m scripts.study.rivals report from runs.csv; do not edit -->", ""]
     tasks = sorted({(r["data"], r["digit_size"]) for r in rows}, key=lambda t: (t[0], int(t[1] or 0)))
     for data, size in tasks:
-        precision = ", ".join(sorted({f"{r['amp']} / channels_last {r['channels_last']}" for r in rows
-                                      if r["data"] == data}))
-        parts += [f"### {data}{f' at {size} px' if size else ''}", "",
-                  f"ResNet-20, the data's recipe; precision {precision}."
-                  " Top-1 at the final epoch, mean ± sample std over seeds; Δ paired by seed with the standard "
-                  "convolution, with its 95 % t-interval; \"resolves Δ of\": the smallest true Δ these seeds detect "
-                  "with 80 % power at that spread. ERF: the last stage's, 64 validation images; R² against its "
-                  "moment-matched Gaussian, mass inside its 1σ ellipse (a Gaussian: 0.39). Training img/s is per "
-                  "run, measured with other jobs on the machine (docs/BENCHMARKS.md has quiet step times).", "",
-                  task_table(rows, data, size), ""]
-        spreads = [stat([float(r["top1"]) - float(s["top1"]) for r, s in pairs])[1]
-                   for pairs in _pairs(rows, data, size) if len(pairs) > 2]
+        precision = ", ".join(
+            sorted({f"{r['amp']} / channels_last {r['channels_last']}" for r in rows if r["data"] == data})
+        )
+        parts += [
+            f"### {data}{f' at {size} px' if size else ''}",
+            "",
+            f"ResNet-20, the data's recipe; precision {precision}."
+            " Top-1 at the final epoch, mean ± sample std over seeds; Δ paired by seed with the standard "
+            'convolution, with its 95 % t-interval; "resolves Δ of": the smallest true Δ these seeds detect '
+            "with 80 % power at that spread. ERF: the last stage's, 64 validation images; R² against its "
+            "moment-matched Gaussian, mass inside its 1σ ellipse (a Gaussian: 0.39). Training img/s is per "
+            "run, measured with other jobs on the machine (docs/BENCHMARKS.md has quiet step times).",
+            "",
+            task_table(rows, data, size),
+            "",
+        ]
+        spreads = [
+            stat([float(r["top1"]) - float(s["top1"]) for r, s in pairs])[1]
+            for pairs in _pairs(rows, data, size)
+            if len(pairs) > 2
+        ]
         if spreads:
             pooled = math.sqrt(statistics.fmean(s * s for s in spreads))
-            parts += [f"Pooled spread of the paired Δ: {pooled:.2f} points; a 1-point Δ needs "
-                      f"{seeds_needed(pooled, 1.0)} seeds per arm at 80 % power.", ""]
+            parts += [
+                f"Pooled spread of the paired Δ: {pooled:.2f} points; a 1-point Δ needs "
+                f"{seeds_needed(pooled, 1.0)} seeds per arm at 80 % power.",
+                "",
+            ]
     args.tables.parent.mkdir(parents=True, exist_ok=True)
     atomic_write(args.tables, lambda tmp: Path(tmp).write_text("\n".join(parts)))
     print(f"wrote {args.tables}")
@@ -221,8 +294,11 @@ def _pairs(rows: list[dict[str, str]], data: str, size: str) -> list[list[tuple[
     """Per arm, the (arm run, standard run) pairs of one task that share a seed."""
     mine = [r for r in rows if r["data"] == data and r["digit_size"] == size]
     base = {r["seed"]: r for r in mine if r["arm"] == "standard"}
-    return [[(r, base[r["seed"]]) for r in mine if r["arm"] == arm and r["seed"] in base]
-            for arm in ARMS if arm != "standard"]
+    return [
+        [(r, base[r["seed"]]) for r in mine if r["arm"] == arm and r["seed"] in base]
+        for arm in ARMS
+        if arm != "standard"
+    ]
 
 
 def compare(args: argparse.Namespace) -> None:
@@ -244,12 +320,33 @@ def compare(args: argparse.Namespace) -> None:
         deltas = [float(bf16[s]["top1"]) - float(fp32[s]["top1"]) for s in seeds]
         mean, std = stat(deltas)
         low, high = confidence_interval(mean, std, len(deltas))
-        table.append([data, arm, len(seeds), pm([float(fp32[s]["top1"]) for s in seeds]),
-                      pm([float(bf16[s]["top1"]) for s in seeds]), f"{mean:+.2f} [{low:+.2f}, {high:+.2f}]",
-                      pm([float(fp32[s]["sigma_mean"]) for s in seeds if fp32[s]["sigma_mean"]], 3) or "—",
-                      pm([float(bf16[s]["sigma_mean"]) for s in seeds if bf16[s]["sigma_mean"]], 3) or "—"])
-    lines.append(markdown_table(["data", "arm", "seeds", "top-1 fp32 %", "top-1 bf16 %", "Δ bf16 − fp32 [95 % CI]",
-                                 "mean σ fp32", "mean σ bf16"], table))
+        table.append(
+            [
+                data,
+                arm,
+                len(seeds),
+                pm([float(fp32[s]["top1"]) for s in seeds]),
+                pm([float(bf16[s]["top1"]) for s in seeds]),
+                f"{mean:+.2f} [{low:+.2f}, {high:+.2f}]",
+                pm([float(fp32[s]["sigma_mean"]) for s in seeds if fp32[s]["sigma_mean"]], 3) or "—",
+                pm([float(bf16[s]["sigma_mean"]) for s in seeds if bf16[s]["sigma_mean"]], 3) or "—",
+            ]
+        )
+    lines.append(
+        markdown_table(
+            [
+                "data",
+                "arm",
+                "seeds",
+                "top-1 fp32 %",
+                "top-1 bf16 %",
+                "Δ bf16 − fp32 [95 % CI]",
+                "mean σ fp32",
+                "mean σ bf16",
+            ],
+            table,
+        )
+    )
     args.out.parent.mkdir(parents=True, exist_ok=True)
     atomic_write(args.out, lambda tmp: Path(tmp).write_text("\n".join(lines) + "\n"))
     print("\n".join(lines))
@@ -268,8 +365,9 @@ def main(argv: list[str] | None = None) -> None:
     reporter = commands.add_parser("report", help="the tables, from the record")
     reporter.add_argument("--record", type=Path, default=RECORD)
     reporter.add_argument("--tables", type=Path, default=TABLES)
-    reporter.add_argument("--study", type=Path, default=None,
-                          help="also put the tables in this document's marked block (docs/STUDY.md)")
+    reporter.add_argument(
+        "--study", type=Path, default=None, help="also put the tables in this document's marked block (docs/STUDY.md)"
+    )
     comparer = commands.add_parser("compare", help="fp32 against bf16, paired by seed, from several records")
     comparer.add_argument("records", nargs="+", type=Path)
     comparer.add_argument("--out", type=Path, required=True)

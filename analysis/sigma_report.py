@@ -95,8 +95,11 @@ class SigmaRun:
 def sigma_run(trained: TrainedRun) -> SigmaRun:
     """The run's GMConv2d layers with their σ, and their trajectories from TensorBoard; NoSigma if it has none."""
     conv = str(trained.config.conv.name)
-    layers = [Layer(name, m, m.sigma.flatten().double(), m.sigma_init)
-              for name, m in trained.model.named_modules() if isinstance(m, GMConv2d)]
+    layers = [
+        Layer(name, m, m.sigma.flatten().double(), m.sigma_init)
+        for name, m in trained.model.named_modules()
+        if isinstance(m, GMConv2d)
+    ]
     dynamic = [name for name, m in trained.model.named_modules() if isinstance(m, DynamicGMConv2d)]
     if dynamic and not layers:
         raise NoSigma(f"{trained.path}: trained with conv={conv}, σ predicted for each image, no learned σ to report")
@@ -132,8 +135,9 @@ def read_trajectories(tb_dir: Path, names: list[str]) -> dict[str, list[dict[str
     (empty where the run has no TensorBoard events)."""
     if not tb_dir.is_dir():
         return {}
-    events = EventAccumulator(str(tb_dir), size_guidance={"scalars": 0, "histograms": 1, "images": 1,
-                                                          "tensors": 1, "compressedHistograms": 1}).Reload()
+    events = EventAccumulator(
+        str(tb_dir), size_guidance={"scalars": 0, "histograms": 1, "images": 1, "tensors": 1, "compressedHistograms": 1}
+    ).Reload()
     scalars = set(events.Tags()["scalars"])
 
     def by_step(tag: str) -> dict[int, float]:
@@ -145,8 +149,13 @@ def read_trajectories(tb_dir: Path, names: list[str]) -> dict[str, list[dict[str
         mean, low, high = (by_step(f"sigma/{name}/{key}") for key in ("mean", "min", "max"))
         if mean:
             trajectories[name] = [
-                {"step": step, "epoch": int(epochs[step]) if step in epochs else None, "mean": value,
-                 "min": low.get(step), "max": high.get(step)}
+                {
+                    "step": step,
+                    "epoch": int(epochs[step]) if step in epochs else None,
+                    "mean": value,
+                    "min": low.get(step),
+                    "max": high.get(step),
+                }
                 for step, value in sorted(mean.items())
             ]
     return trajectories
@@ -156,25 +165,48 @@ def describe(sigma: torch.Tensor, sigma_init: torch.Tensor | float) -> dict[str,
     """Distribution of σ values and how far they moved from their initial value (std: population)."""
     q1, median, q3 = torch.quantile(sigma, torch.tensor([0.25, 0.5, 0.75], dtype=sigma.dtype)).tolist()
     moved = (sigma - sigma_init).abs()
-    return {"count": sigma.numel(), "mean": sigma.mean().item(), "std": sigma.std(correction=0).item(),
-            "min": sigma.min().item(), "q1": q1, "median": median, "q3": q3, "max": sigma.max().item(),
-            "mean_abs_delta": moved.mean().item(), "max_abs_delta": moved.max().item()}
+    return {
+        "count": sigma.numel(),
+        "mean": sigma.mean().item(),
+        "std": sigma.std(correction=0).item(),
+        "min": sigma.min().item(),
+        "q1": q1,
+        "median": median,
+        "q3": q3,
+        "max": sigma.max().item(),
+        "mean_abs_delta": moved.mean().item(),
+        "max_abs_delta": moved.max().item(),
+    }
 
 
 def report_numbers(run: SigmaRun) -> dict[str, Any]:
     """The run's numbers for the JSON: per layer (network order) and for all σ values of the network together."""
-    layers = {layer.name: {"depth": depth, "kernel_size": list(layer.module.kernel_size),
-                           "granularity": layer.module.sigma_granularity, "sigma_init": layer.sigma_init,
-                           **describe(layer.sigma, layer.sigma_init)}
-              for depth, layer in enumerate(run.layers)}
+    layers = {
+        layer.name: {
+            "depth": depth,
+            "kernel_size": list(layer.module.kernel_size),
+            "granularity": layer.module.sigma_granularity,
+            "sigma_init": layer.sigma_init,
+            **describe(layer.sigma, layer.sigma_init),
+        }
+        for depth, layer in enumerate(run.layers)
+    }
     every_sigma = torch.cat([layer.sigma for layer in run.layers])
     every_init = torch.cat([torch.full_like(layer.sigma, layer.sigma_init) for layer in run.layers])
     ckpt = run.trained.ckpt
-    return {"run": str(run.path), "label": run.label, "seed": int(run.trained.config.seed),
-            "conv": str(run.trained.config.conv.name), "checkpoint": str(run.trained.checkpoint),
-            "epoch": ckpt.get("epoch"), "step": ckpt.get("step"),
-            "network": describe(every_sigma, every_init), "layers": layers,
-            "dynamic_layers_not_reported": run.dynamic, "trajectories": run.trajectories}
+    return {
+        "run": str(run.path),
+        "label": run.label,
+        "seed": int(run.trained.config.seed),
+        "conv": str(run.trained.config.conv.name),
+        "checkpoint": str(run.trained.checkpoint),
+        "epoch": ckpt.get("epoch"),
+        "step": ckpt.get("step"),
+        "network": describe(every_sigma, every_init),
+        "layers": layers,
+        "dynamic_layers_not_reported": run.dynamic,
+        "trajectories": run.trajectories,
+    }
 
 
 # A condition's numbers in the JSON → the number of each run's report they are the mean ± std of, over its runs.
@@ -185,16 +217,27 @@ CONDITION_LAYER = {"sigma_mean": "mean", "mean_abs_delta": "mean_abs_delta"}
 def condition_numbers(label: str, summaries: list[dict[str, Any]]) -> dict[str, Any]:
     """A condition's entry of the JSON from its runs' (report_numbers): each number as {mean, std, n} over the
     runs, so a figure of several seeds shows the condition and how much its seeds disagree."""
+
     def over_runs(values: list[float]) -> dict[str, Any]:
         return dataclasses.asdict(stat(values))
 
-    layers = {name: {"depth": first["depth"], "sigma_init": first["sigma_init"],
-                     **{key: over_runs([s["layers"][name][of] for s in summaries])
-                        for key, of in CONDITION_LAYER.items()}}
-              for name, first in summaries[0]["layers"].items()}
+    layers = {
+        name: {
+            "depth": first["depth"],
+            "sigma_init": first["sigma_init"],
+            **{key: over_runs([s["layers"][name][of] for s in summaries]) for key, of in CONDITION_LAYER.items()},
+        }
+        for name, first in summaries[0]["layers"].items()
+    }
     network = {key: over_runs([s["network"][of] for s in summaries]) for key, of in CONDITION_NETWORK.items()}
-    return {"label": label, "n": len(summaries), "seeds": [s["seed"] for s in summaries],
-            "runs": [s["run"] for s in summaries], "network": network, "layers": layers}
+    return {
+        "label": label,
+        "n": len(summaries),
+        "seeds": [s["seed"] for s in summaries],
+        "runs": [s["run"] for s in summaries],
+        "network": network,
+        "layers": layers,
+    }
 
 
 def colour(index: int) -> Any:
@@ -221,8 +264,7 @@ def figure_by_depth(numbers: list[dict[str, Any]]) -> Figure:
         if profile not in initial:
             initial.append(profile)
     for j, (x, init) in enumerate(initial):
-        ax.plot(x, init, linestyle="--", color="black", linewidth=0.8, zorder=3,
-                label="sigma_init" if j == 0 else None)
+        ax.plot(x, init, linestyle="--", color="black", linewidth=0.8, zorder=3, label="sigma_init" if j == 0 else None)
     names = [list(condition["layers"]) for condition in numbers]
     ax.set_xticks(range(depth))
     ax.set_xticklabels(names[0] if all(n == names[0] for n in names) else range(depth), rotation=90, fontsize=7)
@@ -254,7 +296,7 @@ def figure_trajectories(run: SigmaRun) -> Figure:
         ax.ticklabel_format(axis="y", useOffset=False)
         ax.set_xlabel("epoch" if by_epoch else "step", fontsize=6)
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-    for ax in axes.flat[len(layers):]:
+    for ax in axes.flat[len(layers) :]:
         fig.delaxes(ax)
     fig.suptitle(f"{run.label}: mean σ per layer (min-max shaded, sigma_init dashed)", fontsize=9)
     return fig
@@ -281,9 +323,17 @@ def figure_masks(run: SigmaRun, channels: int, layers: int = 0) -> Figure:
             ax.set_yticks([])
         for ax, mask, value in zip(row, masks, sigma):
             image = ax.imshow(mask.numpy(), cmap="viridis", vmin=0.0, vmax=1.0, interpolation="nearest")
-            ax.text(0.5, 0.04, f"σ={value:.3f}", transform=ax.transAxes, ha="center", va="bottom", fontsize=5,
-                    bbox={"boxstyle": "square,pad=0.1", "facecolor": "white", "alpha": 0.7, "linewidth": 0})
-        for ax in row[len(masks):]:
+            ax.text(
+                0.5,
+                0.04,
+                f"σ={value:.3f}",
+                transform=ax.transAxes,
+                ha="center",
+                va="bottom",
+                fontsize=5,
+                bbox={"boxstyle": "square,pad=0.1", "facecolor": "white", "alpha": 0.7, "linewidth": 0},
+            )
+        for ax in row[len(masks) :]:
             ax.set_axis_off()
         row[0].set_ylabel(layer.name, rotation=0, ha="right", va="center", fontsize=6)
     bar = fig.colorbar(image, ax=axes, shrink=0.9, aspect=30, ticks=[0, 0.5, 1])
@@ -301,16 +351,23 @@ def table(summaries: list[dict[str, Any]], top: int = 3) -> str:
         network = summary["network"]
         moved = sorted(summary["layers"].items(), key=lambda item: -item[1]["mean_abs_delta"])[:top]
         largest = ", ".join(f"{name} {stats['mean_abs_delta']:.4f}" for name, stats in moved)
-        lines.append(f"{summary['label']:<{width}} {len(summary['layers']):>6} {network['mean']:>8.4f} "
-                     f"{network['mean_abs_delta']:>10.4f} {network['max_abs_delta']:>9.4f}  {largest}")
+        lines.append(
+            f"{summary['label']:<{width}} {len(summary['layers']):>6} {network['mean']:>8.4f} "
+            f"{network['mean_abs_delta']:>10.4f} {network['max_abs_delta']:>9.4f}  {largest}"
+        )
     return "\n".join(lines)
 
 
 def condition_table(numbers: list[dict[str, Any]]) -> str:
     """One line per condition: n and the network-wide numbers as mean ± std over its runs."""
-    rows = [[condition["label"], condition["n"],
-             *(format_stat(Stat(**condition["network"][key]), digits=4) for key in CONDITION_NETWORK)]
-            for condition in numbers]
+    rows = [
+        [
+            condition["label"],
+            condition["n"],
+            *(format_stat(Stat(**condition["network"][key]), digits=4) for key in CONDITION_NETWORK),
+        ]
+        for condition in numbers
+    ]
     return text_table(["condition", "n", "mean σ", "mean |Δσ|", "max |Δσ|"], rows)  # CONDITION_NETWORK's order
 
 
@@ -325,17 +382,37 @@ def save(fig: Figure, path: Path) -> str:
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("runs", nargs="+", type=Path, metavar="RUN",
-                        help="run folders of train.py, checkpoint files, or folders of run folders (sweeps)")
-    parser.add_argument("--out", type=Path, default=None,
-                        help="folder for the figures and sigma_report.json (default: <first RUN>/sigma_report/)")
-    parser.add_argument("--channels", type=int, default=4,
-                        help="masks shown per layer, picked evenly from the smallest to the largest σ (default 4)")
-    parser.add_argument("--mask-layers", type=int, default=6,
-                        help="layers in the mask figures, evenly spaced in depth, first and last included "
-                             "(default 6; 0: every layer)")
-    parser.add_argument("--checkpoint", choices=[LAST.removesuffix(".pt"), BEST.removesuffix(".pt")], default="last",
-                        help="which checkpoint's σ to report (default last: the end of training)")
+    parser.add_argument(
+        "runs",
+        nargs="+",
+        type=Path,
+        metavar="RUN",
+        help="run folders of train.py, checkpoint files, or folders of run folders (sweeps)",
+    )
+    parser.add_argument(
+        "--out",
+        type=Path,
+        default=None,
+        help="folder for the figures and sigma_report.json (default: <first RUN>/sigma_report/)",
+    )
+    parser.add_argument(
+        "--channels",
+        type=int,
+        default=4,
+        help="masks shown per layer, picked evenly from the smallest to the largest σ (default 4)",
+    )
+    parser.add_argument(
+        "--mask-layers",
+        type=int,
+        default=6,
+        help="layers in the mask figures, evenly spaced in depth, first and last included (default 6; 0: every layer)",
+    )
+    parser.add_argument(
+        "--checkpoint",
+        choices=[LAST.removesuffix(".pt"), BEST.removesuffix(".pt")],
+        default="last",
+        help="which checkpoint's σ to report (default last: the end of training)",
+    )
     return parser.parse_args(argv)
 
 
@@ -361,8 +438,9 @@ def write_report(runs: list[SigmaRun], out: Path, args: argparse.Namespace) -> N
     """The figures and the JSON into ``out``, and the tables on stdout."""
     out.mkdir(parents=True, exist_ok=True)
     summaries = [report_numbers(run) for run in runs]
-    numbers = [condition_numbers(c.label, [summaries[i] for i in c.members])
-               for c in conditions([run.trained for run in runs])]
+    numbers = [
+        condition_numbers(c.label, [summaries[i] for i in c.members]) for c in conditions([run.trained for run in runs])
+    ]
     figures = {"by_depth": save(figure_by_depth(numbers), out / BY_DEPTH_PNG)}
     for i, (run, summary) in enumerate(zip(runs, summaries)):
         stem = f"{i}_{slug(run.path.resolve().name)}"
@@ -374,8 +452,14 @@ def write_report(runs: list[SigmaRun], out: Path, args: argparse.Namespace) -> N
             print(f"note: {run.tb} holds no sigma/<layer>/mean scalars: no trajectory for {run.label}")
         if run.dynamic:
             print(f"note: {run.label}: {len(run.dynamic)} DynamicGMConv2d layer(s) not reported (σ per image)")
-    content = {"checkpoint": args.checkpoint, "channels": args.channels, "mask_layers": args.mask_layers,
-               "figures": figures, "runs": summaries, "conditions": numbers}
+    content = {
+        "checkpoint": args.checkpoint,
+        "channels": args.channels,
+        "mask_layers": args.mask_layers,
+        "figures": figures,
+        "runs": summaries,
+        "conditions": numbers,
+    }
     (out / REPORT_JSON).write_text(json.dumps(content, indent=1))
     print(table(summaries))
     print(condition_table(numbers))

@@ -33,12 +33,24 @@ from models.conv_types import OPTIONS
 # Keys of the resolved config that say how or where a run was executed, not what was trained: runs
 # that differ only here are the same experiment. (trainer.device is "auto" almost always, so it does
 # not even say where a run went; data.download only fetches missing files.)
-BOOKKEEPING = frozenset({
-    "seed", "resume", "eval_only", "ckpt",
-    "trainer.progress", "trainer.device", "trainer.log_every_steps", "trainer.checkpoint_every_steps",
-    "trainer.log_masks",
-    "data.root", "data.download", "data.num_workers", "data.pin_memory", "data.persistent_workers",
-})
+BOOKKEEPING = frozenset(
+    {
+        "seed",
+        "resume",
+        "eval_only",
+        "ckpt",
+        "trainer.progress",
+        "trainer.device",
+        "trainer.log_every_steps",
+        "trainer.checkpoint_every_steps",
+        "trainer.log_masks",
+        "data.root",
+        "data.download",
+        "data.num_workers",
+        "data.pin_memory",
+        "data.persistent_workers",
+    }
+)
 # What a GMConv run may set and a standard run may not (engine/config.py refuses σ's learning-rate scale
 # without a learned σ): a group's baseline is the standard-conv group equal in everything else.
 CONV_ONLY = ("conv.", "optim.sigma_lr_scale")
@@ -103,8 +115,11 @@ def experiment_settings(config: dict[str, Any]) -> dict[str, Any]:
     recipe's description (a function of data and model, and long). Runs equal here are seeds of one setting;
     analysis/trained_run.py groups checkpoints by it too, so a figure's conditions are summarize.py's groups."""
     flat = flatten(config)
-    return {key: value for key, value in flat.items()
-            if key not in BOOKKEEPING and not key.startswith("recipe.") and not _inert(key, flat)}
+    return {
+        key: value
+        for key, value in flat.items()
+        if key not in BOOKKEEPING and not key.startswith("recipe.") and not _inert(key, flat)
+    }
 
 
 def _inert(key: str, flat: dict[str, Any]) -> bool:
@@ -115,9 +130,10 @@ def _inert(key: str, flat: dict[str, Any]) -> bool:
     if kind not in OPTIONS:  # a config older than the conv types
         return False
     if key.startswith("conv."):
-        return key[len("conv."):] not in ("name", "type", *OPTIONS[ConvType(kind)])
+        return key[len("conv.") :] not in ("name", "type", *OPTIONS[ConvType(kind)])
     return (key == "optim.sigma_lr_scale" and kind != ConvType.gmconv) or (
-        key == "optim.offset_lr_scale" and kind != ConvType.deformable)
+        key == "optim.offset_lr_scale" and kind != ConvType.deformable
+    )
 
 
 def settings_of(results: dict[str, Any]) -> dict[str, Any]:
@@ -176,8 +192,10 @@ def group_runs(runs: list[CompletedRun]) -> list[Group]:
         # a key a run lacks (a setting its conv type cannot act on) is left out, not compared as None
         by_settings.setdefault(tuple((key, run.settings[key]) for key in keys if key in run.settings), []).append(run)
     shown = label_keys([dict(settings) for settings in by_settings])
-    groups = [Group(_label(dict(settings), shown), settings, tuple(sorted(members, key=lambda r: (r.seed, r.path))))
-              for settings, members in by_settings.items()]
+    groups = [
+        Group(_label(dict(settings), shown), settings, tuple(sorted(members, key=lambda r: (r.seed, r.path))))
+        for settings, members in by_settings.items()
+    ]
     return sorted(groups, key=lambda group: natural_key(group.label))
 
 
@@ -198,8 +216,9 @@ def label_keys(settings: list[dict[str, Any]]) -> list[str]:
                 values.setdefault(s[f"{group}.name"], set()).add(s[key])
         return all(len(v) == 1 for v in values.values())
 
-    shown = [key for key in differing if not implied(key)] or [key for key in ("model.name", "conv.name", "data.name")
-                                                                if key in keys]  # one group: what it is
+    shown = [key for key in differing if not implied(key)] or [
+        key for key in ("model.name", "conv.name", "data.name") if key in keys
+    ]  # one group: what it is
     order = {key: i for i, key in enumerate(NAME_KEYS)}
     return sorted(shown, key=lambda key: (order.get(key, len(order)), key))
 
@@ -248,13 +267,24 @@ def _top1_by_seed(group: Group) -> dict[int, float]:
 def table_rows(groups: list[Group]) -> list[Row]:
     rows = []
     for group in groups:
-        values = {key: [run.results[key] for run in group.runs] for key in ("top1", "top5", "params", "flops",
-                                                                            "images_per_s", "wall_time_s")}
+        values = {
+            key: [run.results[key] for run in group.runs]
+            for key in ("top1", "top5", "params", "flops", "images_per_s", "wall_time_s")
+        }
         baseline = baseline_of(group, groups)
-        rows.append(Row(group, stat(values["top1"]), stat(values["top5"]), statistics.mean(values["params"]) / 1e6,
-                        statistics.mean(values["flops"]) / 1e9, statistics.mean(values["images_per_s"]),
-                        statistics.mean(values["wall_time_s"]), baseline,
-                        paired_delta(group, baseline) if baseline else None))
+        rows.append(
+            Row(
+                group,
+                stat(values["top1"]),
+                stat(values["top5"]),
+                statistics.mean(values["params"]) / 1e6,
+                statistics.mean(values["flops"]) / 1e9,
+                statistics.mean(values["images_per_s"]),
+                statistics.mean(values["wall_time_s"]),
+                baseline,
+                paired_delta(group, baseline) if baseline else None,
+            )
+        )
     return rows
 
 
@@ -309,8 +339,10 @@ def text_table(headers: list[str], rows: list[list[Any]]) -> str:
     """Plain-text columns as the study scripts print them: the first left-aligned, the others right-aligned."""
     cells = [[str(cell) for cell in row] for row in [headers, *rows]]
     widths = [max(len(row[j]) for row in cells) for j in range(len(headers))]
-    return "\n".join("  ".join(cell.rjust(width) if j else cell.ljust(width) for j, (cell, width) in
-                               enumerate(zip(row, widths))) for row in cells)
+    return "\n".join(
+        "  ".join(cell.rjust(width) if j else cell.ljust(width) for j, (cell, width) in enumerate(zip(row, widths)))
+        for row in cells
+    )
 
 
 def markdown_table(headers: list[str], rows: list[list[Any]]) -> str:
@@ -329,18 +361,34 @@ def format_delta(row: Row) -> str:
 
 def markdown(rows: list[Row], unfinished: list[Unfinished], evaluations: int) -> str:
     """The table, then the runs it leaves out and why."""
-    lines = ["| group | n | top-1 (%) | top-5 (%) | params (M) | GFLOPs | images/s | wall time | Δ top-1 vs standard |",
-             "|---|---:|---:|---:|---:|---:|---:|---:|---:|"] if rows else ["No completed training run."]
+    lines = (
+        [
+            "| group | n | top-1 (%) | top-5 (%) | params (M) | GFLOPs | images/s | wall time | Δ top-1 vs standard |",
+            "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+        ]
+        if rows
+        else ["No completed training run."]
+    )
     short = {r.group.label: shortened(r.group) for r in rows}
-    lines += [f"| {r.group.label}{SHORT_MARK if short[r.group.label] else ''} | {r.top1.n} | {format_stat(r.top1)} "
-              f"| {format_stat(r.top5)} | {r.params_m:.4f} | {r.gflops:.4f} | {r.images_per_s:.0f} "
-              f"| {format_duration(r.wall_time_s)} | {format_delta(r)} |" for r in rows]
+    lines += [
+        f"| {r.group.label}{SHORT_MARK if short[r.group.label] else ''} | {r.top1.n} | {format_stat(r.top1)} "
+        f"| {format_stat(r.top5)} | {r.params_m:.4f} | {r.gflops:.4f} | {r.images_per_s:.0f} "
+        f"| {format_duration(r.wall_time_s)} | {format_delta(r)} |"
+        for r in rows
+    ]
     if rows:
-        lines += ["", "top-1/top-5: final epoch, mean ± sample std over seeds; Δ: paired by seed with the "
-                  "standard-conv group of the same other settings."]
+        lines += [
+            "",
+            "top-1/top-5: final epoch, mean ± sample std over seeds; Δ: paired by seed with the "
+            "standard-conv group of the same other settings.",
+        ]
     if any(short.values()):
-        lines += ["", f"{SHORT_MARK} Short runs, not results: "
-                  + "; ".join(f"{label}: {', '.join(reasons)}" for label, reasons in short.items() if reasons) + "."]
+        lines += [
+            "",
+            f"{SHORT_MARK} Short runs, not results: "
+            + "; ".join(f"{label}: {', '.join(reasons)}" for label, reasons in short.items() if reasons)
+            + ".",
+        ]
     if unfinished:
         lines += ["", f"Unfinished or failed runs ({len(unfinished)}, not averaged in):", ""]
         lines += [f"- `{u.path}`: {u.what}" for u in unfinished]
@@ -349,8 +397,23 @@ def markdown(rows: list[Row], unfinished: list[Unfinished], evaluations: int) ->
     return "\n".join(lines) + "\n"
 
 
-CSV_COLUMNS = ["group", "n", "top1_mean", "top1_std", "top5_mean", "top5_std", "params_m", "gflops", "images_per_s",
-               "wall_time_s", "delta_top1_mean", "delta_top1_std", "delta_pairs", "baseline", "short_run"]
+CSV_COLUMNS = [
+    "group",
+    "n",
+    "top1_mean",
+    "top1_std",
+    "top5_mean",
+    "top5_std",
+    "params_m",
+    "gflops",
+    "images_per_s",
+    "wall_time_s",
+    "delta_top1_mean",
+    "delta_top1_std",
+    "delta_pairs",
+    "baseline",
+    "short_run",
+]
 
 
 def csv_text(rows: list[Row]) -> str:
@@ -360,9 +423,21 @@ def csv_text(rows: list[Row]) -> str:
     writer.writerow(CSV_COLUMNS)
     for r in rows:
         delta = (r.delta.mean, r.delta.std, r.delta.n) if r.delta else (None, None, 0 if r.baseline else None)
-        cells = [r.group.label, r.top1.n, r.top1.mean, r.top1.std, r.top5.mean, r.top5.std, r.params_m, r.gflops,
-                 r.images_per_s, r.wall_time_s, *delta, r.baseline.label if r.baseline else None,
-                 "; ".join(shortened(r.group)) or None]
+        cells = [
+            r.group.label,
+            r.top1.n,
+            r.top1.mean,
+            r.top1.std,
+            r.top5.mean,
+            r.top5.std,
+            r.params_m,
+            r.gflops,
+            r.images_per_s,
+            r.wall_time_s,
+            *delta,
+            r.baseline.label if r.baseline else None,
+            "; ".join(shortened(r.group)) or None,
+        ]
         writer.writerow(["" if cell is None else cell for cell in cells])
     return out.getvalue()
 

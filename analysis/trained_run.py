@@ -89,8 +89,10 @@ def load_run(run_dir: str | Path, prefer: tuple[str, ...] = (BEST, LAST), *, wei
         raise CheckpointError(f"{path} predates analysis support (no data_info); retrain it with this version")
     if weights == "ema":
         if ckpt.get("ema") is None:
-            raise CheckpointError(f"{path} holds no moving average (the run was trained without trainer.ema_decay); "
-                                  "use weights=best or last")
+            raise CheckpointError(
+                f"{path} holds no moving average (the run was trained without trainer.ema_decay); "
+                "use weights=best or last"
+            )
         ckpt = {**ckpt, "model": ckpt["ema"]}
     config = OmegaConf.merge(OmegaConf.structured(TrainConfig), ckpt["config"])
     model = build_untrained(config, ckpt["data_info"])
@@ -122,8 +124,10 @@ def conditions(runs: list[TrainedRun]) -> list[Condition]:
     for i, run in enumerate(runs):
         groups.setdefault(tuple(sorted(experiment_settings(_resolved(run)).items())), []).append(i)
     labels = _tell_apart([runs[members[0]].name for members in groups.values()], [dict(key) for key in groups])
-    return [Condition(label, tuple(sorted(members, key=lambda i: (runs[i].config.seed, i))))
-            for label, members in zip(labels, groups.values())]
+    return [
+        Condition(label, tuple(sorted(members, key=lambda i: (runs[i].config.seed, i))))
+        for label, members in zip(labels, groups.values())
+    ]
 
 
 def _resolved(run: TrainedRun) -> dict[str, Any]:
@@ -148,8 +152,9 @@ def build_untrained(config: DictConfig, data_info: dict[str, Any]) -> nn.Module:
     config = config.copy()
     config.model.pretrained = None
     torch.manual_seed(config.seed)
-    return build_model(config.model, config.conv, num_classes=data_info["num_classes"],
-                       image_size=data_info["image_size"]).eval()
+    return build_model(
+        config.model, config.conv, num_classes=data_info["num_classes"], image_size=data_info["image_size"]
+    ).eval()
 
 
 def validation_images(run: TrainedRun, count: int) -> tuple[torch.Tensor, str]:
@@ -198,6 +203,7 @@ def load_runs(paths: list[str | Path], prefer: tuple[str, ...] = (BEST, LAST)) -
                     raise
                 notes.append(f"skipped {folder}: no checkpoint (checkpoints/{' or '.join(prefer)})")
     if not runs:
-        raise MissingFile(f"no run with a checkpoint in {', '.join(map(str, paths))} "
-                          f"({len(notes)} run folder(s) without one)")
+        raise MissingFile(
+            f"no run with a checkpoint in {', '.join(map(str, paths))} ({len(notes)} run folder(s) without one)"
+        )
     return runs, notes

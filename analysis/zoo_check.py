@@ -99,7 +99,8 @@ def family(spec: str) -> str:
 def expected_conversions(model: nn.Module) -> list[str]:
     """What the README says converts by default, computed without gmconv."""
     return [
-        name for name, m in model.named_modules()
+        name
+        for name, m in model.named_modules()
         if type(m) is nn.Conv2d and max(m.kernel_size) >= 3 and m.stride != m.kernel_size
     ]
 
@@ -126,8 +127,9 @@ def fx_trace(model: nn.Module) -> torch.fx.GraphModule:
     return torch.fx.GraphModule(model, tracer.trace(model))
 
 
-def unless_original_fails(step: Callable[[nn.Module], torch.Tensor], converted: nn.Module, plain: nn.Module,
-                          x: torch.Tensor) -> str:
+def unless_original_fails(
+    step: Callable[[nn.Module], torch.Tensor], converted: nn.Module, plain: nn.Module, x: torch.Tensor
+) -> str:
     """Run ``step`` on the converted model; if it raises, 'n/a' when it raises on the original too."""
     expected = outputs(converted, x)
     try:
@@ -157,13 +159,15 @@ def check_model(spec: str, size: int = 64, skip: tuple[str, ...] = ()) -> dict[s
     checks: dict[str, Callable[[], str]] = {
         "converted": lambda: _check_converted(plain, converted, report),
         "weights": lambda: _check_weights(plain, converted),
-        "huge σ": lambda: same(outputs(convert_to_gmconv(copy.deepcopy(plain), sigma_init=HUGE_SIGMA), x), reference,
-                               "σ = 1e6 vs original"),
+        "huge σ": lambda: same(
+            outputs(convert_to_gmconv(copy.deepcopy(plain), sigma_init=HUGE_SIGMA), x), reference, "σ = 1e6 vs original"
+        ),
         "fold": lambda: _check_fold(converted, x),
         "state_dict": lambda: _check_state_dict(spec, size, converted, x),
         "fx": lambda: unless_original_fails(lambda m: fx_trace(m)(x), converted, plain, x),
-        "export": lambda: unless_original_fails(lambda m: torch.export.export(m.eval(), (x,)).module()(x),
-                                                converted, plain, x),
+        "export": lambda: unless_original_fails(
+            lambda m: torch.export.export(m.eval(), (x,)).module()(x), converted, plain, x
+        ),
     }
     for column, check in checks.items():
         row[column] = "skipped" if column in skip else _verdict(check)
@@ -237,8 +241,11 @@ def markdown(rows: list[dict[str, str]], args: argparse.Namespace, seconds: floa
         f"Python {platform.python_version()}, {platform.machine()} CPU, {args.threads} thread(s), "
         f"random init, fp32, batch {BATCH}, {args.size} px; {seconds / 60:.1f} min in all.",
         "",
-        *([f"**Incomplete: {len(rows)} of {len(args.models)} models so far** (the run had not finished).", ""]
-          if len(rows) < len(args.models) else []),
+        *(
+            [f"**Incomplete: {len(rows)} of {len(args.models)} models so far** (the run had not finished).", ""]
+            if len(rows) < len(args.models)
+            else []
+        ),
         f"**{len(checked)} models checked** ({len({r['family'] for r in checked})} families), "
         f"**{len(checked) - len(failed)} pass every check**; {len(rows) - len(checked)} do not run at "
         f"{args.size} px and are listed at the end. GMConv layers in all: "
@@ -247,8 +254,10 @@ def markdown(rows: list[dict[str, str]], args: argparse.Namespace, seconds: floa
         "| model | family | " + " | ".join(CHECKS) + " | s |",
         "|---|---|" + "---|" * len(CHECKS) + "---:|",
     ]
-    lines += [f"| {r['model']} | {r['family']} | " + " | ".join(r[c] for c in CHECKS) + f" | {r['seconds']} |"
-              for r in checked]
+    lines += [
+        f"| {r['model']} | {r['family']} | " + " | ".join(r[c] for c in CHECKS) + f" | {r['seconds']} |"
+        for r in checked
+    ]
     skipped = [r for r in rows if "note" in r]
     if skipped:
         lines += ["", f"Not run at {args.size} px:", ""]

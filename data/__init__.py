@@ -3,8 +3,8 @@
 from omegaconf import OmegaConf
 
 from .bad_images import ReplacedImages
-from .config_checks import check_data_config
 from .config import DataConfig
+from .config_checks import check_data_config
 from .info import DataInfo
 from .loaders import available_cores, build_loaders, build_val_loader, set_epoch
 
@@ -14,5 +14,12 @@ from .loaders import available_cores, build_loaders, build_val_loader, set_epoch
 if not OmegaConf.has_resolver("cores_at_most"):
     OmegaConf.register_new_resolver("cores_at_most", lambda most: min(int(most), available_cores()))
 
-__all__ = ["DataConfig", "DataInfo", "ReplacedImages", "build_loaders", "build_val_loader", "check_data_config",
-           "set_epoch"]
+__all__ = [
+    "DataConfig",
+    "DataInfo",
+    "ReplacedImages",
+    "build_loaders",
+    "build_val_loader",
+    "check_data_config",
+    "set_epoch",
+]

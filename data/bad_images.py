@@ -33,7 +33,7 @@ class UnreadableImage(DataError):
         """A DataLoader worker's error arrives with the worker's traceback in its message: keep the last line."""
         last = str(err).strip().splitlines()[-1]
         prefix = f"{cls.__module__}.{cls.__qualname__}: "
-        return cls(last[len(prefix):] if last.startswith(prefix) else last)
+        return cls(last[len(prefix) :] if last.startswith(prefix) else last)
 
 
 class Replaced(tuple):
@@ -59,8 +59,10 @@ class SkipUnreadable(Dataset):
                 return Replaced(self.dataset[(index + offset) % len(self.dataset)])
             except UnreadableImage:
                 continue
-        raise UnreadableImage(f"{MAX_TRIES} image files in a row from sample {index} on are unreadable: the "
-                              "dataset is broken, not one file; run python -m scripts.check_data <data.root>")
+        raise UnreadableImage(
+            f"{MAX_TRIES} image files in a row from sample {index} on are unreadable: the "
+            "dataset is broken, not one file; run python -m scripts.check_data <data.root>"
+        )
 
 
 class Batch(tuple):
@@ -87,7 +89,8 @@ class ReplacedImages:
 
     Training's count is of the whole run: it lives in ``TrainState.counters``, so a checkpoint holds the
     count of exactly the batches trained so far and a resumed run continues it. Validation's counts the
-    passes of this process (a validation pass replaces the same files each time). Under torchrun each process counts its own share; rank 0's is saved and shown.
+    passes of this process (a validation pass replaces the same files each time). Under torchrun each process
+    counts its own share; rank 0's is saved and shown.
     """
 
     KEY = "bad_images_replaced"

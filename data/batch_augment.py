@@ -12,6 +12,7 @@ mid-epoch augments every remaining batch exactly as the uninterrupted run did, w
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -69,8 +70,9 @@ class BatchAugmentedLoader:
     it is fed.
     """
 
-    def __init__(self, loader: DataLoader, augment: BatchAugment, device: torch.device, *, seed: int,
-                 rank: int) -> None:
+    def __init__(
+        self, loader: DataLoader, augment: BatchAugment, device: torch.device, *, seed: int, rank: int
+    ) -> None:
         self.loader, self.augment, self.device = loader, augment.to(device), device
         self.seed, self.rank = seed, rank
         self.epoch, self.start_batch = 0, 0
@@ -114,4 +116,3 @@ class BatchAugmentedLoader:
 def batch_collate(batch: tuple[Tensor, Tensor]) -> tuple[Tensor, Tensor]:
     """``TensorImages.__getitems__`` already returns a batch: nothing to collate."""
     return batch
-

@@ -62,22 +62,28 @@ def empty_classes_problem(split: Path, counts: dict[str, int]) -> Optional[str]:
     if not empty:
         return None
     shown = ", ".join(empty[:5]) + (f" and {len(empty) - 5} more" if len(empty) > 5 else "")
-    return (f"{split}: {len(empty)} class folder{'s' if len(empty) > 1 else ''} without image files ({shown}); "
-            f"add images or remove the folder (image files end with {', '.join(IMG_EXTENSIONS)})")
+    return (
+        f"{split}: {len(empty)} class folder{'s' if len(empty) > 1 else ''} without image files ({shown}); "
+        f"add images or remove the folder (image files end with {', '.join(IMG_EXTENSIONS)})"
+    )
 
 
 def mismatch_problem(root: Path, train: list[str], val: list[str]) -> Optional[str]:
     if train == val:
         return None
     only_train, only_val = sorted(set(train) - set(val)), sorted(set(val) - set(train))
-    return (f"{root}: train/ and val/ hold different class folders (only in train: "
-            f"{', '.join(only_train[:5]) or 'none'}; only in val: {', '.join(only_val[:5]) or 'none'}); "
-            "give both the same class folders")
+    return (
+        f"{root}: train/ and val/ hold different class folders (only in train: "
+        f"{', '.join(only_train[:5]) or 'none'}; only in val: {', '.join(only_val[:5]) or 'none'}); "
+        "give both the same class folders"
+    )
 
 
 def too_few_classes_problem(split: Path, classes: list[str]) -> Optional[str]:
     """One class folder would train to 100 % top-1 on a task with nothing to learn."""
     if len(classes) >= 2:
         return None
-    return (f"{split} holds {len(classes)} class folder{'' if len(classes) == 1 else 's'} "
-            f"({', '.join(classes) or 'none'}); a classifier needs at least 2: add class folders or fix data.root")
+    return (
+        f"{split} holds {len(classes)} class folder{'' if len(classes) == 1 else 's'} "
+        f"({', '.join(classes) or 'none'}); a classifier needs at least 2: add class folders or fix data.root"
+    )

@@ -33,8 +33,9 @@ def fragment_size(digit_size: int) -> int:
     return max(1, digit_size // 2)
 
 
-def render(digits: Tensor, targets: Tensor, count: int, canvas: int, clutter: int,
-           generator: torch.Generator) -> tuple[Tensor, Tensor]:
+def render(
+    digits: Tensor, targets: Tensor, count: int, canvas: int, clutter: int, generator: torch.Generator
+) -> tuple[Tensor, Tensor]:
     """``count`` grey uint8 canvases (count, canvas, canvas) and their labels.
 
     Each holds one of ``digits`` (uint8 (N, s, s), already at the digit size) at a uniform random position,
@@ -53,8 +54,11 @@ def render(digits: Tensor, targets: Tensor, count: int, canvas: int, clutter: in
         cuts = torch.randint(side - piece + 1, (2, count, clutter), generator=generator)
         spots = torch.randint(canvas - piece + 1, (2, count, clutter), generator=generator)
         steps = torch.arange(piece)
-        fragments = digits[others[..., None, None], (cuts[0][..., None] + steps)[..., :, None],
-                           (cuts[1][..., None] + steps)[..., None, :]]
+        fragments = digits[
+            others[..., None, None],
+            (cuts[0][..., None] + steps)[..., :, None],
+            (cuts[1][..., None] + steps)[..., None, :],
+        ]
         _stamp(flat, fragments, spots[0], spots[1], canvas)
     return flat.view(count, canvas, canvas), targets[chosen]
 
@@ -62,7 +66,7 @@ def render(digits: Tensor, targets: Tensor, count: int, canvas: int, clutter: in
 def _stamp(flat: Tensor, patches: Tensor, rows: Tensor, cols: Tensor, canvas: int) -> None:
     """Max ``patches`` (count, k, p, p) into the flattened canvases at top-left corners (rows, cols) (count, k)."""
     steps = torch.arange(patches.shape[-1])
-    pixels = ((rows[..., None, None] + steps[:, None]) * canvas + cols[..., None, None] + steps[None, :])
+    pixels = (rows[..., None, None] + steps[:, None]) * canvas + cols[..., None, None] + steps[None, :]
     flat.scatter_reduce_(1, pixels.flatten(1), patches.flatten(1), reduce="amax")
 
 

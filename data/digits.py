@@ -11,8 +11,8 @@ from sklearn.datasets import load_digits
 from sklearn.model_selection import train_test_split
 
 from .config import DataConfig
-from .info import Splits
 from .in_memory import tensor_splits
+from .info import Splits
 
 # Fixed, and independent of the run seed, so every run validates on the same 360 images.
 SPLIT_SEED = 0
@@ -38,8 +38,13 @@ def digit_split() -> DigitSplit:
         np.arange(len(targets)), test_size=VAL_FRACTION, stratify=digits.target, random_state=SPLIT_SEED
     )
     train_idx, val_idx = torch.from_numpy(train_idx), torch.from_numpy(val_idx)
-    return DigitSplit(pixels[train_idx], targets[train_idx], pixels[val_idx], targets[val_idx],
-                      [str(name) for name in digits.target_names])
+    return DigitSplit(
+        pixels[train_idx],
+        targets[train_idx],
+        pixels[val_idx],
+        targets[val_idx],
+        [str(name) for name in digits.target_names],
+    )
 
 
 def upsampled(pixels: torch.Tensor, size: int) -> torch.Tensor:
@@ -73,8 +78,15 @@ def build_digits(data: DataConfig, *, with_train: bool = True) -> Splits:
     # Mirrored digits are not the same digit: crop only. The shift is half an original pixel (2 px at
     # 32 px) because the strokes fill the 8×8 frame and larger shifts would crop them.
     val_images = as_rgb(upsampled(split.val_pixels, data.test_image_size or data.image_size))
-    train, val = tensor_splits(data, (train_images, split.train_targets), (val_images, split.val_targets),
-                               mean, std, padding=max(1, data.image_size // 16), flip=False)
+    train, val = tensor_splits(
+        data,
+        (train_images, split.train_targets),
+        (val_images, split.val_targets),
+        mean,
+        std,
+        padding=max(1, data.image_size // 16),
+        flip=False,
+    )
     return Splits(
         train=train if with_train else None,  # built anyway: the statistics come from its pixels
         val=val,

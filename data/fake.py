@@ -28,8 +28,9 @@ class FakeImages(Dataset):
     """
 
     def __init__(self, size: int, num_classes: int, image_size: int, first: int = 0) -> None:
-        templates = torch.randn(num_classes, 3, TEMPLATE_CELLS, TEMPLATE_CELLS,
-                                generator=torch.Generator().manual_seed(TEMPLATE_SEED))
+        templates = torch.randn(
+            num_classes, 3, TEMPLATE_CELLS, TEMPLATE_CELLS, generator=torch.Generator().manual_seed(TEMPLATE_SEED)
+        )
         self.templates, self.size, self.image_size, self.first = templates, size, image_size, first
 
     def __len__(self) -> int:

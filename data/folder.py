@@ -16,8 +16,14 @@ from torchvision.transforms import v2
 from engine.errors import DataError, MissingFile
 
 from .bad_images import SkipUnreadable, UnreadableImage
-from .class_folders import (LAYOUT, class_folders, empty_classes_problem, is_image_file, mismatch_problem,
-                            too_few_classes_problem)
+from .class_folders import (
+    LAYOUT,
+    class_folders,
+    empty_classes_problem,
+    is_image_file,
+    mismatch_problem,
+    too_few_classes_problem,
+)
 from .config import DataConfig
 from .info import Splits
 from .paths import require_root
@@ -47,9 +53,11 @@ def read_image(path: str) -> Any:
         return decode(path)
     except FILE_ERRORS as err:
         root = Path(path).parents[2]  # <root>/<split>/<class>/<file>
-        raise UnreadableImage(f"cannot read image {path} ({first_line(err)}); replace or remove it (python "
-                              f"-m scripts.check_data {root} lists every bad file), or set "
-                              "data.skip_bad_images=true to train on without it") from None
+        raise UnreadableImage(
+            f"cannot read image {path} ({first_line(err)}); replace or remove it (python "
+            f"-m scripts.check_data {root} lists every bad file), or set "
+            "data.skip_bad_images=true to train on without it"
+        ) from None
 
 
 class _ClassFolders(datasets.ImageFolder):
@@ -65,11 +73,14 @@ def _split(directory: Path, transform: v2.Compose) -> datasets.ImageFolder:
     if not directory.is_dir():
         raise MissingFile(f"{directory} not found: data.root must hold {LAYOUT}; fix data.root or the tree")
     _refuse(too_few_classes_problem(directory, class_folders(directory)), directory.parent)
-    split = _ClassFolders(str(directory), transform=transform, loader=read_image, is_valid_file=is_image_file,
-                          allow_empty=True)
+    split = _ClassFolders(
+        str(directory), transform=transform, loader=read_image, is_valid_file=is_image_file, allow_empty=True
+    )
     counts = Counter(split.targets)
-    _refuse(empty_classes_problem(directory, {name: counts[index] for index, name in enumerate(split.classes)}),
-            directory.parent)
+    _refuse(
+        empty_classes_problem(directory, {name: counts[index] for index, name in enumerate(split.classes)}),
+        directory.parent,
+    )
     return split
 
 

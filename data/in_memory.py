@@ -24,8 +24,14 @@ class TensorImages(Dataset):
     augment on the training device.
     """
 
-    def __init__(self, images: Tensor, targets: Tensor, transform: Optional[Callable[[Tensor], Tensor]] = None,
-                 *, batch_transform: Optional[BatchAugment] = None) -> None:
+    def __init__(
+        self,
+        images: Tensor,
+        targets: Tensor,
+        transform: Optional[Callable[[Tensor], Tensor]] = None,
+        *,
+        batch_transform: Optional[BatchAugment] = None,
+    ) -> None:
         if (transform is None) == (batch_transform is None):
             raise ValueError("TensorImages needs exactly one of transform (per sample) or batch_transform")
         self.images = images
@@ -50,8 +56,14 @@ class TensorImages(Dataset):
 
 
 def tensor_splits(
-    data: DataConfig, train: Optional[tuple[Tensor, Tensor]], val: tuple[Tensor, Tensor], mean: Sequence[float],
-    std: Sequence[float], *, padding: int, flip: bool,
+    data: DataConfig,
+    train: Optional[tuple[Tensor, Tensor]],
+    val: tuple[Tensor, Tensor],
+    mean: Sequence[float],
+    std: Sequence[float],
+    *,
+    padding: int,
+    flip: bool,
 ) -> tuple[Optional[TensorImages], TensorImages]:
     """(train, val) datasets of (uint8 images, targets), augmented a batch at a time where ``data`` allows
     (the padded crop, flip and normalisation) and per sample where it needs a per-sample pipeline.

@@ -13,11 +13,10 @@ from torch.utils.data import DataLoader, Dataset
 
 from engine.errors import ConfigError
 
-from .batch_augment import BatchAugmentedLoader, batch_collate
-
 from .bad_images import UnreadableImage, collate
-from .config_checks import check_data_config
+from .batch_augment import BatchAugmentedLoader, batch_collate
 from .config import DataConfig
+from .config_checks import check_data_config
 from .info import DataInfo, Splits
 from .registry import BUILDERS
 from .samplers import ResumableSampler, ShardSampler
@@ -30,7 +29,12 @@ Loader = Union[DataLoader, BatchAugmentedLoader]
 
 
 def build_loaders(
-    data: DataConfig, *, seed: int, rank: int = 0, world_size: int = 1, pin_memory: bool = False,
+    data: DataConfig,
+    *,
+    seed: int,
+    rank: int = 0,
+    world_size: int = 1,
+    pin_memory: bool = False,
     device: torch.device | str = "cpu",
 ) -> tuple[Loader, Loader, DataInfo]:
     """(train loader, val loader, info) for this process.
@@ -55,22 +59,37 @@ def build_loaders(
     splits = _splits(data, seed, rank, world_size, with_train=True)
     per_process = -(-len(splits.train) // world_size)
     if per_process < data.batch_size:
-        raise ConfigError(f"data.batch_size={data.batch_size} exceeds the {per_process} training images per "
-                          f"process, so an epoch would have no full batch; lower data.batch_size")
+        raise ConfigError(
+            f"data.batch_size={data.batch_size} exceeds the {per_process} training images per "
+            f"process, so an epoch would have no full batch; lower data.batch_size"
+        )
     common = _common(data, pin_memory)
     # Each loader owns a generator: starting an epoch or a validation pass then never draws from the
     # global RNG that training uses, and validating cannot shift the training workers' seeds.
-    train = _on_device(CountingLoader(
-        splits.train, batch_size=data.batch_size, drop_last=True,
-        sampler=ResumableSampler(splits.train, rank=rank, world_size=world_size, seed=seed),
-        generator=torch.Generator().manual_seed(mixed_seed(seed, 0, rank)), **common,
-        **_collation(splits.train),
-    ), device, seed, rank)
+    train = _on_device(
+        CountingLoader(
+            splits.train,
+            batch_size=data.batch_size,
+            drop_last=True,
+            sampler=ResumableSampler(splits.train, rank=rank, world_size=world_size, seed=seed),
+            generator=torch.Generator().manual_seed(mixed_seed(seed, 0, rank)),
+            **common,
+            **_collation(splits.train),
+        ),
+        device,
+        seed,
+        rank,
+    )
     return train, _val_loader(data, splits, seed, rank, world_size, common, device), _info(data, splits)
 
 
 def build_val_loader(
-    data: DataConfig, *, seed: int, rank: int = 0, world_size: int = 1, pin_memory: bool = False,
+    data: DataConfig,
+    *,
+    seed: int,
+    rank: int = 0,
+    world_size: int = 1,
+    pin_memory: bool = False,
     device: torch.device | str = "cpu",
 ) -> tuple[Loader, DataInfo]:
     """What evaluating a checkpoint needs: the validation split alone (a folder dataset's train/ is not
@@ -90,8 +109,11 @@ def _splits(data: DataConfig, seed: int, rank: int, world_size: int, *, with_tra
 
 def _common(data: DataConfig, pin_memory: bool) -> dict[str, Any]:
     _note_workers(data.num_workers)
-    return dict(num_workers=data.num_workers, pin_memory=pin_memory,
-                persistent_workers=data.persistent_workers and data.num_workers > 0)
+    return dict(
+        num_workers=data.num_workers,
+        pin_memory=pin_memory,
+        persistent_workers=data.persistent_workers and data.num_workers > 0,
+    )
 
 
 def available_cores() -> int:
@@ -112,25 +134,50 @@ def _note_workers(num_workers: int) -> None:
     if num_workers <= cores:
         return
     warnings.filterwarnings("ignore", message="This DataLoader will create", category=UserWarning)
-    log.warning("data.num_workers=%d worker processes per loader, and this process has %d CPU core%s: they share "
-                "them; kept at %d (data.num_workers=%d matches the cores)", num_workers, cores,
-                "s" if cores != 1 else "", num_workers, cores)
+    log.warning(
+        "data.num_workers=%d worker processes per loader, and this process has %d CPU core%s: they share "
+        "them; kept at %d (data.num_workers=%d matches the cores)",
+        num_workers,
+        cores,
+        "s" if cores != 1 else "",
+        num_workers,
+        cores,
+    )
 
 
-def _val_loader(data: DataConfig, splits: Splits, seed: int, rank: int, world_size: int, common: dict[str, Any],
-                device: torch.device | str) -> Loader:
-    return _on_device(CountingLoader(
-        splits.val, batch_size=data.eval_batch_size or data.batch_size,
-        sampler=ShardSampler(splits.val, rank=rank, world_size=world_size),
-        generator=torch.Generator().manual_seed(mixed_seed(seed, 0, rank)), **common,
-        **_collation(splits.val),
-    ), device, seed, rank)
+def _val_loader(
+    data: DataConfig,
+    splits: Splits,
+    seed: int,
+    rank: int,
+    world_size: int,
+    common: dict[str, Any],
+    device: torch.device | str,
+) -> Loader:
+    return _on_device(
+        CountingLoader(
+            splits.val,
+            batch_size=data.eval_batch_size or data.batch_size,
+            sampler=ShardSampler(splits.val, rank=rank, world_size=world_size),
+            generator=torch.Generator().manual_seed(mixed_seed(seed, 0, rank)),
+            **common,
+            **_collation(splits.val),
+        ),
+        device,
+        seed,
+        rank,
+    )
 
 
 def _info(data: DataConfig, splits: Splits) -> DataInfo:
-    return DataInfo(num_classes=len(splits.classes), image_size=data.image_size,
-                    test_image_size=data.test_image_size or data.image_size, mean=splits.mean, std=splits.std,
-                    classes=splits.classes)
+    return DataInfo(
+        num_classes=len(splits.classes),
+        image_size=data.image_size,
+        test_image_size=data.test_image_size or data.image_size,
+        mean=splits.mean,
+        std=splits.std,
+        classes=splits.classes,
+    )
 
 
 def _leave_ctrl_c_to_the_main_process(worker_id: int) -> None:
@@ -191,8 +238,10 @@ def set_epoch(loader: Loader, epoch: int, *, start_batch: int = 0) -> None:
     """
     skip = start_batch * loader.batch_size
     if not 0 <= skip <= loader.sampler.num_samples:
-        raise ValueError(f"start_batch={start_batch} is invalid: an epoch has "
-                         f"{loader.sampler.num_samples // loader.batch_size} batches per process")
+        raise ValueError(
+            f"start_batch={start_batch} is invalid: an epoch has "
+            f"{loader.sampler.num_samples // loader.batch_size} batches per process"
+        )
     loader.sampler.set_epoch(epoch, start=skip)
     if isinstance(loader, BatchAugmentedLoader):
         loader.position(epoch, start_batch)

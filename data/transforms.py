@@ -30,8 +30,10 @@ TIMM_POLICIES: dict[str, Callable[..., Callable]] = {
     "augmix": augment_and_mix_transform,
     **dict.fromkeys(("original", "originalr", "v0", "v0r", "3a"), auto_augment_transform),
 }
-POLICY_HELP = ("use a timm policy string (rand-m9-mstd0.5-inc1, augmix-m5-w4-d2, original, originalr, v0, v0r, 3a) "
-               f"or one of torchvision's {', '.join(TORCHVISION_POLICIES)}")
+POLICY_HELP = (
+    "use a timm policy string (rand-m9-mstd0.5-inc1, augmix-m5-w4-d2, original, originalr, v0, v0r, 3a) "
+    f"or one of torchvision's {', '.join(TORCHVISION_POLICIES)}"
+)
 # A section after the first is <key><number> (m9, mstd0.5, inc1), or t<name> for RandAugment's op set.
 # timm skips a section without a digit, and takes an unknown op set for the default, silently; refusing
 # both keeps a typo from training another recipe.
@@ -54,8 +56,9 @@ def augmentation_policy(policy: str, size: int, mean: Sequence[float]) -> list[C
     if name not in TIMM_POLICIES:
         problem = f"unknown policy {name!r}"
     elif bad:
-        problem = f"section {bad[0]!r} is not <key><number>" + (f" or one of {', '.join(RAND_OP_SETS)}"
-                                                                 if name == "rand" else "")
+        problem = f"section {bad[0]!r} is not <key><number>" + (
+            f" or one of {', '.join(RAND_OP_SETS)}" if name == "rand" else ""
+        )
     else:
         hparams = {"translate_const": int(size * 0.45), "img_mean": tuple(min(255, round(255 * m)) for m in mean)}
         if name == "augmix":
@@ -98,12 +101,14 @@ def _pipeline(
         if data.auto_augment:
             before += augmentation_policy(data.auto_augment, data.image_size, mean)
         if data.color_jitter:
-            before.append(v2.ColorJitter(brightness=data.color_jitter, contrast=data.color_jitter,
-                                         saturation=data.color_jitter))
+            before.append(
+                v2.ColorJitter(brightness=data.color_jitter, contrast=data.color_jitter, saturation=data.color_jitter)
+            )
         if data.random_erasing:  # noise-filled like timm's mode="pixel", so it is applied after normalising
             after.append(v2.RandomErasing(p=data.random_erasing, value="random"))
-    return v2.Compose([*geometry, *before, v2.ToImage(), v2.ToDtype(torch.float32, scale=True),
-                       v2.Normalize(mean, std), *after])
+    return v2.Compose(
+        [*geometry, *before, v2.ToImage(), v2.ToDtype(torch.float32, scale=True), v2.Normalize(mean, std), *after]
+    )
 
 
 def small_image_transforms(

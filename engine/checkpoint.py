@@ -120,8 +120,13 @@ def capture_rng() -> dict[str, Any]:
     np_state = np.random.get_state(legacy=False)
     return {
         "python": random.getstate(),
-        "numpy": {**np_state, "state": {"key": torch.from_numpy(np_state["state"]["key"].astype(np.int64)),
-                                        "pos": np_state["state"]["pos"]}},
+        "numpy": {
+            **np_state,
+            "state": {
+                "key": torch.from_numpy(np_state["state"]["key"].astype(np.int64)),
+                "pos": np_state["state"]["pos"],
+            },
+        },
         "torch": torch.get_rng_state(),
         "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
     }
@@ -182,16 +187,28 @@ def capture_process_state(state: TrainState) -> dict[str, Any]:
     return {"rng": capture_rng(), "epoch_totals": totals}
 
 
-def save_checkpoint(path: str | Path, state: TrainState, config: dict[str, Any], data_info: dict[str, Any],
-                    per_rank: list[dict[str, Any]], *, ema_weights: bool = False) -> None:
+def save_checkpoint(
+    path: str | Path,
+    state: TrainState,
+    config: dict[str, Any],
+    data_info: dict[str, Any],
+    per_rank: list[dict[str, Any]],
+    *,
+    ema_weights: bool = False,
+) -> None:
     """``data_info``: what the model was built for (class count, image size, normalisation), so analysis
     tools can rebuild the network from the checkpoint alone, even where the dataset is absent.
     ``per_rank``: every process's ``capture_process_state()``, by rank. ``ema_weights``: the ``model``
     entry holds the EMA's weights (best.pt under trainer.best_of=ema), so every reader of the file sees
     the kept weights; ``weights`` says which they are."""
-    checkpoint = {**state.state_dict(), "rng": [rank["rng"] for rank in per_rank],
-                  "epoch_totals": [rank["epoch_totals"] for rank in per_rank], "config": config,
-                  "data_info": data_info, "weights": "ema" if ema_weights else "model"}
+    checkpoint = {
+        **state.state_dict(),
+        "rng": [rank["rng"] for rank in per_rank],
+        "epoch_totals": [rank["epoch_totals"] for rank in per_rank],
+        "config": config,
+        "data_info": data_info,
+        "weights": "ema" if ema_weights else "model",
+    }
     if ema_weights:
         checkpoint["model"] = checkpoint["ema"]
     atomic_write(path, lambda tmp: _write_durably(tmp, checkpoint))
@@ -218,8 +235,9 @@ def load_checkpoint(path: str | Path, *, mmap: bool = False) -> dict[str, Any]:
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
     except Exception as err:  # truncated zip, random bytes, a pickle with code: all unreadable here
-        raise CheckpointError(f"cannot read checkpoint {path}: truncated, corrupt or not a checkpoint "
-                              f"({first_line(err)})") from err
+        raise CheckpointError(
+            f"cannot read checkpoint {path}: truncated, corrupt or not a checkpoint ({first_line(err)})"
+        ) from err
     if not isinstance(ckpt, dict) or "model" not in ckpt:
         raise CheckpointError(f"{path} is not a checkpoint of this framework (no 'model' entry)")
     return ckpt
@@ -231,8 +249,10 @@ def find_checkpoint(path: str | Path, prefer: tuple[str, ...]) -> Path:
     if path.is_dir():
         found = next((path / "checkpoints" / name for name in prefer if (path / "checkpoints" / name).is_file()), None)
         if found is None:
-            raise MissingFile(f"{path} holds no checkpoint (looked for checkpoints/{' or '.join(prefer)}); "
-                              "pass a run folder that has saved one, or a .pt file")
+            raise MissingFile(
+                f"{path} holds no checkpoint (looked for checkpoints/{' or '.join(prefer)}); "
+                "pass a run folder that has saved one, or a .pt file"
+            )
         return found
     if not path.is_file():
         raise MissingFile(f"no checkpoint at {path}; pass a run folder or the path of a {LAST} or {BEST} file")
@@ -245,8 +265,11 @@ def load_model_weights(model: nn.Module, ckpt: dict[str, Any], path: str | Path)
         unwrap(model).load_state_dict(ckpt["model"])
     except RuntimeError as err:
         saved = ckpt.get("config", {})
-        origin = (f"model={saved.get('model', {}).get('name')} conv={saved.get('conv', {}).get('name')}"
-                  if saved else "another model")
+        origin = (
+            f"model={saved.get('model', {}).get('name')} conv={saved.get('conv', {}).get('name')}"
+            if saved
+            else "another model"
+        )
         raise CheckpointError(
             f"checkpoint {path} holds weights of {origin}, which do not fit the model built here "
             f"({_load_error_summary(err)}); pass the same model/conv settings as the run that wrote it"
@@ -261,10 +284,12 @@ def restore(state: TrainState, ckpt: dict[str, Any], path: str | Path, rank: int
     try:
         state.load_progress(ckpt)
     except ValueError as err:  # torch's check that the saved parameter groups fit the optimizer's
-        raise CheckpointError(f"checkpoint {path} holds an optimizer state that does not fit the optimizer built "
-                              f"here ({first_line(err)}): a setting that shapes its parameter groups changed "
-                              "(optim.layer_decay); resume with the run's own, or start a new run from the "
-                              f"weights with model.pretrained={path}") from err
+        raise CheckpointError(
+            f"checkpoint {path} holds an optimizer state that does not fit the optimizer built "
+            f"here ({first_line(err)}): a setting that shapes its parameter groups changed "
+            "(optim.layer_decay); resume with the run's own, or start a new run from the "
+            f"weights with model.pretrained={path}"
+        ) from err
     states = ckpt["rng"] if isinstance(ckpt["rng"], list) else [ckpt["rng"]]  # one dict: an older checkpoint
     if rank >= len(states):
         return False

@@ -46,14 +46,16 @@ def expand_command_line(argv: list[str]) -> CommandLine:
     if eval_only and ckpt:
         path = find_checkpoint(ckpt, (BEST, LAST))
         extra = [] if "hydra.run.dir" in given else [f"hydra.run.dir={EVAL_RUN_DIR}"]
-        return CommandLine([program, *flags, *saved_settings(path, EVALUATED_SETTINGS, given), *overrides, *extra],
-                           typed)
+        return CommandLine(
+            [program, *flags, *saved_settings(path, EVALUATED_SETTINGS, given), *overrides, *extra], typed
+        )
     if resume and resume != "auto" and not eval_only:
         path = find_checkpoint(resume, (LAST,))
         run_dir = run_folder_of(path)
         pinned = [] if run_dir is None or "hydra.run.dir" in given else [f"hydra.run.dir={quote(str(run_dir))}"]
-        return CommandLine([program, *flags, *saved_settings(path, RESUMED_SETTINGS, given), *overrides, *pinned],
-                           typed)
+        return CommandLine(
+            [program, *flags, *saved_settings(path, RESUMED_SETTINGS, given), *overrides, *pinned], typed
+        )
     return CommandLine(argv, None)
 
 
@@ -135,8 +137,18 @@ def check_composes(argv: list[str]) -> None:
 
 
 # flags whose output is Hydra's own (or a sweep, whose jobs report their own errors)
-HYDRA_OWN_FLAGS = ("-h", "--help", "--hydra-help", "--version", "-i", "--info", "-sc", "--shell-completion", "-m",
-                   "--multirun")
+HYDRA_OWN_FLAGS = (
+    "-h",
+    "--help",
+    "--hydra-help",
+    "--version",
+    "-i",
+    "--info",
+    "-sc",
+    "--shell-completion",
+    "-m",
+    "--multirun",
+)
 
 
 def composition_error(err: Exception) -> str:
@@ -151,8 +163,10 @@ def composition_error(err: Exception) -> str:
     if isinstance(cause, (ConfigAttributeError, ConfigKeyError)) and getattr(cause, "full_key", None):
         return unknown_key(cause.full_key)
     if isinstance(err, OverrideParseException):
-        return (f"cannot read the command line: {first_line(err)} (Hydra's override grammar: "
-                "https://hydra.cc/docs/advanced/override_grammar/basic/)")
+        return (
+            f"cannot read the command line: {first_line(err)} (Hydra's override grammar: "
+            "https://hydra.cc/docs/advanced/override_grammar/basic/)"
+        )
     merging = re.match(r"Error merging override (\S+)", str(err))
     if merging and cause is not None:
         return f"{merging.group(1)} is invalid: {first_line(cause)}"

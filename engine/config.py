@@ -137,7 +137,9 @@ class TrainerConfig:
     bce_target_threshold: Optional[float] = None  # loss=bce: targets above it become 1, the rest 0 (timm)
     # optimizer steps average the gradients of this many batches: the same update as one batch this many times larger
     accumulate_steps: int = 1
-    ema_decay: Optional[float] = None  # a moving average of the weights (timm ModelEmaV3), evaluated each epoch; null: off
+    ema_decay: Optional[float] = (
+        None  # a moving average of the weights (timm ModelEmaV3), evaluated each epoch; null: off
+    )
     ema_warmup: bool = False  # decay grows as 1 - (1 + step)^(-2/3) up to ema_decay (timm), so early weights fade fast
     best_of: BestOf = BestOf.model  # which weights best.pt keeps (and ranks by val top-1)
     eval_every: int = 1  # epochs; the last epoch is always evaluated
@@ -215,12 +217,16 @@ def validate(cfg: DictConfig) -> None:
     _check_layer_decay(cfg)
     _check_sched(cfg.sched)
     if not cfg.trainer.compile and CompileMode(cfg.trainer.compile_mode) is not TrainerConfig.compile_mode:
-        raise ConfigError(f"trainer.compile_mode={CompileMode(cfg.trainer.compile_mode).name} has no effect without "
-                          "trainer.compile=true; add trainer.compile=true or remove it")
+        raise ConfigError(
+            f"trainer.compile_mode={CompileMode(cfg.trainer.compile_mode).name} has no effect without "
+            "trainer.compile=true; add trainer.compile=true or remove it"
+        )
     _check_trainer_recipe(cfg.trainer)
     if cfg.eval_only and cfg.resume:
-        raise ConfigError("resume= continues training and cannot be combined with eval_only=true; "
-                          "evaluate a run with eval_only=true ckpt=<run folder>")
+        raise ConfigError(
+            "resume= continues training and cannot be combined with eval_only=true; "
+            "evaluate a run with eval_only=true ckpt=<run folder>"
+        )
 
 
 def unknown_key(key: str) -> str:
@@ -231,8 +237,9 @@ def unknown_key(key: str) -> str:
     by_last: dict[str, list[str]] = {}
     for k in known:
         by_last.setdefault(k.rsplit(".", 1)[-1], []).append(k)
-    meant = by_last.get(last) or [k for tail in difflib.get_close_matches(last, list(by_last), n=2, cutoff=0.75)
-                                  for k in by_last[tail]]
+    meant = by_last.get(last) or [
+        k for tail in difflib.get_close_matches(last, list(by_last), n=2, cutoff=0.75) for k in by_last[tail]
+    ]
     prefix = key.rsplit(".", 1)[0] if "." in key else ""
     meant = sorted(meant, key=lambda k: not k.startswith(prefix + "."))[:3]
     hint = f"did you mean {' or '.join(meant)}?" if meant else "remove it or fix its spelling"
@@ -246,14 +253,18 @@ def settings_without_effect(cfg: DictConfig) -> list[str]:
     lines = []
     late = [m for m in sched.milestones if m >= epochs]
     if name is SchedName.multistep and late:
-        lines.append(f"sched.milestones={list(sched.milestones)}: epoch {', '.join(map(str, late))} "
-                     f"{'is' if len(late) == 1 else 'are'} not before trainer.epochs={epochs}, so the lr never "
-                     "steps down there")
+        lines.append(
+            f"sched.milestones={list(sched.milestones)}: epoch {', '.join(map(str, late))} "
+            f"{'is' if len(late) == 1 else 'are'} not before trainer.epochs={epochs}, so the lr never "
+            "steps down there"
+        )
     if name is SchedName.step and sched.decay_epochs >= epochs:
         lines.append(f"sched.decay_epochs={sched.decay_epochs} with trainer.epochs={epochs}: the lr never decays")
     if 0 < epochs <= sched.warmup_epochs:
-        lines.append(f"sched.warmup_epochs={sched.warmup_epochs} with trainer.epochs={epochs}: the run ends before "
-                     "its warmup does, so the lr never reaches optim.lr")
+        lines.append(
+            f"sched.warmup_epochs={sched.warmup_epochs} with trainer.epochs={epochs}: the run ends before "
+            "its warmup does, so the lr never reaches optim.lr"
+        )
     return lines
 
 
@@ -274,27 +285,48 @@ def _check_ranges(cfg: DictConfig) -> None:
         (cfg.optim.sigma_lr_scale >= 0, "optim.sigma_lr_scale", cfg.optim.sigma_lr_scale, ">= 0"),
         (cfg.optim.offset_lr_scale >= 0, "optim.offset_lr_scale", cfg.optim.offset_lr_scale, ">= 0"),
         (cfg.trainer.eval_every > 0, "trainer.eval_every", cfg.trainer.eval_every, "a positive integer"),
-        (cfg.trainer.log_every_steps > 0, "trainer.log_every_steps", cfg.trainer.log_every_steps,
-         "a positive integer"),
+        (cfg.trainer.log_every_steps > 0, "trainer.log_every_steps", cfg.trainer.log_every_steps, "a positive integer"),
         (0 <= cfg.trainer.label_smoothing < 1, "trainer.label_smoothing", cfg.trainer.label_smoothing, "in [0, 1)"),
-        (cfg.trainer.grad_clip is None or cfg.trainer.grad_clip > 0, "trainer.grad_clip",
-         cfg.trainer.grad_clip, "a positive number or null"),
-        (_batch_limit_ok(cfg.trainer.limit_train_batches), "trainer.limit_train_batches",
-         cfg.trainer.limit_train_batches, "a positive number of batches, a fraction of the epoch in (0, 1], or null"),
-        (_batch_limit_ok(cfg.trainer.limit_val_batches), "trainer.limit_val_batches",
-         cfg.trainer.limit_val_batches, "a positive number of batches, a fraction of the epoch in (0, 1], or null"),
-        (cfg.trainer.checkpoint_every_steps is None or cfg.trainer.checkpoint_every_steps > 0,
-         "trainer.checkpoint_every_steps", cfg.trainer.checkpoint_every_steps, positive_or_null),
-        (cfg.trainer.nonfinite_limit > 0, "trainer.nonfinite_limit", cfg.trainer.nonfinite_limit,
-         "a positive integer"),
-        (cfg.trainer.nonfinite == "skip" or cfg.trainer.nonfinite_limit == TrainerConfig.nonfinite_limit,
-         "trainer.nonfinite_limit", cfg.trainer.nonfinite_limit, "its default: it limits trainer.nonfinite=skip "
-         "only"),
+        (
+            cfg.trainer.grad_clip is None or cfg.trainer.grad_clip > 0,
+            "trainer.grad_clip",
+            cfg.trainer.grad_clip,
+            "a positive number or null",
+        ),
+        (
+            _batch_limit_ok(cfg.trainer.limit_train_batches),
+            "trainer.limit_train_batches",
+            cfg.trainer.limit_train_batches,
+            "a positive number of batches, a fraction of the epoch in (0, 1], or null",
+        ),
+        (
+            _batch_limit_ok(cfg.trainer.limit_val_batches),
+            "trainer.limit_val_batches",
+            cfg.trainer.limit_val_batches,
+            "a positive number of batches, a fraction of the epoch in (0, 1], or null",
+        ),
+        (
+            cfg.trainer.checkpoint_every_steps is None or cfg.trainer.checkpoint_every_steps > 0,
+            "trainer.checkpoint_every_steps",
+            cfg.trainer.checkpoint_every_steps,
+            positive_or_null,
+        ),
+        (cfg.trainer.nonfinite_limit > 0, "trainer.nonfinite_limit", cfg.trainer.nonfinite_limit, "a positive integer"),
+        (
+            cfg.trainer.nonfinite == "skip" or cfg.trainer.nonfinite_limit == TrainerConfig.nonfinite_limit,
+            "trainer.nonfinite_limit",
+            cfg.trainer.nonfinite_limit,
+            "its default: it limits trainer.nonfinite=skip only",
+        ),
         (cfg.sched.warmup_epochs >= 0, "sched.warmup_epochs", cfg.sched.warmup_epochs, ">= 0"),
         (cfg.seed >= 0, "seed", cfg.seed, "a non-negative integer"),
         (not cfg.eval_only or cfg.ckpt, "ckpt", cfg.ckpt, "a run folder or checkpoint file when eval_only=true"),
-        (cfg.eval_only or cfg.ckpt is None, "ckpt", cfg.ckpt,
-         "null unless eval_only=true (to continue a run use resume=; to start from weights, model.pretrained=)"),
+        (
+            cfg.eval_only or cfg.ckpt is None,
+            "ckpt",
+            cfg.ckpt,
+            "null unless eval_only=true (to continue a run use resume=; to start from weights, model.pretrained=)",
+        ),
     ]
     for ok, key, value, expected in checks:
         if not ok:
@@ -324,8 +356,10 @@ def _check_conv(conv: DictConfig) -> None:
     unused = unused_options(conv)
     if unused:
         uses = "no conv option" if kind is ConvType.standard else "other options"
-        raise ConfigError(f"{unused[0]} has no effect: conv={conv.name} (conv.type={kind.value}) uses {uses}; "
-                          "remove it or choose the conv type that reads it (configs/conv/)")
+        raise ConfigError(
+            f"{unused[0]} has no effect: conv={conv.name} (conv.type={kind.value}) uses {uses}; "
+            "remove it or choose the conv type that reads it (configs/conv/)"
+        )
     if kind is ConvType.gmconv:
         try:
             gmconv_options(conv).validate()
@@ -339,27 +373,37 @@ def _check_settings_that_need_sigma(cfg: DictConfig) -> None:
     """σ's learning rate and the mask images mean nothing without a (learned, static) Gaussian mask."""
     gmconv = ConvType(cfg.conv.type) is ConvType.gmconv
     if not (gmconv and cfg.conv.learnable_sigma) and cfg.optim.sigma_lr_scale != OptimConfig.sigma_lr_scale:
-        raise ConfigError(f"optim.sigma_lr_scale={cfg.optim.sigma_lr_scale} has no effect: conv={cfg.conv.name} "
-                          "learns no σ; remove it or choose a GMConv conv with a learnable σ")
+        raise ConfigError(
+            f"optim.sigma_lr_scale={cfg.optim.sigma_lr_scale} has no effect: conv={cfg.conv.name} "
+            "learns no σ; remove it or choose a GMConv conv with a learnable σ"
+        )
     if cfg.trainer.log_masks and not (gmconv and not cfg.conv.dynamic):
         why = "predicts σ for each image, so no layer has one mask" if cfg.conv.dynamic else "has no Gaussian mask"
-        raise ConfigError(f"trainer.log_masks=true has no effect: conv={cfg.conv.name} {why}; "
-                          "remove it or choose conv=gmconv (or a static variant)")
+        raise ConfigError(
+            f"trainer.log_masks=true has no effect: conv={cfg.conv.name} {why}; "
+            "remove it or choose conv=gmconv (or a static variant)"
+        )
     if ConvType(cfg.conv.type) is not ConvType.deformable and cfg.optim.offset_lr_scale != OptimConfig.offset_lr_scale:
-        raise ConfigError(f"optim.offset_lr_scale={cfg.optim.offset_lr_scale} has no effect: conv={cfg.conv.name} has "
-                          "no offsets; remove it or choose conv=deformable")
+        raise ConfigError(
+            f"optim.offset_lr_scale={cfg.optim.offset_lr_scale} has no effect: conv={cfg.conv.name} has "
+            "no offsets; remove it or choose conv=deformable"
+        )
 
 
 def _check_optim(optim: DictConfig) -> None:
     if optim.name != "sgd" and optim.name not in list_optimizers():
-        raise ConfigError(f"optim.name={optim.name} is not an optimizer timm knows; use sgd, adamw or a name from "
-                          "timm.optim.list_optimizers()")
+        raise ConfigError(
+            f"optim.name={optim.name} is not an optimizer timm knows; use sgd, adamw or a name from "
+            "timm.optim.list_optimizers()"
+        )
     if optim.name != "sgd":
         defaults = OptimConfig()
         for key in ("momentum", "nesterov"):
             if optim[key] != getattr(defaults, key):
-                raise ConfigError(f"optim.{key}={optim[key]} is used by optim=sgd only, not optim.name={optim.name}; "
-                                  f"pass it through optim.kwargs if that optimizer takes it, or remove it")
+                raise ConfigError(
+                    f"optim.{key}={optim[key]} is used by optim=sgd only, not optim.name={optim.name}; "
+                    f"pass it through optim.kwargs if that optimizer takes it, or remove it"
+                )
 
 
 def _check_layer_decay(cfg: DictConfig) -> None:
@@ -369,13 +413,20 @@ def _check_layer_decay(cfg: DictConfig) -> None:
     if not 0 < layer_decay <= 1:
         raise ConfigError(f"optim.layer_decay={layer_decay} is invalid: expected a number in (0, 1] or null")
     if ModelSource(cfg.model.source) is not ModelSource.timm:
-        raise ConfigError(f"optim.layer_decay={layer_decay} needs a timm model's layer groups (group_matcher), and "
-                          f"model={cfg.model.name} is a {ModelSource(cfg.model.source).value} model; remove it or use "
-                          "model=timm model.name=<timm model>")
+        raise ConfigError(
+            f"optim.layer_decay={layer_decay} needs a timm model's layer groups (group_matcher), and "
+            f"model={cfg.model.name} is a {ModelSource(cfg.model.source).value} model; remove it or use "
+            "model=timm model.name=<timm model>"
+        )
 
 
-_SCHED_ONLY = {"milestones": ("multistep",), "gamma": ("multistep", "step"), "min_lr": ("cosine", "poly"),
-               "decay_epochs": ("step",), "power": ("poly",)}
+_SCHED_ONLY = {
+    "milestones": ("multistep",),
+    "gamma": ("multistep", "step"),
+    "min_lr": ("cosine", "poly"),
+    "decay_epochs": ("step",),
+    "power": ("poly",),
+}
 
 
 def _check_sched(sched: DictConfig) -> None:
@@ -383,47 +434,74 @@ def _check_sched(sched: DictConfig) -> None:
     name = SchedName(sched.name).value
     for key, owners in _SCHED_ONLY.items():
         if name not in owners and plain(sched[key]) != getattr(defaults, key):
-            raise ConfigError(f"sched.{key}={plain(sched[key])} is used by sched={'|'.join(owners)} only, not "
-                              f"sched={name}; remove it or choose that schedule")
+            raise ConfigError(
+                f"sched.{key}={plain(sched[key])} is used by sched={'|'.join(owners)} only, not "
+                f"sched={name}; remove it or choose that schedule"
+            )
     if name == "step" and not (sched.decay_epochs or 0) > 0:
-        raise ConfigError(f"sched.decay_epochs={sched.decay_epochs} is invalid: sched=step needs the epochs between "
-                          "two lr × gamma steps, e.g. sched.decay_epochs=30")
+        raise ConfigError(
+            f"sched.decay_epochs={sched.decay_epochs} is invalid: sched=step needs the epochs between "
+            "two lr × gamma steps, e.g. sched.decay_epochs=30"
+        )
     if sched.power <= 0:
         raise ConfigError(f"sched.power={sched.power} is invalid: expected a positive number")
     milestones = list(sched.milestones)
     if name == "multistep" and (not milestones or milestones != sorted(set(milestones)) or milestones[0] <= 0):
-        raise ConfigError(f"sched.milestones={milestones} is invalid: sched=multistep needs positive epochs "
-                          "in increasing order, e.g. [30,60]")
+        raise ConfigError(
+            f"sched.milestones={milestones} is invalid: sched=multistep needs positive epochs "
+            "in increasing order, e.g. [30,60]"
+        )
 
 
 def _check_trainer_recipe(trainer: DictConfig) -> None:
     """Accumulation, loss and EMA settings: ranges, and the ones that only mean something together."""
     if trainer.accumulate_steps < 1:
-        raise ConfigError(f"trainer.accumulate_steps={trainer.accumulate_steps} is invalid: expected a positive "
-                          "integer (1: an optimizer step per batch)")
+        raise ConfigError(
+            f"trainer.accumulate_steps={trainer.accumulate_steps} is invalid: expected a positive "
+            "integer (1: an optimizer step per batch)"
+        )
     threshold = trainer.bce_target_threshold
     if threshold is not None and Loss(trainer.loss) is not Loss.bce:
-        raise ConfigError(f"trainer.bce_target_threshold={threshold} is used by trainer.loss=bce only; remove it "
-                          "or set trainer.loss=bce")
+        raise ConfigError(
+            f"trainer.bce_target_threshold={threshold} is used by trainer.loss=bce only; remove it "
+            "or set trainer.loss=bce"
+        )
     if threshold is not None and not 0 <= threshold < 1:
         raise ConfigError(f"trainer.bce_target_threshold={threshold} is invalid: expected a number in [0, 1) or null")
     decay = trainer.ema_decay
     if decay is not None and not 0 < decay < 1:
-        raise ConfigError(f"trainer.ema_decay={decay} is invalid: expected a number in (0, 1) such as 0.9998, "
-                          "or null for no EMA")
+        raise ConfigError(
+            f"trainer.ema_decay={decay} is invalid: expected a number in (0, 1) such as 0.9998, or null for no EMA"
+        )
     if decay is None and trainer.ema_warmup:
         raise ConfigError("trainer.ema_warmup=true has no effect without an EMA; set trainer.ema_decay or remove it")
     if decay is None and BestOf(trainer.best_of) is BestOf.ema:
-        raise ConfigError("trainer.best_of=ema needs an EMA; set trainer.ema_decay (e.g. 0.9998) or use "
-                          "trainer.best_of=model")
+        raise ConfigError(
+            "trainer.best_of=ema needs an EMA; set trainer.ema_decay (e.g. 0.9998) or use trainer.best_of=model"
+        )
 
 
 # Settings that define what a run trains: changing one on resume would continue another experiment
 # (or break the saved position inside an epoch), so it is refused rather than silently mixed.
-FIXED_ON_RESUME = ("model", "conv", "data.name", "data.image_size", "data.batch_size", "data.num_classes",
-                   "data.train_size", "data.val_size", "data.canvas", "data.digit_size", "data.clutter",
-                   "data.generator_seed", "optim.name", "seed", "trainer.limit_train_batches",
-                   "trainer.accumulate_steps", "trainer.best_of")
+FIXED_ON_RESUME = (
+    "model",
+    "conv",
+    "data.name",
+    "data.image_size",
+    "data.batch_size",
+    "data.num_classes",
+    "data.train_size",
+    "data.val_size",
+    "data.canvas",
+    "data.digit_size",
+    "data.clutter",
+    "data.generator_seed",
+    "optim.name",
+    "seed",
+    "trainer.limit_train_batches",
+    "trainer.accumulate_steps",
+    "trainer.best_of",
+)
 _NOT_SETTINGS = ("resume", "eval_only", "ckpt")
 
 
@@ -438,23 +516,34 @@ def resume_changes(saved: dict[str, Any], cfg: DictConfig) -> list[str]:
     defaults = flatten(OmegaConf.to_container(OmegaConf.structured(TrainConfig), enum_to_str=True))
     # a setting added to the framework after the run was saved is absent from its checkpoint: at its default, the
     # run computes as it did
-    changes = [(key, old, new) for key, old, new in setting_changes(saved, cfg)
-               if key.split(".")[0] not in _NOT_SETTINGS and (key in known or new != defaults.get(key))]
+    changes = [
+        (key, old, new)
+        for key, old, new in setting_changes(saved, cfg)
+        if key.split(".")[0] not in _NOT_SETTINGS and (key in known or new != defaults.get(key))
+    ]
     for key, old, new in changes:
         if any(key == fixed or key.startswith(fixed + ".") for fixed in FIXED_ON_RESUME):
-            raise ConfigError(f"{key}={new} differs from the resumed run's {key}={old}, and it cannot change on "
-                              "resume; resume without it, or start a new run from the weights with "
-                              "model.pretrained=<run folder>/checkpoints/last.pt")
+            raise ConfigError(
+                f"{key}={new} differs from the resumed run's {key}={old}, and it cannot change on "
+                "resume; resume without it, or start a new run from the weights with "
+                "model.pretrained=<run folder>/checkpoints/last.pt"
+            )
     return [f"{key} {old} → {new}" for key, old, new in changes]
 
 
-def setting_changes(before: dict[str, Any] | DictConfig, now: dict[str, Any] | DictConfig
-                    ) -> list[tuple[str, Any, Any]]:
+def setting_changes(
+    before: dict[str, Any] | DictConfig, now: dict[str, Any] | DictConfig
+) -> list[tuple[str, Any, Any]]:
     """``(key, before, now)`` for every flattened setting whose value differs (None where one lacks it), by key."""
-    flat_before, flat_now = (flatten(OmegaConf.to_container(c, resolve=True, enum_to_str=True)
-                                     if isinstance(c, DictConfig) else c) for c in (before, now))
-    return [(key, flat_before.get(key), flat_now.get(key)) for key in sorted(flat_before.keys() | flat_now.keys())
-            if flat_before.get(key) != flat_now.get(key)]
+    flat_before, flat_now = (
+        flatten(OmegaConf.to_container(c, resolve=True, enum_to_str=True) if isinstance(c, DictConfig) else c)
+        for c in (before, now)
+    )
+    return [
+        (key, flat_before.get(key), flat_now.get(key))
+        for key in sorted(flat_before.keys() | flat_now.keys())
+        if flat_before.get(key) != flat_now.get(key)
+    ]
 
 
 def flatten(config: dict[str, Any], prefix: str = "") -> dict[str, Any]:

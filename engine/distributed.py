@@ -49,8 +49,9 @@ def init_distributed() -> DistInfo:
     export_submitit_environment()
     if "RANK" not in os.environ or "WORLD_SIZE" not in os.environ:
         return DistInfo()
-    info = DistInfo(int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"]), int(os.environ.get("LOCAL_RANK", "0")),
-                    enabled=True)
+    info = DistInfo(
+        int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"]), int(os.environ.get("LOCAL_RANK", "0")), enabled=True
+    )
     if not dist.is_initialized():
         default = "cpu:gloo,cuda:nccl" if torch.cuda.is_available() else "gloo"
         backend = os.environ.get("TORCH_DISTRIBUTED_BACKEND", default)
@@ -81,8 +82,13 @@ def _restart_scoped_store(info: DistInfo) -> dist.Store | None:
     """
     if os.environ.get("TORCHELASTIC_USE_AGENT_STORE") != "True":
         return None
-    base = dist.TCPStore(os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]), info.world_size,
-                         is_master=False, timeout=default_pg_timeout)
+    base = dist.TCPStore(
+        os.environ["MASTER_ADDR"],
+        int(os.environ["MASTER_PORT"]),
+        info.world_size,
+        is_master=False,
+        timeout=default_pg_timeout,
+    )
     return dist.PrefixStore(f"gmconv/restart{os.environ.get('TORCHELASTIC_RESTART_COUNT', '0')}", base)
 
 

@@ -72,14 +72,20 @@ def validation_values(val: dict[str, float], ema_val: Optional[dict[str, float]]
 
 def scalars(row: dict[str, Any]) -> dict[str, float]:
     """The record's TensorBoard scalars, ``{tag: value}``, for the metrics it has a value of."""
-    return {BY_COLUMN[column].tag: value for column, value in row.items()
-            if column in BY_COLUMN and BY_COLUMN[column].tag and value is not None}
+    return {
+        BY_COLUMN[column].tag: value
+        for column, value in row.items()
+        if column in BY_COLUMN and BY_COLUMN[column].tag and value is not None
+    }
 
 
 def log_line(row: dict[str, Any], epochs: int) -> str:
     """``epoch 3/10  train loss 0.1234 top1 95.00%  val loss … top1 …% top5 …% (360 images)  lr 0.1  …``"""
-    shown = (metric.shown.format(row[metric.column]) for metric in METRICS
-             if metric.shown and row.get(metric.column) is not None)
+    shown = (
+        metric.shown.format(row[metric.column])
+        for metric in METRICS
+        if metric.shown and row.get(metric.column) is not None
+    )
     return f"epoch {row['epoch']}/{epochs}" + "".join(shown)
 
 

@@ -17,9 +17,9 @@ from omegaconf import DictConfig
 from data import build_val_loader
 
 from .checkpoint import BEST, LAST, find_checkpoint, load_checkpoint, load_model_weights, without_ddp
-from .loop import Progress, evaluate
 from .distributed import barrier
 from .errors import DataError
+from .loop import Progress, evaluate
 from .run_log import commit_run_log
 from .setup import Context, build_described_model, prepare_model
 
@@ -32,20 +32,44 @@ def evaluate_checkpoint(cfg: DictConfig, ctx: Context) -> dict[str, Any]:
     ckpt = load_checkpoint(path)
     ctx.folder.check_free()
     barrier(ctx.dist)
-    val_loader, info = build_val_loader(cfg.data, seed=cfg.seed, rank=ctx.dist.rank, world_size=ctx.dist.world_size,
-                                        pin_memory=cfg.data.pin_memory and ctx.device.type == "cuda",
-                                        device=ctx.device)
+    val_loader, info = build_val_loader(
+        cfg.data,
+        seed=cfg.seed,
+        rank=ctx.dist.rank,
+        world_size=ctx.dist.world_size,
+        pin_memory=cfg.data.pin_memory and ctx.device.type == "cuda",
+        device=ctx.device,
+    )
     check_classes(info.classes, (ckpt.get("data_info") or {}).get("classes"), path)
     model, description = build_described_model(cfg, info, ctx.device)
     model = prepare_model(model, cfg.trainer, ctx.device, ctx.dist)
     load_model_weights(model, ckpt, path)
     commit_run_log()
-    val = evaluate(without_ddp(model), val_loader, cfg.trainer, ctx.device,
-                   progress=Progress.choose(cfg.trainer.progress, ctx.dist.is_main))
-    log.info("eval %s: loss %.4f  top1 %.2f%%  top5 %.2f%%  (%d images)", path, val["loss"], val["top1"],
-             val["top5"], val["samples"])
-    results = {**description, "checkpoint": str(path), "top1": val["top1"], "top5": val["top5"], "loss": val["loss"],
-               "eval_samples": val["samples"], "status": "evaluated", "overrides": ctx.overrides}
+    val = evaluate(
+        without_ddp(model),
+        val_loader,
+        cfg.trainer,
+        ctx.device,
+        progress=Progress.choose(cfg.trainer.progress, ctx.dist.is_main),
+    )
+    log.info(
+        "eval %s: loss %.4f  top1 %.2f%%  top5 %.2f%%  (%d images)",
+        path,
+        val["loss"],
+        val["top1"],
+        val["top5"],
+        val["samples"],
+    )
+    results = {
+        **description,
+        "checkpoint": str(path),
+        "top1": val["top1"],
+        "top5": val["top5"],
+        "loss": val["loss"],
+        "eval_samples": val["samples"],
+        "status": "evaluated",
+        "overrides": ctx.overrides,
+    }
     if ctx.dist.is_main:
         ctx.folder.write_config(cfg, ctx.hydra_config, ctx.overrides)
         ctx.folder.write_results(results)
@@ -57,26 +81,36 @@ def check_classes(data: list[str], trained: Optional[list[str]], checkpoint: Pat
     """Refuse, in one line listing the differences, data whose class names or order differ from the
     checkpoint's (``trained``; None for checkpoints of older versions, which cannot be checked)."""
     if trained is None:
-        log.warning("%s holds no class names (an older checkpoint): cannot check that the data has the classes it "
-                    "was trained on, in the same order", checkpoint)
+        log.warning(
+            "%s holds no class names (an older checkpoint): cannot check that the data has the classes it "
+            "was trained on, in the same order",
+            checkpoint,
+        )
         return
     trained = [str(name) for name in trained]
     if data == trained:
         return
     fix = "evaluate on the data the run was trained on (data=, data.root=)"
     if len(data) != len(trained):
-        raise DataError(f"the data has {len(data)} classes and {checkpoint} was trained on {len(trained)}: it is "
-                        f"other data than the run's ({_differences(data, trained)}); {fix}")
+        raise DataError(
+            f"the data has {len(data)} classes and {checkpoint} was trained on {len(trained)}: it is "
+            f"other data than the run's ({_differences(data, trained)}); {fix}"
+        )
     if set(data) == set(trained):
         label = next(i for i, (a, b) in enumerate(zip(data, trained)) if a != b)
-        raise DataError(f"the data has the classes {checkpoint} was trained on, in another order (label {label} is "
-                        f"{data[label]!r} in the data and {trained[label]!r} in the checkpoint), so every label "
-                        f"would be shifted; {fix}")
-    raise DataError(f"the data's classes differ from the ones {checkpoint} was trained on "
-                    f"({_differences(data, trained)}); {fix}")
+        raise DataError(
+            f"the data has the classes {checkpoint} was trained on, in another order (label {label} is "
+            f"{data[label]!r} in the data and {trained[label]!r} in the checkpoint), so every label "
+            f"would be shifted; {fix}"
+        )
+    raise DataError(
+        f"the data's classes differ from the ones {checkpoint} was trained on ({_differences(data, trained)}); {fix}"
+    )
 
 
 def _differences(data: list[str], trained: list[str], limit: int = 5) -> str:
     only_data, only_trained = sorted(set(data) - set(trained)), sorted(set(trained) - set(data))
-    return (f"only in the data: {', '.join(only_data[:limit]) or 'none'}; "
-            f"only in the checkpoint: {', '.join(only_trained[:limit]) or 'none'}")
+    return (
+        f"only in the data: {', '.join(only_data[:limit]) or 'none'}; "
+        f"only in the checkpoint: {', '.join(only_trained[:limit]) or 'none'}"
+    )

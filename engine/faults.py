@@ -20,5 +20,7 @@ class StorageError(RunFailed):
 def storage_error(err: OSError, path: str | os.PathLike) -> StorageError:
     code = errno.errorcode.get(err.errno, "") if err.errno else ""
     reason = f"{err.strerror or err}{f' [{code}]' if code else ''}"
-    return StorageError(f"cannot write {path}: {reason}; the file it would replace is unchanged. "
-                        "Free disk space or fix the folder's permissions")
+    return StorageError(
+        f"cannot write {path}: {reason}; the file it would replace is unchanged. "
+        "Free disk space or fix the folder's permissions"
+    )

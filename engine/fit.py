@@ -27,13 +27,13 @@ from data import ReplacedImages, set_epoch
 from . import epoch_record
 from .checkpoint import TrainState, capture_process_state, save_checkpoint, unwrap, without_ddp
 from .config import BestOf
+from .distributed import DistInfo, barrier, gather_to_main
 from .faults import StorageError
 from .history import History
 from .loop import Progress, current_lr, evaluate, train_one_epoch
 from .nonfinite import SKIPPED, NonFiniteGuard
-from .preemption import Preempted, StopRequest
-from .distributed import DistInfo, barrier, gather_to_main
 from .objective import Objective
+from .preemption import Preempted, StopRequest
 from .run_folder import RunFolder
 from .tracking import Tracker
 
@@ -44,9 +44,21 @@ class Fit:
     """The epoch loop of one training session; ``run()`` returns results.json's training numbers and
     raises ``Preempted`` when a signal stopped it (with last.pt saved)."""
 
-    def __init__(self, state: TrainState, cfg: DictConfig, loaders: tuple[Any, Any], *, folder: RunFolder,
-                 dist: DistInfo, device: torch.device, objective: Objective, data_info: dict[str, Any],
-                 tracker: Tracker, history: History, batches_per_epoch: int) -> None:
+    def __init__(
+        self,
+        state: TrainState,
+        cfg: DictConfig,
+        loaders: tuple[Any, Any],
+        *,
+        folder: RunFolder,
+        dist: DistInfo,
+        device: torch.device,
+        objective: Objective,
+        data_info: dict[str, Any],
+        tracker: Tracker,
+        history: History,
+        batches_per_epoch: int,
+    ) -> None:
         self.state, self.cfg, self.trainer = state, cfg, cfg.trainer
         self.train_loader, self.val_loader = loaders
         self.folder, self.dist, self.device = folder, dist, device
@@ -56,11 +68,17 @@ class Fit:
         self.best_of_ema = BestOf(cfg.trainer.best_of) is BestOf.ema
         self.progress = Progress.choose(cfg.trainer.progress, dist.is_main)
         self.eval_model = without_ddp(state.model)
-        self.replaced = ReplacedImages(state.counters, self.train_loader, self.val_loader,
-                                       enabled=cfg.data.skip_bad_images)
-        self.guard = NonFiniteGuard(cfg.trainer.nonfinite, cfg.trainer.nonfinite_limit, cfg.trainer.log_every_steps,
-                                    state.counters, distributed=dist.enabled,
-                                    kept=functools.partial(kept_message, folder, dist))
+        self.replaced = ReplacedImages(
+            state.counters, self.train_loader, self.val_loader, enabled=cfg.data.skip_bad_images
+        )
+        self.guard = NonFiniteGuard(
+            cfg.trainer.nonfinite,
+            cfg.trainer.nonfinite_limit,
+            cfg.trainer.log_every_steps,
+            state.counters,
+            distributed=dist.enabled,
+            kept=functools.partial(kept_message, folder, dist),
+        )
         self.stop = StopRequest(dist, device)
 
     def run(self, *, save_first: bool = False) -> dict[str, Any]:
@@ -73,8 +91,11 @@ class Fit:
                 self.train_epoch(epoch)
             self.validate_last_record()
             last = self.state.records[-1]
-            self.tracker.hparams(_hparams(self.cfg), {"hparam/top1": last["val_top1"], "hparam/top5": last["val_top5"]},
-                                 step=self.state.step)
+            self.tracker.hparams(
+                _hparams(self.cfg),
+                {"hparam/top1": last["val_top1"], "hparam/top5": last["val_top5"]},
+                step=self.state.step,
+            )
             return self.outcome()
         finally:
             self.stop.close()
@@ -82,18 +103,32 @@ class Fit:
     def train_epoch(self, epoch: int) -> None:
         state = self.state
         set_epoch(self.train_loader, epoch, start_batch=state.batches_done)
-        trained = train_one_epoch(state, self.train_loader, self.trainer, self.device, epoch=epoch,
-                                  progress=self.progress, objective=self.objective, on_step=self.on_step,
-                                  guard=self.guard)
+        trained = train_one_epoch(
+            state,
+            self.train_loader,
+            self.trainer,
+            self.device,
+            epoch=epoch,
+            progress=self.progress,
+            objective=self.objective,
+            on_step=self.on_step,
+            guard=self.guard,
+        )
         self.guard.check(state.model)
         if trained["stopped"]:
             self.save(self.folder.last)
             raise self.preempted()
         state.epoch, state.batches_done = epoch + 1, 0
         state.train_time_s += trained["seconds"]
-        row = epoch_record.record(state.epoch, state.step, train_loss=trained["loss"], train_top1=trained["top1"],
-                                  lr=trained["lr"], images_per_s=trained["images_per_s"],
-                                  epoch_time_s=trained["seconds"])
+        row = epoch_record.record(
+            state.epoch,
+            state.step,
+            train_loss=trained["loss"],
+            train_top1=trained["top1"],
+            lr=trained["lr"],
+            images_per_s=trained["images_per_s"],
+            epoch_time_s=trained["seconds"],
+        )
         if state.epoch % self.trainer.eval_every == 0 or state.epoch == self.epochs:
             row.update(self.validate())
         state.records.append(row)
@@ -120,8 +155,11 @@ class Fit:
         """The trained weights on the validation set, and their EMA if the run keeps one: record columns."""
         val = evaluate(self.eval_model, self.val_loader, self.trainer, self.device, progress=self.progress)
         ema = self.state.ema
-        ema_val = (evaluate(ema.module, self.val_loader, self.trainer, self.device, progress=self.progress)
-                   if ema is not None else None)
+        ema_val = (
+            evaluate(ema.module, self.val_loader, self.trainer, self.device, progress=self.progress)
+            if ema is not None
+            else None
+        )
         return epoch_record.validation_values(val, ema_val)
 
     def keep_if_best(self, row: dict[str, Any]) -> None:
@@ -133,8 +171,12 @@ class Fit:
 
     def report(self, row: dict[str, Any]) -> None:
         """The epoch's log line, curves and σ, all read from its record."""
-        log.info("%s%s%s", epoch_record.log_line(row, self.epochs), self.replaced.epoch_summary(),
-                 _skipped_summary(self.state.counters))
+        log.info(
+            "%s%s%s",
+            epoch_record.log_line(row, self.epochs),
+            self.replaced.epoch_summary(),
+            _skipped_summary(self.state.counters),
+        )
         self.tracker.epoch(row, self.state.records)
         model = unwrap(self.state.model)
         self.tracker.sigma(model, row["step"])
@@ -174,23 +216,41 @@ class Fit:
 
     def preempted(self) -> Preempted:
         state = self.state
-        log.warning("stopped by a signal in epoch %d/%d after batch %d/%d (step %d); checkpoint saved. "
-                    "Continue with: %s", state.epoch + 1, self.epochs, state.batches_done, self.batches_per_epoch,
-                    state.step, resume_command(self.folder.path, self.dist))
+        log.warning(
+            "stopped by a signal in epoch %d/%d after batch %d/%d (step %d); checkpoint saved. Continue with: %s",
+            state.epoch + 1,
+            self.epochs,
+            state.batches_done,
+            self.batches_per_epoch,
+            state.step,
+            resume_command(self.folder.path, self.dist),
+        )
         barrier(self.dist)
         return Preempted(f"stopped by a signal at step {state.step}")
 
     def outcome(self) -> dict[str, Any]:
         """results.json's training numbers, from the last epoch's record and the run's state."""
         last, state = self.state.records[-1], self.state
-        ema = ({f"ema_{key}": last[column] for key, column in epoch_record.EMA_VALIDATION.items()}
-               if last.get(epoch_record.EMA_VALIDATION["top1"]) is not None else {})
+        ema = (
+            {f"ema_{key}": last[column] for key, column in epoch_record.EMA_VALIDATION.items()}
+            if last.get(epoch_record.EMA_VALIDATION["top1"]) is not None
+            else {}
+        )
         validation = {key: last[column] for key, column in epoch_record.VALIDATION.items() if key != "samples"}
-        return {"epochs": self.epochs, **validation, **ema, "best_of": BestOf(self.trainer.best_of).value,
-                "best_top1": state.best_top1, "best_epoch": state.best_epoch, "eval_samples": int(last["val_images"]),
-                "train_time_s": state.train_time_s, "images_per_s": last.get("images_per_s"),
-                "bad_images_replaced": self.replaced.totals(), SKIPPED: state.counters.get(SKIPPED, 0),
-                "status": "completed"}
+        return {
+            "epochs": self.epochs,
+            **validation,
+            **ema,
+            "best_of": BestOf(self.trainer.best_of).value,
+            "best_top1": state.best_top1,
+            "best_epoch": state.best_epoch,
+            "eval_samples": int(last["val_images"]),
+            "train_time_s": state.train_time_s,
+            "images_per_s": last.get("images_per_s"),
+            "bad_images_replaced": self.replaced.totals(),
+            SKIPPED: state.counters.get(SKIPPED, 0),
+            "status": "completed",
+        }
 
 
 def kept_message(folder: RunFolder, dist: DistInfo) -> str:
@@ -199,8 +259,10 @@ def kept_message(folder: RunFolder, dist: DistInfo) -> str:
     the DataLoaders, whose worker processes a later garbage collection then fails to stop in time.)"""
     if not folder.last.is_file():
         return "no checkpoint was saved yet: start the run again"
-    return (f"{folder.last} holds the last state saved before it; continue from there with: "
-            f"{resume_command(folder.path, dist)}")
+    return (
+        f"{folder.last} holds the last state saved before it; continue from there with: "
+        f"{resume_command(folder.path, dist)}"
+    )
 
 
 def resume_command(run_dir: Path, dist: DistInfo) -> str:
@@ -213,6 +275,14 @@ def _skipped_summary(counters: dict[str, int]) -> str:
 
 
 def _hparams(cfg: DictConfig) -> dict[str, Any]:
-    return {"model": cfg.model.name, "conv": cfg.conv.name, "data": cfg.data.name, "optimizer": cfg.optim.name,
-            "lr": cfg.optim.lr, "lr_scaling": str(cfg.optim.lr_scaling.value), "epochs": cfg.trainer.epochs,
-            "batch_size": cfg.data.batch_size, "seed": cfg.seed}
+    return {
+        "model": cfg.model.name,
+        "conv": cfg.conv.name,
+        "data": cfg.data.name,
+        "optimizer": cfg.optim.name,
+        "lr": cfg.optim.lr,
+        "lr_scaling": str(cfg.optim.lr_scaling.value),
+        "epochs": cfg.trainer.epochs,
+        "batch_size": cfg.data.batch_size,
+        "seed": cfg.seed,
+    }

@@ -35,8 +35,9 @@ class History:
         self.path, self.enabled, self.clock_start = Path(run_dir) / HISTORY, enabled, clock_start
         self.sessions: list[dict[str, Any]] = []
 
-    def begin(self, *, overrides: list[str], resumed_from: Optional[dict[str, Any]], changes: list[str],
-              continuing: bool) -> None:
+    def begin(
+        self, *, overrides: list[str], resumed_from: Optional[dict[str, Any]], changes: list[str], continuing: bool
+    ) -> None:
         """Add this session. ``continuing``: the folder's run goes on (a resume of its own checkpoint, or
         ``resume=auto`` starting again where earlier sessions saved no checkpoint), so its earlier sessions
         are kept; otherwise (a new run, or one started from another run's checkpoint) the history starts here."""
@@ -44,22 +45,27 @@ class History:
         for session in self.sessions:
             if session.get("ended") == RUNNING:
                 session["ended"] = INTERRUPTED
-        self.sessions.append({
-            "session": len(self.sessions) + 1,
-            "started": datetime.now().astimezone().isoformat(timespec="seconds"),
-            "overrides": list(overrides),
-            "resumed_from": resumed_from,
-            "changes": list(changes),
-            "wall_time_s": 0.0,
-            "reached": {key: (resumed_from or {}).get(key, 0) for key in ("epoch", "batches_done", "step")},
-            "ended": RUNNING,
-        })
+        self.sessions.append(
+            {
+                "session": len(self.sessions) + 1,
+                "started": datetime.now().astimezone().isoformat(timespec="seconds"),
+                "overrides": list(overrides),
+                "resumed_from": resumed_from,
+                "changes": list(changes),
+                "wall_time_s": 0.0,
+                "reached": {key: (resumed_from or {}).get(key, 0) for key in ("epoch", "batches_done", "step")},
+                "ended": RUNNING,
+            }
+        )
         self._write()
 
     def update(self, *, epoch: int, batches_done: int, step: int, ended: str = RUNNING) -> None:
         """This session's position, wall time so far and state: at each checkpoint and at its end."""
-        self.sessions[-1].update(wall_time_s=time.perf_counter() - self.clock_start, ended=ended,
-                                 reached={"epoch": epoch, "batches_done": batches_done, "step": step})
+        self.sessions[-1].update(
+            wall_time_s=time.perf_counter() - self.clock_start,
+            ended=ended,
+            reached={"epoch": epoch, "batches_done": batches_done, "step": step},
+        )
         self._write()
 
     def end(self, ended: str, *, results: Optional[dict[str, Any]] = None) -> None:
@@ -75,8 +81,10 @@ class History:
     def _read(self, *, expected: bool) -> list[dict[str, Any]]:
         if not self.path.is_file():
             if self.enabled and expected:
-                log.warning("%s is missing (a run folder of an older version?): this run's history starts with "
-                            "this session", self.path)
+                log.warning(
+                    "%s is missing (a run folder of an older version?): this run's history starts with this session",
+                    self.path,
+                )
             return []
         try:
             return list(json.loads(self.path.read_text())["sessions"])

@@ -101,10 +101,19 @@ class EpochTotals:
         return self.seconds + (time.perf_counter() - self._since if self._since is not None else 0.0)
 
     def state_dict(self) -> dict[str, Any]:
-        return {"sums": self.metrics.sums.cpu(), "count": self.metrics.count, "lr_sum": self.lr_sum,
-                "steps": self.steps, "seconds": self.elapsed()}
+        return {
+            "sums": self.metrics.sums.cpu(),
+            "count": self.metrics.count,
+            "lr_sum": self.lr_sum,
+            "steps": self.steps,
+            "seconds": self.elapsed(),
+        }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.metrics.sums.copy_(state["sums"])
-        self.metrics.count, self.lr_sum, self.steps, self.seconds = (state["count"], state["lr_sum"], state["steps"],
-                                                                     state["seconds"])
+        self.metrics.count, self.lr_sum, self.steps, self.seconds = (
+            state["count"],
+            state["lr_sum"],
+            state["steps"],
+            state["seconds"],
+        )

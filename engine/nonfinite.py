@@ -26,8 +26,10 @@ from torch import nn
 
 from .faults import RunFailed
 
-ADVICE = ("try a lower optim.lr, a warmup (sched.warmup_epochs=5), gradient clipping (trainer.grad_clip=1.0), "
-          "or trainer.amp=bf16 instead of fp16")
+ADVICE = (
+    "try a lower optim.lr, a warmup (sched.warmup_epochs=5), gradient clipping (trainer.grad_clip=1.0), "
+    "or trainer.amp=bf16 instead of fp16"
+)
 SKIPPED = "nonfinite_skipped"  # TrainState.counters key
 
 
@@ -44,8 +46,16 @@ class _Step:
 
 
 class NonFiniteGuard:
-    def __init__(self, mode: str, limit: int, check_every: int, counters: dict[str, int], *,
-                 distributed: bool, kept: Callable[[], str]) -> None:
+    def __init__(
+        self,
+        mode: str,
+        limit: int,
+        check_every: int,
+        counters: dict[str, int],
+        *,
+        distributed: bool,
+        kept: Callable[[], str],
+    ) -> None:
         """``counters``: the run's TrainState.counters (the skipped count survives a resume); ``kept``:
         what the run folder holds and how to continue, for the message."""
         self.mode, self.limit, self.check_every = mode, limit, check_every
@@ -53,8 +63,17 @@ class NonFiniteGuard:
         self.window: list[_Step] = []
         self.last_finite: Optional[tuple[int, float]] = None  # (step, loss)
 
-    def observe(self, loss: torch.Tensor, model: nn.Module, *, step: int, epoch: int, lr: float,
-                grad_norm: Optional[torch.Tensor] = None, scaler: Optional[torch.amp.GradScaler] = None) -> bool:
+    def observe(
+        self,
+        loss: torch.Tensor,
+        model: nn.Module,
+        *,
+        step: int,
+        epoch: int,
+        lr: float,
+        grad_norm: Optional[torch.Tensor] = None,
+        scaler: Optional[torch.amp.GradScaler] = None,
+    ) -> bool:
         """Record a step after its backward pass; True when its optimizer update must be skipped."""
         values = torch.stack([loss.detach().float().reshape(()), self._grad_norm(model, grad_norm, scaler)])
         record = _Step(step, epoch, lr, values)
@@ -77,21 +96,26 @@ class NonFiniteGuard:
                     raise Diverged(self._message(record, loss))
                 self.last_finite = (record.step, loss)
         if model is not None and not _finite_state(model):
-            raise Diverged(f"training diverged: the weights became non-finite (last finite loss "
-                           f"{self._last_finite()}) and were not saved; {self.kept()}; {ADVICE}")
+            raise Diverged(
+                f"training diverged: the weights became non-finite (last finite loss "
+                f"{self._last_finite()}) and were not saved; {self.kept()}; {ADVICE}"
+            )
 
     def _skip_now(self, record: _Step) -> bool:
         if bool(self._any_rank(~torch.isfinite(record.values).all()).item()):
             self.counters[SKIPPED] = self.counters.get(SKIPPED, 0) + 1
             if self.counters[SKIPPED] > self.limit:
-                raise Diverged(f"training diverged: more than trainer.nonfinite_limit={self.limit} steps had a "
-                               f"non-finite loss or gradients (the last at step {record.step}, lr {record.lr:.4g}); "
-                               f"{self.kept()}; {ADVICE}")
+                raise Diverged(
+                    f"training diverged: more than trainer.nonfinite_limit={self.limit} steps had a "
+                    f"non-finite loss or gradients (the last at step {record.step}, lr {record.lr:.4g}); "
+                    f"{self.kept()}; {ADVICE}"
+                )
             return True
         return False
 
-    def _grad_norm(self, model: nn.Module, grad_norm: Optional[torch.Tensor],
-                   scaler: Optional[torch.amp.GradScaler]) -> torch.Tensor:
+    def _grad_norm(
+        self, model: nn.Module, grad_norm: Optional[torch.Tensor], scaler: Optional[torch.amp.GradScaler]
+    ) -> torch.Tensor:
         """The global gradient norm (from clipping when it ran); 0 under fp16, whose scaler owns overflows."""
         if scaler is not None:
             return torch.zeros((), device=_device(model))
@@ -112,8 +136,10 @@ class NonFiniteGuard:
 
     def _message(self, record: _Step, loss: float) -> str:
         what = "gradients" if math.isfinite(loss) else f"loss ({loss})"
-        return (f"training diverged: non-finite {what} at step {record.step} (epoch {record.epoch}, "
-                f"lr {record.lr:.4g}; last finite loss {self._last_finite()}); {self.kept()}; {ADVICE}")
+        return (
+            f"training diverged: non-finite {what} at step {record.step} (epoch {record.epoch}, "
+            f"lr {record.lr:.4g}; last finite loss {self._last_finite()}); {self.kept()}; {ADVICE}"
+        )
 
 
 def _device(model: nn.Module) -> torch.device:

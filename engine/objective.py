@@ -34,9 +34,18 @@ def build_objective(data: DictConfig, trainer: DictConfig, num_classes: int) -> 
     """timm train.py's choice: with mixing, soft targets (label smoothing applied by Mixup) and
     SoftTargetCrossEntropy or BinaryCrossEntropy; without, cross-entropy or BCE with label smoothing."""
     mixing = data.mixup_alpha > 0 or data.cutmix_alpha > 0
-    mixup = Mixup(mixup_alpha=data.mixup_alpha, cutmix_alpha=data.cutmix_alpha, prob=data.mix_prob,
-                  switch_prob=data.mix_switch_prob, label_smoothing=trainer.label_smoothing,
-                  num_classes=num_classes) if mixing else None
+    mixup = (
+        Mixup(
+            mixup_alpha=data.mixup_alpha,
+            cutmix_alpha=data.cutmix_alpha,
+            prob=data.mix_prob,
+            switch_prob=data.mix_switch_prob,
+            label_smoothing=trainer.label_smoothing,
+            num_classes=num_classes,
+        )
+        if mixing
+        else None
+    )
     smoothing = 0.0 if mixing else trainer.label_smoothing
     if trainer.loss == "bce":
         criterion = BinaryCrossEntropy(smoothing=smoothing, target_threshold=trainer.bce_target_threshold)

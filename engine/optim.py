@@ -24,9 +24,13 @@ _SGD_NAMES = {False: "momentum", True: "nesterov"}
 _SCHED_NAMES = {"cosine": "cosine", "step": "step", "multistep": "multistep", "poly": "poly", "none": "constant"}
 
 
-def param_groups(model: nn.Module, weight_decay: float, sigma_lr_scale: float = OptimConfig.sigma_lr_scale,
-                 layer_decay: Optional[float] = None,
-                 offset_lr_scale: float = OptimConfig.offset_lr_scale) -> list[dict]:
+def param_groups(
+    model: nn.Module,
+    weight_decay: float,
+    sigma_lr_scale: float = OptimConfig.sigma_lr_scale,
+    layer_decay: Optional[float] = None,
+    offset_lr_scale: float = OptimConfig.offset_lr_scale,
+) -> list[dict]:
     """timm's parameter groups, with GMConv's σ taken out into a group of its own (and the rivals' offsets,
     positions and widths into theirs: ``receptive_field_groups``).
 
@@ -44,12 +48,17 @@ def param_groups(model: nn.Module, weight_decay: float, sigma_lr_scale: float = 
         groups = param_groups_weight_decay(model, weight_decay, no_weight_decay_list=no_decay_names)
     else:
         if not hasattr(model, "group_matcher"):
-            raise ConfigError(f"optim.layer_decay={layer_decay} needs a model with timm's group_matcher() to know its "
-                              f"layers, and {type(model).__name__} has none; remove optim.layer_decay")
-        groups = param_groups_layer_decay(model, weight_decay, no_weight_decay_list=no_decay_names,
-                                          layer_decay=layer_decay)
-    own = [{"params": sigma_parameters(model), "weight_decay": 0.0, "lr_scale": sigma_lr_scale},
-           *receptive_field_groups(model, weight_decay, offset_lr_scale)]
+            raise ConfigError(
+                f"optim.layer_decay={layer_decay} needs a model with timm's group_matcher() to know its "
+                f"layers, and {type(model).__name__} has none; remove optim.layer_decay"
+            )
+        groups = param_groups_layer_decay(
+            model, weight_decay, no_weight_decay_list=no_decay_names, layer_decay=layer_decay
+        )
+    own = [
+        {"params": sigma_parameters(model), "weight_decay": 0.0, "lr_scale": sigma_lr_scale},
+        *receptive_field_groups(model, weight_decay, offset_lr_scale),
+    ]
     own_ids = {id(p) for group in own for p in group["params"]}
     for group in groups:
         group["params"] = [p for p in group["params"] if id(p) not in own_ids]
@@ -78,8 +87,7 @@ def build_optimizer(model: nn.Module, optim: DictConfig, lr: float) -> Optimizer
         raise ConfigError(f"optim.name={optim.name} could not be built by timm ({err}); use sgd or adamw") from err
 
 
-def build_scheduler(optimizer: Optimizer, sched: DictConfig, epochs: int,
-                    optimizer_steps_per_epoch: int) -> Scheduler:
+def build_scheduler(optimizer: Optimizer, sched: DictConfig, epochs: int, optimizer_steps_per_epoch: int) -> Scheduler:
     """A per-iteration schedule (``step_update`` after every optimizer step), warmup included.
 
     ``optimizer_steps_per_epoch`` counts optimizer steps (batches / accumulate_steps, rounded up).

@@ -47,8 +47,7 @@ class StopRequest:
             raise KeyboardInterrupt
         self.received = signum
         again = " (Ctrl-C again stops at once, without saving)" if signum == signal.SIGINT else ""
-        log.warning("received %s: saving a checkpoint at the next step boundary%s", signal.Signals(signum).name,
-                    again)
+        log.warning("received %s: saving a checkpoint at the next step boundary%s", signal.Signals(signum).name, again)
 
     def should_stop(self, step: int, *, sync: bool = False) -> bool:
         """Whether any rank received a signal; under DDP known every SYNC_EVERY steps, or now with ``sync``."""

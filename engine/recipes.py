@@ -17,11 +17,32 @@ from .config import setting_changes
 log = logging.getLogger(__name__)
 
 # what the recipe decides: how a run trains (not where its files are, nor how it reports)
-RECIPE_KEYS = ("optim.", "sched.", "trainer.epochs", "trainer.label_smoothing", "trainer.loss", "trainer.ema",
-               "trainer.accumulate_steps", "trainer.grad_clip", "trainer.amp", "data.batch_size", "data.image_size",
-               "data.test_image_size", "data.crop_pct", "data.val_resize", "data.auto_augment", "data.color_jitter",
-               "data.random_erasing", "data.mixup_alpha", "data.cutmix_alpha", "data.mix_prob", "data.mix_switch_prob",
-               "model.kwargs", "model.drop_rate", "model.drop_path_rate")
+RECIPE_KEYS = (
+    "optim.",
+    "sched.",
+    "trainer.epochs",
+    "trainer.label_smoothing",
+    "trainer.loss",
+    "trainer.ema",
+    "trainer.accumulate_steps",
+    "trainer.grad_clip",
+    "trainer.amp",
+    "data.batch_size",
+    "data.image_size",
+    "data.test_image_size",
+    "data.crop_pct",
+    "data.val_resize",
+    "data.auto_augment",
+    "data.color_jitter",
+    "data.random_erasing",
+    "data.mixup_alpha",
+    "data.cutmix_alpha",
+    "data.mix_prob",
+    "data.mix_switch_prob",
+    "model.kwargs",
+    "model.drop_rate",
+    "model.drop_path_rate",
+)
 
 
 def recipe_line(cfg: DictConfig) -> str:
@@ -54,5 +75,6 @@ def recipe_of(choices: dict[str, Any]) -> Optional[DictConfig]:
 
 def changes_from_recipe(cfg: DictConfig, recipe: DictConfig) -> list[str]:
     """``key recipe → run`` for every recipe setting the run does not take from the recipe."""
-    return [f"{key} {planned} → {now}" for key, planned, now in setting_changes(recipe, cfg)
-            if key.startswith(RECIPE_KEYS)]
+    return [
+        f"{key} {planned} → {now}" for key, planned, now in setting_changes(recipe, cfg) if key.startswith(RECIPE_KEYS)
+    ]

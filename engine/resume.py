@@ -42,8 +42,10 @@ def plan_resume(cfg: DictConfig, folder: RunFolder) -> Optional[Resume]:
     ckpt = checkpoint.load_checkpoint(path)
     changes = resume_changes(ckpt.get("config", {}), cfg)
     if ckpt["epoch"] > cfg.trainer.epochs:
-        raise ConfigError(f"trainer.epochs={cfg.trainer.epochs} is less than the {ckpt['epoch']} epochs {path} "
-                          "has already trained; pass a larger trainer.epochs or evaluate it with eval_only=true")
+        raise ConfigError(
+            f"trainer.epochs={cfg.trainer.epochs} is less than the {ckpt['epoch']} epochs {path} "
+            "has already trained; pass a larger trainer.epochs or evaluate it with eval_only=true"
+        )
     return Resume(path, ckpt, folder.owns(path), changes)
 
 

@@ -32,17 +32,19 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf, open_dict, read_write
 
 from .checkpoint import BEST, LAST, PARTIAL, atomic_write, save_json
-from .faults import storage_error
 from .distributed import init_distributed
 from .errors import RunFolderError
+from .faults import storage_error
 from .sweep_folders import announce_swept_settings
 
 log = logging.getLogger(__name__)
 
 CONFIG_DIR = ".hydra"
 # on top of .hydra/config.yaml and overrides.yaml: they are not the whole story of a resumed run
-FIRST_SESSION_NOTE = ("# The composition of this run's first session. Later sessions (resumes, extensions) and the "
-                      "settings\n# each changed are in ../history.json; ../results.json holds the final config.\n")
+FIRST_SESSION_NOTE = (
+    "# The composition of this run's first session. Later sessions (resumes, extensions) and the "
+    "settings\n# each changed are in ../history.json; ../results.json holds the final config.\n"
+)
 RESULTS = "results.json"
 LOG = "train.log"
 LOCK = ".lock"
@@ -84,10 +86,15 @@ class RunFolder:
         died before its first checkpoint, e.g. a torchrun restart; its config alone may be replaced.
         """
         if self.holds_progress() or (self.holds_run() and not restart):
-            how = (f"continue it with resume={self.path}" if self.holds_progress() else
-                   f"it saved no last.pt: start it again there with resume=auto hydra.run.dir={self.path}")
-            raise RunFolderError(f"{self.path} already holds {self.describe()}; {how}, or start a new run in "
-                                 "another folder (leave hydra.run.dir unset for a fresh one)")
+            how = (
+                f"continue it with resume={self.path}"
+                if self.holds_progress()
+                else f"it saved no last.pt: start it again there with resume=auto hydra.run.dir={self.path}"
+            )
+            raise RunFolderError(
+                f"{self.path} already holds {self.describe()}; {how}, or start a new run in "
+                "another folder (leave hydra.run.dir unset for a fresh one)"
+            )
 
     @contextlib.contextmanager
     def hold(self) -> Iterator[None]:
@@ -110,11 +117,17 @@ class RunFolder:
                 fcntl.lockf(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except OSError as err:
                 if err.errno in (errno.EACCES, errno.EAGAIN):
-                    raise RunFolderError(f"{self.path} is in use by another process (it holds {path}); wait for "
-                                         "that run to end or stop it, then try again (a killed process frees it at "
-                                         "once)") from None
-                log.warning("cannot lock %s (%s): nothing stops a second process from writing this run folder "
-                            "at the same time (a file system without locks, e.g. some NFS mounts)", path, err.strerror)
+                    raise RunFolderError(
+                        f"{self.path} is in use by another process (it holds {path}); wait for "
+                        "that run to end or stop it, then try again (a killed process frees it at "
+                        "once)"
+                    ) from None
+                log.warning(
+                    "cannot lock %s (%s): nothing stops a second process from writing this run folder "
+                    "at the same time (a file system without locks, e.g. some NFS mounts)",
+                    path,
+                    err.strerror,
+                )
             yield
 
     def remove_partial_writes(self) -> None:
@@ -124,8 +137,9 @@ class RunFolder:
             for partial in folder.glob(f".*{PARTIAL}"):
                 partial.unlink(missing_ok=True)
 
-    def write_config(self, config: DictConfig, hydra_config: DictConfig | None, overrides: list[str], *,
-                     header: str = "") -> None:
+    def write_config(
+        self, config: DictConfig, hydra_config: DictConfig | None, overrides: list[str], *, header: str = ""
+    ) -> None:
         """.hydra/, as Hydra would write it; ``header`` (a YAML comment) goes on top of config and overrides."""
         folder = self.path / CONFIG_DIR
         for name, node in (("config.yaml", config), ("hydra.yaml", hydra_config), ("overrides.yaml", overrides)):
@@ -199,6 +213,7 @@ def claim_folder(path: Path, *, unique: bool) -> Path:
         blocking_file = next((p for p in path.parents if p.exists() and not p.is_dir()), None)
         code = errno.errorcode.get(err.errno, "") if err.errno else ""
         reason = f"{blocking_file} is a file, not a folder" if blocking_file else f"{err.strerror or err} [{code}]"
-        raise RunFolderError(f"cannot use {path} as the run folder: {reason}; choose a writable place with "
-                             "hydra.run.dir=<folder>") from err
+        raise RunFolderError(
+            f"cannot use {path} as the run folder: {reason}; choose a writable place with hydra.run.dir=<folder>"
+        ) from err
     return folder

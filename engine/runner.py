@@ -1,12 +1,12 @@
 """A run, from a composed config to results.json: ``train`` or, with ``eval_only``, ``evaluate_checkpoint``.
 
-    run ─ validate (engine/config.py)
-        ├ train:               plan the resume (engine/resume.py)      refused: the folder is left as it was
-        │                      build: data (data/) → model + GMConv (models/factory.py) → optimizer, schedule
-        │                      commit: train.log, history.json, metrics.csv + TensorBoard agree with the checkpoint
-        │                      Fit (engine/fit.py): epochs of train / evaluate / record / checkpoint
-        │                      → results.json
-        └ evaluate_checkpoint (engine/evaluation.py)
+run ─ validate (engine/config.py)
+    ├ train:               plan the resume (engine/resume.py)      refused: the folder is left as it was
+    │                      build: data (data/) → model + GMConv (models/factory.py) → optimizer, schedule
+    │                      commit: train.log, history.json, metrics.csv + TensorBoard agree with the checkpoint
+    │                      Fit (engine/fit.py): epochs of train / evaluate / record / checkpoint
+    │                      → results.json
+    └ evaluate_checkpoint (engine/evaluation.py)
 """
 
 from __future__ import annotations
@@ -28,18 +28,25 @@ from data.text import first_line
 from . import checkpoint
 from .checkpoint import TrainState, unwrap
 from .config import batches_in, settings_without_effect, validate
+from .distributed import (
+    barrier,
+    cleanup,
+    configure_determinism,
+    init_distributed,
+    quiet_non_main_logging,
+    seed_everything,
+    select_device,
+)
+from .ema import build_ema
 from .evaluation import evaluate_checkpoint
 from .fit import Fit
 from .history import COMPLETED, STOPPED, History
 from .loop import format_duration
 from .metrics import EpochTotals
+from .objective import Objective, build_objective
 from .optim import build_optimizer, build_scheduler, scaled_lr
 from .precision import apply_precision
 from .preemption import Preempted
-from .distributed import (barrier, cleanup, configure_determinism, init_distributed, quiet_non_main_logging,
-                          seed_everything, select_device)
-from .ema import build_ema
-from .objective import Objective, build_objective
 from .recipes import recipe_line
 from .resume import Resume, plan_resume
 from .run_folder import FIRST_SESSION_NOTE, RunFolder
@@ -64,8 +71,14 @@ class Session:
     global_batch: int
 
 
-def run(cfg: DictConfig, run_dir: Path, *, overrides: list[str] | None = None,
-        hydra_config: DictConfig | None = None, recipe_changes: list[str] | None = None) -> dict[str, Any]:
+def run(
+    cfg: DictConfig,
+    run_dir: Path,
+    *,
+    overrides: list[str] | None = None,
+    hydra_config: DictConfig | None = None,
+    recipe_changes: list[str] | None = None,
+) -> dict[str, Any]:
     """Train (or, with ``eval_only``, evaluate) as ``cfg`` says, in ``run_dir``; returns results.json's content.
 
     Raises ``BadInput`` (engine/errors.py) for bad settings, data or checkpoints (before anything is written to
@@ -75,8 +88,14 @@ def run(cfg: DictConfig, run_dir: Path, *, overrides: list[str] | None = None,
     dist_info = init_distributed()
     quiet_non_main_logging(dist_info)
     try:
-        ctx = Context(dist_info, select_device(cfg.trainer.device, dist_info), RunFolder(run_dir),
-                      list(overrides or []), hydra_config, recipe_changes)
+        ctx = Context(
+            dist_info,
+            select_device(cfg.trainer.device, dist_info),
+            RunFolder(run_dir),
+            list(overrides or []),
+            hydra_config,
+            recipe_changes,
+        )
         log.info(apply_precision(cfg, ctx.device).line())
         with ctx.folder.hold() if dist_info.is_main else contextlib.nullcontext():
             return evaluate_checkpoint(cfg, ctx) if cfg.eval_only else train(cfg, ctx)
@@ -92,9 +111,15 @@ def train(cfg: DictConfig, ctx: Context) -> dict[str, Any]:
     folder = ctx.folder
     resume = plan_resume(cfg, folder)
     if resume is not None and resume.continuing and resume.complete(cfg) and folder.results.is_file():
-        log.info("%s is already complete (%d/%d epochs, best top-1 %.2f%% at epoch %d); nothing to do. "
-                 "To train longer, resume with trainer.epochs=<more>", folder.path, resume.ckpt["epoch"],
-                 cfg.trainer.epochs, resume.ckpt["best_top1"], resume.ckpt["best_epoch"])
+        log.info(
+            "%s is already complete (%d/%d epochs, best top-1 %.2f%% at epoch %d); nothing to do. "
+            "To train longer, resume with trainer.epochs=<more>",
+            folder.path,
+            resume.ckpt["epoch"],
+            cfg.trainer.epochs,
+            resume.ckpt["best_top1"],
+            resume.ckpt["best_epoch"],
+        )
         return folder.read_results()
     if resume is None or not resume.continuing:
         folder.check_free(restart=cfg.resume == "auto")
@@ -104,9 +129,19 @@ def train(cfg: DictConfig, ctx: Context) -> dict[str, Any]:
     tracker = Tracker(folder.path, ctx.dist.is_main, with_ema=cfg.trainer.ema_decay is not None)
     history = History(folder.path, ctx.dist.is_main, clock_start=clock_start)
     commit(cfg, ctx, session.state, resume, tracker, history)
-    fit = Fit(session.state, cfg, (session.train_loader, session.val_loader), folder=folder, dist=ctx.dist,
-              device=ctx.device, objective=session.objective, data_info=session.data_info, tracker=tracker,
-              history=history, batches_per_epoch=session.batches_per_epoch)
+    fit = Fit(
+        session.state,
+        cfg,
+        (session.train_loader, session.val_loader),
+        folder=folder,
+        dist=ctx.dist,
+        device=ctx.device,
+        objective=session.objective,
+        data_info=session.data_info,
+        tracker=tracker,
+        history=history,
+        batches_per_epoch=session.batches_per_epoch,
+    )
     try:
         outcome = fit.run(save_first=resume is not None and (bool(resume.changes) or not resume.continuing))
     except Preempted:
@@ -121,24 +156,39 @@ def train(cfg: DictConfig, ctx: Context) -> dict[str, Any]:
     return finish(cfg, ctx, session, history, outcome)
 
 
-def finish(cfg: DictConfig, ctx: Context, session: Session, history: History, outcome: dict[str, Any]
-           ) -> dict[str, Any]:
+def finish(
+    cfg: DictConfig, ctx: Context, session: Session, history: History, outcome: dict[str, Any]
+) -> dict[str, Any]:
     """results.json of the completed run, and the summary in the log."""
     folder = ctx.folder
-    results = {**session.description, **outcome, "world_size": ctx.dist.world_size,
-               "global_batch": session.global_batch, "accumulate_steps": cfg.trainer.accumulate_steps,
-               "wall_time_s": history.wall_time_s(), **peak_gpu_memory(ctx.device),
-               "overrides": history.sessions[0]["overrides"], "sessions": history.sessions,
-               **({"recipe_changes": ctx.recipe_changes} if ctx.recipe_changes is not None else {}),
-               "config": OmegaConf.to_container(cfg, resolve=True, enum_to_str=True)}
+    results = {
+        **session.description,
+        **outcome,
+        "world_size": ctx.dist.world_size,
+        "global_batch": session.global_batch,
+        "accumulate_steps": cfg.trainer.accumulate_steps,
+        "wall_time_s": history.wall_time_s(),
+        **peak_gpu_memory(ctx.device),
+        "overrides": history.sessions[0]["overrides"],
+        "sessions": history.sessions,
+        **({"recipe_changes": ctx.recipe_changes} if ctx.recipe_changes is not None else {}),
+        "config": OmegaConf.to_container(cfg, resolve=True, enum_to_str=True),
+    }
     if ctx.dist.is_main:
         folder.write_results(results)
-        log.info("run complete: best top-1 %.2f%% at epoch %d%s; final top-1 %.2f%%, top-5 %.2f%%; %s wall time%s\n"
-                 "  run folder: %s\n  results:    %s", results["best_top1"], results["best_epoch"],
-                 " (EMA weights)" if results["best_of"] == "ema" else "", results["top1"], results["top5"],
-                 format_duration(results["wall_time_s"]),
-                 f" over {len(history.sessions)} sessions" if len(history.sessions) > 1 else "", folder.path,
-                 folder.results)
+        log.info(
+            "run complete: best top-1 %.2f%% at epoch %d%s; final top-1 %.2f%%, top-5 %.2f%%; %s wall time%s\n"
+            "  run folder: %s\n  results:    %s",
+            results["best_top1"],
+            results["best_epoch"],
+            " (EMA weights)" if results["best_of"] == "ema" else "",
+            results["top1"],
+            results["top5"],
+            format_duration(results["wall_time_s"]),
+            f" over {len(history.sessions)} sessions" if len(history.sessions) > 1 else "",
+            folder.path,
+            folder.results,
+        )
     barrier(ctx.dist)
     return results
 
@@ -156,21 +206,36 @@ def build_session(cfg: DictConfig, ctx: Context, resume: Optional[Resume]) -> Se
     """Loaders, model, optimizer, schedule, EMA, and the checkpoint's state when resuming. Writes nothing:
     a checkpoint whose weights do not fit is refused here with the folder untouched."""
     train_loader, val_loader, info = build_loaders(
-        cfg.data, seed=cfg.seed, rank=ctx.dist.rank, world_size=ctx.dist.world_size,
-        pin_memory=cfg.data.pin_memory and ctx.device.type == "cuda", device=ctx.device,
+        cfg.data,
+        seed=cfg.seed,
+        rank=ctx.dist.rank,
+        world_size=ctx.dist.world_size,
+        pin_memory=cfg.data.pin_memory and ctx.device.type == "cuda",
+        device=ctx.device,
     )
     model, description = build_described_model(cfg, info, ctx.device)
     model = prepare_model(model, cfg.trainer, ctx.device, ctx.dist)
     global_batch = cfg.data.batch_size * ctx.dist.world_size
     accumulate = cfg.trainer.accumulate_steps
     lr = scaled_lr(cfg.optim, global_batch * accumulate)
-    log.info("global batch %d (%d per process × %d process%s)%s, lr %.4g", global_batch, cfg.data.batch_size,
-             ctx.dist.world_size, "es" if ctx.dist.world_size > 1 else "",
-             f"; {global_batch * accumulate} per optimizer step ({accumulate} batches accumulated)" if accumulate > 1
-             else "", lr)
+    log.info(
+        "global batch %d (%d per process × %d process%s)%s, lr %.4g",
+        global_batch,
+        cfg.data.batch_size,
+        ctx.dist.world_size,
+        "es" if ctx.dist.world_size > 1 else "",
+        f"; {global_batch * accumulate} per optimizer step ({accumulate} batches accumulated)"
+        if accumulate > 1
+        else "",
+        lr,
+    )
     if cfg.sched.warmup_epochs:
-        log.info("lr warms up linearly from %g to %.4g over %g epoch(s) (sched.warmup_epochs)", cfg.sched.warmup_lr, lr,
-                 cfg.sched.warmup_epochs)
+        log.info(
+            "lr warms up linearly from %g to %.4g over %g epoch(s) (sched.warmup_epochs)",
+            cfg.sched.warmup_lr,
+            lr,
+            cfg.sched.warmup_epochs,
+        )
     batches_per_epoch = batches_in(cfg.trainer.limit_train_batches, len(train_loader))
     optimizer = build_optimizer(unwrap(model), cfg.optim, lr)
     state = TrainState(
@@ -183,18 +248,31 @@ def build_session(cfg: DictConfig, ctx: Context, resume: Optional[Resume]) -> Se
     )
     if resume is not None:
         if not checkpoint.restore(state, resume.ckpt, resume.path, ctx.dist.rank):
-            log.warning("%s holds no random state for rank %d (it was written by fewer processes): this rank's "
-                        "augmentation draws start afresh from seed + rank", resume.path, ctx.dist.rank)
+            log.warning(
+                "%s holds no random state for rank %d (it was written by fewer processes): this rank's "
+                "augmentation draws start afresh from seed + rank",
+                resume.path,
+                ctx.dist.rank,
+            )
         log.info("resumed from %s %s", resume.path, _position(state, cfg.trainer.epochs, batches_per_epoch))
         for change in resume.changes:
             log.info("resume: applying a changed setting: %s", change)
     objective = build_objective(cfg.data, cfg.trainer, info.num_classes)
-    return Session(train_loader, val_loader, state, objective, description, dataclasses.asdict(info),
-                   batches_per_epoch, global_batch)
+    return Session(
+        train_loader,
+        val_loader,
+        state,
+        objective,
+        description,
+        dataclasses.asdict(info),
+        batches_per_epoch,
+        global_batch,
+    )
 
 
-def commit(cfg: DictConfig, ctx: Context, state: TrainState, resume: Optional[Resume], tracker: Tracker,
-           history: History) -> None:
+def commit(
+    cfg: DictConfig, ctx: Context, state: TrainState, resume: Optional[Resume], tracker: Tracker, history: History
+) -> None:
     """Every check has passed: the command now writes the run's record. train.log gets this session's
     lines; a new run writes .hydra/; an extended run's results.json goes, since the run is no longer
     complete (it returns, updated, when the run completes again; the numbers it held stay in metrics.csv
@@ -207,12 +285,20 @@ def commit(cfg: DictConfig, ctx: Context, state: TrainState, resume: Optional[Re
     continuing = resume is not None and resume.continuing
     if ctx.dist.is_main and not continuing:
         folder.write_config(cfg, ctx.hydra_config, ctx.overrides, header=FIRST_SESSION_NOTE)
-    history.begin(overrides=ctx.overrides, resumed_from=resume.position() if resume else None,
-                  changes=resume.changes if resume else [], continuing=continuing or cfg.resume == "auto")
+    history.begin(
+        overrides=ctx.overrides,
+        resumed_from=resume.position() if resume else None,
+        changes=resume.changes if resume else [],
+        continuing=continuing or cfg.resume == "auto",
+    )
     if ctx.dist.is_main and continuing and not resume.complete(cfg) and folder.results.is_file():
         folder.results.unlink()
-        log.info("the run was complete at epoch %d and is extended to %d epochs: results.json is written again "
-                 "when it completes", resume.ckpt["epoch"], cfg.trainer.epochs)
+        log.info(
+            "the run was complete at epoch %d and is extended to %d epochs: results.json is written again "
+            "when it completes",
+            resume.ckpt["epoch"],
+            cfg.trainer.epochs,
+        )
     tracker.start(state.records, resumed_step=state.step if resume else None)
 
 
@@ -223,7 +309,8 @@ def _failure(err: BaseException) -> str:
 
 def _position(state: TrainState, epochs: int, batches_per_epoch: int) -> str:
     if state.batches_done:
-        return (f"in epoch {state.epoch + 1}/{epochs} after batch {state.batches_done}/{batches_per_epoch} "
-                f"(step {state.step})")
+        return (
+            f"in epoch {state.epoch + 1}/{epochs} after batch {state.batches_done}/{batches_per_epoch} "
+            f"(step {state.step})"
+        )
     return f"after epoch {state.epoch}/{epochs} (step {state.step})"
-

@@ -37,14 +37,28 @@ class Context:
 def build_described_model(cfg: DictConfig, info: DataInfo, device: torch.device) -> tuple[nn.Module, dict[str, Any]]:
     """The model for the data ``info`` describes, and the run's description for results.json."""
     if cfg.trainer.amp == "fp16" and device.type == "cpu":
-        log.warning("trainer.amp=fp16 on the CPU is emulated and many times slower than fp32; "
-                    "use trainer.amp=bf16 or none on the CPU")
+        log.warning(
+            "trainer.amp=fp16 on the CPU is emulated and many times slower than fp32; "
+            "use trainer.amp=bf16 or none on the CPU"
+        )
     model = build_model(cfg.model, cfg.conv, num_classes=info.num_classes, image_size=info.image_size)
-    description = {"model": cfg.model.name, "conv": cfg.conv.name, "data": cfg.data.name, "seed": cfg.seed,
-                   "params": count_parameters(model), "flops": count_flops(model, info.test_image_size),
-                   "git_commit": _git_commit()}
-    log.info("%s (%s): %.2fM parameters, %.3f GFLOPs per %d px image", cfg.model.name, cfg.conv.name,
-             description["params"] / 1e6, description["flops"] / 1e9, info.test_image_size)
+    description = {
+        "model": cfg.model.name,
+        "conv": cfg.conv.name,
+        "data": cfg.data.name,
+        "seed": cfg.seed,
+        "params": count_parameters(model),
+        "flops": count_flops(model, info.test_image_size),
+        "git_commit": _git_commit(),
+    }
+    log.info(
+        "%s (%s): %.2fM parameters, %.3f GFLOPs per %d px image",
+        cfg.model.name,
+        cfg.conv.name,
+        description["params"] / 1e6,
+        description["flops"] / 1e9,
+        info.test_image_size,
+    )
     return model, description
 
 
@@ -73,8 +87,9 @@ def peak_gpu_memory(device: torch.device) -> dict[str, float]:
 
 def _git_commit() -> str | None:
     try:
-        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(__file__).resolve().parent,
-                             capture_output=True, text=True, timeout=5)
+        out = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=Path(__file__).resolve().parent, capture_output=True, text=True, timeout=5
+        )
     except (OSError, subprocess.TimeoutExpired):
         return None
     return out.stdout.strip() or None

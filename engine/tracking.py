@@ -153,8 +153,7 @@ class _Tolerant:
                 return method(*args, **kwargs)
             except OSError as err:
                 self.failed = True
-                log.warning("TensorBoard cannot write (%s): its curves stop here; training and checkpoints go on",
-                            err)
+                log.warning("TensorBoard cannot write (%s): its curves stop here; training and checkpoints go on", err)
                 return None
 
         return call
@@ -200,11 +199,22 @@ def compact_events(folder: Path, keep_up_to: int) -> None:
     folder.rename(old)
     new.rename(folder)
     shutil.rmtree(old)
-    redone = sum(1 for event in events if event.step > keep_up_to and not event.HasField("file_version")
-                 and not _is_run_marker(event)) if keep_up_to >= 0 else 0
+    redone = (
+        sum(
+            1
+            for event in events
+            if event.step > keep_up_to and not event.HasField("file_version") and not _is_run_marker(event)
+        )
+        if keep_up_to >= 0
+        else 0
+    )
     if redone:  # a killed session's points past the checkpoint: this session trains those steps again
-        log.info("TensorBoard: %d point(s) after step %d, from a session stopped before its next checkpoint, are "
-                 "replaced by this session's, which trains those steps again", redone, keep_up_to)
+        log.info(
+            "TensorBoard: %d point(s) after step %d, from a session stopped before its next checkpoint, are "
+            "replaced by this session's, which trains those steps again",
+            redone,
+            keep_up_to,
+        )
 
 
 def finish_compaction(folder: Path) -> None:
@@ -227,7 +237,8 @@ def _is_run_marker(event: Event) -> bool:
     """A completed session's hparams summary (written again when the run completes again), or a purge marker
     (SummaryWriter's purge_step) of an older version: never kept, and nothing a reader loses."""
     return event.HasField("session_log") or (
-        event.HasField("summary") and any(value.tag.startswith(HPARAMS_TAGS) for value in event.summary.value))
+        event.HasField("summary") and any(value.tag.startswith(HPARAMS_TAGS) for value in event.summary.value)
+    )
 
 
 def _kept(event: Event, keep_up_to: int) -> bool:

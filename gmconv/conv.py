@@ -67,13 +67,23 @@ class GaussianMaskConv(nn.Conv2d):
         **options: Any,
     ) -> None:
         super().__init__(
-            in_channels, out_channels, kernel_size, stride, padding, dilation, groups, bias,
-            padding_mode, device, dtype,
+            in_channels,
+            out_channels,
+            kernel_size,
+            stride,
+            padding,
+            dilation,
+            groups,
+            bias,
+            padding_mode,
+            device,
+            dtype,
         )
         unknown = sorted(set(options) - set(self.OPTIONS))
         if unknown:
-            raise TypeError(f"{type(self).__name__} has no option {', '.join(unknown)}; its options are "
-                            f"{', '.join(self.OPTIONS)}")
+            raise TypeError(
+                f"{type(self).__name__} has no option {', '.join(unknown)}; its options are {', '.join(self.OPTIONS)}"
+            )
         validated = GMConvOptions.validated(**self.IMPLIED, **options)
         for name in self.OPTIONS:
             setattr(self, name, getattr(validated, name))
@@ -119,8 +129,7 @@ class GMConv2d(GaussianMaskConv):
         ``False`` keeps σ fixed at ``sigma_init`` (a buffer, not a parameter) for ablations.
     """
 
-    OPTIONS = ("sigma_init", "sigma_mode", "sigma_granularity", "sigma_parametrization", "sigma_min",
-               "learnable_sigma")
+    OPTIONS = ("sigma_init", "sigma_mode", "sigma_granularity", "sigma_parametrization", "sigma_min", "learnable_sigma")
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)

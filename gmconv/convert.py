@@ -103,13 +103,16 @@ def enlarge_kernel(conv: nn.Conv2d, kernel_size: int | tuple[int, int]) -> nn.Co
             padding = (conv.dilation[0] * pad_h, conv.dilation[1] * pad_w)
     else:
         padding = (padding[0] + conv.dilation[0] * pad_h, padding[1] + conv.dilation[1] * pad_w)
-    return rebuilt_conv(conv, nn.Conv2d, F.pad(conv.weight.detach(), (pad_w, pad_w, pad_h, pad_h)),
-                        kernel_size=(new_kh, new_kw), padding=padding)
+    return rebuilt_conv(
+        conv,
+        nn.Conv2d,
+        F.pad(conv.weight.detach(), (pad_w, pad_w, pad_h, pad_h)),
+        kernel_size=(new_kh, new_kw),
+        padding=padding,
+    )
 
 
-def gmconv_from_conv(
-    conv: nn.Conv2d, layer_type: type[GMConvLayer] = GMConv2d, **layer_kwargs: Any
-) -> GMConvLayer:
+def gmconv_from_conv(conv: nn.Conv2d, layer_type: type[GMConvLayer] = GMConv2d, **layer_kwargs: Any) -> GMConvLayer:
     """A ``layer_type`` layer with the same configuration, weights and bias as ``conv``.
 
     ``layer_kwargs`` are that layer's GMConv arguments (sigma_init, sigma_granularity, ...).
@@ -155,8 +158,9 @@ def convert_to_gmconv(
     return model
 
 
-def replace_convs(model: nn.Module, build: Callable[[nn.Conv2d], nn.Module], options: GMConvOptions,
-                  report: ConversionReport) -> nn.Module:
+def replace_convs(
+    model: nn.Module, build: Callable[[nn.Conv2d], nn.Module], options: GMConvOptions, report: ConversionReport
+) -> nn.Module:
     """Replace each ``nn.Conv2d`` that ``options`` selects (``min_kernel_size``, ``convert_patchify``, ``include``,
     ``exclude``) by ``build(conv)``, in place, and record what was done in ``report``; returns the model (a new
     layer when ``model`` is itself a Conv2d). GMConv's conversion uses it, and so can any other layer type that

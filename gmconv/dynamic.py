@@ -35,8 +35,14 @@ class DynamicGMConv2d(GaussianMaskConv):
         squeeze-and-excitation blocks.
     """
 
-    OPTIONS = ("sigma_init", "sigma_mode", "sigma_granularity", "sigma_parametrization", "sigma_min",
-               "dynamic_reduction")
+    OPTIONS = (
+        "sigma_init",
+        "sigma_mode",
+        "sigma_granularity",
+        "sigma_parametrization",
+        "sigma_min",
+        "dynamic_reduction",
+    )
     IMPLIED = {"dynamic": True}
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:

@@ -34,6 +34,7 @@ def spatial_layers(model: nn.Module, example: torch.Tensor) -> dict[str, tuple[i
             if _is_spatial(output):
                 shapes.pop(name, None)  # a module called twice counts where it was last called
                 shapes[name] = tuple(output.shape)
+
         return hook
 
     with _untouched(model):
@@ -86,8 +87,10 @@ def erf_map(model: nn.Module, inputs: torch.Tensor, *, layer: str | None = None,
         finally:
             handle.remove()
     if not total.sum() > 0:
-        raise ValueError(f"the centre of layer {name!r} does not depend on the input (all gradients are zero); "
-                         "pick another layer with layer=...")
+        raise ValueError(
+            f"the centre of layer {name!r} does not depend on the input (all gradients are zero); "
+            "pick another layer with layer=..."
+        )
     return total / total.sum()
 
 
@@ -151,30 +154,43 @@ def gaussian_fit(erf: torch.Tensor) -> dict[str, float]:
     y, x = torch.meshgrid(rows, cols, indexing="ij")
     cy, cx = (p * y).sum(), (p * x).sum()
     dy, dx = y - cy, x - cx
-    cov = torch.stack([torch.stack([(p * dy * dy).sum(), (p * dy * dx).sum()]),
-                       torch.stack([(p * dy * dx).sum(), (p * dx * dx).sum()])]) + torch.eye(2, dtype=p.dtype) / 12
+    cov = (
+        torch.stack(
+            [
+                torch.stack([(p * dy * dy).sum(), (p * dy * dx).sum()]),
+                torch.stack([(p * dy * dx).sum(), (p * dx * dx).sum()]),
+            ]
+        )
+        + torch.eye(2, dtype=p.dtype) / 12
+    )
     inv = torch.linalg.inv(cov)
     mahalanobis_sq = inv[0, 0] * dy * dy + 2 * inv[0, 1] * dy * dx + inv[1, 1] * dx * dx
     shape = torch.exp(-0.5 * mahalanobis_sq)
     fitted = shape * (p * shape).sum() / (shape * shape).sum()
     total = ((p - p.mean()) ** 2).sum()
     major, minor = torch.linalg.eigvalsh(cov).flip(0).sqrt()
-    return {"gauss_r2": (1 - ((p - fitted) ** 2).sum() / total).item() if total > 0 else 1.0,
-            "gauss_mass_1sigma": p[mahalanobis_sq <= 1].sum().item(),
-            "gauss_mass_2sigma": p[mahalanobis_sq <= 4].sum().item(),
-            "gauss_sigma_major": major.item(), "gauss_sigma_minor": minor.item()}
+    return {
+        "gauss_r2": (1 - ((p - fitted) ** 2).sum() / total).item() if total > 0 else 1.0,
+        "gauss_mass_1sigma": p[mahalanobis_sq <= 1].sum().item(),
+        "gauss_mass_2sigma": p[mahalanobis_sq <= 4].sum().item(),
+        "gauss_sigma_major": major.item(),
+        "gauss_sigma_minor": minor.item(),
+    }
 
 
 def _is_spatial(output: Any) -> bool:
     return isinstance(output, torch.Tensor) and output.dim() == 4 and output.shape[-2] > 1 and output.shape[-1] > 1
 
 
-def _check_layer(layer: str | None, candidates: dict[str, tuple[int, ...]], modules: dict[str, nn.Module],
-                 model_name: str) -> str:
+def _check_layer(
+    layer: str | None, candidates: dict[str, tuple[int, ...]], modules: dict[str, nn.Module], model_name: str
+) -> str:
     """``layer`` if it is a spatial layer of the model, else the last one; a ValueError naming the choices."""
     if not candidates:
-        raise ValueError(f"{model_name} has no module with a spatial (N, C, h, w) output with h, w > 1; "
-                         "pass larger images or a convolutional model")
+        raise ValueError(
+            f"{model_name} has no module with a spatial (N, C, h, w) output with h, w > 1; "
+            "pass larger images or a convolutional model"
+        )
     if layer is None:
         return list(candidates)[-1]
     names = [repr(name) for name in candidates]
@@ -182,11 +198,12 @@ def _check_layer(layer: str | None, candidates: dict[str, tuple[int, ...]], modu
     if len(names) > MAX_LISTED:
         listed = f"{len(names)} in all, the last {MAX_LISTED}: {listed}"
     if layer not in modules:
-        raise ValueError(f"layer {layer!r} is not a module of {model_name}; "
-                         f"choose a spatial layer: {listed}")
+        raise ValueError(f"layer {layer!r} is not a module of {model_name}; choose a spatial layer: {listed}")
     if layer not in candidates:
-        raise ValueError(f"layer {layer!r} does not output a spatial (N, C, h, w) map with h, w > 1 here; "
-                         f"choose a spatial layer: {listed}")
+        raise ValueError(
+            f"layer {layer!r} does not output a spatial (N, C, h, w) map with h, w > 1 here; "
+            f"choose a spatial layer: {listed}"
+        )
     return layer
 
 

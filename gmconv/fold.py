@@ -6,8 +6,8 @@ import torch
 from torch import nn
 
 from .conv import GMConv2d
-from .modules import module_aliases, rebuilt_conv, replace_everywhere
 from .dynamic import DynamicGMConv2d
+from .modules import module_aliases, rebuilt_conv, replace_everywhere
 
 
 def fold_gmconv(model: nn.Module) -> nn.Module:

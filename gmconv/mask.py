@@ -1,6 +1,6 @@
 """The maths both GMConv layers share, as pure functions of tensors and option values.
 
-    σ = positive(raw) + sigma_min,   M(i, j) = exp(-((i - ci)² + (j - cj)²) / (2σ²))
+σ = positive(raw) + sigma_min,   M(i, j) = exp(-((i - ci)² + (j - cj)²) / (2σ²))
 """
 
 from __future__ import annotations
@@ -33,8 +33,9 @@ def _parametrization(name: str) -> tuple:
     try:
         return PARAMETRIZATIONS[name]
     except KeyError:
-        raise ValueError(f"sigma_parametrization={name!r} is not valid; choose one of "
-                         f"{', '.join(PARAMETRIZATIONS)}") from None
+        raise ValueError(
+            f"sigma_parametrization={name!r} is not valid; choose one of {', '.join(PARAMETRIZATIONS)}"
+        ) from None
 
 
 def sigma_from_raw(raw: torch.Tensor, parametrization: str, sigma_min: float) -> torch.Tensor:
@@ -70,9 +71,7 @@ def compute_dtype(dtype: torch.dtype) -> torch.dtype:
     return torch.promote_types(dtype, torch.float32)
 
 
-def gaussian_mask(
-    sigma: torch.Tensor, sq_dist: torch.Tensor, granularity: str, dtype: torch.dtype
-) -> torch.Tensor:
+def gaussian_mask(sigma: torch.Tensor, sq_dist: torch.Tensor, granularity: str, dtype: torch.dtype) -> torch.Tensor:
     """The mask for ``sigma`` (leading batch dims allowed), broadcastable to an (out, in/groups, kh, kw) weight.
 
     The exponent is evaluated in at least float32 (float64 for a float64 layer, so gradcheck is

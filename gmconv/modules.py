@@ -13,10 +13,19 @@ def rebuilt_conv(source: nn.Conv2d, layer_type: type[nn.Conv2d], weight: torch.T
     """A ``layer_type`` with ``source``'s configuration (``changes`` replacing some of it, e.g. kernel_size and
     padding, or adding a GMConv layer's options), holding ``weight``, ``source``'s bias, train/eval mode and
     frozen flags: what converting, enlarging and folding a convolution each need."""
-    config = dict(in_channels=source.in_channels, out_channels=source.out_channels, kernel_size=source.kernel_size,
-                  stride=source.stride, padding=source.padding, dilation=source.dilation, groups=source.groups,
-                  bias=source.bias is not None, padding_mode=source.padding_mode, device=source.weight.device,
-                  dtype=source.weight.dtype)
+    config = dict(
+        in_channels=source.in_channels,
+        out_channels=source.out_channels,
+        kernel_size=source.kernel_size,
+        stride=source.stride,
+        padding=source.padding,
+        dilation=source.dilation,
+        groups=source.groups,
+        bias=source.bias is not None,
+        padding_mode=source.padding_mode,
+        device=source.weight.device,
+        dtype=source.weight.dtype,
+    )
     rebuilt = layer_type(**{**config, **changes})
     with torch.no_grad():
         rebuilt.weight.copy_(weight)

@@ -34,26 +34,35 @@ OPTIONS: dict[ConvType, tuple[str, ...]] = {
     ConvType.dilated: (*SELECTION, "dilation"),
     ConvType.large_kernel: (*SELECTION, "kernel_size"),
 }
-LABELS = {ConvType.deformable: "deformable conv", ConvType.dcls: "DCLS", ConvType.dilated: "dilated conv",
-          ConvType.large_kernel: "large kernel"}
+LABELS = {
+    ConvType.deformable: "deformable conv",
+    ConvType.dcls: "DCLS",
+    ConvType.dilated: "dilated conv",
+    ConvType.large_kernel: "large kernel",
+}
 
 
 def unused_options(conv_cfg: Any) -> list[str]:
     """``conv.key=value`` for each option changed from its default that ``conv.type`` does not read."""
     reads = OPTIONS[ConvType(conv_cfg.type)]
     defaults = ConvConfig()
-    return [f"conv.{f.name}={plain(getattr(conv_cfg, f.name))}" for f in fields(ConvConfig)
-            if f.name not in ("name", "type", *reads)
-            and plain(getattr(conv_cfg, f.name)) != plain(getattr(defaults, f.name))]
+    return [
+        f"conv.{f.name}={plain(getattr(conv_cfg, f.name))}"
+        for f in fields(ConvConfig)
+        if f.name not in ("name", "type", *reads)
+        and plain(getattr(conv_cfg, f.name)) != plain(getattr(defaults, f.name))
+    ]
 
 
 def check_rival_options(conv_cfg: Any) -> None:
     """Ranges of the rivals' options, in one line naming the key."""
-    checks = [(conv_cfg.offset_groups >= 1, "offset_groups", "a positive integer dividing each layer's channels"),
-              (conv_cfg.dcls_size >= 2, "dcls_size", "an integer >= the converted kernels' side (e.g. 5 for 3×3)"),
-              (conv_cfg.dcls_sigma_init > 0, "dcls_sigma_init", "a positive number of taps"),
-              (conv_cfg.dilation >= 1, "dilation", "a positive integer"),
-              (conv_cfg.kernel_size >= 1, "kernel_size", "a positive integer")]
+    checks = [
+        (conv_cfg.offset_groups >= 1, "offset_groups", "a positive integer dividing each layer's channels"),
+        (conv_cfg.dcls_size >= 2, "dcls_size", "an integer >= the converted kernels' side (e.g. 5 for 3×3)"),
+        (conv_cfg.dcls_sigma_init > 0, "dcls_sigma_init", "a positive number of taps"),
+        (conv_cfg.dilation >= 1, "dilation", "a positive integer"),
+        (conv_cfg.kernel_size >= 1, "kernel_size", "a positive integer"),
+    ]
     for ok, key, expected in checks:
         if not ok:
             raise ConfigError(f"conv.{key}={conv_cfg[key]} is invalid: expected {expected}")
@@ -66,8 +75,9 @@ def rival_builder(conv_cfg: Any) -> Callable[[nn.Conv2d], nn.Module]:
 
 
 def _deformable(conv: nn.Conv2d, conv_cfg: Any) -> nn.Module:
-    return rebuilt_conv(conv, DeformConv2d, conv.weight.detach(), modulated=conv_cfg.modulated,
-                        offset_groups=conv_cfg.offset_groups)
+    return rebuilt_conv(
+        conv, DeformConv2d, conv.weight.detach(), modulated=conv_cfg.modulated, offset_groups=conv_cfg.offset_groups
+    )
 
 
 def _dcls(conv: nn.Conv2d, conv_cfg: Any) -> nn.Module:
@@ -106,8 +116,10 @@ def fold_convs(model: nn.Module) -> nn.Module:
     says, so no fixed kernel computes it: refused in one line, the model untouched."""
     deformable = [name for name, m in model.named_modules() if isinstance(m, DeformConv2d)]
     if deformable:
-        raise ConfigError(f"cannot fold deformable convolutions ({deformable[0]}, ...): where they sample depends on "
-                          "the input, so no plain convolution computes them; export without folding (--no-fold)")
+        raise ConfigError(
+            f"cannot fold deformable convolutions ({deformable[0]}, ...): where they sample depends on "
+            "the input, so no plain convolution computes them; export without folding (--no-fold)"
+        )
     model = fold_gmconv(model)
     aliases = module_aliases(model)
     for m in [m for m in model.modules() if isinstance(m, Dcls2d)]:

@@ -86,12 +86,15 @@ def _create_regularised(model_cfg: ModelConfig, source: ModelSource, num_classes
 def _regularisation(model_cfg: ModelConfig, source: ModelSource) -> dict[str, float]:
     """The dropout / stochastic-depth settings given, refused where the source has no such argument or
     model.kwargs repeats them."""
-    settings = {key: getattr(model_cfg, key) for key in ("drop_rate", "drop_path_rate")
-                if getattr(model_cfg, key) is not None}
+    settings = {
+        key: getattr(model_cfg, key) for key in ("drop_rate", "drop_path_rate") if getattr(model_cfg, key) is not None
+    }
     unsupported = [key for key in settings if key not in REGULARISATION_ARGS[source]]
     if unsupported:
-        raise ConfigError(f"model.{unsupported[0]}={settings[unsupported[0]]} is not supported by the {source.value} "
-                          f"model {model_cfg.name} (no dropout or stochastic-depth argument); remove it")
+        raise ConfigError(
+            f"model.{unsupported[0]}={settings[unsupported[0]]} is not supported by the {source.value} "
+            f"model {model_cfg.name} (no dropout or stochastic-depth argument); remove it"
+        )
     clash = sorted({REGULARISATION_ARGS[source][key] for key in settings} & dict(model_cfg.kwargs).keys())
     if clash:
         raise ConfigError(f"model.kwargs.{clash[0]} repeats model.drop_rate/drop_path_rate; set it once")
@@ -99,8 +102,9 @@ def _regularisation(model_cfg: ModelConfig, source: ModelSource) -> dict[str, fl
 
 
 def _unsupported(key: str, value: float, model_name: str, argument: str) -> ConfigError:
-    return ConfigError(f"model.{key}={value} is not supported by {model_name} (its builder does not accept "
-                       f"{argument}); remove it")
+    return ConfigError(
+        f"model.{key}={value} is not supported by {model_name} (its builder does not accept {argument}); remove it"
+    )
 
 
 def apply_conv(model: nn.Module, conv_cfg: ConvConfig, *, model_name: str | None = None) -> ConversionReport | None:
@@ -126,8 +130,9 @@ def apply_conv(model: nn.Module, conv_cfg: ConvConfig, *, model_name: str | None
     return report
 
 
-def _converted(model: nn.Module, conv_cfg: ConvConfig, kind: ConvType, options: GMConvOptions,
-               report: ConversionReport) -> nn.Module:
+def _converted(
+    model: nn.Module, conv_cfg: ConvConfig, kind: ConvType, options: GMConvOptions, report: ConversionReport
+) -> nn.Module:
     """The conversion itself. gmconv/ and the layers (models/layers/) check their arguments with ValueError, as
     libraries do; here those arguments are the user's conv settings and the model's layers, so the message is a
     ConfigError (the original, with its traceback, is its cause)."""

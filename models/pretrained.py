@@ -67,8 +67,11 @@ class PretrainedWeights:
         own = model.state_dict()
         self.known.update(own)
         fitting = {
-            key: value for key, value in self.state.items()
-            if key not in self.loaded and key in own and isinstance(value, torch.Tensor)
+            key: value
+            for key, value in self.state.items()
+            if key not in self.loaded
+            and key in own
+            and isinstance(value, torch.Tensor)
             and value.shape == own[key].shape
         }
         model.load_state_dict(fitting, strict=False)

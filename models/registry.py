@@ -88,6 +88,4 @@ def _unknown_model(name: str, source: ModelSource, choices: list[str]) -> Config
         close = difflib.get_close_matches(name, choices, n=_MAX_CLOSE, cutoff=0.5)
         label, shown = ("closest", close) if close else ("for example", sorted(choices)[:_MAX_LISTED])
         listing = f"{len(choices)} available, {label}: {', '.join(shown)}"
-    return ConfigError(
-        f"unknown {source.value} model {name!r} (model.name); {listing} ({_LISTING_HINTS[source]})"
-    )
+    return ConfigError(f"unknown {source.value} model {name!r} (model.name); {listing} ({_LISTING_HINTS[source]})")

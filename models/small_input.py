@@ -39,9 +39,7 @@ def parse_small_input(value: object) -> str:
     """
     setting = str(value).lower()
     if setting not in SMALL_INPUT_SETTINGS:
-        raise ConfigError(
-            f"model.small_input={value!r} is not valid; choose one of {', '.join(SMALL_INPUT_SETTINGS)}"
-        )
+        raise ConfigError(f"model.small_input={value!r} is not valid; choose one of {', '.join(SMALL_INPUT_SETTINGS)}")
     return setting
 
 
@@ -65,7 +63,10 @@ def maybe_adapt_to_small_input(
     if _adapter_for(model) is None:
         log.warning(
             "%s model %s keeps its ImageNet stem on %d px images: model.small_input supports only %s",
-            source.value, name, image_size, _SUPPORTED,
+            source.value,
+            name,
+            image_size,
+            _SUPPORTED,
         )
         return model
     return adapt_to_small_input(model, source, name)
@@ -138,8 +139,14 @@ def _pool_to_one_pixel_head(model: tvm.VGG | tvm.AlexNet) -> None:
 def _conv_like(old: nn.Conv2d, *, kernel_size: int, stride: int, padding: int) -> nn.Conv2d:
     """A new stem conv with ``old``'s channels, bias, device and dtype, He-initialised like torchvision's."""
     conv = nn.Conv2d(
-        old.in_channels, old.out_channels, kernel_size, stride, padding, bias=old.bias is not None,
-        device=old.weight.device, dtype=old.weight.dtype,
+        old.in_channels,
+        old.out_channels,
+        kernel_size,
+        stride,
+        padding,
+        bias=old.bias is not None,
+        device=old.weight.device,
+        dtype=old.weight.dtype,
     )
     nn.init.kaiming_normal_(conv.weight, mode="fan_out", nonlinearity="relu")
     if conv.bias is not None:

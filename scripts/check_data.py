@@ -45,8 +45,11 @@ def tree_problems(root: Path) -> tuple[list[str], dict[str, SplitFiles]]:
             continue
         splits[split] = scan_split(folder)
         counts = {name: len(images) for name, images in splits[split].images.items()}
-        problems += [p for p in (too_few_classes_problem(folder, splits[split].classes),
-                                 empty_classes_problem(folder, counts)) if p]
+        problems += [
+            p
+            for p in (too_few_classes_problem(folder, splits[split].classes), empty_classes_problem(folder, counts))
+            if p
+        ]
     if len(splits) == len(SPLITS):
         mismatch = mismatch_problem(root, splits["train"].classes, splits["val"].classes)
         problems += [mismatch] if mismatch else []
@@ -61,7 +64,7 @@ def decode_problem(path: Path) -> tuple[Optional[str], Optional[tuple[int, int]]
         image = decode(str(path))
     except FILE_ERRORS as err:
         return f"{path}: unreadable ({first_line(err)})", None
-    height, width = (image.shape[-2:] if hasattr(image, "shape") else (image.height, image.width))
+    height, width = image.shape[-2:] if hasattr(image, "shape") else (image.height, image.width)
     return None, (int(height), int(width))
 
 
@@ -69,8 +72,12 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("root", type=Path, help="the folder holding train/ and val/ (data.root)")
     parser.add_argument("--workers", type=int, default=available_cores(), help="processes decoding images")
-    parser.add_argument("--image-size", type=int, default=224,
-                        help="the crop size (data.image_size): smaller images are listed as warnings")
+    parser.add_argument(
+        "--image-size",
+        type=int,
+        default=224,
+        help="the crop size (data.image_size): smaller images are listed as warnings",
+    )
     args = parser.parse_args(argv)
     if not args.root.is_dir():
         print(f"error: {args.root} is not a folder; pass the data.root that holds train/ and val/", file=sys.stderr)
@@ -81,22 +88,25 @@ def main(argv: list[str] | None = None) -> int:
     warnings = []
     with ProcessPoolExecutor(max_workers=max(1, args.workers)) as pool:
         checked = pool.map(decode_problem, images, chunksize=64)
-        for path, (problem, size) in zip(images, tqdm(checked, total=len(images), desc="checking images",
-                                                      unit="file")):
+        for path, (problem, size) in zip(images, tqdm(checked, total=len(images), desc="checking images", unit="file")):
             if problem:
                 problems.append(problem)
             elif min(size) < args.image_size:
-                warnings.append(f"{path}: {size[1]}×{size[0]} px, smaller than the {args.image_size} px crop "
-                                "(--image-size), which upscales it")
+                warnings.append(
+                    f"{path}: {size[1]}×{size[0]} px, smaller than the {args.image_size} px crop "
+                    "(--image-size), which upscales it"
+                )
     for line in problems:
         print(f"problem: {line}")
     for path in ignored:
         print(f"ignored: {path} (not an image file: training skips it)")
     for line in warnings:
         print(f"warning: {line}")
-    print(f"{len(images)} image files checked: {_count(len(problems), 'problem')}, {len(ignored)} other "
-          f"file{'s' if len(ignored) != 1 else ''} ignored, {_count(len(warnings), 'warning')}"
-          f"{' (listed above)' if problems or ignored or warnings else ''}")
+    print(
+        f"{len(images)} image files checked: {_count(len(problems), 'problem')}, {len(ignored)} other "
+        f"file{'s' if len(ignored) != 1 else ''} ignored, {_count(len(warnings), 'warning')}"
+        f"{' (listed above)' if problems or ignored or warnings else ''}"
+    )
     return 1 if problems else 0
 
 

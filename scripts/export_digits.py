@@ -1,7 +1,7 @@
 """Write the built-in digits data as an ImageFolder tree of PNGs: real files to try ``data=imagefolder``
 and to benchmark folder loading (scripts/bench/loader_vs_model.py, docs/BENCHMARKS.md) without downloading anything.
 
-    python -m scripts.export_digits /tmp/digits_png            # then: python train.py data=imagefolder data.root=/tmp/digits_png
+    python -m scripts.export_digits /tmp/digits_png   # then: python train.py data=imagefolder data.root=/tmp/digits_png
 
 Same 1,437 / 360 split and the same 32 px RGB images as ``data=digits`` (``data.image_size`` sets the size).
 """

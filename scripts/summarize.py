@@ -31,8 +31,10 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(f"error: --out {args.out} must name a .md file (the .csv is written beside it)")
     folders = find_run_folders(args.dirs)
     if not folders:
-        sys.exit(f"error: no run folder (results.json, .hydra/config.yaml or checkpoints/) under "
-                 f"{' '.join(map(str, args.dirs))}")
+        sys.exit(
+            f"error: no run folder (results.json, .hydra/config.yaml or checkpoints/) under "
+            f"{' '.join(map(str, args.dirs))}"
+        )
     runs, unfinished, evaluations = read_runs(folders)
     rows = table_rows(group_runs(runs)) if runs else []
     text = markdown(rows, unfinished, evaluations)

@@ -35,8 +35,12 @@ class _slow_work_refused:
     settings are valid), a subprocess, or a multiprocessing worker (DataLoader workers, DDP) fails the test with
     the fix. Settings refused before any work stay in the fast tier."""
 
-    TARGETS = ((engine.runner, "train"), (engine.runner, "evaluate_checkpoint"), (subprocess.Popen, "__init__"),
-               (multiprocessing.process.BaseProcess, "start"))
+    TARGETS = (
+        (engine.runner, "train"),
+        (engine.runner, "evaluate_checkpoint"),
+        (subprocess.Popen, "__init__"),
+        (multiprocessing.process.BaseProcess, "start"),
+    )
 
     def __init__(self, item: pytest.Item) -> None:
         self.active = item.get_closest_marker("slow") is None
@@ -56,8 +60,11 @@ class _slow_work_refused:
 
 def _refuse(what: str) -> Any:
     def refused(*args: Any, **kwargs: Any) -> None:
-        pytest.fail(f"{what}: this test trains a run or starts a process; mark it @pytest.mark.slow so that the "
-                    'fast tier (pytest -m "not slow") stays fast', pytrace=False)
+        pytest.fail(
+            f"{what}: this test trains a run or starts a process; mark it @pytest.mark.slow so that the "
+            'fast tier (pytest -m "not slow") stays fast',
+            pytrace=False,
+        )
 
     return refused
 
@@ -81,8 +88,11 @@ def _write_pickle(path: Path, obj: dict) -> None:
 
 def _cifar_batch(rng: np.random.Generator, n: int, num_classes: int, label_key: str) -> dict:
     labels = [int(i % num_classes) for i in range(n)]
-    batch = {"data": rng.integers(0, 256, size=(n, 3072), dtype=np.uint8), label_key: labels,
-             "filenames": [f"img_{i}.png" for i in range(n)]}
+    batch = {
+        "data": rng.integers(0, 256, size=(n, 3072), dtype=np.uint8),
+        label_key: labels,
+        "filenames": [f"img_{i}.png" for i in range(n)],
+    }
     if label_key == "fine_labels":
         batch["coarse_labels"] = [label % 20 for label in labels]
     return batch
@@ -97,8 +107,10 @@ def cifar10_root(tmp_path: Path) -> Path:
     for i in range(1, 6):
         _write_pickle(folder / f"data_batch_{i}", _cifar_batch(rng, 4, 10, "labels"))
     _write_pickle(folder / "test_batch", _cifar_batch(rng, 10, 10, "labels"))
-    _write_pickle(folder / "batches.meta", {"label_names": [f"c{i}" for i in range(10)],
-                                            "num_cases_per_batch": 4, "num_vis": 3072})
+    _write_pickle(
+        folder / "batches.meta",
+        {"label_names": [f"c{i}" for i in range(10)], "num_cases_per_batch": 4, "num_vis": 3072},
+    )
     return tmp_path
 
 
@@ -110,8 +122,10 @@ def cifar100_root(tmp_path: Path) -> Path:
     rng = np.random.default_rng(0)
     _write_pickle(folder / "train", _cifar_batch(rng, 200, 100, "fine_labels"))
     _write_pickle(folder / "test", _cifar_batch(rng, 100, 100, "fine_labels"))
-    _write_pickle(folder / "meta", {"fine_label_names": [f"f{i}" for i in range(100)],
-                                    "coarse_label_names": [f"k{i}" for i in range(20)]})
+    _write_pickle(
+        folder / "meta",
+        {"fine_label_names": [f"f{i}" for i in range(100)], "coarse_label_names": [f"k{i}" for i in range(20)]},
+    )
     return tmp_path
 
 

@@ -19,8 +19,13 @@ from engine.runner import run
 ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = ROOT / "configs"
 # A few seconds a run: CIFAR ResNet-20 on 4 batches of digits per epoch.
-QUICK = ["trainer.epochs=1", "trainer.limit_train_batches=4", "trainer.limit_val_batches=2", "data.batch_size=32",
-         "trainer.progress=false"]
+QUICK = [
+    "trainer.epochs=1",
+    "trainer.limit_train_batches=4",
+    "trainer.limit_val_batches=2",
+    "data.batch_size=32",
+    "trainer.progress=false",
+]
 register_configs()
 
 
@@ -31,8 +36,9 @@ def compose_train(*overrides: str, hydra: bool = False) -> DictConfig:
 
 def from_yaml(name: str, **overrides: object) -> DataConfig:
     """What ``data=<name>`` composes to (its YAML over the typed schema), with test-sized overrides."""
-    merged = OmegaConf.merge(OmegaConf.structured(DataConfig), OmegaConf.load(CONFIGS / "data" / f"{name}.yaml"),
-                             overrides)
+    merged = OmegaConf.merge(
+        OmegaConf.structured(DataConfig), OmegaConf.load(CONFIGS / "data" / f"{name}.yaml"), overrides
+    )
     return OmegaConf.to_object(merged)
 
 
@@ -44,8 +50,9 @@ def run_in_process(run_dir: Path, *overrides: str) -> dict[str, Any]:
 def train(*args: str, timeout: float = 300, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
     """``python train.py *args`` in the repository, as a user types it."""
     env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
-    return subprocess.run([sys.executable, "train.py", *args], cwd=ROOT, capture_output=True, text=True,
-                          timeout=timeout, env=env)
+    return subprocess.run(
+        [sys.executable, "train.py", *args], cwd=ROOT, capture_output=True, text=True, timeout=timeout, env=env
+    )
 
 
 def ok(proc: subprocess.CompletedProcess) -> subprocess.CompletedProcess:
@@ -67,8 +74,9 @@ def load(path: Path) -> dict[str, Any]:
     return torch.load(path, map_location="cpu", weights_only=True)
 
 
-def wait_for_checkpoint(proc: subprocess.Popen, path: Path, done: Callable[[dict], bool] = lambda ckpt: True,
-                        timeout: float = 240) -> dict:
+def wait_for_checkpoint(
+    proc: subprocess.Popen, path: Path, done: Callable[[dict], bool] = lambda ckpt: True, timeout: float = 240
+) -> dict:
     """Poll ``path`` until the checkpoint there satisfies ``done`` (the run is still going)."""
     deadline = time.time() + timeout
     while time.time() < deadline and proc.poll() is None:

@@ -16,9 +16,18 @@ LARGE = ["resnet50", "alexnet", "vgg16_bn"]  # tens of millions of weights: a fe
 
 
 def train_one_step(tmp_path: Path, model: str, conv: str) -> dict:
-    overrides = [f"model={model}", f"conv={conv}", "data=fake", "data.batch_size=4", "data.train_size=8",
-                 "data.val_size=6", "trainer.epochs=1", "trainer.limit_train_batches=1", "trainer.progress=false",
-                 "trainer.device=cpu"]
+    overrides = [
+        f"model={model}",
+        f"conv={conv}",
+        "data=fake",
+        "data.batch_size=4",
+        "data.train_size=8",
+        "data.val_size=6",
+        "trainer.epochs=1",
+        "trainer.limit_train_batches=1",
+        "trainer.progress=false",
+        "trainer.device=cpu",
+    ]
     if model == "timm":
         overrides.append("model.name=resnet10t")
     return run_in_process(tmp_path, *overrides)
@@ -54,8 +63,14 @@ def test_a_deep_torchvision_resnet_learns_on_the_digits_with_the_defaults(tmp_pa
     guess, and the issue's 3-epoch run ended at chance; with the default warmup and zero-initialised
     residual branches it is 1.8, and the second epoch ends at 94 % (2-core CPU, seed 0).
     """
-    results = run_in_process(tmp_path, "model=resnet18", "model.small_input=false", "conv=standard",
-                             "trainer.epochs=2", "trainer.progress=false")
+    results = run_in_process(
+        tmp_path,
+        "model=resnet18",
+        "model.small_input=false",
+        "conv=standard",
+        "trainer.epochs=2",
+        "trainer.progress=false",
+    )
     with (tmp_path / "metrics.csv").open(newline="") as f:
         train_losses = [float(row["train_loss"]) for row in csv.DictReader(f)]
     assert max(train_losses) < math.log(10), train_losses  # never worse than guessing: no blow-up

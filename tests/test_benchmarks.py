@@ -16,8 +16,9 @@ TINY = ["model=resnet20", "data=fake", "data.image_size=16", "data.batch_size=8"
 
 
 def _script(name: str, *args: str) -> str:
-    proc = subprocess.run([sys.executable, "-m", f"scripts.bench.{name}", *args], cwd=ROOT, capture_output=True, text=True,
-                          timeout=300)
+    proc = subprocess.run(
+        [sys.executable, "-m", f"scripts.bench.{name}", *args], cwd=ROOT, capture_output=True, text=True, timeout=300
+    )
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
     return proc.stdout
 
@@ -36,8 +37,23 @@ def test_bench_data_names_what_limits_the_run():
 
 
 def test_bench_gmconv_compares_every_variant_with_the_standard_network():
-    out = _script("gmconv_speed", "--models", "resnet18", "--batch-size", "2", "--image-size", "32",
-                  "--reps", "2", "--warmup", "1", "--device", "cpu", "--profile", "1")
+    out = _script(
+        "gmconv_speed",
+        "--models",
+        "resnet18",
+        "--batch-size",
+        "2",
+        "--image-size",
+        "32",
+        "--reps",
+        "2",
+        "--warmup",
+        "1",
+        "--device",
+        "cpu",
+        "--profile",
+        "1",
+    )
     row = re.search(r"^resnet18 +([\d. |%]+)$", out, re.MULTILINE)
     assert row, out
     numbers = [float(v) for v in re.findall(r"[\d.]+", row.group(1))]

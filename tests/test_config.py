@@ -63,15 +63,23 @@ def test_misspelt_key_fails_at_compose():
         compose_train("trainer.epoch=3")
 
 
-@pytest.mark.parametrize("override, key", [("+trainer.epoch=1", "trainer.epoch"), ("+conv.sigma_int=3", "conv.sigma_int")])
+@pytest.mark.parametrize(
+    "override, key", [("+trainer.epoch=1", "trainer.epoch"), ("+conv.sigma_int=3", "conv.sigma_int")]
+)
 def test_keys_added_with_plus_are_refused(override, key):
     with pytest.raises(ValueError, match=key.replace(".", r"\.") + " is not a setting"):
         validate(compose_train(override))
 
 
-@pytest.mark.parametrize("override, choice", [
-    ("conv=gmcnv", "gmconv_layer"), ("data=cifar11", "cifar10"), ("optim=adamx", "adamw"), ("model=resnet999", "resnet20"),
-])
+@pytest.mark.parametrize(
+    "override, choice",
+    [
+        ("conv=gmcnv", "gmconv_layer"),
+        ("data=cifar11", "cifar10"),
+        ("optim=adamx", "adamw"),
+        ("model=resnet999", "resnet20"),
+    ],
+)
 def test_unknown_group_option_lists_choices(override, choice):
     with pytest.raises(ConfigCompositionException, match=choice):
         compose_train(override)
@@ -82,32 +90,35 @@ def test_enum_values_are_checked():
         compose_train("trainer.amp=fp8")
 
 
-@pytest.mark.parametrize("overrides, key", [
-    (["trainer.epochs=0"], "trainer.epochs"),
-    (["optim.lr=-0.1"], "optim.lr"),
-    (["data.batch_size=0"], "data.batch_size"),
-    (["data.batch_size=-1"], "data.batch_size"),
-    (["optim.lr=0"], "optim.lr"),
-    (["trainer.label_smoothing=1.5"], "trainer.label_smoothing"),
-    (["eval_only=true"], "ckpt"),
-    (["ckpt=x.pt"], "ckpt"),
-    (["eval_only=true", "ckpt=x.pt", "resume=auto"], "resume"),
-    (["optim.name=nosuchopt"], "optim.name"),
-    (["conv.sigma_min=0"], "sigma_min"),
-    (["conv.sigma_granularity=pixel"], "sigma_granularity"),
-    (["model.small_input=maybe"], "model.small_input"),
-    # settings that the chosen options would silently ignore
-    (["conv=standard", "conv.sigma_init=3"], "conv.sigma_init"),
-    (["data.num_classes=5"], "data.num_classes"),
-    (["data.train_size=100"], "data.train_size"),
-    (["sched=multistep", "sched.milestones=[5,2]"], "sched.milestones"),
-    (["sched.milestones=[5]"], "sched.milestones"),
-    (["optim=adamw", "optim.nesterov=true"], "optim.nesterov"),
-    (["conv=standard", "optim.sigma_lr_scale=10"], "optim.sigma_lr_scale"),
-    (["conv=gmconv_fixed", "optim.sigma_lr_scale=10"], "optim.sigma_lr_scale"),
-    (["optim.sigma_lr_scale=-1"], "optim.sigma_lr_scale"),
-    (["trainer.compile_mode=reduce_overhead"], "trainer.compile_mode"),
-])
+@pytest.mark.parametrize(
+    "overrides, key",
+    [
+        (["trainer.epochs=0"], "trainer.epochs"),
+        (["optim.lr=-0.1"], "optim.lr"),
+        (["data.batch_size=0"], "data.batch_size"),
+        (["data.batch_size=-1"], "data.batch_size"),
+        (["optim.lr=0"], "optim.lr"),
+        (["trainer.label_smoothing=1.5"], "trainer.label_smoothing"),
+        (["eval_only=true"], "ckpt"),
+        (["ckpt=x.pt"], "ckpt"),
+        (["eval_only=true", "ckpt=x.pt", "resume=auto"], "resume"),
+        (["optim.name=nosuchopt"], "optim.name"),
+        (["conv.sigma_min=0"], "sigma_min"),
+        (["conv.sigma_granularity=pixel"], "sigma_granularity"),
+        (["model.small_input=maybe"], "model.small_input"),
+        # settings that the chosen options would silently ignore
+        (["conv=standard", "conv.sigma_init=3"], "conv.sigma_init"),
+        (["data.num_classes=5"], "data.num_classes"),
+        (["data.train_size=100"], "data.train_size"),
+        (["sched=multistep", "sched.milestones=[5,2]"], "sched.milestones"),
+        (["sched.milestones=[5]"], "sched.milestones"),
+        (["optim=adamw", "optim.nesterov=true"], "optim.nesterov"),
+        (["conv=standard", "optim.sigma_lr_scale=10"], "optim.sigma_lr_scale"),
+        (["conv=gmconv_fixed", "optim.sigma_lr_scale=10"], "optim.sigma_lr_scale"),
+        (["optim.sigma_lr_scale=-1"], "optim.sigma_lr_scale"),
+        (["trainer.compile_mode=reduce_overhead"], "trainer.compile_mode"),
+    ],
+)
 def test_bad_or_unused_values_name_the_key(overrides, key):
     with pytest.raises(ValueError, match=key.replace(".", r"\.")):
         validate(compose_train(*overrides))
@@ -117,7 +128,9 @@ def test_resume_applies_schedule_and_optimizer_changes_but_refuses_another_exper
     saved = OmegaConf.to_container(compose_train(), resolve=True, enum_to_str=True)
     assert resume_changes(saved, compose_train()) == []
     assert resume_changes(saved, compose_train("trainer.epochs=20", "optim.lr=0.5")) == [
-        "optim.lr 0.1 → 0.5", "trainer.epochs 10 → 20"]
+        "optim.lr 0.1 → 0.5",
+        "trainer.epochs 10 → 20",
+    ]
     for override in ("conv=standard", "model=resnet32", "data.batch_size=32", "seed=1", "optim=adamw"):
         with pytest.raises(ValueError, match="cannot change on resume"):
             resume_changes(saved, compose_train(override))
@@ -136,12 +149,21 @@ def test_help_explains_the_program_its_groups_and_the_most_used_settings():
     assert "Most used settings (examples of values; the defaults follow the data's recipe" in out  # not defaults
 
 
-@pytest.mark.parametrize("overrides, warning", [
-    (["sched=multistep", "sched.milestones=[82,123]", "trainer.epochs=1"], "epoch 82, 123 are not before trainer.epochs=1"),
-    (["sched=step", "sched.decay_epochs=30"], "sched.decay_epochs=30.0 with trainer.epochs=10: the lr never decays"),
-    (["sched.warmup_epochs=5", "trainer.epochs=3"], "the run ends before its warmup does"),
-    (["sched=multistep", "sched.milestones=[5,9]"], None),
-])
+@pytest.mark.parametrize(
+    "overrides, warning",
+    [
+        (
+            ["sched=multistep", "sched.milestones=[82,123]", "trainer.epochs=1"],
+            "epoch 82, 123 are not before trainer.epochs=1",
+        ),
+        (
+            ["sched=step", "sched.decay_epochs=30"],
+            "sched.decay_epochs=30.0 with trainer.epochs=10: the lr never decays",
+        ),
+        (["sched.warmup_epochs=5", "trainer.epochs=3"], "the run ends before its warmup does"),
+        (["sched=multistep", "sched.milestones=[5,9]"], None),
+    ],
+)
 def test_schedule_settings_that_cannot_take_effect_are_warned_about(overrides, warning):
     lines = settings_without_effect(compose_train(*overrides))
     assert (lines == []) if warning is None else any(warning in line for line in lines), lines
@@ -151,7 +173,9 @@ def test_docs_recipes_is_what_the_configs_compose_to():
     """docs/RECIPES.md is generated from the configs: it cannot drift from them."""
     from analysis.recipes_table import table
 
-    assert (CONFIGS.parent / "docs" / "RECIPES.md").read_text() == table(), "run python -m scripts.docs.recipes_table --out docs/RECIPES.md"
+    assert (CONFIGS.parent / "docs" / "RECIPES.md").read_text() == table(), (
+        "run python -m scripts.docs.recipes_table --out docs/RECIPES.md"
+    )
 
 
 def test_no_value_tuned_on_the_digits_reaches_another_dataset():
@@ -171,30 +195,53 @@ def test_what_an_experiment_and_the_command_line_change_of_the_recipe_is_listed(
 
     recipe = compose_train("data=cifar10", "model=resnet110")
     run = compose_train("experiment=cifar10_resnet110", "trainer.epochs=20", "data.num_workers=0")
-    assert changes_from_recipe(run, recipe) == ["sched.warmup_epochs 0.0 → 1.0", "sched.warmup_lr 1e-05 → 0.01",
-                                                "trainer.epochs 164 → 20"]  # data.num_workers is not the recipe's
+    assert changes_from_recipe(run, recipe) == [
+        "sched.warmup_epochs 0.0 → 1.0",
+        "sched.warmup_lr 1e-05 → 0.01",
+        "trainer.epochs 164 → 20",
+    ]  # data.num_workers is not the recipe's
     assert recipe_line(run).startswith("recipe: cifar10/resnet110 — He et al. 2016: SGD lr 0.1")
     assert "optimizer for alexnet: lr 0.01" in recipe_line(compose_train("data=imagenet", "model=alexnet"))
 
 
-@pytest.mark.parametrize("value, ok", [("4", True), ("0.25", True), ("1.0", True), ("null", True), ("0", False),
-                                       ("1.5", False), ("-2", False), ("true", False), ("abc", False)])
+@pytest.mark.parametrize(
+    "value, ok",
+    [
+        ("4", True),
+        ("0.25", True),
+        ("1.0", True),
+        ("null", True),
+        ("0", False),
+        ("1.5", False),
+        ("-2", False),
+        ("true", False),
+        ("abc", False),
+    ],
+)
 def test_a_batch_limit_is_a_count_or_a_fraction_of_the_epoch(value, ok):
     for key in ("trainer.limit_train_batches", "trainer.limit_val_batches"):
         cfg = compose_train(f"{key}={value}")
         if ok:
             validate(cfg)
         else:
-            with pytest.raises(ValueError, match=f"{key}=.* is invalid: expected a positive number of batches, a "
-                                                 "fraction of the epoch in \\(0, 1\\], or null"):
+            with pytest.raises(
+                ValueError,
+                match=f"{key}=.* is invalid: expected a positive number of batches, a "
+                "fraction of the epoch in \\(0, 1\\], or null",
+            ):
                 validate(cfg)
     assert [batches_in(limit, 23) for limit in (None, 4, 40, 0.5, 0.01, 1.0)] == [23, 4, 23, 11, 1, 23]
 
 
 @pytest.mark.slow
 def test_fractions_of_the_epoch_train_and_evaluate_that_share(tmp_path):
-    results = run_in_process(tmp_path, "trainer.epochs=1", "trainer.limit_train_batches=0.5",
-                             "trainer.limit_val_batches=0.34", "trainer.progress=false")
+    results = run_in_process(
+        tmp_path,
+        "trainer.epochs=1",
+        "trainer.limit_train_batches=0.5",
+        "trainer.limit_val_batches=0.34",
+        "trainer.progress=false",
+    )
     assert load(tmp_path / "checkpoints" / "last.pt")["step"] == 11  # 23 batches of 64 digits: half is 11
     assert results["eval_samples"] == 2 * 64  # 6 validation batches: a third is 2
 

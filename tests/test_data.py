@@ -105,8 +105,13 @@ build_loaders(DataConfig(name="digits"), seed=0)
 seen.append('sklearn' in sys.modules)
 print(seen)
 """
-    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True,
-                            env={**os.environ, "PYTHONPATH": str(REPO)})
+    result = subprocess.run(
+        [sys.executable, "-c", script],
+        capture_output=True,
+        text=True,
+        check=True,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+    )
     assert result.stdout.strip() == "[False, False, True]"  # after: import data, data=fake, data=digits
 
 
@@ -157,7 +162,9 @@ def test_batch_augmentation_draws_the_per_sample_pipelines_crops_and_flips(flip:
     out = BatchAugment(mean, std, padding=2, flip=flip)(images, torch.Generator().manual_seed(0))
     crop = v2.Compose([v2.RandomCrop(8, padding=2), v2.ToDtype(torch.float32, scale=True), v2.Normalize(mean, std)])
     padded = torch.nn.functional.pad(images[0].float() / 255, (2, 2, 2, 2))  # RandomCrop's zero fill
-    crops = [v2.functional.normalize(padded[:, dy:dy + 8, dx:dx + 8], mean, std) for dy in range(5) for dx in range(5)]
+    crops = [
+        v2.functional.normalize(padded[:, dy : dy + 8, dx : dx + 8], mean, std) for dy in range(5) for dx in range(5)
+    ]
     assert any(torch.allclose(crop(images[0]), c, atol=1e-5) for c in crops)  # the candidates are v2's
     candidates = crops + ([c.flip(-1) for c in crops] if flip else [])
     hits = [next(i for i, c in enumerate(candidates) if torch.allclose(view, c, atol=1e-5)) for view in out]
@@ -167,8 +174,9 @@ def test_batch_augmentation_draws_the_per_sample_pipelines_crops_and_flips(flip:
 @pytest.mark.slow
 def test_batch_augmented_loaders_resume_mid_epoch_exactly_and_differ_per_rank() -> None:
     def batches(rank: int, start_batch: int, workers: int) -> list[torch.Tensor]:
-        train, _, _ = build_loaders(DataConfig(num_workers=workers, persistent_workers=False), seed=3, rank=rank,
-                                    world_size=2)
+        train, _, _ = build_loaders(
+            DataConfig(num_workers=workers, persistent_workers=False), seed=3, rank=rank, world_size=2
+        )
         assert isinstance(train, BatchAugmentedLoader)
         set_epoch(train, 1, start_batch=start_batch)
         return [images for images, _ in train]
@@ -192,8 +200,13 @@ def test_augmentations_only_the_per_sample_pipeline_has_keep_it() -> None:
 # ----------------------------------------------------------------------------------------------- CIFAR
 
 
-@pytest.mark.parametrize("name, fixture, test_file", [("cifar10", "cifar10_root", "cifar-10-batches-py/test_batch"),
-                                                      ("cifar100", "cifar100_root", "cifar-100-python/test")])
+@pytest.mark.parametrize(
+    "name, fixture, test_file",
+    [
+        ("cifar10", "cifar10_root", "cifar-10-batches-py/test_batch"),
+        ("cifar100", "cifar100_root", "cifar-100-python/test"),
+    ],
+)
 def test_cifar_pickles_load_pixel_exact(
     name: str, fixture: str, test_file: str, request: pytest.FixtureRequest
 ) -> None:
@@ -210,13 +223,23 @@ def test_cifar_pickles_load_pixel_exact(
     assert y.tolist() == test_batch["labels" if name == "cifar10" else "fine_labels"][:4]
 
 
-@pytest.mark.parametrize("damage, message", [
-    ("bytes keys", "test_batch: expected a pickled dict with keys 'data', 'labels', found a dict with keys b'data'"),
-    ("truncated", "data_batch_2 is not a readable CIFAR-10 python file (UnpicklingError: pickle data was truncated)"),
-    ("code", "data_batch_2 is not a readable CIFAR-10 python file (UnpicklingError: it asks to load posix.system"),
-])
-def test_a_cifar_file_in_another_format_is_named_with_what_it_holds(cifar10_root: Path, damage: str, message: str,
-                                                                     tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    "damage, message",
+    [
+        (
+            "bytes keys",
+            "test_batch: expected a pickled dict with keys 'data', 'labels', found a dict with keys b'data'",
+        ),
+        (
+            "truncated",
+            "data_batch_2 is not a readable CIFAR-10 python file (UnpicklingError: pickle data was truncated)",
+        ),
+        ("code", "data_batch_2 is not a readable CIFAR-10 python file (UnpicklingError: it asks to load posix.system"),
+    ],
+)
+def test_a_cifar_file_in_another_format_is_named_with_what_it_holds(
+    cifar10_root: Path, damage: str, message: str, tmp_path: Path
+) -> None:
     folder = cifar10_root / "cifar-10-batches-py"
     if damage == "bytes keys":  # a Python 2 pickle read back without an encoding, then saved again
         batch = pickle.loads((folder / "test_batch").read_bytes(), encoding="latin1")
@@ -228,7 +251,11 @@ def test_a_cifar_file_in_another_format_is_named_with_what_it_holds(cifar10_root
         (folder / "data_batch_2").write_bytes(pickle.dumps(_RunsCommand(f"touch {marker}")))
     with pytest.raises(ValueError) as err:
         build_loaders(DataConfig(name="cifar10", root=str(cifar10_root), batch_size=4), seed=0)
-    assert message in str(err.value) and "\n" not in str(err.value) and "official CIFAR-10 python archive" in str(err.value)
+    assert (
+        message in str(err.value)
+        and "\n" not in str(err.value)
+        and "official CIFAR-10 python archive" in str(err.value)
+    )
     assert damage != "code" or not (tmp_path / "ran").exists()
 
 
@@ -246,8 +273,18 @@ def test_more_workers_than_cores_is_said_once_in_the_runs_words(monkeypatch, cap
     monkeypatch.delenv("LOCAL_WORLD_SIZE", raising=False)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        train, val, _ = build_loaders(DataConfig(name="fake", batch_size=4, train_size=16, val_size=8, image_size=8,
-                                                 num_workers=3, persistent_workers=False), seed=0)
+        train, val, _ = build_loaders(
+            DataConfig(
+                name="fake",
+                batch_size=4,
+                train_size=16,
+                val_size=8,
+                image_size=8,
+                num_workers=3,
+                persistent_workers=False,
+            ),
+            seed=0,
+        )
         next(iter(train)), next(iter(val))
     said = [r.getMessage() for r in caplog.records if "data.num_workers=3" in r.getMessage()]
     assert len(said) == 1 and "this process has 2 CPU cores" in said[0] and "kept at 3" in said[0]
@@ -261,8 +298,10 @@ def test_cifar_missing_files_name_the_path_and_the_fix(tmp_path: Path, cifar10_r
     assert str(empty / "cifar-10-batches-py") in str(err.value) and "\n" not in str(err.value)
 
     inner = cifar10_root / "cifar-10-batches-py"  # a common slip: the release folder itself as data.root
-    with pytest.raises(FileNotFoundError, match=f"data.root is the folder that holds cifar-10-batches-py; use "
-                                                f"data.root={cifar10_root}$"):
+    with pytest.raises(
+        FileNotFoundError,
+        match=f"data.root is the folder that holds cifar-10-batches-py; use data.root={cifar10_root}$",
+    ):
         build_loaders(DataConfig(name="cifar10", root=str(inner)), seed=0)
 
     (cifar10_root / "cifar-10-batches-py" / "test_batch").unlink()
@@ -317,8 +356,10 @@ def test_imagefolder_with_one_class_is_refused(imagefolder_root: Path) -> None:
     for split in ("train", "val"):
         for name in ("bee", "cat"):
             shutil.rmtree(imagefolder_root / split / name)
-    message = (f"{imagefolder_root / 'train'} holds 1 class folder (ant); a classifier needs at least 2: "
-               f"add class folders or fix data.root")
+    message = (
+        f"{imagefolder_root / 'train'} holds 1 class folder (ant); a classifier needs at least 2: "
+        f"add class folders or fix data.root"
+    )
     with pytest.raises(ValueError, match=re.escape(message)):
         build_loaders(_folder_cfg(imagefolder_root), seed=0)
 
@@ -452,15 +493,21 @@ def test_persistent_workers_serve_several_epochs() -> None:
 # ---------------------------------------------------------------------------------------------- errors
 
 
-@pytest.mark.parametrize("overrides, match", [
-    ({"name": "mnist"}, "data.name='mnist' is unknown: choose one of cifar10, cifar100, digits, "
-                         "digits_cluttered, digits_scaled, fake, imagefolder, imagenet"),
-    ({"batch_size": 0}, "data.batch_size=0 is invalid"),
-    ({"eval_batch_size": -1}, "data.eval_batch_size=-1 is invalid"),
-    ({"image_size": 0}, "data.image_size=0 is invalid"),
-    ({"num_workers": -1}, "data.num_workers=-1 is invalid"),
-    ({"name": "imagenet", "val_resize": 0}, "data.val_resize=0 is invalid"),
-])
+@pytest.mark.parametrize(
+    "overrides, match",
+    [
+        (
+            {"name": "mnist"},
+            "data.name='mnist' is unknown: choose one of cifar10, cifar100, digits, "
+            "digits_cluttered, digits_scaled, fake, imagefolder, imagenet",
+        ),
+        ({"batch_size": 0}, "data.batch_size=0 is invalid"),
+        ({"eval_batch_size": -1}, "data.eval_batch_size=-1 is invalid"),
+        ({"image_size": 0}, "data.image_size=0 is invalid"),
+        ({"num_workers": -1}, "data.num_workers=-1 is invalid"),
+        ({"name": "imagenet", "val_resize": 0}, "data.val_resize=0 is invalid"),
+    ],
+)
 def test_bad_settings_raise_value_errors_naming_the_key(overrides: dict, match: str) -> None:
     with pytest.raises(ValueError, match=re.escape(match)) as err:
         check_data_config(DataConfig(**overrides))
@@ -469,30 +516,52 @@ def test_bad_settings_raise_value_errors_naming_the_key(overrides: dict, match: 
         build_loaders(DataConfig(**overrides), seed=0)
 
 
-@pytest.mark.parametrize("overrides, match", [
-    ({"num_classes": 5}, "data.num_classes=5 is not used by data=digits (only data=fake takes it); remove the override"),
-    ({"name": "cifar10", "train_size": 100}, "data.train_size=100 is not used by data=cifar10 "
-                                             "(only data=digits_cluttered, data=digits_scaled, data=fake take it)"),
-    ({"name": "imagenet", "val_size": 10}, "data.val_size=10 is not used by data=imagenet "
-                                           "(only data=digits_cluttered"),
-    ({"name": "cifar100", "val_resize": 36}, "data.val_resize=36 is not used by data=cifar100 "
-                                             "(only data=imagefolder, data=imagenet take it)"),
-    ({"name": "fake", "val_resize": 36}, "data.val_resize=36 is not used by data=fake"),
-    ({"root": "/data"}, "data.root=/data is not used by data=digits "
-                        "(only data=cifar10, data=cifar100, data=imagefolder, data=imagenet take it)"),
-    ({"name": "fake", "root": "/data"}, "data.root=/data is not used by data=fake"),
-    ({"name": "imagenet", "download": True}, "data.download=true is not used by data=imagenet "
-                                              "(only data=cifar10, data=cifar100 take it)"),
-    ({"download": True}, "data.download=true is not used by data=digits"),
-])
+@pytest.mark.parametrize(
+    "overrides, match",
+    [
+        (
+            {"num_classes": 5},
+            "data.num_classes=5 is not used by data=digits (only data=fake takes it); remove the override",
+        ),
+        (
+            {"name": "cifar10", "train_size": 100},
+            "data.train_size=100 is not used by data=cifar10 "
+            "(only data=digits_cluttered, data=digits_scaled, data=fake take it)",
+        ),
+        (
+            {"name": "imagenet", "val_size": 10},
+            "data.val_size=10 is not used by data=imagenet (only data=digits_cluttered",
+        ),
+        (
+            {"name": "cifar100", "val_resize": 36},
+            "data.val_resize=36 is not used by data=cifar100 (only data=imagefolder, data=imagenet take it)",
+        ),
+        ({"name": "fake", "val_resize": 36}, "data.val_resize=36 is not used by data=fake"),
+        (
+            {"root": "/data"},
+            "data.root=/data is not used by data=digits "
+            "(only data=cifar10, data=cifar100, data=imagefolder, data=imagenet take it)",
+        ),
+        ({"name": "fake", "root": "/data"}, "data.root=/data is not used by data=fake"),
+        (
+            {"name": "imagenet", "download": True},
+            "data.download=true is not used by data=imagenet (only data=cifar10, data=cifar100 take it)",
+        ),
+        ({"download": True}, "data.download=true is not used by data=digits"),
+    ],
+)
 def test_settings_the_dataset_would_ignore_are_rejected(overrides: dict, match: str) -> None:
     with pytest.raises(ValueError, match=re.escape(match)):
         check_data_config(DataConfig(**overrides))
 
 
 def test_settings_each_dataset_reads_are_accepted() -> None:
-    for cfg in [from_yaml("cifar10", download=True), from_yaml("imagenet", root="/data", val_resize=256),
-                from_yaml("fake", num_classes=3, train_size=9, val_size=3), from_yaml("digits")]:
+    for cfg in [
+        from_yaml("cifar10", download=True),
+        from_yaml("imagenet", root="/data", val_resize=256),
+        from_yaml("fake", num_classes=3, train_size=9, val_size=3),
+        from_yaml("digits"),
+    ]:
         check_data_config(cfg)
 
 

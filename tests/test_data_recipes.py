@@ -21,8 +21,16 @@ from engine.config import validate
 from helpers import QUICK, compose_train, run_in_process
 from models import build_model, count_flops
 
-POLICIES = ["rand-m9-mstd0.5-inc1", "rand-m9-n3-tweights", "augmix-m5-w4-d2", "original", "v0",
-            "randaugment", "trivialaugment", "autoaugment"]
+POLICIES = [
+    "rand-m9-mstd0.5-inc1",
+    "rand-m9-n3-tweights",
+    "augmix-m5-w4-d2",
+    "original",
+    "v0",
+    "randaugment",
+    "trivialaugment",
+    "autoaugment",
+]
 MEAN, STD = (0.5, 0.4, 0.3), (0.25, 0.2, 0.3)
 SIZE = 32
 
@@ -31,8 +39,13 @@ def _image(kind: str) -> torch.Tensor | Image.Image:
     """A structured 32 px RGB image (gradients, so geometric ops move pixels), as the datasets hand it over:
     a uint8 tensor (digits, CIFAR) or a PIL image (folders)."""
     ramp = torch.linspace(0, 255, SIZE)
-    tensor = torch.stack([ramp[:, None].expand(SIZE, SIZE), ramp[None, :].expand(SIZE, SIZE),
-                          (ramp[:, None] + ramp[None, :]) / 2]).round().to(torch.uint8)
+    tensor = (
+        torch.stack(
+            [ramp[:, None].expand(SIZE, SIZE), ramp[None, :].expand(SIZE, SIZE), (ramp[:, None] + ramp[None, :]) / 2]
+        )
+        .round()
+        .to(torch.uint8)
+    )
     return tensor if kind == "tensor" else v2.functional.to_pil_image(tensor)
 
 
@@ -112,15 +125,23 @@ def test_crop_pct_resizes_as_timm_does() -> None:
 
 @pytest.mark.parametrize("setting, resize", [({"crop_pct": 0.5}, 64), ({"val_resize": 36}, 36)])
 def test_folder_validation_uses_test_size_and_crop_pct(imagefolder_root: Path, setting: dict, resize: int) -> None:
-    cfg = DataConfig(name="imagefolder", root=str(imagefolder_root), batch_size=4, image_size=24,
-                     test_image_size=32, **setting)
+    cfg = DataConfig(
+        name="imagefolder", root=str(imagefolder_root), batch_size=4, image_size=24, test_image_size=32, **setting
+    )
     train, val, info = build_loaders(cfg, seed=0)
     assert next(iter(train))[0].shape[-2:] == (24, 24)
     x, _ = next(iter(val))
     assert x.shape[-2:] == (32, 32) and (info.image_size, info.test_image_size) == (24, 32)
     path, _ = val.dataset.samples[0]
-    expected = v2.Compose([v2.Resize(resize), v2.CenterCrop(32), v2.ToImage(), v2.ToDtype(torch.float32, scale=True),
-                           v2.Normalize(info.mean, info.std)])(decode(path))
+    expected = v2.Compose(
+        [
+            v2.Resize(resize),
+            v2.CenterCrop(32),
+            v2.ToImage(),
+            v2.ToDtype(torch.float32, scale=True),
+            v2.Normalize(info.mean, info.std),
+        ]
+    )(decode(path))
     torch.testing.assert_close(x[0], expected)
 
 
@@ -135,8 +156,16 @@ def test_in_memory_validation_images_come_at_the_test_size(name: str) -> None:
 def test_flops_are_counted_at_the_test_size(tmp_path: Path) -> None:
     """The model is built (and model.small_input decided) for the training size; it is evaluated, and its
     FLOPs quoted, at the test size."""
-    results = run_in_process(tmp_path, *QUICK, "conv=standard", "data=fake", "data.image_size=16",
-                             "data.test_image_size=24", "trainer.limit_train_batches=1", "trainer.limit_val_batches=1")
+    results = run_in_process(
+        tmp_path,
+        *QUICK,
+        "conv=standard",
+        "data=fake",
+        "data.image_size=16",
+        "data.test_image_size=24",
+        "trainer.limit_train_batches=1",
+        "trainer.limit_val_batches=1",
+    )
     cfg = compose_train("conv=standard")
     model = build_model(cfg.model, cfg.conv, num_classes=10, image_size=16)
     assert results["flops"] == pytest.approx(count_flops(model, 16) * (24 / 16) ** 2, rel=0.02)
@@ -169,24 +198,34 @@ def test_ranks_draw_different_augmentations_each_repeatably() -> None:
 # ---------------------------------------------------------------------------------------------- errors
 
 
-@pytest.mark.parametrize("overrides, message", [
-    (["data.auto_augment=rand-m9-foo"], "data.auto_augment=rand-m9-foo is invalid (section 'foo' is not"),
-    (["data.auto_augment=randaug"], "data.auto_augment=randaug is invalid (unknown policy 'randaug'); use a timm"),
-    (["data.auto_augment=rand-q3"], "data.auto_augment=rand-q3 is invalid (Unknown RandAugment config section)"),
-    (["data.color_jitter=-0.1"], "data.color_jitter=-0.1 is invalid: set >= 0"),
-    (["data.random_erasing=1.5"], "data.random_erasing=1.5 is invalid: set a probability in [0, 1]"),
-    (["data.augment=false", "data.auto_augment=v0"], "data.auto_augment=v0 has no effect with data.augment=false"),
-    (["data.test_image_size=0"], "data.test_image_size=0 is invalid: set a positive integer or null"),
-    (["data=fake", "data.random_erasing=0.25"], "data.random_erasing=0.25 is not used by data=fake"),
-    (["data=cifar10", "data.test_image_size=64"], "data.test_image_size=64 is not used by data=cifar10"),
-    (["data.crop_pct=0.9"], "data.crop_pct=0.9 is not used by data=digits (only data=imagefolder, data=imagenet"),
-    (["data=imagenet", "data.root=/x", "data.crop_pct=0"], "data.crop_pct=0.0 is invalid: set a fraction in (0, 1]"),
-    (["data=imagenet", "data.root=/x", "data.crop_pct=1.2"], "data.crop_pct=1.2 is invalid"),
-    (["data=imagenet", "data.root=/x", "data.crop_pct=0.9", "data.val_resize=256"],
-     "data.val_resize=256 and data.crop_pct=0.9 both set the validation resize; keep one of them"),
-    (["data=imagenet", "data.root=/x", "data.test_image_size=288", "data.val_resize=256"],
-     "data.val_resize=256 is smaller than the 288 px validation crop"),
-])
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        (["data.auto_augment=rand-m9-foo"], "data.auto_augment=rand-m9-foo is invalid (section 'foo' is not"),
+        (["data.auto_augment=randaug"], "data.auto_augment=randaug is invalid (unknown policy 'randaug'); use a timm"),
+        (["data.auto_augment=rand-q3"], "data.auto_augment=rand-q3 is invalid (Unknown RandAugment config section)"),
+        (["data.color_jitter=-0.1"], "data.color_jitter=-0.1 is invalid: set >= 0"),
+        (["data.random_erasing=1.5"], "data.random_erasing=1.5 is invalid: set a probability in [0, 1]"),
+        (["data.augment=false", "data.auto_augment=v0"], "data.auto_augment=v0 has no effect with data.augment=false"),
+        (["data.test_image_size=0"], "data.test_image_size=0 is invalid: set a positive integer or null"),
+        (["data=fake", "data.random_erasing=0.25"], "data.random_erasing=0.25 is not used by data=fake"),
+        (["data=cifar10", "data.test_image_size=64"], "data.test_image_size=64 is not used by data=cifar10"),
+        (["data.crop_pct=0.9"], "data.crop_pct=0.9 is not used by data=digits (only data=imagefolder, data=imagenet"),
+        (
+            ["data=imagenet", "data.root=/x", "data.crop_pct=0"],
+            "data.crop_pct=0.0 is invalid: set a fraction in (0, 1]",
+        ),
+        (["data=imagenet", "data.root=/x", "data.crop_pct=1.2"], "data.crop_pct=1.2 is invalid"),
+        (
+            ["data=imagenet", "data.root=/x", "data.crop_pct=0.9", "data.val_resize=256"],
+            "data.val_resize=256 and data.crop_pct=0.9 both set the validation resize; keep one of them",
+        ),
+        (
+            ["data=imagenet", "data.root=/x", "data.test_image_size=288", "data.val_resize=256"],
+            "data.val_resize=256 is smaller than the 288 px validation crop",
+        ),
+    ],
+)
 def test_bad_recipe_settings_stop_at_start_up_with_one_line(overrides: list[str], message: str) -> None:
     with pytest.raises(ValueError, match=re.escape(message)) as err:
         validate(compose_train(*overrides))

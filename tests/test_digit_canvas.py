@@ -15,8 +15,9 @@ from helpers import from_yaml
 SMALL = {"train_size": 300, "val_size": 200}
 
 
-def canvases(name: str = "digits_cluttered", **overrides: object) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor,
-                                                                             torch.Tensor]:
+def canvases(
+    name: str = "digits_cluttered", **overrides: object
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """(train images, train labels, val images, val labels) of ``data=<name>`` at test size, unaugmented."""
     splits = build_digit_canvases(from_yaml(name, **{**SMALL, **overrides}))
     return splits.train.images, splits.train.targets, splits.val.images, splits.val.targets
@@ -65,8 +66,9 @@ def test_no_validation_digit_is_seen_in_training_whole_or_as_clutter(monkeypatch
     real = digit_split()
 
     def marked() -> DigitSplit:
-        return real._replace(train_pixels=torch.full_like(real.train_pixels, 8),
-                             val_pixels=torch.full_like(real.val_pixels, 16))
+        return real._replace(
+            train_pixels=torch.full_like(real.train_pixels, 8), val_pixels=torch.full_like(real.val_pixels, 16)
+        )
 
     monkeypatch.setattr(digit_canvas, "digit_split", marked)
     train, train_labels, val, val_labels = canvases(clutter=6)
@@ -80,8 +82,9 @@ def test_clutter_comes_from_other_digits_never_the_canvas_own() -> None:
     fragment cut from the canvas's own digit would add its value outside that block."""
     side, canvas = 6, 30
     digits = numbered_digits(40, side)
-    images, labels = render(digits, torch.arange(40), 2000, canvas, clutter=5,
-                            generator=torch.Generator().manual_seed(0))
+    images, labels = render(
+        digits, torch.arange(40), 2000, canvas, clutter=5, generator=torch.Generator().manual_seed(0)
+    )
     for image, own in zip(images, labels):
         rows, cols = torch.nonzero(image == own + 1, as_tuple=True)
         assert len(rows) and rows.max() - rows.min() < side and cols.max() - cols.min() < side
@@ -92,8 +95,9 @@ def test_clutter_comes_from_other_digits_never_the_canvas_own() -> None:
 
 @pytest.mark.parametrize("canvas, side", [(32, 16), (32, 32), (20, 7)])
 def test_the_digit_lies_wholly_inside_the_canvas_at_every_position(canvas: int, side: int) -> None:
-    images, _ = render(numbered_digits(10, side), torch.arange(10), 3000, canvas, clutter=0,
-                       generator=torch.Generator().manual_seed(1))
+    images, _ = render(
+        numbered_digits(10, side), torch.arange(10), 3000, canvas, clutter=0, generator=torch.Generator().manual_seed(1)
+    )
     assert images.shape == (3000, canvas, canvas) and images.dtype == torch.uint8
     lit = images > 0
     assert torch.all(lit.sum(dim=(1, 2)) == side * side)  # the whole digit, nothing else
@@ -105,8 +109,9 @@ def test_the_digit_lies_wholly_inside_the_canvas_at_every_position(canvas: int, 
 
 def test_clutter_puts_that_many_half_size_fragments_on_each_canvas() -> None:
     side, clutter = 8, 3
-    images, labels = render(numbered_digits(200, side), torch.arange(200), 500, 64, clutter,
-                            generator=torch.Generator().manual_seed(2))
+    images, labels = render(
+        numbered_digits(200, side), torch.arange(200), 500, 64, clutter, generator=torch.Generator().manual_seed(2)
+    )
     assert fragment_size(side) == 4
     for image, own in zip(images, labels):
         values, counts = image[image > 0].unique(return_counts=True)
@@ -132,19 +137,35 @@ def test_the_canvas_is_the_image_size() -> None:
     assert from_yaml("digits_scaled", canvas=40).image_size == 40  # the config sets the image size from the canvas
 
 
-@pytest.mark.parametrize("name, overrides, match", [
-    ("digits_cluttered", {"digit_size": None}, "data.digit_size is null, and data=digits_cluttered draws its images "
-                                               "with it; set it (configs/data/digits_cluttered.yaml has the default)"),
-    ("digits_scaled", {"digit_size": 40}, "data.digit_size=40 does not fit on the 32 px canvas; set "
-                                          "data.digit_size <= 32 or a larger data.canvas"),
-    ("digits_scaled", {"image_size": 48}, "data.image_size=48 differs from data.canvas=32: the images are the "
-                                          "canvas; set data.canvas=48 instead"),
-    ("digits_cluttered", {"clutter": -1}, "data.clutter=-1 is invalid: set 0"),
-    ("digits_scaled", {"clutter": 2}, "data.clutter=2 is not used by data=digits_scaled (only data=digits_cluttered "
-                                      "takes it)"),
-    ("digits", {"canvas": 48}, "data.canvas=48 is not used by data=digits"),
-    ("digits_scaled", {"canvas": 0}, "data.canvas=0 is invalid"),
-])
+@pytest.mark.parametrize(
+    "name, overrides, match",
+    [
+        (
+            "digits_cluttered",
+            {"digit_size": None},
+            "data.digit_size is null, and data=digits_cluttered draws its images "
+            "with it; set it (configs/data/digits_cluttered.yaml has the default)",
+        ),
+        (
+            "digits_scaled",
+            {"digit_size": 40},
+            "data.digit_size=40 does not fit on the 32 px canvas; set data.digit_size <= 32 or a larger data.canvas",
+        ),
+        (
+            "digits_scaled",
+            {"image_size": 48},
+            "data.image_size=48 differs from data.canvas=32: the images are the canvas; set data.canvas=48 instead",
+        ),
+        ("digits_cluttered", {"clutter": -1}, "data.clutter=-1 is invalid: set 0"),
+        (
+            "digits_scaled",
+            {"clutter": 2},
+            "data.clutter=2 is not used by data=digits_scaled (only data=digits_cluttered takes it)",
+        ),
+        ("digits", {"canvas": 48}, "data.canvas=48 is not used by data=digits"),
+        ("digits_scaled", {"canvas": 0}, "data.canvas=0 is invalid"),
+    ],
+)
 def test_bad_canvas_settings_are_refused_in_one_line(name: str, overrides: dict, match: str) -> None:
     with pytest.raises(ValueError, match=re.escape(match)) as err:
         check_data_config(from_yaml(name, **overrides))

@@ -19,14 +19,29 @@ QUICK = ["trainer.device=cpu", "trainer.progress=false", "trainer.limit_val_batc
 
 
 def torchrun_cmd(nproc: int, *overrides: str, max_restarts: int = 0) -> list[str]:
-    return [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
-            f"--max-restarts={max_restarts}", "--monitor-interval=0.2", "train.py", *overrides]
+    return [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        f"--nproc_per_node={nproc}",
+        f"--max-restarts={max_restarts}",
+        "--monitor-interval=0.2",
+        "train.py",
+        *overrides,
+    ]
 
 
 def torchrun(nproc: int, *overrides: str, max_restarts: int = 0, timeout: float = 300) -> subprocess.CompletedProcess:
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
-    proc = subprocess.run(torchrun_cmd(nproc, *overrides, max_restarts=max_restarts), cwd=ROOT, env=env,
-                          capture_output=True, text=True, timeout=timeout)
+    proc = subprocess.run(
+        torchrun_cmd(nproc, *overrides, max_restarts=max_restarts),
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-4000:]
     return proc
 
@@ -44,8 +59,14 @@ def launched(nproc: int, *overrides: str, max_restarts: int = 0, log: Path | Non
     """torchrun in the background; it and its workers are killed if the test fails half-way."""
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     out = log.open("w") if log else subprocess.DEVNULL
-    proc = subprocess.Popen(torchrun_cmd(nproc, *overrides, max_restarts=max_restarts), cwd=ROOT, env=env,
-                            stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+    proc = subprocess.Popen(
+        torchrun_cmd(nproc, *overrides, max_restarts=max_restarts),
+        cwd=ROOT,
+        env=env,
+        stdout=out,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
     try:
         yield proc
     finally:
@@ -69,8 +90,14 @@ def children(pid: int) -> list[int]:
 @pytest.mark.slow
 def test_two_processes_share_one_run_folder(tmp_path):
     # microseconds in the folder name: without agreeing on rank 0's clock, two processes would differ
-    proc = torchrun(2, *QUICK, "trainer.epochs=1", "trainer.limit_train_batches=3", "data.batch_size=16",
-                    f"hydra.run.dir={tmp_path}/${{run_time:%H-%M-%S-%f}}")
+    proc = torchrun(
+        2,
+        *QUICK,
+        "trainer.epochs=1",
+        "trainer.limit_train_batches=3",
+        "data.batch_size=16",
+        f"hydra.run.dir={tmp_path}/${{run_time:%H-%M-%S-%f}}",
+    )
     (run_dir,) = [p for p in tmp_path.iterdir()]
     r = results(run_dir)
     assert r["status"] == "completed" and r["world_size"] == 2 and r["global_batch"] == 32
@@ -84,8 +111,18 @@ def test_two_processes_share_one_run_folder(tmp_path):
 @pytest.mark.slow
 def test_two_processes_match_one_with_the_same_global_batch(tmp_path):
     """DDP averages gradients: 2 × batch 8 must take the same steps as 1 × batch 16."""
-    common = [*QUICK, "model=alexnet", "+model.kwargs.dropout=0.0", "conv=gmconv", "data.augment=false",
-              "trainer.epochs=1", "trainer.limit_train_batches=3", "optim=sgd", "optim.lr=0.01", "seed=5"]
+    common = [
+        *QUICK,
+        "model=alexnet",
+        "+model.kwargs.dropout=0.0",
+        "conv=gmconv",
+        "data.augment=false",
+        "trainer.epochs=1",
+        "trainer.limit_train_batches=3",
+        "optim=sgd",
+        "optim.lr=0.01",
+        "seed=5",
+    ]
     torchrun(1, *common, "data.batch_size=16", f"hydra.run.dir={tmp_path / 'one'}")
     torchrun(2, *common, "data.batch_size=8", f"hydra.run.dir={tmp_path / 'two'}")
     one, two = weights(tmp_path / "one"), weights(tmp_path / "two")
@@ -98,14 +135,27 @@ def test_two_processes_match_one_with_the_same_global_batch(tmp_path):
 def test_evaluation_counts_every_sample_once_for_any_world_size(tmp_path):
     data = ["data=fake", "data.val_size=101", "data.batch_size=8", "data.eval_batch_size=7", "model=resnet20"]
     # the checkpoint to evaluate, trained in this process
-    run_in_process(tmp_path / "train", *data, "trainer.device=cpu", "trainer.progress=false", "trainer.epochs=1",
-                   "trainer.limit_train_batches=4")
+    run_in_process(
+        tmp_path / "train",
+        *data,
+        "trainer.device=cpu",
+        "trainer.progress=false",
+        "trainer.epochs=1",
+        "trainer.limit_train_batches=4",
+    )
     ckpt = tmp_path / "train/checkpoints/last.pt"
     seen = []
     for world_size in (1, 2, 3):
         run_dir = tmp_path / f"eval{world_size}"
-        torchrun(world_size, *data, "trainer.device=cpu", "trainer.progress=false", "eval_only=true",
-                 f"ckpt={ckpt}", f"hydra.run.dir={run_dir}")
+        torchrun(
+            world_size,
+            *data,
+            "trainer.device=cpu",
+            "trainer.progress=false",
+            "eval_only=true",
+            f"ckpt={ckpt}",
+            f"hydra.run.dir={run_dir}",
+        )
         r = results(run_dir)
         seen.append((r["eval_samples"], round(r["top1"] * 101 / 100), round(r["top5"] * 101 / 100)))
     assert seen[0][0] == 101
@@ -116,8 +166,15 @@ def test_evaluation_counts_every_sample_once_for_any_world_size(tmp_path):
 def test_ranks_draw_their_own_augmentation_and_a_resumed_run_is_bit_exact(tmp_path):
     """Each rank's global RNG (augmentation with num_workers=0, cutmix) is its own, and every rank's
     state is in the checkpoint: 1 epoch + resume ends with the weights of 2 epochs straight."""
-    common = [*QUICK, "data.batch_size=16", "trainer.limit_train_batches=3", "data.cutmix_alpha=1.0", "sched=none",
-              "trainer.ema_decay=0.9", "seed=2"]
+    common = [
+        *QUICK,
+        "data.batch_size=16",
+        "trainer.limit_train_batches=3",
+        "data.cutmix_alpha=1.0",
+        "sched=none",
+        "trainer.ema_decay=0.9",
+        "seed=2",
+    ]
     torchrun(2, *common, "trainer.epochs=2", f"hydra.run.dir={tmp_path / 'full'}")
     torchrun(2, *common, "trainer.epochs=1", f"hydra.run.dir={tmp_path / 'part'}")
     torchrun(2, f"resume={tmp_path / 'part'}", "trainer.epochs=2")
@@ -134,8 +191,14 @@ def test_ranks_draw_their_own_augmentation_and_a_resumed_run_is_bit_exact(tmp_pa
 @pytest.mark.slow
 def test_a_killed_worker_is_restarted_and_the_run_resumes(tmp_path):
     run_dir = tmp_path / "run"
-    args = [*QUICK, "trainer.epochs=3", "trainer.limit_train_batches=8", "data.batch_size=16", "resume=auto",
-            f"hydra.run.dir={run_dir}"]
+    args = [
+        *QUICK,
+        "trainer.epochs=3",
+        "trainer.limit_train_batches=8",
+        "data.batch_size=16",
+        "resume=auto",
+        f"hydra.run.dir={run_dir}",
+    ]
     with launched(2, *args, max_restarts=1, log=tmp_path / "torchrun.log") as proc:
         wait_for_checkpoint(proc, run_dir / "checkpoints/last.pt", lambda c: c["epoch"] >= 1)
         workers = children(proc.pid)
@@ -151,8 +214,13 @@ def test_a_killed_worker_is_restarted_and_the_run_resumes(tmp_path):
 @pytest.mark.slow
 def test_sigterm_saves_a_checkpoint_and_a_relaunch_continues(tmp_path):
     run_dir = tmp_path / "run"
-    args = [*QUICK, "trainer.epochs=3", "trainer.limit_train_batches=12", "data.batch_size=16",
-            f"hydra.run.dir={run_dir}"]
+    args = [
+        *QUICK,
+        "trainer.epochs=3",
+        "trainer.limit_train_batches=12",
+        "data.batch_size=16",
+        f"hydra.run.dir={run_dir}",
+    ]
     with launched(2, *args) as proc:
         wait_for_checkpoint(proc, run_dir / "checkpoints/last.pt", lambda c: c["epoch"] >= 1)
         proc.send_signal(signal.SIGTERM)

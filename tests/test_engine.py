@@ -25,15 +25,21 @@ from gmconv import DynamicGMConv2d, GMConv2d
 
 
 def test_no_weight_decay_on_sigma_biases_and_norms_and_sigma_in_its_own_group():
-    model = nn.Sequential(GMConv2d(3, 8, 3, sigma_granularity="kernel"), nn.BatchNorm2d(8),
-                          DynamicGMConv2d(8, 8, 3), nn.Flatten(), nn.LazyLinear(2))
+    model = nn.Sequential(
+        GMConv2d(3, 8, 3, sigma_granularity="kernel"),
+        nn.BatchNorm2d(8),
+        DynamicGMConv2d(8, 8, 3),
+        nn.Flatten(),
+        nn.LazyLinear(2),
+    )
     model(torch.randn(2, 3, 6, 6))
     decayed, plain, sigma = param_groups(model, 0.1, sigma_lr_scale=30.0)
     names = {id(p): n for n, p in model.named_parameters()}
     assert {names[id(p)] for p in decayed["params"]} == {"0.weight", "2.weight", "4.weight"}
     assert {names[id(p)] for p in plain["params"]} == {"0.bias", "1.weight", "1.bias", "2.bias", "4.bias"}
     assert {"0.sigma_raw", "2.sigma_predictor.0.weight", "2.sigma_predictor.2.bias"} <= {
-        names[id(p)] for p in sigma["params"]}
+        names[id(p)] for p in sigma["params"]
+    }
     assert decayed["weight_decay"] == 0.1 and plain["weight_decay"] == sigma["weight_decay"] == 0.0
     assert sigma["lr_scale"] == 30.0
     assert len(param_groups(nn.Conv2d(3, 8, 3), 0.1)) == 2  # no σ, no σ group
@@ -43,8 +49,12 @@ def test_sigma_learns_at_the_scaled_rate_through_the_schedule():
     model = nn.Sequential(GMConv2d(3, 4, 3), nn.Flatten(), nn.LazyLinear(2))
     model(torch.randn(1, 3, 5, 5))
     optimizer = build_optimizer(model, OmegaConf.structured(OptimConfig(lr=0.1, sigma_lr_scale=10.0)), 0.1)
-    scheduler = build_scheduler(optimizer, OmegaConf.structured(SchedConfig(name="cosine", warmup_epochs=0)), epochs=1,
-                                optimizer_steps_per_epoch=4)
+    scheduler = build_scheduler(
+        optimizer,
+        OmegaConf.structured(SchedConfig(name="cosine", warmup_epochs=0)),
+        epochs=1,
+        optimizer_steps_per_epoch=4,
+    )
     scheduler.step_update(num_updates=2)
     lrs = [group["lr"] for group in optimizer.param_groups]
     assert lrs[2] == pytest.approx(10 * lrs[0]) and lrs[0] == pytest.approx(0.05)
@@ -94,11 +104,16 @@ def test_topk_counts_cap_k_at_the_number_of_classes():
 def test_restored_optimizer_keeps_its_buffers_but_takes_the_configured_hyperparameters():
     """A resumed run's momentum continues; a changed lr or weight decay applies (with unchanged settings
     the restored groups equal the saved ones exactly)."""
+
     def state_for(lr: float) -> TrainState:
         model = nn.Linear(2, 2)
         optimizer = build_optimizer(model, OmegaConf.structured(OptimConfig(lr=lr)), lr)
-        scheduler = build_scheduler(optimizer, OmegaConf.structured(SchedConfig(name="none", warmup_epochs=0)), epochs=2,
-                                    optimizer_steps_per_epoch=3)
+        scheduler = build_scheduler(
+            optimizer,
+            OmegaConf.structured(SchedConfig(name="none", warmup_epochs=0)),
+            epochs=2,
+            optimizer_steps_per_epoch=3,
+        )
         return TrainState(model=model, optimizer=optimizer, scheduler=scheduler)
 
     trained = state_for(0.1)
@@ -121,8 +136,12 @@ def test_an_optimizer_state_with_other_parameter_groups_is_refused_as_bad_input(
     model = nn.Linear(2, 2)
     two_groups = torch.optim.SGD([{"params": [model.weight]}, {"params": [model.bias]}], lr=0.1)
     one_group = torch.optim.SGD(model.parameters(), lr=0.1)
-    scheduler = build_scheduler(one_group, OmegaConf.structured(SchedConfig(name="none", warmup_epochs=0)), epochs=2,
-                                optimizer_steps_per_epoch=3)
+    scheduler = build_scheduler(
+        one_group,
+        OmegaConf.structured(SchedConfig(name="none", warmup_epochs=0)),
+        epochs=2,
+        optimizer_steps_per_epoch=3,
+    )
     saved = {"model": model.state_dict(), "optimizer": two_groups.state_dict()}
     with pytest.raises(CheckpointError, match=r"run/last.pt holds an optimizer state that does not fit.*layer_decay"):
         restore(TrainState(model=model, optimizer=one_group, scheduler=scheduler), saved, "run/last.pt")
@@ -133,8 +152,13 @@ def test_tracker_writes_one_mask_image_per_gmconv_layer_and_none_for_a_standard_
 
     from engine.tracking import Tracker
 
-    gm = nn.Sequential(GMConv2d(3, 8, 3), nn.ReLU(), GMConv2d(8, 4, 5, sigma_granularity="kernel"),
-                       DynamicGMConv2d(4, 4, 3), nn.Conv2d(4, 4, 1))
+    gm = nn.Sequential(
+        GMConv2d(3, 8, 3),
+        nn.ReLU(),
+        GMConv2d(8, 4, 5, sigma_granularity="kernel"),
+        DynamicGMConv2d(4, 4, 3),
+        nn.Conv2d(4, 4, 1),
+    )
     with torch.no_grad():
         gm[0].sigma_raw.copy_(torch.linspace(-2.0, 2.0, 8))  # 8 different widths
     for name, model in (("gm", gm), ("standard", nn.Sequential(nn.Conv2d(3, 8, 3), nn.Conv2d(8, 8, 3)))):
@@ -185,25 +209,47 @@ def test_a_training_step_never_waits_for_the_device(progress, monkeypatch):
     tolist_calls = []
     original_tolist = torch.Tensor.tolist
     monkeypatch.setattr(torch.Tensor, "tolist", lambda t: tolist_calls.append(1) or original_tolist(t))
-    trainer = OmegaConf.create({"epochs": 1, "limit_train_batches": None, "channels_last": False, "amp": "none",
-                                "label_smoothing": 0.1, "grad_clip": 1.0, "log_every_steps": 1, "accumulate_steps": 2,
-                                "loss": "ce", "bce_target_threshold": None, "ema_decay": 0.9, "ema_warmup": False})
+    trainer = OmegaConf.create(
+        {
+            "epochs": 1,
+            "limit_train_batches": None,
+            "channels_last": False,
+            "amp": "none",
+            "label_smoothing": 0.1,
+            "grad_clip": 1.0,
+            "log_every_steps": 1,
+            "accumulate_steps": 2,
+            "loss": "ce",
+            "bce_target_threshold": None,
+            "ema_decay": 0.9,
+            "ema_warmup": False,
+        }
+    )
     mixing = OmegaConf.create({"mixup_alpha": 0.2, "cutmix_alpha": 1.0, "mix_prob": 1.0, "mix_switch_prob": 0.5})
 
     def host_reads(steps: int) -> int:
         torch.manual_seed(0)
         model = nn.Sequential(GMConv2d(3, 4, 3, padding=1), nn.Flatten(), nn.Linear(4 * 8 * 8, 10))
         optimizer = build_optimizer(model, OmegaConf.structured(OptimConfig()), 0.1)
-        scheduler = build_scheduler(optimizer, OmegaConf.structured(SchedConfig(warmup_epochs=0.5)), epochs=1,
-                                    optimizer_steps_per_epoch=steps)
+        scheduler = build_scheduler(
+            optimizer, OmegaConf.structured(SchedConfig(warmup_epochs=0.5)), epochs=1, optimizer_steps_per_epoch=steps
+        )
         state = TrainState(model=model, optimizer=optimizer, scheduler=scheduler, ema=build_ema(model, trainer))
         # the divergence guard reads its window every check_every steps (a sync by design), never per step
         guard = NonFiniteGuard("stop", 50, check_every=100, counters={}, distributed=False, kept=str)
         batches = [(torch.randn(4, 3, 8, 8), torch.randint(0, 10, (4,))) for _ in range(steps)]
         tolist_calls.clear()
         with _HostReads() as reads:
-            result = train_one_epoch(state, batches, trainer, torch.device("cpu"), epoch=0, progress=progress,
-                                     objective=build_objective(mixing, trainer, num_classes=10), guard=guard)
+            result = train_one_epoch(
+                state,
+                batches,
+                trainer,
+                torch.device("cpu"),
+                epoch=0,
+                progress=progress,
+                objective=build_objective(mixing, trainer, num_classes=10),
+                guard=guard,
+            )
         assert math.isfinite(result["loss"])
         syncs_on_cuda = len(tolist_calls) if progress is Progress.off else 0
         return reads.count + syncs_on_cuda

@@ -22,17 +22,40 @@ from gmconv.erf import GAUSSIAN_MASS, gaussian_fit, spatial_layers
 from helpers import ROOT, failed_with, ok, run_in_process
 from models.cifar_resnet import CifarResNet
 
-TINY_RUN = ["trainer.epochs=1", "trainer.limit_train_batches=2", "trainer.limit_val_batches=1", "data.batch_size=16",
-            "trainer.progress=false"]
-STAT_KEYS = {"centroid_y", "centroid_x", "sigma_y", "sigma_x",
-             "area_ratio@0.2", "area_ratio@0.3", "area_ratio@0.5", "area_ratio@0.99",
-             "gauss_r2", "gauss_mass_1sigma", "gauss_mass_2sigma", "gauss_sigma_major", "gauss_sigma_minor"}
+TINY_RUN = [
+    "trainer.epochs=1",
+    "trainer.limit_train_batches=2",
+    "trainer.limit_val_batches=1",
+    "data.batch_size=16",
+    "trainer.progress=false",
+]
+STAT_KEYS = {
+    "centroid_y",
+    "centroid_x",
+    "sigma_y",
+    "sigma_x",
+    "area_ratio@0.2",
+    "area_ratio@0.3",
+    "area_ratio@0.5",
+    "area_ratio@0.99",
+    "gauss_r2",
+    "gauss_mass_1sigma",
+    "gauss_mass_2sigma",
+    "gauss_sigma_major",
+    "gauss_sigma_minor",
+}
 
 
 def _script_run(*args: str) -> subprocess.CompletedProcess:
     """``python -m scripts.erf *args`` with one thread: tiny tensors, and a 2-core CPU shared with other jobs."""
-    return subprocess.run([sys.executable, "-m", "scripts.erf", *args], cwd=ROOT, capture_output=True, text=True,
-                          timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    return subprocess.run(
+        [sys.executable, "-m", "scripts.erf", *args],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )
 
 
 def _conv(kernel: torch.Tensor) -> nn.Conv2d:
@@ -104,8 +127,16 @@ def test_stats_of_hand_made_maps():
 
 
 def test_the_model_and_inputs_are_left_exactly_as_they_were(one_thread):
-    model = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.BatchNorm2d(4), nn.ReLU(), GMConv2d(4, 4, 3, padding=1),
-                          DynamicGMConv2d(4, 4, 3, padding=1), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 2))
+    model = nn.Sequential(
+        nn.Conv2d(3, 4, 3, padding=1),
+        nn.BatchNorm2d(4),
+        nn.ReLU(),
+        GMConv2d(4, 4, 3, padding=1),
+        DynamicGMConv2d(4, 4, 3, padding=1),
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+        nn.Linear(4, 2),
+    )
     model.train()
     model[1].eval()  # mixed modes
     model[0].bias.requires_grad_(False)  # a frozen parameter
@@ -163,8 +194,11 @@ def sweep(tmp_path_factory) -> Path:
 
 
 def _stats_over(values: list[float]) -> dict:
-    return {"mean": statistics.mean(values), "std": statistics.stdev(values) if len(values) > 1 else None,
-            "n": len(values)}
+    return {
+        "mean": statistics.mean(values),
+        "std": statistics.stdev(values) if len(values) > 1 else None,
+        "n": len(values),
+    }
 
 
 @pytest.mark.slow
@@ -191,7 +225,7 @@ def test_a_sweep_gives_one_condition_per_setting_with_its_seeds_stats_and_each_r
     assert standard["stats"]["sigma_x"]["std"] is None and standard["stats"]["sigma_x"]["n"] == 1
     with Image.open(out / "erf.png") as png:
         assert png.width <= 1200 and png.height <= 900
-    table = proc.stdout[proc.stdout.index("condition"):]
+    table = proc.stdout[proc.stdout.index("condition") :]
     assert "resnet20-gmconv at init " in table and "area_ratio@0.99" in table
     sigma_x = gm["stats"]["sigma_x"]
     assert f"{sigma_x['mean']:.2f} ± {sigma_x['std']:.2f}" in table
@@ -260,8 +294,9 @@ def test_script_refuses_bad_input_in_one_line(sweep, tmp_path, capsys, one_threa
 
 
 def _grid(size: int = 41) -> tuple[torch.Tensor, torch.Tensor]:
-    return torch.meshgrid(torch.arange(size, dtype=torch.float64), torch.arange(size, dtype=torch.float64),
-                          indexing="ij")
+    return torch.meshgrid(
+        torch.arange(size, dtype=torch.float64), torch.arange(size, dtype=torch.float64), indexing="ij"
+    )
 
 
 def test_a_gaussian_map_fits_a_gaussian_and_a_square_or_a_ring_does_not():
@@ -271,7 +306,9 @@ def test_a_gaussian_map_fits_a_gaussian_and_a_square_or_a_ring_does_not():
     u, v = c * (y - 20) + s * (x - 21), -s * (y - 20) + c * (x - 21)
     fit = gaussian_fit(torch.exp(-0.5 * ((u / 5) ** 2 + (v / 2.5) ** 2)))
     assert fit["gauss_r2"] > 0.999
-    assert fit["gauss_sigma_major"] == pytest.approx(5, rel=0.02) and fit["gauss_sigma_minor"] == pytest.approx(2.5, rel=0.04)
+    assert fit["gauss_sigma_major"] == pytest.approx(5, rel=0.02) and fit["gauss_sigma_minor"] == pytest.approx(
+        2.5, rel=0.04
+    )
     assert fit["gauss_mass_1sigma"] == pytest.approx(GAUSSIAN_MASS[1], abs=0.03)
     assert fit["gauss_mass_2sigma"] == pytest.approx(GAUSSIAN_MASS[2], abs=0.02)
     square = gaussian_fit((((y - 20).abs() <= 6) & ((x - 20).abs() <= 6)).double())

@@ -25,8 +25,10 @@ PADDING_MODES = ["zeros", "reflect", "replicate", "circular"]
 
 
 # torch warns that padding="same" with an even kernel copies the input; that case is tested on purpose
-pytestmark = [pytest.mark.filterwarnings("ignore:Using padding='same' with even kernel lengths"),
-              pytest.mark.usefixtures("one_thread")]
+pytestmark = [
+    pytest.mark.filterwarnings("ignore:Using padding='same' with even kernel lengths"),
+    pytest.mark.usefixtures("one_thread"),
+]
 
 
 def randomize_sigma(layer: GMConv2d, low: float = 0.4, high: float = 3.0, seed: int = 0) -> None:
@@ -132,8 +134,16 @@ def test_tiny_sigma_even_kernel_has_no_centre_tap():
 )
 @pytest.mark.parametrize("parametrization", ["softplus", "exp"])
 def test_mask_closed_form(granularity, expected_shape, parametrization):
-    gm = GMConv2d(4, 6, (5, 3), padding=(2, 1), dilation=2, groups=2, sigma_granularity=granularity,
-                  sigma_parametrization=parametrization)
+    gm = GMConv2d(
+        4,
+        6,
+        (5, 3),
+        padding=(2, 1),
+        dilation=2,
+        groups=2,
+        sigma_granularity=granularity,
+        sigma_parametrization=parametrization,
+    )
     randomize_sigma(gm)
     mask, sigma = gm.mask(), gm.sigma
     assert mask.shape == expected_shape
@@ -180,9 +190,14 @@ def test_grid_is_a_non_persistent_buffer_and_mask_follows_weight_dtype():
     assert gm.double().mask().dtype == torch.float64
 
 
-@pytest.mark.parametrize("layer_type, gm_kwargs", [
-    (GMConv2d, {}), (GMConv2d, dict(learnable_sigma=False)), (DynamicGMConv2d, dict(sigma_granularity="kernel")),
-])
+@pytest.mark.parametrize(
+    "layer_type, gm_kwargs",
+    [
+        (GMConv2d, {}),
+        (GMConv2d, dict(learnable_sigma=False)),
+        (DynamicGMConv2d, dict(sigma_granularity="kernel")),
+    ],
+)
 def test_device_and_dtype_reach_every_tensor(layer_type, gm_kwargs):
     """device=/dtype= place the grid, σ and the dynamic predictor too (the meta device stands in
     for a GPU: a tensor left on the CPU makes the forward fail)."""
@@ -209,8 +224,16 @@ def test_extra_repr_shows_gmconv_settings():
 @pytest.mark.parametrize("parametrization", ["softplus", "exp"])
 def test_gradcheck_input_weight_sigma(granularity, parametrization):
     torch.manual_seed(0)
-    gm = GMConv2d(4, 4, 3, padding=1, groups=2, sigma_granularity=granularity,
-                  sigma_parametrization=parametrization, dtype=torch.float64)
+    gm = GMConv2d(
+        4,
+        4,
+        3,
+        padding=1,
+        groups=2,
+        sigma_granularity=granularity,
+        sigma_parametrization=parametrization,
+        dtype=torch.float64,
+    )
     randomize_sigma(gm, low=0.5, high=2.0)
     params = {k: v.detach().clone().requires_grad_() for k, v in gm.named_parameters()}
     names = list(params)
@@ -275,10 +298,14 @@ def test_dynamic_layer_bad_reduction_and_static_layer_has_no_dynamic_options():
 @pytest.mark.parametrize(
     "changes,match",
     [
-        (dict(sigma_granularity="pixel"),
-         r"^sigma_granularity='pixel' is not valid; choose one of layer, channel, kernel"),
-        (dict(sigma_parametrization="relu"),
-         r"^sigma_parametrization='relu' is not valid; choose one of softplus, exp"),
+        (
+            dict(sigma_granularity="pixel"),
+            r"^sigma_granularity='pixel' is not valid; choose one of layer, channel, kernel",
+        ),
+        (
+            dict(sigma_parametrization="relu"),
+            r"^sigma_parametrization='relu' is not valid; choose one of softplus, exp",
+        ),
         (dict(sigma_min=0.0), r"^sigma_min=0\.0 must be > 0"),
         (dict(sigma_init=0.1), r"^sigma_init=0\.1 must be greater than sigma_min=0\.1"),
         (dict(sigma_init=0.5, sigma_min=0.6), r"^sigma_init=0\.5 must be greater than sigma_min=0\.6"),
@@ -302,23 +329,54 @@ def test_options_defaults_are_valid_and_are_the_layers_defaults():
     layer = GMConv2d(3, 4, 3)
     dynamic = DynamicGMConv2d(3, 4, 3)
     options = GMConvOptions()
-    assert (layer.sigma_init, layer.sigma_granularity, layer.sigma_parametrization, layer.sigma_min,
-            layer.learnable_sigma) == (options.sigma_init, options.sigma_granularity, options.sigma_parametrization,
-                                       options.sigma_min, options.learnable_sigma)
+    assert (
+        layer.sigma_init,
+        layer.sigma_granularity,
+        layer.sigma_parametrization,
+        layer.sigma_min,
+        layer.learnable_sigma,
+    ) == (
+        options.sigma_init,
+        options.sigma_granularity,
+        options.sigma_parametrization,
+        options.sigma_min,
+        options.learnable_sigma,
+    )
     assert dynamic.dynamic_reduction == options.dynamic_reduction
     assert options.layer_kwargs(GMConv2d) == dict(
-        sigma_init=2.0, sigma_mode="absolute", sigma_granularity="channel", sigma_parametrization="softplus", sigma_min=0.1,
-        learnable_sigma=True)
+        sigma_init=2.0,
+        sigma_mode="absolute",
+        sigma_granularity="channel",
+        sigma_parametrization="softplus",
+        sigma_min=0.1,
+        learnable_sigma=True,
+    )
     assert options.layer_kwargs(DynamicGMConv2d) == dict(
-        sigma_init=2.0, sigma_mode="absolute", sigma_granularity="channel", sigma_parametrization="softplus", sigma_min=0.1,
-        dynamic_reduction=16)
+        sigma_init=2.0,
+        sigma_mode="absolute",
+        sigma_granularity="channel",
+        sigma_parametrization="softplus",
+        sigma_min=0.1,
+        dynamic_reduction=16,
+    )
 
 
 # One value other than the default for every option: each must change what it configures.
-NON_DEFAULT = {"sigma_init": 3.0, "sigma_mode": "relative", "sigma_granularity": "kernel",
-               "sigma_parametrization": "exp", "sigma_min": 0.5, "learnable_sigma": False, "dynamic_reduction": 1,
-               "dynamic": True, "min_kernel_size": 5, "convert_patchify": True, "include": ["b"], "exclude": ["b"],
-               "enlarge_by": 2}
+NON_DEFAULT = {
+    "sigma_init": 3.0,
+    "sigma_mode": "relative",
+    "sigma_granularity": "kernel",
+    "sigma_parametrization": "exp",
+    "sigma_min": 0.5,
+    "learnable_sigma": False,
+    "dynamic_reduction": 1,
+    "dynamic": True,
+    "min_kernel_size": 5,
+    "convert_patchify": True,
+    "include": ["b"],
+    "exclude": ["b"],
+    "enlarge_by": 2,
+}
 
 
 def test_every_option_is_read_by_a_layer_or_by_the_conversion():
@@ -331,8 +389,11 @@ def _fingerprint(layer: nn.Module) -> tuple:
     """What an option can change in a layer: its parameters, its state and what it computes."""
     torch.manual_seed(1)
     out = layer(torch.randn(2, layer.in_channels, 9, 9))
-    return (sorted(n for n, _ in layer.named_parameters()),
-            {k: (tuple(v.shape), v.flatten()[:4].tolist()) for k, v in layer.state_dict().items()}, out.flatten()[:8])
+    return (
+        sorted(n for n, _ in layer.named_parameters()),
+        {k: (tuple(v.shape), v.flatten()[:4].tolist()) for k, v in layer.state_dict().items()},
+        out.flatten()[:8],
+    )
 
 
 @pytest.mark.parametrize("layer_type, name", [(t, n) for t in (GMConv2d, DynamicGMConv2d) for n in t.OPTIONS])
@@ -378,8 +439,10 @@ def test_str_enum_arguments_are_accepted():
 def small_net(layer_type: type[nn.Conv2d] = GMConv2d, **gm_kwargs) -> nn.Module:
     torch.manual_seed(0)
     net = nn.Sequential(
-        layer_type(3, 8, 3, padding=1, **gm_kwargs), nn.ReLU(),
-        layer_type(8, 8, 3, stride=2, padding=1, groups=8, padding_mode="reflect", **gm_kwargs), nn.ReLU(),
+        layer_type(3, 8, 3, padding=1, **gm_kwargs),
+        nn.ReLU(),
+        layer_type(8, 8, 3, stride=2, padding=1, groups=8, padding_mode="reflect", **gm_kwargs),
+        nn.ReLU(),
         layer_type(8, 4, (3, 5), padding="same", bias=False, **gm_kwargs),
     )
     for m in net:
@@ -393,8 +456,10 @@ def test_state_dict_round_trip(gm_kwargs):
     src = small_net(**gm_kwargs)
     torch.manual_seed(1)
     dst = nn.Sequential(
-        GMConv2d(3, 8, 3, padding=1, **gm_kwargs), nn.ReLU(),
-        GMConv2d(8, 8, 3, stride=2, padding=1, groups=8, padding_mode="reflect", **gm_kwargs), nn.ReLU(),
+        GMConv2d(3, 8, 3, padding=1, **gm_kwargs),
+        nn.ReLU(),
+        GMConv2d(8, 8, 3, stride=2, padding=1, groups=8, padding_mode="reflect", **gm_kwargs),
+        nn.ReLU(),
         GMConv2d(8, 4, (3, 5), padding="same", bias=False, **gm_kwargs),
     )
     x = torch.randn(2, 3, 10, 10)
@@ -429,9 +494,14 @@ def test_deepcopy_and_pickle(how, layer_type):
     assert net[0].weight.abs().sum() > 0
 
 
-@pytest.mark.parametrize("layer_type, gm_kwargs", [
-    (GMConv2d, {}), (GMConv2d, dict(sigma_granularity="kernel")), (DynamicGMConv2d, {}),
-])
+@pytest.mark.parametrize(
+    "layer_type, gm_kwargs",
+    [
+        (GMConv2d, {}),
+        (GMConv2d, dict(sigma_granularity="kernel")),
+        (DynamicGMConv2d, {}),
+    ],
+)
 def test_channels_last_matches_contiguous(layer_type, gm_kwargs):
     net = small_net(layer_type, **gm_kwargs)
     x = torch.randn(3, 3, 12, 12)
@@ -571,8 +641,9 @@ def test_a_sigma_changed_through_data_is_used_by_the_next_forward():
     """Each forward builds its masks from σ as it is then: a layer skipped in one pass and changed through
     ``.data`` (which moves no version counter) computes with its new σ."""
     torch.manual_seed(0)
-    net = convert_to_gmconv(nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.Conv2d(8, 8, 3, padding=1),
-                                          nn.Conv2d(8, 8, 3, padding=1)))
+    net = convert_to_gmconv(
+        nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.Conv2d(8, 8, 3, padding=1), nn.Conv2d(8, 8, 3, padding=1))
+    )
     x, z = torch.randn(2, 3, 8, 8), torch.randn(2, 8, 8, 8)
     net[:2](x)
     net[2].sigma_raw.data.fill_(-3.0)

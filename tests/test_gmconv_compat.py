@@ -59,8 +59,11 @@ def test_torchvision_feature_extractor_traces_through_gmconv(dynamic):
         torch.testing.assert_close(got["mid"], expected, rtol=0, atol=0)
         torch.testing.assert_close(got["out"], model.layer4(model.layer3(expected)), rtol=0, atol=0)
     if dynamic:  # tracing stored no Proxy as the layer's σ
-        assert all(m.last_sigma is None or isinstance(m.last_sigma, torch.Tensor)
-                   for m in model.modules() if isinstance(m, DynamicGMConv2d))
+        assert all(
+            m.last_sigma is None or isinstance(m.last_sigma, torch.Tensor)
+            for m in model.modules()
+            if isinstance(m, DynamicGMConv2d)
+        )
 
 
 def test_timm_features_only_and_fx_feature_graph_on_converted_models():
@@ -166,8 +169,10 @@ def test_relative_sigma_is_a_fraction_of_the_kernel_radius(layer_type, kernel, r
 
 def test_alexnet_stem_mask_in_both_modes():
     """The numbers gmconv/README.md quotes for the paper's 11×11 AlexNet stem at the default σ."""
-    stems = {mode: convert_to_gmconv(torchvision.models.alexnet(), sigma_mode=mode).features[0]
-             for mode in ("absolute", "relative")}
+    stems = {
+        mode: convert_to_gmconv(torchvision.models.alexnet(), sigma_mode=mode).features[0]
+        for mode in ("absolute", "relative")
+    }
     for mode, sigma in (("absolute", 2.0), ("relative", 10.0)):
         mask = stems[mode].mask()[0, 0]
         assert mask[0, 0].item() == pytest.approx(math.exp(-50 / (2 * sigma**2)), rel=1e-5)  # corner: d² = 5² + 5²
@@ -209,14 +214,18 @@ def test_sigma_without_gradient_names_zero_init_blocks_and_1x1_maps():
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("builder, kwargs", [
-    ("fasterrcnn_mobilenet_v3_large_320_fpn", {}),
-    ("retinanet_resnet50_fpn", {"score_thresh": 0.0}),  # untrained, every score is under the default 0.05
-])
+@pytest.mark.parametrize(
+    "builder, kwargs",
+    [
+        ("fasterrcnn_mobilenet_v3_large_320_fpn", {}),
+        ("retinanet_resnet50_fpn", {"score_thresh": 0.0}),  # untrained, every score is under the default 0.05
+    ],
+)
 def test_detection_models_convert_train_and_fold_exactly(builder, kwargs):
     torch.manual_seed(0)
-    model = torchvision.models.get_model(builder, weights=None, weights_backbone=None, num_classes=3,
-                                         min_size=64, max_size=64, **kwargs)
+    model = torchvision.models.get_model(
+        builder, weights=None, weights_backbone=None, num_classes=3, min_size=64, max_size=64, **kwargs
+    )
     report = ConversionReport()
     model = convert_to_gmconv(model, report=report)
     assert report.converted and all(isinstance(model.get_submodule(n), GMConv2d) for n in report.converted)
@@ -225,8 +234,9 @@ def test_detection_models_convert_train_and_fold_exactly(builder, kwargs):
     losses = model.train()(images, targets)
     sum(losses.values()).backward()
     assert all(torch.isfinite(v) for v in losses.values())
-    assert any(m.sigma_raw.grad is not None and m.sigma_raw.grad.any() for m in model.modules()
-               if isinstance(m, GMConv2d))
+    assert any(
+        m.sigma_raw.grad is not None and m.sigma_raw.grad.any() for m in model.modules() if isinstance(m, GMConv2d)
+    )
     model.eval()
     with torch.no_grad():
         expected = model(images)
@@ -242,10 +252,24 @@ def test_detection_models_convert_train_and_fold_exactly(builder, kwargs):
 
 
 ZOO_FAMILIES = [
-    "timm:test_resnet", "timm:test_efficientnet", "timm:test_vit", "timm:test_convnext", "timm:test_byobnet",
-    "timm:regnetx_002", "timm:mobilenetv3_small_050", "timm:lcnet_050", "timm:mnasnet_050", "timm:ghostnet_050",
-    "timm:mixnet_s", "timm:tf_efficientnet_b0", "timm:mobilevit_xxs",
-    "timm:edgenext_xx_small", "timm:levit_128s", "timm:pvt_v2_b0", "tv:squeezenet1_1", "tv:shufflenet_v2_x0_5",
+    "timm:test_resnet",
+    "timm:test_efficientnet",
+    "timm:test_vit",
+    "timm:test_convnext",
+    "timm:test_byobnet",
+    "timm:regnetx_002",
+    "timm:mobilenetv3_small_050",
+    "timm:lcnet_050",
+    "timm:mnasnet_050",
+    "timm:ghostnet_050",
+    "timm:mixnet_s",
+    "timm:tf_efficientnet_b0",
+    "timm:mobilevit_xxs",
+    "timm:edgenext_xx_small",
+    "timm:levit_128s",
+    "timm:pvt_v2_b0",
+    "tv:squeezenet1_1",
+    "tv:shufflenet_v2_x0_5",
     "tv:mobilenet_v3_small",
 ]
 
@@ -298,7 +322,13 @@ assert torch.allclose(gmconv.fold_gmconv(copy.deepcopy(net).eval())(x), net.eval
 print(sorted(gmconv.sigma_stats(net)), round(float(gmconv.erf_map(net, x).sum()), 6))
 assert not [m for m in sys.modules if m.split(".")[0] in {blocked!r}]
 """
-    proc = subprocess.run([sys.executable, "-c", program], cwd=tmp_path, capture_output=True, text=True, timeout=120,
-                          env={**os.environ, "PYTHONPATH": str(ROOT)})
+    proc = subprocess.run(
+        [sys.executable, "-c", program],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+    )
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert proc.stdout.strip() == "['0', '2'] 1.0"

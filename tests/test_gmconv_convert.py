@@ -25,8 +25,10 @@ from gmconv import (
 )
 
 # torch warns that padding="same" with an even kernel copies the input; that case is tested on purpose
-pytestmark = [pytest.mark.filterwarnings("ignore:Using padding='same' with even kernel lengths"),
-              pytest.mark.usefixtures("one_thread")]
+pytestmark = [
+    pytest.mark.filterwarnings("ignore:Using padding='same' with even kernel lengths"),
+    pytest.mark.usefixtures("one_thread"),
+]
 
 
 def randomize_sigmas(model: nn.Module, seed: int = 0) -> None:
@@ -90,11 +92,15 @@ def test_resnet50_converted_with_huge_sigma_computes_the_same_function(resnet50_
     [
         (dict(exclude=["conv1"]), RESNET50_SPATIAL[1:]),
         (dict(include=["layer4.*"]), [n for n in RESNET50_SPATIAL if n.startswith("layer4")]),
-        (dict(include=["layer[12].*", "conv1"], exclude=["layer2.*"]),
-         [n for n in RESNET50_SPATIAL if n == "conv1" or n.startswith("layer1")]),
+        (
+            dict(include=["layer[12].*", "conv1"], exclude=["layer2.*"]),
+            [n for n in RESNET50_SPATIAL if n == "conv1" or n.startswith("layer1")],
+        ),
         (dict(min_kernel_size=5), ["conv1"]),
-        (dict(min_kernel_size=1, include=["layer1.0.*"]),
-         ["layer1.0.conv1", "layer1.0.conv2", "layer1.0.conv3", "layer1.0.downsample.0"]),
+        (
+            dict(min_kernel_size=1, include=["layer1.0.*"]),
+            ["layer1.0.conv1", "layer1.0.conv2", "layer1.0.conv3", "layer1.0.downsample.0"],
+        ),
     ],
 )
 def test_include_exclude_min_kernel_size(resnet50_pair, kwargs, expected):
@@ -104,8 +110,9 @@ def test_include_exclude_min_kernel_size(resnet50_pair, kwargs, expected):
     assert sorted(gm_layers(model)) == sorted(expected)
     if "exclude" in kwargs:
         excluded = [n for n in report.skipped if any(fnmatch.fnmatch(n, p) for p in kwargs["exclude"])]
-        assert excluded and all(report.skipped[n] in ("matched by exclude", "kernel smaller than min_kernel_size=3")
-                                for n in excluded)
+        assert excluded and all(
+            report.skipped[n] in ("matched by exclude", "kernel smaller than min_kernel_size=3") for n in excluded
+        )
     if "conv1" not in expected and "exclude" in kwargs:
         assert type(model.conv1) is nn.Conv2d and report.skipped["conv1"] == "matched by exclude"
 
@@ -200,10 +207,14 @@ def test_conversion_keeps_frozen_weights_frozen_and_is_idempotent():
 
 @pytest.mark.parametrize(
     "kwargs,match",
-    [(dict(enlarge_by=1), "enlarge_by=1"), (dict(enlarge_by=-2), "enlarge_by=-2"),
-     (dict(min_kernel_size=0), "min_kernel_size=0"), (dict(sigma_init=-1.0), "sigma_init=-1.0"),
-     (dict(sigma_granularity="pixel"), "sigma_granularity"),
-     (dict(dynamic=True, learnable_sigma=False), "learnable_sigma")],
+    [
+        (dict(enlarge_by=1), "enlarge_by=1"),
+        (dict(enlarge_by=-2), "enlarge_by=-2"),
+        (dict(min_kernel_size=0), "min_kernel_size=0"),
+        (dict(sigma_init=-1.0), "sigma_init=-1.0"),
+        (dict(sigma_granularity="pixel"), "sigma_granularity"),
+        (dict(dynamic=True, learnable_sigma=False), "learnable_sigma"),
+    ],
 )
 def test_convert_bad_options_raise_before_touching_the_model(kwargs, match):
     model = nn.Sequential(nn.Conv2d(3, 4, 3))
@@ -350,12 +361,28 @@ def test_fold_matches_converted_model_and_loads_into_torchvision(arch):
 
 def test_fold_layer_and_root_layer():
     torch.manual_seed(0)
-    gm = GMConv2d(4, 6, (3, 5), stride=2, padding="valid", dilation=(1, 2), groups=2, padding_mode="reflect",
-                  sigma_granularity="kernel", sigma_init=1.2)
+    gm = GMConv2d(
+        4,
+        6,
+        (3, 5),
+        stride=2,
+        padding="valid",
+        dilation=(1, 2),
+        groups=2,
+        padding_mode="reflect",
+        sigma_granularity="kernel",
+        sigma_init=1.2,
+    )
     conv = fold_gmconv(gm)
     assert type(conv) is nn.Conv2d
     assert (conv.kernel_size, conv.stride, conv.padding, conv.dilation, conv.groups, conv.padding_mode) == (
-        gm.kernel_size, gm.stride, gm.padding, gm.dilation, gm.groups, gm.padding_mode)
+        gm.kernel_size,
+        gm.stride,
+        gm.padding,
+        gm.dilation,
+        gm.groups,
+        gm.padding_mode,
+    )
     x = torch.randn(2, 4, 11, 13)
     torch.testing.assert_close(conv(x), gm(x), atol=1e-6, rtol=1e-6)
     torch.testing.assert_close(conv.weight, gm.weight * gm.mask())
@@ -379,7 +406,9 @@ def test_folding_a_dynamic_layer_raises():
 def test_sigma_stats_per_layer():
     torch.manual_seed(0)
     model = nn.Sequential(
-        GMConv2d(3, 4, 3, sigma_granularity="kernel"), nn.Conv2d(4, 4, 3), GMConv2d(4, 5, 3, sigma_granularity="layer"),
+        GMConv2d(3, 4, 3, sigma_granularity="kernel"),
+        nn.Conv2d(4, 4, 3),
+        GMConv2d(4, 5, 3, sigma_granularity="layer"),
         DynamicGMConv2d(5, 6, 1),
     )
     randomize_sigmas(model)
@@ -403,7 +432,12 @@ def test_sigma_parameters_are_the_learnable_sigmas_and_dynamic_predictors_each_o
     shared = GMConv2d(4, 4, 3)
     dynamic = DynamicGMConv2d(4, 4, 3)
     model = nn.Sequential(
-        GMConv2d(3, 4, 3), nn.Conv2d(4, 4, 3), GMConv2d(4, 4, 3, learnable_sigma=False), shared, shared, dynamic,
+        GMConv2d(3, 4, 3),
+        nn.Conv2d(4, 4, 3),
+        GMConv2d(4, 4, 3, learnable_sigma=False),
+        shared,
+        shared,
+        dynamic,
         nn.BatchNorm2d(4),
     )
     found = sigma_parameters(model)

@@ -101,8 +101,9 @@ def test_dynamic_predictor_receives_gradients():
 
 def test_dynamic_in_a_network_trains_a_step():
     torch.manual_seed(0)
-    net = nn.Sequential(DynamicGMConv2d(3, 8, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
-                        nn.Linear(8, 2))
+    net = nn.Sequential(
+        DynamicGMConv2d(3, 8, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 2)
+    )
     opt = torch.optim.SGD(net.parameters(), lr=0.1)
     x, y = torch.randn(4, 3, 8, 8), torch.tensor([0, 1, 0, 1])
     before = net[0].sigma_predictor[2].bias.clone()

@@ -88,34 +88,40 @@ def test_zero_init_residual_starts_every_block_as_the_identity():
     torch.testing.assert_close(blocks[0].eval()(x), x)  # the residual branch adds nothing: relu(0 + x) = x
 
 
-@pytest.mark.parametrize("overrides, zero_init", [
-    (["model=resnet110"], True),  # on the digits, where the deep ResNets needed it (docs/BACKBONES.md)
-    (["model=resnet20"], False),
-    (["model=resnet18"], True),
-    (["model=resnet18", "data=imagenet"], False),  # only on the digits
-    (["model=resnet56", "data=cifar10"], False),
-    (["model=resnet56", "model.kwargs.zero_init_residual=false"], False),  # a typed value wins
-    (["experiment=cifar100_resnet110"], False),  # He et al.'s recipes keep their initialisation
-    (["experiment=imagenet_resnet50"], False),
-])
+@pytest.mark.parametrize(
+    "overrides, zero_init",
+    [
+        (["model=resnet110"], True),  # on the digits, where the deep ResNets needed it (docs/BACKBONES.md)
+        (["model=resnet20"], False),
+        (["model=resnet18"], True),
+        (["model=resnet18", "data=imagenet"], False),  # only on the digits
+        (["model=resnet56", "data=cifar10"], False),
+        (["model=resnet56", "model.kwargs.zero_init_residual=false"], False),  # a typed value wins
+        (["experiment=cifar100_resnet110"], False),  # He et al.'s recipes keep their initialisation
+        (["experiment=imagenet_resnet50"], False),
+    ],
+)
 def test_deep_resnets_zero_init_residual_branches_on_the_digits_only(overrides, zero_init):
     assert compose_train(*overrides).model.kwargs.get("zero_init_residual", False) is zero_init
 
 
-@pytest.mark.parametrize("overrides, optimizer, lr", [
-    (["model=alexnet"], "adamw", 1e-3),  # its exception on the digits (configs/optim_exception/digits_alexnet.yaml)
-    (["model=alexnet", "optim=sgd"], "sgd", 0.1),  # an optimizer chosen on the command line has no exception
-    (["model=alexnet", "data=imagenet"], "sgd", 0.01),  # torchvision's AlexNet recipe on ImageNet
-    (["experiment=imagenet_alexnet"], "sgd", 0.01),
-    (["model=resnet110"], "sgd", 0.2),  # configs/optim_exception/digits_resnet110.yaml
-    (["model=resnet110", "optim=adamw"], "adamw", 1e-3),
-    (["model=resnet110", "data=cifar10"], "sgd", 0.1),  # He et al.'s recipe
-    (["experiment=cifar10_resnet110"], "sgd", 0.1),
-    (["model=vgg16_bn"], "sgd", 0.05),  # configs/optim_exception/digits_vgg11_bn.yaml
-    (["model=vgg16_bn", "data=cifar10"], "sgd", 0.1),
-    (["model=vgg16_bn", "optim.lr=0.02"], "sgd", 0.02),  # a typed value wins
-    (["model=resnet20"], "sgd", 0.1),
-])
+@pytest.mark.parametrize(
+    "overrides, optimizer, lr",
+    [
+        (["model=alexnet"], "adamw", 1e-3),  # its exception on the digits (configs/optim_exception/digits_alexnet.yaml)
+        (["model=alexnet", "optim=sgd"], "sgd", 0.1),  # an optimizer chosen on the command line has no exception
+        (["model=alexnet", "data=imagenet"], "sgd", 0.01),  # torchvision's AlexNet recipe on ImageNet
+        (["experiment=imagenet_alexnet"], "sgd", 0.01),
+        (["model=resnet110"], "sgd", 0.2),  # configs/optim_exception/digits_resnet110.yaml
+        (["model=resnet110", "optim=adamw"], "adamw", 1e-3),
+        (["model=resnet110", "data=cifar10"], "sgd", 0.1),  # He et al.'s recipe
+        (["experiment=cifar10_resnet110"], "sgd", 0.1),
+        (["model=vgg16_bn"], "sgd", 0.05),  # configs/optim_exception/digits_vgg11_bn.yaml
+        (["model=vgg16_bn", "data=cifar10"], "sgd", 0.1),
+        (["model=vgg16_bn", "optim.lr=0.02"], "sgd", 0.02),  # a typed value wins
+        (["model=resnet20"], "sgd", 0.1),
+    ],
+)
 def test_an_exception_applies_on_its_data_to_the_recipes_optimizer_only(overrides, optimizer, lr):
     optim = compose_train(*overrides).optim
     assert (optim.name, optim.lr) == (optimizer, pytest.approx(lr))
@@ -130,11 +136,14 @@ def test_cifar_resnet_rejects_bad_arguments(kwargs, match):
 # ---------------------------------------------------------------- sources and the registry
 
 
-@pytest.mark.parametrize("source, name, listed", [
-    ("local", "resnet21", "resnet20"),
-    ("torchvision", "resnet51", "resnet50"),
-    ("timm", "resnet51x", "resnet50"),
-])
+@pytest.mark.parametrize(
+    "source, name, listed",
+    [
+        ("local", "resnet21", "resnet20"),
+        ("torchvision", "resnet51", "resnet50"),
+        ("timm", "resnet51x", "resnet50"),
+    ],
+)
 def test_unknown_model_name_lists_choices(source, name, listed):
     with pytest.raises(ValueError, match=rf"{name}.*{listed}") as err:
         create_backbone(source, name, num_classes=10)
@@ -180,12 +189,21 @@ def test_resnet50_gets_a_cifar_stem_at_32_px_only():
     assert isinstance(large.maxpool, nn.MaxPool2d)
 
 
-@pytest.mark.parametrize("name, adapted", [
-    ("alexnet", lambda m: m.features[0].kernel_size == (5, 5) and m.features[0].stride == (1, 1)
-     and m.classifier[1].in_features == 256),
-    ("vgg11_bn", lambda m: isinstance(m.avgpool, nn.AdaptiveAvgPool2d) and m.classifier[0].in_features == 512),
-    ("mobilenet_v2", lambda m: m.features[0][0].stride == (1, 1)),
-])
+@pytest.mark.parametrize(
+    "name, adapted",
+    [
+        (
+            "alexnet",
+            lambda m: (
+                m.features[0].kernel_size == (5, 5)
+                and m.features[0].stride == (1, 1)
+                and m.classifier[1].in_features == 256
+            ),
+        ),
+        ("vgg11_bn", lambda m: isinstance(m.avgpool, nn.AdaptiveAvgPool2d) and m.classifier[0].in_features == 512),
+        ("mobilenet_v2", lambda m: m.features[0][0].stride == (1, 1)),
+    ],
+)
 def test_small_input_families_classify_32_px_images(name, adapted):
     model = torchvision_backbone(name, image_size=32)
     assert adapted(model)
@@ -239,8 +257,15 @@ def test_apply_conv_standard_leaves_the_model_untouched():
 
 def test_apply_conv_passes_every_option_on():
     cfg = ConvConfig(
-        type="gmconv", sigma_init=1.5, sigma_granularity="layer", sigma_parametrization="exp", sigma_min=0.2,
-        learnable_sigma=False, min_kernel_size=3, exclude=["conv1"], enlarge_by=2,
+        type="gmconv",
+        sigma_init=1.5,
+        sigma_granularity="layer",
+        sigma_parametrization="exp",
+        sigma_min=0.2,
+        learnable_sigma=False,
+        min_kernel_size=3,
+        exclude=["conv1"],
+        enlarge_by=2,
     )
     model = create_backbone("local", "resnet20", num_classes=10)
     report = apply_conv(model, cfg)
@@ -248,7 +273,11 @@ def test_apply_conv_passes_every_option_on():
     layer = model.layer1[0].conv1
     assert isinstance(layer, GMConv2d) and layer.kernel_size == (5, 5)
     assert (layer.sigma_init, layer.sigma_granularity, layer.sigma_parametrization, layer.sigma_min) == (
-        1.5, "layer", "exp", 0.2)
+        1.5,
+        "layer",
+        "exp",
+        0.2,
+    )
     assert "sigma_raw" not in dict(layer.named_parameters())  # a fixed mask is a buffer
     dynamic = create_backbone("local", "resnet20", num_classes=10)
     report = apply_conv(dynamic, ConvConfig(type="gmconv", dynamic=True, dynamic_reduction=4))
@@ -260,16 +289,19 @@ def test_apply_conv_passes_every_option_on():
 def test_apply_conv_rejects_a_pattern_that_matches_no_convolution(option):
     cfg = ConvConfig(type="gmconv", **{option: ["stem", "layer1.*"]})
     model = create_backbone("local", "resnet20", num_classes=10)
-    message = (rf"^conv\.{option}=\[stem\] matches no convolution of resnet20 "
-               r"\(layer names look like conv1, layer1\.0\.conv1, layer1\.0\.conv2, \.\.\.\); fix the pattern$")
+    message = (
+        rf"^conv\.{option}=\[stem\] matches no convolution of resnet20 "
+        r"\(layer names look like conv1, layer1\.0\.conv1, layer1\.0\.conv2, \.\.\.\); fix the pattern$"
+    )
     with pytest.raises(ValueError, match=message):
         apply_conv(model, cfg, model_name="resnet20")
 
 
 def test_apply_conv_validates_the_options():
     with pytest.raises(ValueError, match="sigma_granularity='pixel'"):
-        apply_conv(create_backbone("local", "resnet20", num_classes=10),
-                   ConvConfig(type="gmconv", sigma_granularity="pixel"))
+        apply_conv(
+            create_backbone("local", "resnet20", num_classes=10), ConvConfig(type="gmconv", sigma_granularity="pixel")
+        )
 
 
 def test_timm_backbone_builds_converts_and_runs():
@@ -344,8 +376,9 @@ def test_pretrained_torchvision_reads_the_hub_cache_and_never_downloads(tmp_path
         build_backbone(resnet18_cfg("torchvision"), num_classes=10, image_size=32)
     expected.parent.mkdir(parents=True)
     torch.save(resnet18_imagenet_state, expected)
-    assert_holds_backbone_weights(build_backbone(resnet18_cfg("torchvision"), num_classes=10, image_size=32),
-                                  resnet18_imagenet_state)
+    assert_holds_backbone_weights(
+        build_backbone(resnet18_cfg("torchvision"), num_classes=10, image_size=32), resnet18_imagenet_state
+    )
 
 
 @pytest.mark.parametrize("source, name", [("timm", "resnet10t"), ("local", "resnet20")])
@@ -354,20 +387,23 @@ def test_pretrained_torchvision_needs_a_torchvision_model(source, name):
         build_backbone(ModelConfig(name=name, source=source, pretrained="torchvision"), num_classes=10, image_size=32)
 
 
-
 def randomize_gmconv_sigma(model: nn.Module) -> None:
     """Move every σ (or dynamic predictor) away from its init, as training would."""
     g = torch.Generator().manual_seed(1)
     for module in model.modules():
-        params = [module.sigma_raw] if isinstance(module, GMConv2d) else (
-            list(module.sigma_predictor.parameters()) if isinstance(module, DynamicGMConv2d) else [])
+        params = (
+            [module.sigma_raw]
+            if isinstance(module, GMConv2d)
+            else (list(module.sigma_predictor.parameters()) if isinstance(module, DynamicGMConv2d) else [])
+        )
         for p in params:
             with torch.no_grad():
                 p.uniform_(-1.0, 3.0, generator=g)
 
 
-@pytest.mark.parametrize("conv", [GMCONV, ConvConfig(name="gmconv_dynamic", type="gmconv", dynamic=True)],
-                         ids=["gmconv", "dynamic"])
+@pytest.mark.parametrize(
+    "conv", [GMCONV, ConvConfig(name="gmconv_dynamic", type="gmconv", dynamic=True)], ids=["gmconv", "dynamic"]
+)
 def test_pretrained_gmconv_checkpoint_keeps_its_sigma(tmp_path, conv, caplog):
     """A GMConv run's checkpoint as model.pretrained: σ too is loaded, after the conversion."""
     trained = build_model(ModelConfig(), conv, num_classes=10, image_size=32)
@@ -399,6 +435,7 @@ def test_pretrained_plain_weights_load_before_enlarge_by_and_sigma_stays_at_init
     assert layer.weight[:, :, 0].abs().sum() == 0
     assert "19 tensors left at their initialisation: conv1.sigma_raw" in caplog.text
     assert "ignored" not in caplog.text and "dropped" not in caplog.text
+
 
 # ---------------------------------------------------------------- size and cost
 

@@ -24,8 +24,9 @@ for name in ("gmconv", "data", "models", "engine"):
 
 def test_framework_packages_do_not_shadow_other_projects(tmp_path):
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
-    out = subprocess.run([sys.executable, "-c", PROBE], cwd=tmp_path, env=env, capture_output=True, text=True,
-                         check=True).stdout
+    out = subprocess.run(
+        [sys.executable, "-c", PROBE], cwd=tmp_path, env=env, capture_output=True, text=True, check=True
+    ).stdout
     found = dict(line.split(" ", 1) for line in out.strip().splitlines())
     assert Path(found["gmconv"]).resolve() == ROOT / "gmconv" / "__init__.py"
     for name in ("data", "models", "engine"):

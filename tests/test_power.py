@@ -30,7 +30,7 @@ def test_power_grows_with_seeds_and_difference_and_the_inverses_agree() -> None:
 def test_confidence_interval_is_the_t_interval() -> None:
     low, high = confidence_interval(mean=1.0, std=2.0, n=5)
     assert (low + high) / 2 == pytest.approx(1.0)
-    assert (high - low) / 2 == pytest.approx(2.776445 * 2.0 / 5 ** 0.5, rel=1e-6)  # t(0.975, 4) = 2.7764
+    assert (high - low) / 2 == pytest.approx(2.776445 * 2.0 / 5**0.5, rel=1e-6)  # t(0.975, 4) = 2.7764
 
 
 def test_one_seed_is_refused() -> None:

@@ -29,13 +29,17 @@ def trainer(**settings) -> OmegaConf:
 @pytest.fixture
 def cpu_units(monkeypatch):
     """Pretend the CPU has (or lacks) bf16 units: ``cpu_units({"avx512_bf16": True})``."""
+
     def pretend(found: dict) -> None:
         monkeypatch.setattr(torch.cpu, "get_capabilities", lambda: MappingProxyType({"cpu_name": "a CPU", **found}))
+
     return pretend
 
 
-@pytest.mark.parametrize("units,amp,channels_last", [
-    ({"amx_bf16": True}, "bf16", True), ({"avx512_bf16": True}, "bf16", True), ({"avx2": True}, "none", False)])
+@pytest.mark.parametrize(
+    "units,amp,channels_last",
+    [({"amx_bf16": True}, "bf16", True), ({"avx512_bf16": True}, "bf16", True), ({"avx2": True}, "none", False)],
+)
 def test_auto_chooses_bf16_and_channels_last_where_the_cpu_has_bf16_units(cpu_units, units, amp, channels_last):
     cpu_units(units)
     chosen = precision.choose_precision(trainer(), CPU)
@@ -46,10 +50,12 @@ def test_auto_chooses_bf16_and_channels_last_where_the_cpu_has_bf16_units(cpu_un
 def test_what_is_typed_wins_and_fp32_is_none(cpu_units):
     cpu_units({"avx512_bf16": True})
     assert precision.choose_precision(trainer(amp="fp32"), CPU) == precision.Precision(
-        "none", False, "trainer.amp=fp32; trainer.channels_last=auto: off with fp32")
+        "none", False, "trainer.amp=fp32; trainer.channels_last=auto: off with fp32"
+    )
     assert precision.choose_precision(trainer(amp="none", channels_last="true"), CPU).channels_last is True
     assert precision.choose_precision(trainer(channels_last="false"), CPU) == precision.Precision(
-        "bf16", False, "trainer.amp=auto: a CPU has AVX512-BF16 units")
+        "bf16", False, "trainer.amp=auto: a CPU has AVX512-BF16 units"
+    )
     with pytest.raises(ValueError, match="trainer.channels_last=sometimes is invalid: expected auto, true or false"):
         validate(compose_train("trainer.channels_last=sometimes"))
 
@@ -63,8 +69,11 @@ def test_the_run_records_the_choice_and_a_resume_keeps_it_on_another_machine(cpu
     assert "precision: bf16 autocast, channels_last (trainer.amp=auto: a CPU has AVX512-BF16 units" in caplog.text
     cpu_units({})  # the resume runs where auto would choose fp32
     argv = expand_command_line(["train.py", f"resume={tmp_path}", "trainer.epochs=2"]).argv
-    resumed = run(compose_train(*[a for a in argv[1:] if not a.startswith("hydra.")]), tmp_path,
-                  overrides=[f"resume={tmp_path}", "trainer.epochs=2"])
+    resumed = run(
+        compose_train(*[a for a in argv[1:] if not a.startswith("hydra.")]),
+        tmp_path,
+        overrides=[f"resume={tmp_path}", "trainer.epochs=2"],
+    )
     assert (resumed["config"]["trainer"]["amp"], resumed["config"]["trainer"]["channels_last"]) == ("bf16", True)
     assert load(tmp_path / "checkpoints" / "last.pt")["config"]["trainer"]["amp"] == "bf16"
 

@@ -38,8 +38,12 @@ def _net() -> nn.Module:
 def _state(model: nn.Module, steps_per_epoch: int, trainer: TrainerConfig, sched: str = "cosine") -> TrainState:
     optim_cfg = OmegaConf.structured(OptimConfig(lr=0.05, weight_decay=1e-3, sigma_lr_scale=1.0))
     optimizer = build_optimizer(model, optim_cfg, optim_cfg.lr)
-    scheduler = build_scheduler(optimizer, OmegaConf.structured(SchedConfig(name=sched, warmup_epochs=0.5)),
-                                epochs=2, optimizer_steps_per_epoch=steps_per_epoch)
+    scheduler = build_scheduler(
+        optimizer,
+        OmegaConf.structured(SchedConfig(name=sched, warmup_epochs=0.5)),
+        epochs=2,
+        optimizer_steps_per_epoch=steps_per_epoch,
+    )
     return TrainState(model=model, optimizer=optimizer, scheduler=scheduler, ema=build_ema(model, trainer))
 
 
@@ -48,18 +52,27 @@ def _batches(count: int, size: int, seed: int = 0) -> list[tuple[torch.Tensor, t
     return [(torch.randn(size, 3, 6, 6, generator=g), torch.randint(0, 5, (size,), generator=g)) for _ in range(count)]
 
 
-def _epoch(state: TrainState, loader: list, trainer: TrainerConfig, objective: Objective | None = None,
-           on_step=None) -> dict:
+def _epoch(
+    state: TrainState, loader: list, trainer: TrainerConfig, objective: Objective | None = None, on_step=None
+) -> dict:
     cfg = OmegaConf.structured(trainer)
-    return train_one_epoch(state, loader, cfg, torch.device("cpu"), epoch=0, progress=Progress.off,
-                           objective=objective or Objective(nn.CrossEntropyLoss()), on_step=on_step)
+    return train_one_epoch(
+        state,
+        loader,
+        cfg,
+        torch.device("cpu"),
+        epoch=0,
+        progress=Progress.off,
+        objective=objective or Objective(nn.CrossEntropyLoss()),
+        on_step=on_step,
+    )
 
 
 def test_accumulated_batches_take_the_steps_of_one_larger_batch():
     """10 batches of 4 accumulated 4 at a time (groups of 4, 4, 2) = batches of 16, 16, 8: weights, step
     count and the per-step schedule agree (momentum, weight decay, σ group and warmup included)."""
     small = _batches(10, 4)
-    large = [tuple(torch.cat(parts) for parts in zip(*small[i:i + 4])) for i in (0, 4, 8)]
+    large = [tuple(torch.cat(parts) for parts in zip(*small[i : i + 4])) for i in (0, 4, 8)]
     runs = {}
     for name, loader, k in (("accumulated", small, 4), ("large", large, 1)):
         trainer = TrainerConfig(accumulate_steps=k, epochs=2)
@@ -86,8 +99,9 @@ def test_an_epoch_stopped_after_an_accumulated_step_continues_with_the_same_grou
     assert _epoch(parts, batches, trainer, on_step=lambda s: True)["stopped"] and parts.batches_done == 2
     _epoch(parts, batches[2:], trainer)
     assert parts.step == whole.step == 3 and parts.batches_done == 5
-    for a, b in zip([*parts.model.parameters(), *parts.ema.parameters()],
-                    [*whole.model.parameters(), *whole.ema.parameters()]):
+    for a, b in zip(
+        [*parts.model.parameters(), *parts.ema.parameters()], [*whole.model.parameters(), *whole.ema.parameters()]
+    ):
         assert torch.equal(a, b)
 
 
@@ -97,8 +111,12 @@ def test_ema_weights_follow_the_closed_form_update():
     model = _net()
     state = _state(model, steps_per_epoch=4, trainer=trainer)
     seen = []
-    _epoch(state, _batches(4, 4), trainer, on_step=lambda s: seen.append(
-        {k: v.clone() for k, v in s.model.state_dict().items()}) and False)
+    _epoch(
+        state,
+        _batches(4, 4),
+        trainer,
+        on_step=lambda s: seen.append({k: v.clone() for k, v in s.model.state_dict().items()}) and False,
+    )
     expected = seen[0]  # timm: the first update copies the weights, then ema = d·ema + (1-d)·weights
     for weights in seen[1:]:
         expected = {k: decay * expected[k] + (1 - decay) * weights[k] for k in weights}
@@ -164,16 +182,24 @@ def test_no_weight_decay_names_get_none_and_sigma_keeps_its_own_group():
 
 def test_layer_decay_scales_each_layer_group_and_leaves_sigma_alone():
     model = convert_to_gmconv(timm.create_model("test_resnet", num_classes=3))
-    optim_cfg = OmegaConf.structured(OptimConfig(name="adamw", lr=1.0, weight_decay=0.05, layer_decay=0.5,
-                                                 sigma_lr_scale=3.0))
+    optim_cfg = OmegaConf.structured(
+        OptimConfig(name="adamw", lr=1.0, weight_decay=0.05, layer_decay=0.5, sigma_lr_scale=3.0)
+    )
     optimizer = build_optimizer(model, optim_cfg, 1.0)
-    build_scheduler(optimizer, OmegaConf.structured(SchedConfig(name="none", warmup_epochs=0)), epochs=1, optimizer_steps_per_epoch=1)
+    build_scheduler(
+        optimizer,
+        OmegaConf.structured(SchedConfig(name="none", warmup_epochs=0)),
+        epochs=1,
+        optimizer_steps_per_epoch=1,
+    )
     lr_of = {id(p): g["lr"] for g in optimizer.param_groups for p in g["params"]}
     named = dict(model.named_parameters())
     layers = sorted({g["lr"] for g in optimizer.param_groups if g.get("lr_scale") != 3.0})
     depth = len(layers)
-    assert depth > 2 and layers == pytest.approx([0.5 ** i for i in reversed(range(depth))])  # 1, 1/2, 1/4, ...
-    assert lr_of[id(named["fc.weight"])] == 1.0 and lr_of[id(named["conv1.0.weight"])] == pytest.approx(0.5 ** (depth - 1))
+    assert depth > 2 and layers == pytest.approx([0.5**i for i in reversed(range(depth))])  # 1, 1/2, 1/4, ...
+    assert lr_of[id(named["fc.weight"])] == 1.0 and lr_of[id(named["conv1.0.weight"])] == pytest.approx(
+        0.5 ** (depth - 1)
+    )
     sigmas = [p for n, p in named.items() if n.endswith("sigma_raw")]
     assert sigmas and all(lr_of[id(p)] == 3.0 for p in sigmas)
     assert all(g["weight_decay"] == 0.0 for g in optimizer.param_groups if g.get("lr_scale") == 3.0)
@@ -197,8 +223,12 @@ def test_sqrt_lr_scaling_and_the_step_and_poly_schedules():
 
 def test_drop_path_reaches_a_timm_backbone_and_is_refused_where_there_is_none():
     def build(**settings):
-        return build_model(OmegaConf.structured(ModelConfig(**settings)), OmegaConf.structured(ConvConfig()),
-                           num_classes=3, image_size=32)
+        return build_model(
+            OmegaConf.structured(ModelConfig(**settings)),
+            OmegaConf.structured(ConvConfig()),
+            num_classes=3,
+            image_size=32,
+        )
 
     model = build(name="test_vit", source="timm", drop_path_rate=0.1, drop_rate=0.2)
     rates = [m.drop_prob for m in model.modules() if type(m).__name__ == "DropPath"]
@@ -209,33 +239,51 @@ def test_drop_path_reaches_a_timm_backbone_and_is_refused_where_there_is_none():
         build(name="resnet20", drop_rate=0.3)
 
 
-@pytest.mark.parametrize("overrides, message", [
-    (["trainer.ema_decay=1.5"], "trainer.ema_decay=1.5 is invalid"),
-    (["trainer.ema_warmup=true"], "trainer.ema_warmup=true has no effect"),
-    (["trainer.best_of=ema"], "trainer.best_of=ema needs an EMA"),
-    (["trainer.accumulate_steps=0"], "trainer.accumulate_steps=0 is invalid"),
-    (["trainer.bce_target_threshold=0.2"], "trainer.bce_target_threshold=0.2 is used by trainer.loss=bce only"),
-    (["trainer.loss=bce", "trainer.bce_target_threshold=1.5"], "trainer.bce_target_threshold=1.5 is invalid"),
-    (["data.mixup_alpha=-1"], "data.mixup_alpha=-1.0 is invalid"),
-    (["data.cutmix_alpha=1", "data.mix_prob=2"], "data.mix_prob=2.0 is invalid"),
-    (["data.mix_switch_prob=0.3"], "data.mix_switch_prob=0.3 has no effect"),
-    (["data.cutmix_alpha=1", "data.batch_size=31"], "data.batch_size=31 is odd"),
-    (["optim.layer_decay=0.7"], "optim.layer_decay=0.7 needs a timm model"),
-    (["model=timm", "optim.layer_decay=0"], "optim.layer_decay=0.0 is invalid"),
-    (["sched=cosine", "sched.decay_epochs=3"], "sched.decay_epochs=3.0 is used by sched=step only"),
-    (["sched.name=step"], "sched.decay_epochs=None is invalid"),
-    (["sched.name=poly", "sched.power=0"], "sched.power=0.0 is invalid"),
-])
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        (["trainer.ema_decay=1.5"], "trainer.ema_decay=1.5 is invalid"),
+        (["trainer.ema_warmup=true"], "trainer.ema_warmup=true has no effect"),
+        (["trainer.best_of=ema"], "trainer.best_of=ema needs an EMA"),
+        (["trainer.accumulate_steps=0"], "trainer.accumulate_steps=0 is invalid"),
+        (["trainer.bce_target_threshold=0.2"], "trainer.bce_target_threshold=0.2 is used by trainer.loss=bce only"),
+        (["trainer.loss=bce", "trainer.bce_target_threshold=1.5"], "trainer.bce_target_threshold=1.5 is invalid"),
+        (["data.mixup_alpha=-1"], "data.mixup_alpha=-1.0 is invalid"),
+        (["data.cutmix_alpha=1", "data.mix_prob=2"], "data.mix_prob=2.0 is invalid"),
+        (["data.mix_switch_prob=0.3"], "data.mix_switch_prob=0.3 has no effect"),
+        (["data.cutmix_alpha=1", "data.batch_size=31"], "data.batch_size=31 is odd"),
+        (["optim.layer_decay=0.7"], "optim.layer_decay=0.7 needs a timm model"),
+        (["model=timm", "optim.layer_decay=0"], "optim.layer_decay=0.0 is invalid"),
+        (["sched=cosine", "sched.decay_epochs=3"], "sched.decay_epochs=3.0 is used by sched=step only"),
+        (["sched.name=step"], "sched.decay_epochs=None is invalid"),
+        (["sched.name=poly", "sched.power=0"], "sched.power=0.0 is invalid"),
+    ],
+)
 def test_bad_recipe_settings_stop_at_start_up_naming_the_key(overrides, message):
     with pytest.raises(ValueError, match=message.replace("(", r"\(").replace(".", r"\.")):
         validate(compose_train(*overrides))
 
 
 def test_a_whole_recipe_passes_the_start_up_check():
-    validate(compose_train("model=timm", "optim=adamw", "optim.layer_decay=0.7", "optim.lr_scaling=sqrt", "sched=step",
-                           "trainer.ema_decay=0.999", "trainer.ema_warmup=true", "trainer.best_of=ema",
-                           "data.mixup_alpha=0.1", "data.cutmix_alpha=1", "data.mix_switch_prob=0.3", "trainer.loss=bce",
-                           "trainer.bce_target_threshold=0.2", "trainer.accumulate_steps=4", "model.drop_path_rate=0.05"))
+    validate(
+        compose_train(
+            "model=timm",
+            "optim=adamw",
+            "optim.layer_decay=0.7",
+            "optim.lr_scaling=sqrt",
+            "sched=step",
+            "trainer.ema_decay=0.999",
+            "trainer.ema_warmup=true",
+            "trainer.best_of=ema",
+            "data.mixup_alpha=0.1",
+            "data.cutmix_alpha=1",
+            "data.mix_switch_prob=0.3",
+            "trainer.loss=bce",
+            "trainer.bce_target_threshold=0.2",
+            "trainer.accumulate_steps=4",
+            "model.drop_path_rate=0.05",
+        )
+    )
     validate(compose_train("sched=poly", "sched.power=2", "sched.min_lr=1e-5"))
 
 
@@ -250,10 +298,20 @@ def test_each_rank_draws_its_own_numbers_reproducibly():
 
 @pytest.mark.slow
 def test_a_resumed_run_with_ema_mixup_and_accumulation_is_bit_exact(tmp_path):
-    args = ["trainer.epochs=2", "trainer.limit_train_batches=3", "trainer.limit_val_batches=1", "data.batch_size=16",
-            "trainer.progress=false", "trainer.device=cpu", "trainer.ema_decay=0.9", "trainer.best_of=ema",
-            "data.mixup_alpha=0.2", "data.cutmix_alpha=1.0", "trainer.accumulate_steps=2",
-            "sched=none"]  # a constant lr: the 1-epoch run's schedule is then the 2-epoch run's first half
+    args = [
+        "trainer.epochs=2",
+        "trainer.limit_train_batches=3",
+        "trainer.limit_val_batches=1",
+        "data.batch_size=16",
+        "trainer.progress=false",
+        "trainer.device=cpu",
+        "trainer.ema_decay=0.9",
+        "trainer.best_of=ema",
+        "data.mixup_alpha=0.2",
+        "data.cutmix_alpha=1.0",
+        "trainer.accumulate_steps=2",
+        "sched=none",
+    ]  # a constant lr: the 1-epoch run's schedule is then the 2-epoch run's first half
     full = run_in_process(tmp_path / "full", *args)
     run_in_process(tmp_path / "part", *args[1:], "trainer.epochs=1")
     resumed = run_in_process(tmp_path / "part", *args, f"resume={tmp_path / 'part'}")
@@ -268,11 +326,14 @@ def test_a_resumed_run_with_ema_mixup_and_accumulation_is_bit_exact(tmp_path):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("experiment, data", [
-    ("imagenet_resnet50_rsb_a3", "imagefolder_root"),
-    ("imagenet_resnet50_tv", "imagefolder_root"),
-    ("cifar10_resnet56_modern", "cifar10_root"),
-])
+@pytest.mark.parametrize(
+    "experiment, data",
+    [
+        ("imagenet_resnet50_rsb_a3", "imagefolder_root"),
+        ("imagenet_resnet50_tv", "imagefolder_root"),
+        ("cifar10_resnet56_modern", "cifar10_root"),
+    ],
+)
 def test_recipe_experiments_train_a_few_steps_on_their_data_format(experiment, data, request, tmp_path):
     """Each recipe as written (optimizer, loss, mixing, policy, EMA, train/test sizes), on tiny files of its
     data's real format; only the sizes, the length and the CPU-unfriendly settings are scaled down."""
@@ -282,9 +343,19 @@ def test_recipe_experiments_train_a_few_steps_on_their_data_format(experiment, d
     if experiment == "imagenet_resnet50_tv":
         sizes.append("data.val_resize=44")  # the recipe's 232 for 224, scaled to the 40 px test crop
     results = run_in_process(
-        tmp_path / "run", f"experiment={experiment}", *sizes, f"data.root={root}", "data.batch_size=4",
-        "data.num_workers=0", "trainer.epochs=1", "trainer.limit_train_batches=2", "trainer.limit_val_batches=1",
-        "trainer.amp=none", "trainer.channels_last=false", "trainer.progress=false", "sched.warmup_epochs=0",
+        tmp_path / "run",
+        f"experiment={experiment}",
+        *sizes,
+        f"data.root={root}",
+        "data.batch_size=4",
+        "data.num_workers=0",
+        "trainer.epochs=1",
+        "trainer.limit_train_batches=2",
+        "trainer.limit_val_batches=1",
+        "trainer.amp=none",
+        "trainer.channels_last=false",
+        "trainer.progress=false",
+        "sched.warmup_epochs=0",
     )
     assert results["status"] == "completed" and load(tmp_path / "run" / "checkpoints" / "last.pt")["step"] == 2
     assert math.isfinite(results["loss"]) and 0 <= results["top1"] <= 100

@@ -39,8 +39,11 @@ INJECT = str(ROOT / "tests" / "inject.py")
 
 def files(run_dir: Path) -> dict[str, bytes]:
     """The checkpoints and results of a run folder, by name: what a fault must leave as it was."""
-    return {str(p.relative_to(run_dir)): p.read_bytes() for p in sorted(run_dir.rglob("*"))
-            if p.is_file() and (p.suffix == ".pt" or p.name == "results.json")}
+    return {
+        str(p.relative_to(run_dir)): p.read_bytes()
+        for p in sorted(run_dir.rglob("*"))
+        if p.is_file() and (p.suffix == ".pt" or p.name == "results.json")
+    }
 
 
 def partial_writes(run_dir: Path) -> list[Path]:
@@ -74,12 +77,28 @@ def test_a_diverging_run_stops_in_one_line_and_its_checkpoints_keep_the_last_fin
     run_dir = one_epoch_copy
     before = files(run_dir)
     with pytest.raises(Diverged) as caught:
-        run_in_process(run_dir, *QUICK, "trainer.epochs=2", "optim.lr=1e6", "trainer.log_every_steps=3",
-                       "trainer.checkpoint_every_steps=2", f"resume={run_dir}")
+        run_in_process(
+            run_dir,
+            *QUICK,
+            "trainer.epochs=2",
+            "optim.lr=1e6",
+            "trainer.log_every_steps=3",
+            "trainer.checkpoint_every_steps=2",
+            f"resume={run_dir}",
+        )
     message = str(caught.value)
     assert "\n" not in message
-    for fragment in ("non-finite", "at step", "lr ", "last finite loss", "optim.lr", "sched.warmup_epochs",
-                     "trainer.grad_clip", "bf16", f"resume={run_dir}"):
+    for fragment in (
+        "non-finite",
+        "at step",
+        "lr ",
+        "last finite loss",
+        "optim.lr",
+        "sched.warmup_epochs",
+        "trainer.grad_clip",
+        "bf16",
+        f"resume={run_dir}",
+    ):
         assert fragment in message, message
     diverged_at = int(re.search(r"at step (\d+)", message).group(1))
     for name in ("last.pt", "best.pt"):  # saved checkpoints were checked finite; the NaN weights were never saved
@@ -118,11 +137,14 @@ def test_skip_mode_stops_past_its_limit():
         guard.observe(nan, model, step=3, epoch=1, lr=0.1)
 
 
-@pytest.mark.parametrize("override, fragment", [
-    ("trainer.nonfinite_limit=5", "trainer.nonfinite=skip"),  # a limit that stop mode would ignore
-    ("trainer.nonfinite=skip trainer.nonfinite_limit=0", "positive"),
-    ("data.skip_bad_images=true", "not used by data=digits"),  # in-memory data has no files to skip
-])
+@pytest.mark.parametrize(
+    "override, fragment",
+    [
+        ("trainer.nonfinite_limit=5", "trainer.nonfinite=skip"),  # a limit that stop mode would ignore
+        ("trainer.nonfinite=skip trainer.nonfinite_limit=0", "positive"),
+        ("data.skip_bad_images=true", "not used by data=digits"),  # in-memory data has no files to skip
+    ],
+)
 def test_reliability_settings_that_would_be_ignored_or_are_invalid_are_refused(override, fragment):
     with pytest.raises(ValueError, match=fragment):
         validate(compose_train(*override.split()))
@@ -165,8 +187,17 @@ def corrupt_tree(imagefolder_root) -> tuple[Path, Path, Path]:
 
 
 def folder_args(root: Path, *more: str) -> list[str]:
-    return [*QUICK, "data=imagefolder", f"data.root={root}", "data.image_size=32", "data.val_resize=36",
-            "data.batch_size=4", "trainer.limit_train_batches=null", "trainer.limit_val_batches=null", *more]
+    return [
+        *QUICK,
+        "data=imagefolder",
+        f"data.root={root}",
+        "data.image_size=32",
+        "data.val_resize=36",
+        "data.batch_size=4",
+        "trainer.limit_train_batches=null",
+        "trainer.limit_val_batches=null",
+        *more,
+    ]
 
 
 @pytest.mark.slow
@@ -207,18 +238,32 @@ def test_check_data_lists_every_problem_and_passes_a_clean_tree(imagefolder_root
     truncated = imagefolder_root / "val/ant/1.png"
     truncated.write_bytes(truncated.read_bytes()[:200])
     (imagefolder_root / "val/dog").mkdir()
-    proc = subprocess.run([sys.executable, "-m", "scripts.check_data", str(imagefolder_root), "--workers", "2",
-                           "--image-size", "32"], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(
+        [sys.executable, "-m", "scripts.check_data", str(imagefolder_root), "--workers", "2", "--image-size", "32"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert proc.returncode == 1, proc.stderr
     lines = proc.stdout.splitlines()
-    for name, problem in (("train/ant/0.png", "unreadable"), ("train/bee/2.png", "empty file"),
-                          ("val/ant/1.png", "unreadable"), ("val: 1 class folder without image files (dog)", "")):
+    for name, problem in (
+        ("train/ant/0.png", "unreadable"),
+        ("train/bee/2.png", "empty file"),
+        ("val/ant/1.png", "unreadable"),
+        ("val: 1 class folder without image files (dog)", ""),
+    ):
         assert any(line.startswith("problem:") and name in line and problem in line for line in lines), (name, lines)
     assert any("only in val: dog" in line for line in lines)
     assert any(line.startswith("ignored:") and "val/cat/notes.txt" in line for line in lines)  # training skips it
     assert "24 image files checked: 5 problems, 1 other file ignored, 0 warnings" in lines[-1]
-    clean_proc = subprocess.run([sys.executable, "-m", "scripts.check_data", str(clean), "--image-size", "32"], cwd=ROOT,
-                                capture_output=True, text=True, timeout=120)
+    clean_proc = subprocess.run(
+        [sys.executable, "-m", "scripts.check_data", str(clean), "--image-size", "32"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert clean_proc.returncode == 0 and "24 image files checked: 0 problems" in clean_proc.stdout
 
 
@@ -231,8 +276,9 @@ def test_a_run_folder_that_cannot_be_made_fails_in_one_line(tmp_path):
     case runs only as another user."""
     blocker = tmp_path / "file"
     blocker.write_text("keep me")
-    failed_with(train(*QUICK, f"hydra.run.dir={blocker / 'run'}"), f"{blocker} is a file, not a folder",
-                "hydra.run.dir=")
+    failed_with(
+        train(*QUICK, f"hydra.run.dir={blocker / 'run'}"), f"{blocker} is a file, not a folder", "hydra.run.dir="
+    )
     assert blocker.read_text() == "keep me"
     if os.geteuid() != 0:
         locked = tmp_path / "locked"
@@ -250,16 +296,23 @@ def test_an_internal_error_is_reported_as_a_bug_with_its_traceback_and_bad_input
     the terminal and in train.log. Refused input (engine/errors.py) still ends in one line, exit 2, whether
     train.py refuses it before Hydra starts (an unknown option) or the runner does (a value out of range)."""
     run_dir = tmp_path / "bug"
-    proc = subprocess.run([sys.executable, INJECT, "--bug-at-step", "2", "--", *QUICK, f"hydra.run.dir={run_dir}"],
-                          cwd=ROOT, capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(
+        [sys.executable, INJECT, "--bug-at-step", "2", "--", *QUICK, f"hydra.run.dir={run_dir}"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     out = proc.stdout + proc.stderr
     assert proc.returncode == 1, out[-3000:]
     for text in (out, (run_dir / "train.log").read_text()):
         assert "Traceback (most recent call last)" in text, text[-3000:]
         assert "in a_bug_in_the_engine" in text and "ValueError: boom" in text, text[-3000:]
     assert json.loads((run_dir / "history.json").read_text())["sessions"][-1]["ended"] == "failed: ValueError: boom"
-    for setting, fragment in (("conv=gmcnv", "conv=gmcnv is not an option of conv"),
-                              ("optim.lr=-1", "optim.lr=-1.0 is invalid")):
+    for setting, fragment in (
+        ("conv=gmcnv", "conv=gmcnv is not an option of conv"),
+        ("optim.lr=-1", "optim.lr=-1.0 is invalid"),
+    ):
         refused = tmp_path / setting.partition("=")[0]
         proc = train(*QUICK, setting, f"hydra.run.dir={refused}")
         out = failed_with(proc, f"error: {fragment}")
@@ -267,10 +320,8 @@ def test_an_internal_error_is_reported_as_a_bug_with_its_traceback_and_bad_input
         assert not refused.exists()
 
 
-
 @pytest.mark.slow
-def test_a_full_disk_during_a_checkpoint_write_keeps_the_previous_one_and_the_run_resumes(one_epoch_copy,
-                                                                                        monkeypatch):
+def test_a_full_disk_during_a_checkpoint_write_keeps_the_previous_one_and_the_run_resumes(one_epoch_copy, monkeypatch):
     run_dir = one_epoch_copy
     before = files(run_dir)
 
@@ -327,9 +378,13 @@ def test_a_failing_tensorboard_write_leaves_training_and_checkpoints_alone(tmp_p
 def test_ctrl_c_saves_at_a_step_boundary_and_says_how_to_resume(tmp_path):
     run_dir = tmp_path / "run"
     args = [*QUICK, "trainer.limit_train_batches=12"]
-    proc = subprocess.Popen([sys.executable, "train.py", *args, "trainer.checkpoint_every_steps=1",
-                             f"hydra.run.dir={run_dir}"], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                            text=True)
+    proc = subprocess.Popen(
+        [sys.executable, "train.py", *args, "trainer.checkpoint_every_steps=1", f"hydra.run.dir={run_dir}"],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
     try:
         wait_for_checkpoint(proc, run_dir / "checkpoints/last.pt")
         proc.send_signal(signal.SIGINT)
@@ -363,9 +418,18 @@ def test_a_second_process_cannot_resume_a_run_folder_in_use_and_a_killed_one_fre
     with RunFolder(run_dir).hold():
         failed_with(train(f"resume={run_dir}", "trainer.epochs=2"), "is in use by another process")
     assert files(run_dir) == before
-    holder = subprocess.Popen([sys.executable, "-c", "import sys, time; from engine.run_folder import RunFolder\n"
-                               f"with RunFolder({str(run_dir)!r}).hold():\n    print('held', flush=True); "
-                               "time.sleep(600)"], cwd=ROOT, stdout=subprocess.PIPE, text=True)
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import sys, time; from engine.run_folder import RunFolder\n"
+            f"with RunFolder({str(run_dir)!r}).hold():\n    print('held', flush=True); "
+            "time.sleep(600)",
+        ],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     assert holder.stdout.readline().strip() == "held"
     with pytest.raises(ValueError, match="in use"), RunFolder(run_dir).hold():
         pass
@@ -378,10 +442,22 @@ def test_a_second_process_cannot_resume_a_run_folder_in_use_and_a_killed_one_fre
 @pytest.mark.slow
 def test_two_runs_started_in_the_same_second_get_separate_folders(tmp_path):
     """Both runs take the same start time (injected), hence the same default folder name, and run at once."""
-    command = [sys.executable, INJECT, "--run-time", "2026-01-02 03:04:05", "--", *QUICK,
-               "trainer.limit_train_batches=2", "trainer.limit_val_batches=1"]
-    procs = [subprocess.Popen([*command, f"seed={seed}"], cwd=tmp_path, stdout=subprocess.PIPE,
-                              stderr=subprocess.STDOUT, text=True) for seed in (1, 2)]
+    command = [
+        sys.executable,
+        INJECT,
+        "--run-time",
+        "2026-01-02 03:04:05",
+        "--",
+        *QUICK,
+        "trainer.limit_train_batches=2",
+        "trainer.limit_val_batches=1",
+    ]
+    procs = [
+        subprocess.Popen(
+            [*command, f"seed={seed}"], cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+        )
+        for seed in (1, 2)
+    ]
     outs = [proc.communicate(timeout=300)[0] for proc in procs]
     assert [proc.returncode for proc in procs] == [0, 0], outs
     folders = sorted((tmp_path / "outputs/digits/resnet20-gmconv").iterdir())
@@ -390,14 +466,19 @@ def test_two_runs_started_in_the_same_second_get_separate_folders(tmp_path):
     assert seeds == [1, 2]  # each folder holds one run's record, not a mix
     for folder in folders:
         assert (folder / "train.log").read_text().count("run complete") == 1
-        assert load(folder / "checkpoints/last.pt")["config"]["seed"] == json.loads(
-            (folder / "results.json").read_text())["seed"]
+        assert (
+            load(folder / "checkpoints/last.pt")["config"]["seed"]
+            == json.loads((folder / "results.json").read_text())["seed"]
+        )
 
 
 def test_claiming_a_time_named_folder_twice_gives_two_folders(tmp_path):
     path = tmp_path / "outputs/2026-01-02_03-04-05"
-    assert [claim_folder(path, unique=True) for _ in range(3)] == [path, path.with_name(path.name + "_2"),
-                                                                    path.with_name(path.name + "_3")]
+    assert [claim_folder(path, unique=True) for _ in range(3)] == [
+        path,
+        path.with_name(path.name + "_2"),
+        path.with_name(path.name + "_3"),
+    ]
     assert claim_folder(path, unique=False) == path  # a folder the user named: resumed in place
 
 
@@ -405,16 +486,28 @@ def test_claiming_a_time_named_folder_twice_gives_two_folders(tmp_path):
 def test_repeated_kills_at_any_moment_end_with_the_weights_of_an_uninterrupted_run(tmp_path):
     """Killed (SIGKILL) halfway through writing a checkpoint, during an evaluation, and from outside while
     training, resumed each time: the same weights, bit for bit, as a run that was never interrupted."""
-    args = ["trainer.epochs=3", "trainer.limit_train_batches=6", "trainer.limit_val_batches=2", "data.batch_size=16",
-            "trainer.deterministic=true", "trainer.progress=false", "trainer.checkpoint_every_steps=2", "seed=3"]
+    args = [
+        "trainer.epochs=3",
+        "trainer.limit_train_batches=6",
+        "trainer.limit_val_batches=2",
+        "data.batch_size=16",
+        "trainer.deterministic=true",
+        "trainer.progress=false",
+        "trainer.checkpoint_every_steps=2",
+        "seed=3",
+    ]
     run_in_process(tmp_path / "full", *args)
     run_dir = tmp_path / "killed"
     last = run_dir / "checkpoints/last.pt"
 
     def killed(*inject: str, resume: bool = True, until=None) -> None:
         command = [sys.executable, INJECT, *inject, "--", *args, f"hydra.run.dir={run_dir}"]
-        proc = subprocess.Popen([*command, *([f"resume={run_dir}"] if resume else [])], cwd=ROOT,
-                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        proc = subprocess.Popen(
+            [*command, *([f"resume={run_dir}"] if resume else [])],
+            cwd=ROOT,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
         try:
             if until is not None:
                 wait_for_checkpoint(proc, last, until)

@@ -25,8 +25,12 @@ from tests.helpers import QUICK, compose_train, run_in_process
 
 RIVALS = ("deformable", "dcls", "dilated", "large_kernel")
 # what each rival learns about the receptive field, beyond the convolution's own weight and bias
-LEARNED = {"deformable": ("offset.weight", "offset.bias"), "dcls": ("positions", "sigma_raw"), "dilated": (),
-           "large_kernel": ()}
+LEARNED = {
+    "deformable": ("offset.weight", "offset.bias"),
+    "dcls": ("positions", "sigma_raw"),
+    "dilated": (),
+    "large_kernel": (),
+}
 
 
 def conv_config(name: str, **changes) -> ConvConfig:
@@ -54,8 +58,13 @@ def test_each_rival_converts_a_resnet_trains_a_step_and_learns_its_receptive_fie
         assert all(n.startswith(("layer2", "layer3", "layer4")) for n in report.converted)
 
 
-CONV_CASES = [dict(stride=1, padding=1), dict(stride=2, padding=1), dict(stride=1, padding=0),
-              dict(stride=1, padding=2, dilation=2), dict(stride=2, padding=1, groups=2)]
+CONV_CASES = [
+    dict(stride=1, padding=1),
+    dict(stride=2, padding=1),
+    dict(stride=1, padding=0),
+    dict(stride=1, padding=2, dilation=2),
+    dict(stride=2, padding=1, groups=2),
+]
 
 
 @pytest.mark.parametrize("case", CONV_CASES, ids=lambda c: ",".join(f"{k}={v}" for k, v in c.items()))
@@ -73,8 +82,10 @@ def test_output_shapes_equal_the_convolutions(name, case):
 def test_deformable_equals_the_standard_convolution_at_initialisation(offset_groups):
     torch.manual_seed(0)
     conv = nn.Conv2d(4, 6, 3, padding=1, groups=2).double()
-    converted = apply_conv(wrapped := nn.Sequential(copy.deepcopy(conv)),
-                           conv_config("deformable", include="[]", offset_groups=offset_groups))
+    converted = apply_conv(
+        wrapped := nn.Sequential(copy.deepcopy(conv)),
+        conv_config("deformable", include="[]", offset_groups=offset_groups),
+    )
     assert converted.converted == ["0"] and isinstance(wrapped[0], DeformConv2d)
     x = torch.randn(2, 4, 9, 10, dtype=torch.float64)
     torch.testing.assert_close(wrapped(x)[..., 1:-1, 1:-1], conv(x)[..., 1:-1, 1:-1], rtol=0, atol=1e-12)
@@ -139,13 +150,16 @@ def test_folding_bakes_dcls_and_gmconv_and_refuses_deformable_in_one_line():
         fold_convs(model)
 
 
-@pytest.mark.parametrize("overrides,message", [
-    (["conv=gmconv", "conv.dilation=3"], "conv.dilation=3 has no effect: conv=gmconv"),
-    (["conv=standard", "conv.kernel_size=7"], "conv.kernel_size=7 has no effect: conv=standard"),
-    (["conv=deformable", "conv.sigma_init=3"], "conv.sigma_init=3.0 has no effect: conv=deformable"),
-    (["conv=dilated", "conv.dilation=0"], "conv.dilation=0 is invalid"),
-    (["conv=gmconv", "optim.offset_lr_scale=0.5"], "optim.offset_lr_scale=0.5 has no effect: conv=gmconv"),
-])
+@pytest.mark.parametrize(
+    "overrides,message",
+    [
+        (["conv=gmconv", "conv.dilation=3"], "conv.dilation=3 has no effect: conv=gmconv"),
+        (["conv=standard", "conv.kernel_size=7"], "conv.kernel_size=7 has no effect: conv=standard"),
+        (["conv=deformable", "conv.sigma_init=3"], "conv.sigma_init=3.0 has no effect: conv=deformable"),
+        (["conv=dilated", "conv.dilation=0"], "conv.dilation=0 is invalid"),
+        (["conv=gmconv", "optim.offset_lr_scale=0.5"], "optim.offset_lr_scale=0.5 has no effect: conv=gmconv"),
+    ],
+)
 def test_an_option_the_conv_type_does_not_read_is_refused_in_one_line(overrides, message):
     from engine.config import validate
 
@@ -194,8 +208,10 @@ def test_a_dcls_run_exports_folded_and_a_deformable_run_only_unfolded(tmp_path, 
     assert export.main([str(tmp_path / "dcls"), "--format", "state_dict", "--out", str(tmp_path / "dcls.sd")]) == 0
     assert export.main([str(tmp_path / "deformable"), "--format", "pt2", "--out", str(tmp_path / "d.pt2")]) == 2
     assert "cannot fold deformable convolutions" in capsys.readouterr().err
-    assert export.main([str(tmp_path / "deformable"), "--format", "pt2", "--no-fold", "--out",
-                        str(tmp_path / "d.pt2")]) == 0
+    assert (
+        export.main([str(tmp_path / "deformable"), "--format", "pt2", "--no-fold", "--out", str(tmp_path / "d.pt2")])
+        == 0
+    )
 
 
 @pytest.mark.parametrize("name", RIVALS)

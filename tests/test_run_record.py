@@ -149,13 +149,14 @@ def test_tensorboard_events_written_after_the_checkpoint_leave_the_event_files(t
     caplog.set_level("INFO")
     compact_events(tb, keep_up_to=6)
     said = [r.getMessage() for r in caplog.records if r.getMessage().startswith("TensorBoard:")]
-    assert said == ["TensorBoard: 4 point(s) after step 6, from a session stopped before its next checkpoint, are "
-                    "replaced by this session's, which trains those steps again"]  # the hparams summary not counted
+    assert said == [
+        "TensorBoard: 4 point(s) after step 6, from a session stopped before its next checkpoint, are "
+        "replaced by this session's, which trains those steps again"
+    ]  # the hparams summary not counted
     events = [e for path in sorted(tb.glob("*tfevents*")) for e in EventFileLoader(str(path)).Load()]
     loss_steps = [e.step for e in events if e.HasField("summary") and e.summary.value[0].tag == "train/loss"]
     assert loss_steps == [1, 2, 3, 4, 5, 6] and len(list(tb.glob("*tfevents*"))) == 1
-    assert not any(e.HasField("summary") and e.summary.value[0].tag.startswith(("hparam", "_hparams_"))
-                   for e in events)
+    assert not any(e.HasField("summary") and e.summary.value[0].tag.startswith(("hparam", "_hparams_")) for e in events)
 
     tb.rename(tmp_path / REPLACED)  # killed between the two renames: the complete new folder takes over
     (tmp_path / COMPACTING).mkdir()
@@ -240,24 +241,35 @@ def test_a_resume_or_an_evaluation_can_be_previewed_with_cfg_job(every_other_epo
 
 def test_sweep_job_folders_are_named_after_the_swept_settings_never_a_path(monkeypatch):
     monkeypatch.delenv(SWEPT_ENV, raising=False)
-    announce_swept_settings(["conv=standard,gmconv", "seed=range(2)", "data.root=/datasets/cifar",
-                             "experiment=cifar10_resnet20"])
+    announce_swept_settings(
+        ["conv=standard,gmconv", "seed=range(2)", "data.root=/datasets/cifar", "experiment=cifar10_resnet20"]
+    )
     job = ["conv=gmconv", "seed=1", "data.root=/datasets/cifar", "experiment=cifar10_resnet20"]
     assert job_folder_name(3, job) == "3_conv=gmconv,seed=1"
     announce_swept_settings(["data.root=/a/b,/c/d", "resume=x"])  # swept paths still name no folder
     assert job_folder_name(0, ["data.root=/a/b", "resume=x"]) == "0"
     monkeypatch.delenv(SWEPT_ENV)  # a job whose sweep is unknown: every setting but paths and hydra.*
     assert job_folder_name(1, ["model.name=hf-hub:timm/resnet18", "data.root=/x", "ckpt=/y"]) == (
-        "1_model.name=hf-hub:timm_resnet18")
+        "1_model.name=hf-hub:timm_resnet18"
+    )
 
 
 # --- 3. evaluation and data checks -----------------------------------------------------------------
 
 
 def folder_args(root: Path, *more: str) -> list[str]:
-    return [*QUICK, "data=imagefolder", f"data.root={root}", "data.image_size=32", "data.val_resize=36",
-            "data.batch_size=4", "data.num_workers=0", "trainer.limit_train_batches=null",
-            "trainer.limit_val_batches=null", *more]
+    return [
+        *QUICK,
+        "data=imagefolder",
+        f"data.root={root}",
+        "data.image_size=32",
+        "data.val_resize=36",
+        "data.batch_size=4",
+        "data.num_workers=0",
+        "trainer.limit_train_batches=null",
+        "trainer.limit_val_batches=null",
+        *more,
+    ]
 
 
 def tree(root: Path, classes: tuple[str, ...], splits: tuple[str, ...] = ("train", "val"), count: int = 3) -> Path:
@@ -278,8 +290,9 @@ def test_evaluation_refuses_data_with_other_classes_and_needs_only_the_validatio
     run_in_process(run_dir, *folder_args(trained))
 
     def evaluate(root: Path, *more: str) -> dict:
-        return run_in_process(tmp_path / f"eval-{root.name}", *folder_args(root, "eval_only=true", f"ckpt={run_dir}",
-                                                                          *more))
+        return run_in_process(
+            tmp_path / f"eval-{root.name}", *folder_args(root, "eval_only=true", f"ckpt={run_dir}", *more)
+        )
 
     shifted = tree(tmp_path / "shifted", ("cat", "dog", "fish", "zebra"))
     with pytest.raises(ValueError, match="only in the data: zebra; only in the checkpoint: bird"):
@@ -299,8 +312,13 @@ def test_class_order_is_checked_name_by_name():
 
 
 def check_data(root: Path, *more: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "scripts.check_data", str(root), "--workers", "1", *more], cwd=ROOT,
-                          capture_output=True, text=True, timeout=120)
+    return subprocess.run(
+        [sys.executable, "-m", "scripts.check_data", str(root), "--workers", "1", *more],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
 
 
 @pytest.mark.slow
@@ -333,20 +351,26 @@ def test_the_checker_and_the_loaders_apply_one_rule(tmp_path):
 @pytest.mark.slow
 def test_hydra_composition_errors_are_one_line(tmp_path):
     proc = train("conv=gmcnv", f"hydra.run.dir={tmp_path / 'run'}")
-    out = failed_with(proc, "error: conv=gmcnv is not an option of conv; choose one of dcls, deformable, dilated, gmconv, gmconv_dynamic")
+    out = failed_with(
+        proc,
+        "error: conv=gmcnv is not an option of conv; choose one of dcls, deformable, dilated, gmconv, gmconv_dynamic",
+    )
     assert proc.returncode == 2 and len(out.strip().splitlines()) == 1 and "HYDRA_FULL_ERROR" not in out
     assert not (tmp_path / "run").exists()
 
 
-@pytest.mark.parametrize("override, message", [
-    ("trainer.epochs=abc", "trainer.epochs=abc is invalid: Value 'abc' of type 'str' could not be converted"),
-    ("trainer.epoch=3", "trainer.epoch is not a setting of this framework; did you mean trainer.epochs?"),
-    ("epochs=3", "epochs is not a setting of this framework; did you mean trainer.epochs?"),
-    ("trainer.lr=0.1", "trainer.lr is not a setting of this framework; did you mean optim.lr?"),
-    ("trainer.zzz=1", "trainer.zzz is not a setting of this framework; remove it or fix its spelling"),
-    ("trainer.epochs=[1", "cannot read the command line: no viable alternative at input '[1'"),
-    ("hydra/launcher=nope", "hydra/launcher=nope is not an option of hydra/launcher; choose one of basic"),
-])
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("trainer.epochs=abc", "trainer.epochs=abc is invalid: Value 'abc' of type 'str' could not be converted"),
+        ("trainer.epoch=3", "trainer.epoch is not a setting of this framework; did you mean trainer.epochs?"),
+        ("epochs=3", "epochs is not a setting of this framework; did you mean trainer.epochs?"),
+        ("trainer.lr=0.1", "trainer.lr is not a setting of this framework; did you mean optim.lr?"),
+        ("trainer.zzz=1", "trainer.zzz is not a setting of this framework; remove it or fix its spelling"),
+        ("trainer.epochs=[1", "cannot read the command line: no viable alternative at input '[1'"),
+        ("hydra/launcher=nope", "hydra/launcher=nope is not an option of hydra/launcher; choose one of basic"),
+    ],
+)
 def test_every_kind_of_composition_error_reads_as_one_line(override, message):
     with pytest.raises(ValueError) as caught:
         check_composes(["train.py", override])
@@ -356,11 +380,19 @@ def test_every_kind_of_composition_error_reads_as_one_line(override, message):
 @pytest.mark.slow
 def test_a_killed_runs_worker_processes_do_not_keep_its_folder_locked(tmp_path):
     """DataLoader workers outlive a SIGKILLed main process by seconds; they must not hold the run's lock."""
-    holder = subprocess.Popen([sys.executable, "-c", "import os, sys, time; from engine.run_folder import RunFolder\n"
-                               f"with RunFolder({str(tmp_path)!r}).hold():\n"
-                               "    if os.fork() == 0:\n        time.sleep(30); os._exit(0)\n"
-                               "    print('held', flush=True); time.sleep(600)"],
-                              cwd=ROOT, stdout=subprocess.PIPE, text=True)
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import os, sys, time; from engine.run_folder import RunFolder\n"
+            f"with RunFolder({str(tmp_path)!r}).hold():\n"
+            "    if os.fork() == 0:\n        time.sleep(30); os._exit(0)\n"
+            "    print('held', flush=True); time.sleep(600)",
+        ],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     assert holder.stdout.readline().strip() == "held"
     holder.send_signal(signal.SIGKILL)
     holder.wait()
@@ -375,9 +407,14 @@ def test_a_killed_runs_worker_processes_do_not_keep_its_folder_locked(tmp_path):
 def test_generated_lifecycles_keep_every_invariant(tmp_path):
     """Two random lifecycles (starts, kills, preemptions, resumes with changes, evaluations, refused
     commands); scripts/dev/lifecycle_fuzz.py runs many more (docs/RELIABILITY.md)."""
-    proc = subprocess.run([sys.executable, "-m", "scripts.dev.lifecycle_fuzz", "--n", "2", "--seed", "100",
-                           "--workdir", str(tmp_path)], cwd=ROOT, capture_output=True, text=True, timeout=600,
-                          env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    proc = subprocess.run(
+        [sys.executable, "-m", "scripts.dev.lifecycle_fuzz", "--n", "2", "--seed", "100", "--workdir", str(tmp_path)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-2000:]
     assert "2 lifecycles" in proc.stdout and "0 broke an invariant" in proc.stdout
 

@@ -22,8 +22,6 @@ EPOCHS = 2
 LAYERS = 19  # CIFAR ResNet-20: the stem and 18 block convolutions are 3×3 GMConv2d layers
 
 
-
-
 @pytest.fixture(scope="module")
 def sweep(tmp_path_factory) -> Path:
     """A sweep folder as train.py -m writes one: GMConv with seeds 0 and 1 (one condition), a standard-conv run,
@@ -31,8 +29,15 @@ def sweep(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("sweep")
     for name, seed in (("0", 0), ("1", 1)):
         run_in_process(root / name, f"seed={seed}", f"trainer.epochs={EPOCHS}", *TINY)
-    run_in_process(root / "2", "conv=standard", "trainer.epochs=1", "trainer.limit_train_batches=1",
-                   "trainer.limit_val_batches=1", "data.batch_size=16", "trainer.progress=false")
+    run_in_process(
+        root / "2",
+        "conv=standard",
+        "trainer.epochs=1",
+        "trainer.limit_train_batches=1",
+        "trainer.limit_val_batches=1",
+        "data.batch_size=16",
+        "trainer.progress=false",
+    )
     (root / "3" / ".hydra").mkdir(parents=True)
     (root / "3" / ".hydra" / "config.yaml").write_text("seed: 0\n")
     return root
@@ -50,19 +55,37 @@ def standard_run(sweep) -> Path:
 
 @pytest.mark.slow
 def test_report_of_a_trained_run_holds_the_checkpoints_sigma_and_one_trajectory_point_per_epoch(gm_run):
-    proc = subprocess.run([sys.executable, "-m", "scripts.sigma_report", str(gm_run), "--channels", "3"], cwd=ROOT,
-                          capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(
+        [sys.executable, "-m", "scripts.sigma_report", str(gm_run), "--channels", "3"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
     out = gm_run / "sigma_report"  # the documented default
     report = json.loads((out / "sigma_report.json").read_text())
     run = report["runs"][0]
     assert {"sigma_by_depth.png", run["figures"]["masks"], run["figures"]["trajectory"]} <= {
-        p.name for p in out.glob("*.png")}
+        p.name for p in out.glob("*.png")
+    }
     assert run["checkpoint"].endswith(LAST) and run["epoch"] == EPOCHS and run["seed"] == 0
     assert list(run["layers"])[:2] == ["conv1", "layer1.0.conv1"] and len(run["layers"]) == LAYERS
     stats = run["layers"]["layer1.0.conv1"]
-    assert set(stats) >= {"depth", "count", "mean", "std", "min", "q1", "median", "q3", "max", "sigma_init",
-                          "mean_abs_delta", "max_abs_delta"}
+    assert set(stats) >= {
+        "depth",
+        "count",
+        "mean",
+        "std",
+        "min",
+        "q1",
+        "median",
+        "q3",
+        "max",
+        "sigma_init",
+        "mean_abs_delta",
+        "max_abs_delta",
+    }
 
     layer = dict(load_run(gm_run, prefer=(LAST, BEST)).model.named_modules())["layer1.0.conv1"]
     moved = (layer.sigma.double() - layer.sigma_init).abs()
@@ -89,8 +112,10 @@ def test_a_sweep_folder_is_expanded_to_its_gmconv_runs_the_others_skipped_with_a
     out = tmp_path / "report"
     assert sigma_report.main([str(sweep), "--out", str(out)]) == 0
     notes = [line for line in capsys.readouterr().out.splitlines() if line.startswith("note: ")]
-    assert notes == [f"note: skipped {sweep / '3'}: no checkpoint (checkpoints/last.pt or best.pt)",
-                     f"note: skipped {sweep / '2'}: trained with conv=standard, no σ to report"]
+    assert notes == [
+        f"note: skipped {sweep / '3'}: no checkpoint (checkpoints/last.pt or best.pt)",
+        f"note: skipped {sweep / '2'}: trained with conv=standard, no σ to report",
+    ]
     report = json.loads((out / "sigma_report.json").read_text())
     assert [run["run"] for run in report["runs"]] == [str(sweep / "0"), str(sweep / "1")]
     (condition,) = report["conditions"]
@@ -99,11 +124,13 @@ def test_a_sweep_folder_is_expanded_to_its_gmconv_runs_the_others_skipped_with_a
     means = [run["layers"]["conv1"]["mean"] for run in report["runs"]]
     conv1 = condition["layers"]["conv1"]
     assert (conv1["depth"], conv1["sigma_init"]) == (0, 2.0) and len(condition["layers"]) == LAYERS
-    assert conv1["sigma_mean"] == pytest.approx({"mean": statistics.mean(means), "std": statistics.stdev(means),
-                                                 "n": 2})
+    assert conv1["sigma_mean"] == pytest.approx(
+        {"mean": statistics.mean(means), "std": statistics.stdev(means), "n": 2}
+    )
     assert condition["network"]["max_abs_delta"]["n"] == 2
     assert {"sigma_by_depth.png", *(run["figures"]["masks"] for run in report["runs"])} <= {
-        p.name for p in out.glob("*.png")}
+        p.name for p in out.glob("*.png")
+    }
 
     mixed = sigma_report.read_runs([sweep / "1", sweep], LAST)  # a run folder and a sweep: the run joins its condition
     assert [run.path for run in mixed] == [sweep / "1", sweep / "0", sweep / "1"]
@@ -128,14 +155,17 @@ def test_figures_a_line_per_condition_and_a_compact_mask_grid_with_a_colour_bar(
     assert len([ax for ax in sigma_report.figure_masks(runs[0], 2, 0).axes if ax.images]) == LAYERS * 2
 
     summaries = [sigma_report.report_numbers(run) for run in runs]
-    numbers = [sigma_report.condition_numbers("both seeds", summaries),
-               sigma_report.condition_numbers("seed 0", summaries[:1])]
+    numbers = [
+        sigma_report.condition_numbers("both seeds", summaries),
+        sigma_report.condition_numbers("seed 0", summaries[:1]),
+    ]
     (depth,) = sigma_report.figure_by_depth(numbers).axes
     labels = [line.get_label() for line in depth.lines]
     assert labels == ["both seeds (n=2)", "seed 0 (n=1)", "sigma_init"]  # one line per condition, not per run
     assert len(depth.collections) == 1  # the ± std band of the condition with two seeds
     assert list(depth.lines[0].get_ydata()) == pytest.approx(
-        [statistics.mean(s["layers"][name]["mean"] for s in summaries) for name in summaries[0]["layers"]])
+        [statistics.mean(s["layers"][name]["mean"] for s in summaries) for name in summaries[0]["layers"]]
+    )
 
 
 def test_masks_are_the_layers_own_at_evenly_ranked_sigma():
@@ -167,12 +197,14 @@ def test_a_folder_without_checkpoint_fails_with_one_line(sweep, tmp_path, capsys
 
 
 @pytest.mark.slow
-def test_a_standard_run_among_good_ones_is_skipped_and_alone_fails_writing_nothing(gm_run, standard_run, tmp_path,
-                                                                                  capsys):
+def test_a_standard_run_among_good_ones_is_skipped_and_alone_fails_writing_nothing(
+    gm_run, standard_run, tmp_path, capsys
+):
     assert sigma_report.main([str(standard_run), str(gm_run), "--out", str(tmp_path / "report")]) == 0
     assert f"note: skipped {standard_run}: trained with conv=standard, no σ to report" in capsys.readouterr().out
     assert [run["run"] for run in json.loads((tmp_path / "report" / "sigma_report.json").read_text())["runs"]] == [
-        str(gm_run)]
+        str(gm_run)
+    ]
     err = _one_line_error(capsys, [str(standard_run), "--out", str(tmp_path / "nothing")])
     assert f"no run with learned σ in {standard_run}" in err
     assert not (tmp_path / "nothing").exists()

@@ -28,8 +28,13 @@ def fake_slurm(tmp_path, monkeypatch):
 
 def sbatch_text(tmp_path: Path, *overrides: str) -> str:
     """The sbatch file that the launcher plugin submits for these overrides, read from its submitit folder."""
-    cfg = compose_train("hydra/launcher=slurm", f"hydra.sweep.dir={tmp_path}/sweep",
-                        f"hydra.launcher.submitit_folder={tmp_path}/submitit", *overrides, hydra=True)
+    cfg = compose_train(
+        "hydra/launcher=slurm",
+        f"hydra.sweep.dir={tmp_path}/sweep",
+        f"hydra.launcher.submitit_folder={tmp_path}/submitit",
+        *overrides,
+        hydra=True,
+    )
     launcher = instantiate(cfg.hydra.launcher)
     launcher.config = cfg
     launcher.launch([["conv=gmconv"]], initial_job_idx=0)
@@ -39,10 +44,21 @@ def sbatch_text(tmp_path: Path, *overrides: str) -> str:
 
 @pytest.mark.slow
 def test_slurm_launcher_generates_the_requested_job(tmp_path, fake_slurm):
-    text = sbatch_text(tmp_path, "hydra.launcher.nodes=2", "hydra.launcher.gpus_per_node=4",
-                       "hydra.launcher.timeout_min=90", "hydra.launcher.partition=gpu")
-    for line in ("--nodes=2", "--gpus-per-node=4", "--ntasks-per-node=4", "--time=90", "--partition=gpu",
-                 "--cpus-per-task=10"):
+    text = sbatch_text(
+        tmp_path,
+        "hydra.launcher.nodes=2",
+        "hydra.launcher.gpus_per_node=4",
+        "hydra.launcher.timeout_min=90",
+        "hydra.launcher.partition=gpu",
+    )
+    for line in (
+        "--nodes=2",
+        "--gpus-per-node=4",
+        "--ntasks-per-node=4",
+        "--time=90",
+        "--partition=gpu",
+        "--cpus-per-task=10",
+    ):
         assert f"#SBATCH {line}\n" in text, text
 
 
@@ -55,8 +71,16 @@ def test_slurm_defaults_run_one_task_per_gpu(tmp_path, fake_slurm):
 
 def test_submitit_task_environment_becomes_torch_distributed(monkeypatch):
     """Each SLURM task sees SLURM's variables only; init_distributed first exports torch's."""
-    env = {"SUBMITIT_EXECUTOR": "slurm", "SLURM_JOB_ID": "42", "SLURM_NODEID": "1", "SLURM_PROCID": "5",
-           "SLURM_LOCALID": "1", "SLURM_NTASKS": "8", "SLURM_JOB_NUM_NODES": "2", "SLURM_JOB_NODELIST": "node[7-8]"}
+    env = {
+        "SUBMITIT_EXECUTOR": "slurm",
+        "SLURM_JOB_ID": "42",
+        "SLURM_NODEID": "1",
+        "SLURM_PROCID": "5",
+        "SLURM_LOCALID": "1",
+        "SLURM_NTASKS": "8",
+        "SLURM_JOB_NUM_NODES": "2",
+        "SLURM_JOB_NODELIST": "node[7-8]",
+    }
     for key, value in env.items():
         monkeypatch.setenv(key, value)
     for key in ("WORLD_SIZE", "RANK", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT"):

@@ -15,8 +15,20 @@ TINY = ["trainer.epochs=1", "data.train_size=64", "data.val_size=32", "data.batc
 @pytest.mark.slow
 def test_a_study_records_each_run_once_with_its_erfs_shape(tmp_path, capsys):
     record = tmp_path / "runs.csv"
-    arguments = ["run", "--seeds", "1", "--arms", "standard", "dilated", "--out", str(tmp_path / "runs"),
-                 "--record", str(record), "--overrides", *TINY]
+    arguments = [
+        "run",
+        "--seeds",
+        "1",
+        "--arms",
+        "standard",
+        "dilated",
+        "--out",
+        str(tmp_path / "runs"),
+        "--record",
+        str(record),
+        "--overrides",
+        *TINY,
+    ]
     rivals.main(arguments)
     rows = list(csv.DictReader(record.open()))
     assert [(r["arm"], r["seed"]) for r in rows] == [("standard", "0"), ("dilated", "0")]
@@ -29,12 +41,31 @@ def test_a_study_records_each_run_once_with_its_erfs_shape(tmp_path, capsys):
 
 def test_the_report_pairs_each_arm_with_the_standard_convolution_by_seed(tmp_path):
     def row(arm: str, seed: int, top1: float) -> dict:
-        return {**dict.fromkeys(rivals.COLUMNS, "0.5"), "data": "digits_cluttered", "digit_size": "", "arm": arm,
-                "seed": seed, "top1": top1, "params": 1000, "flops": 2000000, "amp": "bf16", "channels_last": True,
-                "sigma_mean": ""}
+        return {
+            **dict.fromkeys(rivals.COLUMNS, "0.5"),
+            "data": "digits_cluttered",
+            "digit_size": "",
+            "arm": arm,
+            "seed": seed,
+            "top1": top1,
+            "params": 1000,
+            "flops": 2000000,
+            "amp": "bf16",
+            "channels_last": True,
+            "sigma_mean": "",
+        }
+
     record, tables = tmp_path / "runs.csv", tmp_path / "tables.md"
-    rivals.write_record(record, [row("standard", 0, 90.0), row("dilated", 0, 91.0), row("standard", 1, 88.0),
-                                 row("dilated", 1, 88.5), row("dilated", 2, 99.0)])
+    rivals.write_record(
+        record,
+        [
+            row("standard", 0, 90.0),
+            row("dilated", 0, 91.0),
+            row("standard", 1, 88.0),
+            row("dilated", 1, 88.5),
+            row("dilated", 2, 99.0),
+        ],
+    )
     rivals.main(["report", "--record", str(record), "--tables", str(tables)])
     dilated = next(line for line in tables.read_text().splitlines() if line.startswith("| dilated"))
     assert "| 3 |" in dilated and "+0.75 [" in dilated  # three seeds; Δ over the two shared with standard
@@ -42,8 +73,17 @@ def test_the_report_pairs_each_arm_with_the_standard_convolution_by_seed(tmp_pat
 
 def test_compare_pairs_the_precisions_by_seed(tmp_path):
     def row(amp: str, seed: int, top1: float) -> dict:
-        return {**dict.fromkeys(rivals.COLUMNS, ""), "data": "digits", "arm": "gmconv", "seed": seed, "amp": amp,
-                "top1": top1, "wall_time_s": 10, "sigma_mean": 2.0}
+        return {
+            **dict.fromkeys(rivals.COLUMNS, ""),
+            "data": "digits",
+            "arm": "gmconv",
+            "seed": seed,
+            "amp": amp,
+            "top1": top1,
+            "wall_time_s": 10,
+            "sigma_mean": 2.0,
+        }
+
     fp32, bf16 = tmp_path / "fp32.csv", tmp_path / "bf16.csv"
     rivals.write_record(fp32, [row("none", 0, 90.0), row("none", 1, 91.0), row("none", 2, 92.0)])
     rivals.write_record(bf16, [row("bf16", 0, 91.0), row("bf16", 1, 91.5), row("bf16", 3, 50.0)])

@@ -23,11 +23,19 @@ from analysis.trained_run import TrainedRun, conditions, distinct_labels, find_r
 from engine.config import TrainConfig
 from helpers import ROOT, failed_with, ok, run_in_process
 
-TINY = ["trainer.epochs=1", "trainer.limit_train_batches=2", "trainer.limit_val_batches=1", "data.batch_size=16",
-        "trainer.progress=false"]
+TINY = [
+    "trainer.epochs=1",
+    "trainer.limit_train_batches=2",
+    "trainer.limit_val_batches=1",
+    "data.batch_size=16",
+    "trainer.progress=false",
+]
 SCRIPT = ["-m", "scripts.summarize"]
-STANDARD, GMCONV, GMCONV_SIGMA10 = ("conv=standard", "conv=gmconv optim.sigma_lr_scale=1",
-                                    "conv=gmconv optim.sigma_lr_scale=10")
+STANDARD, GMCONV, GMCONV_SIGMA10 = (
+    "conv=standard",
+    "conv=gmconv optim.sigma_lr_scale=1",
+    "conv=gmconv optim.sigma_lr_scale=10",
+)
 
 
 def summarize_cli(*args: str) -> subprocess.CompletedProcess:
@@ -40,8 +48,12 @@ def runs(tmp_path_factory) -> dict[str, Any]:
     and three unfinished folders made from copies of a finished one."""
     root = tmp_path_factory.mktemp("summarize")
     sweep, single = root / "multirun" / "2025-01-01_00-00-00", root / "digits" / "resnet20-gmconv"
-    jobs = {(STANDARD, 0): ("conv=standard", "seed=0"), (STANDARD, 1): ("conv=standard", "seed=1"),
-            (GMCONV, 0): ("conv=gmconv", "seed=0"), (GMCONV, 1): ("conv=gmconv", "seed=1")}
+    jobs = {
+        (STANDARD, 0): ("conv=standard", "seed=0"),
+        (STANDARD, 1): ("conv=standard", "seed=1"),
+        (GMCONV, 0): ("conv=gmconv", "seed=0"),
+        (GMCONV, 1): ("conv=gmconv", "seed=1"),
+    }
     folders = {key: sweep / f"{i}_{','.join(overrides)}" for i, (key, overrides) in enumerate(jobs.items())}
     folders[GMCONV_SIGMA10, 0] = single / "2025-01-01_01-00-00"
     jobs[GMCONV_SIGMA10, 0] = ("conv=gmconv", "optim.sigma_lr_scale=10", "seed=0")
@@ -49,8 +61,11 @@ def runs(tmp_path_factory) -> dict[str, Any]:
         run_in_process(folder, *TINY, *jobs[key])
     run_in_process(single / "eval", *TINY, "conv=standard", "eval_only=true", f"ckpt='{folders[STANDARD, 0]}'")
 
-    unfinished = {"no_results": single / "2025-01-01_02-00-00", "config_only": single / "2025-01-01_03-00-00",
-                  "corrupt": single / "2025-01-01_04-00-00"}
+    unfinished = {
+        "no_results": single / "2025-01-01_02-00-00",
+        "config_only": single / "2025-01-01_03-00-00",
+        "corrupt": single / "2025-01-01_04-00-00",
+    }
     for folder in unfinished.values():
         shutil.copytree(folders[GMCONV, 1], folder)
     (unfinished["no_results"] / "results.json").unlink()
@@ -96,21 +111,25 @@ def test_real_runs_grouped_by_setting_with_paired_delta_and_unfinished_runs_list
     # σ's learning rate exists only for GMConv: the baseline is the standard group equal in all else
     sigma10 = rows[GMCONV_SIGMA10]
     assert (sigma10["n"], sigma10["top1_std"], sigma10["baseline"], sigma10["delta_pairs"]) == ("1", "", STANDARD, "1")
-    assert float(sigma10["delta_top1_mean"]) == pytest.approx(results[GMCONV_SIGMA10, 0]["top1"]
-                                                               - results[STANDARD, 0]["top1"])
+    assert float(sigma10["delta_top1_mean"]) == pytest.approx(
+        results[GMCONV_SIGMA10, 0]["top1"] - results[STANDARD, 0]["top1"]
+    )
     assert rows[STANDARD]["baseline"] == rows[STANDARD]["delta_top1_mean"] == ""
 
     # these runs stop each epoch after a few batches: every group is marked as short (†), with the reason
     table = {line.split(" | ")[0].strip("| †"): line for line in proc.stdout.splitlines() if line.startswith("| conv=")}
     assert all(line.split(" | ")[0].endswith("†") for line in table.values())
     assert "† Short runs, not results: " in proc.stdout and "trainer.limit_train_batches=" in proc.stdout
-    assert table[GMCONV].endswith(f"| {statistics.mean(differences):+.2f} ± {statistics.stdev(differences):.2f} "
-                                  "(2 pairs) |")
+    assert table[GMCONV].endswith(
+        f"| {statistics.mean(differences):+.2f} ± {statistics.stdev(differences):.2f} (2 pairs) |"
+    )
     assert table[STANDARD].endswith("| — |") and "± — " in table[GMCONV_SIGMA10]
     unfinished = runs["unfinished"]
-    for folder, what in ((unfinished["no_results"], "no results.json; last checkpoint at epoch 1/1"),
-                         (unfinished["config_only"], "no results.json; no checkpoint"),
-                         (unfinished["corrupt"], "unreadable results.json")):
+    for folder, what in (
+        (unfinished["no_results"], "no results.json; last checkpoint at epoch 1/1"),
+        (unfinished["config_only"], "no results.json; no checkpoint"),
+        (unfinished["corrupt"], "unreadable results.json"),
+    ):
         assert f"- `{folder}`: {what}" in proc.stdout
     assert "1 evaluation-only run (eval_only=true) left out." in proc.stdout
 
@@ -118,12 +137,27 @@ def test_real_runs_grouped_by_setting_with_paired_delta_and_unfinished_runs_list
 def fake(conv_name: str, seed: int, top1: float, overrides: list[str] = (), **sections: dict[str, Any]) -> CompletedRun:
     """A completed run's results as the runner writes them, with only the settings a test varies."""
     conv_type = "standard" if conv_name == "standard" else "gmconv"
-    config = {"model": {"name": "resnet20"}, "conv": {"name": conv_name, "type": conv_type, "sigma_init": 2.0},
-              "optim": {"lr": 0.1, "sigma_lr_scale": 1.0}, "data": {"name": "digits", "num_workers": 0}, "seed": seed}
+    config = {
+        "model": {"name": "resnet20"},
+        "conv": {"name": conv_name, "type": conv_type, "sigma_init": 2.0},
+        "optim": {"lr": 0.1, "sigma_lr_scale": 1.0},
+        "data": {"name": "digits", "num_workers": 0},
+        "seed": seed,
+    }
     for section, values in sections.items():
         config[section] = {**config.get(section, {}), **values}
-    results = {"status": "completed", "top1": top1, "top5": top1 + 10, "params": 1e6, "flops": 2e9,
-               "images_per_s": 100.0, "wall_time_s": 60.0, "seed": seed, "config": config, "overrides": list(overrides)}
+    results = {
+        "status": "completed",
+        "top1": top1,
+        "top5": top1 + 10,
+        "params": 1e6,
+        "flops": 2e9,
+        "images_per_s": 100.0,
+        "wall_time_s": 60.0,
+        "seed": seed,
+        "config": config,
+        "overrides": list(overrides),
+    }
     return CompletedRun(Path(f"{conv_name}/{seed}/{top1}"), results, settings_of(results))
 
 
@@ -132,9 +166,17 @@ def rows_by_label(runs: list[CompletedRun]) -> dict[str, Any]:
 
 
 def test_delta_pairs_only_common_seeds_and_a_single_run_has_no_std():
-    rows = rows_by_label([fake("standard", 0, 50.0), fake("standard", 1, 60.0), fake("standard", 2, 70.0),
-                          fake("gmconv", 1, 61.0), fake("gmconv", 2, 74.0), fake("gmconv", 3, 99.0),
-                          fake("gmconv_fixed", 7, 80.0)])
+    rows = rows_by_label(
+        [
+            fake("standard", 0, 50.0),
+            fake("standard", 1, 60.0),
+            fake("standard", 2, 70.0),
+            fake("gmconv", 1, 61.0),
+            fake("gmconv", 2, 74.0),
+            fake("gmconv", 3, 99.0),
+            fake("gmconv_fixed", 7, 80.0),
+        ]
+    )
     gm = rows["conv=gmconv"]
     assert (gm.delta.mean, gm.delta.std, gm.delta.n) == (2.5, pytest.approx(statistics.stdev([1.0, 4.0])), 2)
     assert format_delta(gm) == "+2.50 ± 2.12 (2 pairs)"
@@ -146,8 +188,13 @@ def test_delta_pairs_only_common_seeds_and_a_single_run_has_no_std():
 
 
 def test_no_standard_group_means_no_delta_and_bookkeeping_does_not_split_groups():
-    rows = rows_by_label([fake("gmconv", 0, 50.0), fake("gmconv", 1, 52.0, data={"num_workers": 8}),
-                          fake("gmconv", 0, 55.0, optim={"lr": 0.05})])
+    rows = rows_by_label(
+        [
+            fake("gmconv", 0, 50.0),
+            fake("gmconv", 1, 52.0, data={"num_workers": 8}),
+            fake("gmconv", 0, 55.0, optim={"lr": 0.05}),
+        ]
+    )
     assert sorted(rows) == ["optim.lr=0.05", "optim.lr=0.1"]  # conv and data are common: not in the label
     assert rows["optim.lr=0.1"].top1.n == 2
     assert all(row.baseline is None and format_delta(row) == "—" for row in rows.values())
@@ -156,8 +203,7 @@ def test_no_standard_group_means_no_delta_and_bookkeeping_does_not_split_groups(
 def test_a_setting_the_conv_name_does_not_imply_is_labelled_and_splits_groups():
     runs = [fake("standard", 0, 50.0), fake("gmconv", 0, 52.0), fake("gmconv", 0, 53.0, conv={"sigma_init": 3.0})]
     rows = rows_by_label(runs)
-    assert sorted(rows) == ["conv=gmconv conv.sigma_init=2", "conv=gmconv conv.sigma_init=3",
-                            "conv=standard"]
+    assert sorted(rows) == ["conv=gmconv conv.sigma_init=2", "conv=gmconv conv.sigma_init=3", "conv=standard"]
     assert rows["conv=gmconv conv.sigma_init=3"].delta.mean == 3.0  # baseline ignores every conv setting
     assert sorted(rows_by_label(runs[:2])) == ["conv=gmconv", "conv=standard"]  # conv.type follows conv.name
 
@@ -171,6 +217,7 @@ def test_an_empty_or_missing_folder_fails_in_one_line(tmp_path, name, error):
 
 def test_analysis_labels_name_the_settings_that_tell_runs_apart():
     """Figures of several runs of one model/conv/seed label each with what differs between them."""
+
     def run(**optim):
         config = OmegaConf.merge(OmegaConf.structured(TrainConfig), {"conv": {"name": "gmconv"}, "optim": optim})
         return TrainedRun(Path("."), config, Path("."), {}, None)
@@ -178,21 +225,25 @@ def test_analysis_labels_name_the_settings_that_tell_runs_apart():
     assert distinct_labels([run(sigma_lr_scale=1.0), run(sigma_lr_scale=100.0), run(lr=0.5)]) == [
         "resnet20-gmconv seed 0 (optim.lr=0.1, optim.sigma_lr_scale=1.0)",
         "resnet20-gmconv seed 0 (optim.lr=0.1, optim.sigma_lr_scale=100.0)",
-        "resnet20-gmconv seed 0 (optim.lr=0.5, optim.sigma_lr_scale=1.0)"]
+        "resnet20-gmconv seed 0 (optim.lr=0.5, optim.sigma_lr_scale=1.0)",
+    ]
 
 
 def test_analysis_conditions_group_seeds_and_are_labelled_by_what_differs():
     """erf.py and sigma_report.py average over the seeds of a condition: runs equal but for seed and bookkeeping."""
+
     def run(seed: int, root: str = "data", **optim):
-        config = OmegaConf.merge(OmegaConf.structured(TrainConfig),
-                                 {"conv": {"name": "gmconv", "type": "gmconv"}, "seed": seed, "data": {"root": root},
-                                  "optim": optim})
+        config = OmegaConf.merge(
+            OmegaConf.structured(TrainConfig),
+            {"conv": {"name": "gmconv", "type": "gmconv"}, "seed": seed, "data": {"root": root}, "optim": optim},
+        )
         return TrainedRun(Path("."), config, Path("."), {}, None)
 
     runs = [run(1), run(0, sigma_lr_scale=100.0), run(0, root="elsewhere"), run(2, sigma_lr_scale=100.0)]
     assert [(c.label, c.members) for c in conditions(runs)] == [
         ("resnet20-gmconv (optim.sigma_lr_scale=1.0)", (2, 0)),  # by seed; data.root is bookkeeping
-        ("resnet20-gmconv (optim.sigma_lr_scale=100.0)", (1, 3))]
+        ("resnet20-gmconv (optim.sigma_lr_scale=100.0)", (1, 3)),
+    ]
     assert [c.label for c in conditions(runs[:1])] == ["resnet20-gmconv"]
 
 
@@ -206,20 +257,44 @@ def test_a_sweeps_run_folders_come_in_job_order(tmp_path):
 def test_short_runs_are_marked_even_where_every_run_is_short():
     """A table of runs cut short (limit_*_batches, or fewer epochs than their experiment's or data's recipe) hides the
     settings they share, so it would look like results without the mark."""
-    limited = [fake(conv, seed, 90.0 + seed, trainer={"limit_train_batches": 3, "limit_val_batches": None,
-                                                     "epochs": 10}) for conv in ("standard", "gmconv") for seed in (0, 1)]
+    limited = [
+        fake(conv, seed, 90.0 + seed, trainer={"limit_train_batches": 3, "limit_val_batches": None, "epochs": 10})
+        for conv in ("standard", "gmconv")
+        for seed in (0, 1)
+    ]
     text = markdown(table_rows(group_runs(limited)), [], 0)
     assert "| conv=gmconv† |" in text and "| conv=standard† |" in text
     assert "† Short runs, not results: conv=gmconv: trainer.limit_train_batches=3;" in text
-    cut = [fake("gmconv", 0, 90.0, ["experiment=cifar10_resnet20", "trainer.epochs=2"],
-                trainer={"limit_train_batches": None, "limit_val_batches": None, "epochs": 2})]
+    cut = [
+        fake(
+            "gmconv",
+            0,
+            90.0,
+            ["experiment=cifar10_resnet20", "trainer.epochs=2"],
+            trainer={"limit_train_batches": None, "limit_val_batches": None, "epochs": 2},
+        )
+    ]
     assert "trainer.epochs=2 of experiment=cifar10_resnet20's 164" in markdown(table_rows(group_runs(cut)), [], 0)
-    full = [fake("gmconv", 0, 90.0, ["experiment=cifar10_resnet20"],
-                 trainer={"limit_train_batches": None, "limit_val_batches": None, "epochs": 164})]
+    full = [
+        fake(
+            "gmconv",
+            0,
+            90.0,
+            ["experiment=cifar10_resnet20"],
+            trainer={"limit_train_batches": None, "limit_val_batches": None, "epochs": 164},
+        )
+    ]
     assert "†" not in markdown(table_rows(group_runs(full)), [], 0)
     # without an experiment, the data's recipe plans the epochs: the digits' 10
-    short = [fake("gmconv", 0, 90.0, ["trainer.epochs=1"], trainer={"limit_train_batches": None,
-                                                                    "limit_val_batches": None, "epochs": 1})]
+    short = [
+        fake(
+            "gmconv",
+            0,
+            90.0,
+            ["trainer.epochs=1"],
+            trainer={"limit_train_batches": None, "limit_val_batches": None, "epochs": 1},
+        )
+    ]
     assert "trainer.epochs=1 of data=digits model=resnet20's 10" in markdown(table_rows(group_runs(short)), [], 0)
     whole = [fake("gmconv", 0, 90.0, trainer={"limit_train_batches": None, "limit_val_batches": None, "epochs": 10})]
     assert "†" not in markdown(table_rows(group_runs(whole)), [], 0)
@@ -228,9 +303,12 @@ def test_short_runs_are_marked_even_where_every_run_is_short():
 def test_settings_a_conv_type_cannot_act_on_do_not_split_a_condition():
     """Runs made before and after such a default changed (the offsets' learning rate of a GMConv run, a dilation
     on a standard one) trained the same network the same way: one group, labelled without them."""
-    runs = [fake("gmconv", 0, 90.0, optim={"offset_lr_scale": 1.0}, conv={"dilation": 2}),
-            fake("gmconv", 1, 91.0, optim={"offset_lr_scale": 0.1}, conv={"dilation": 3}),
-            fake("standard", 0, 89.0, optim={"offset_lr_scale": 1.0}), fake("standard", 1, 90.0)]
+    runs = [
+        fake("gmconv", 0, 90.0, optim={"offset_lr_scale": 1.0}, conv={"dilation": 2}),
+        fake("gmconv", 1, 91.0, optim={"offset_lr_scale": 0.1}, conv={"dilation": 3}),
+        fake("standard", 0, 89.0, optim={"offset_lr_scale": 1.0}),
+        fake("standard", 1, 90.0),
+    ]
     rows = rows_by_label(runs)
     assert set(rows) == {"conv=gmconv", "conv=standard"} and rows["conv=gmconv"].top1.n == 2
     assert rows["conv=gmconv"].delta.n == 2  # paired with the standard runs across the changed default

@@ -48,8 +48,9 @@ def record(run_dir: Path) -> dict[str, bytes]:
 def finished(tmp_path_factory) -> tuple[Path, subprocess.CompletedProcess]:
     """A finished 2-epoch run of ResNet-20 with one σ per layer on the digits, through the command line."""
     run_dir = tmp_path_factory.mktemp("finished") / "run"
-    proc = ok(train(*QUICK, "trainer.epochs=2", "conv=gmconv_layer", "trainer.log_masks=true",
-                    f"hydra.run.dir={run_dir}"))
+    proc = ok(
+        train(*QUICK, "trainer.epochs=2", "conv=gmconv_layer", "trainer.log_masks=true", f"hydra.run.dir={run_dir}")
+    )
     return run_dir, proc
 
 
@@ -69,13 +70,30 @@ def test_a_run_writes_the_whole_run_folder(finished):
     assert results["params"] > 250_000 and results["flops"] > 0 and results["eval_samples"] == 64
     assert results["best_epoch"] in (1, 2)
     assert "conv=gmconv_layer" in results["overrides"] and results["config"]["conv"]["sigma_granularity"] == "layer"
-    for name in ("train.log", ".hydra/config.yaml", ".hydra/overrides.yaml", "checkpoints/last.pt",
-                 "checkpoints/best.pt", "metrics.csv"):
+    for name in (
+        "train.log",
+        ".hydra/config.yaml",
+        ".hydra/overrides.yaml",
+        "checkpoints/last.pt",
+        "checkpoints/best.pt",
+        "metrics.csv",
+    ):
         assert (run_dir / name).is_file(), name
     assert "epoch 2/2" in (run_dir / "train.log").read_text()
     tags = scalar_tags(run_dir / "tb")
-    expected = {"train/loss", "train/top1", "lr", "val/loss", "val/top1", "val/top5", "perf/images_per_s",
-                "perf/epoch_time_s", "sigma/conv1/mean", "sigma/layer3.2.conv2/max", "hparam/top1"}
+    expected = {
+        "train/loss",
+        "train/top1",
+        "lr",
+        "val/loss",
+        "val/top1",
+        "val/top5",
+        "perf/images_per_s",
+        "perf/epoch_time_s",
+        "sigma/conv1/mean",
+        "sigma/layer3.2.conv2/max",
+        "hparam/top1",
+    }
     assert expected <= tags, expected - tags
     assert "sigma_mask/layer3.2.conv2" in scalar_tags(run_dir / "tb", "images")  # trainer.log_masks=true
     ckpt = load(run_dir / "checkpoints/last.pt")
@@ -96,11 +114,25 @@ def test_a_run_writes_the_whole_run_folder(finished):
 
 
 def test_cifar10_and_imagefolder_train_from_files(tmp_path, cifar10_root, imagefolder_root):
-    results = run_in_process(tmp_path / "cifar", *QUICK, "data=cifar10", f"data.root={cifar10_root}",
-                             "data.batch_size=4", "data.num_workers=0")
+    results = run_in_process(
+        tmp_path / "cifar",
+        *QUICK,
+        "data=cifar10",
+        f"data.root={cifar10_root}",
+        "data.batch_size=4",
+        "data.num_workers=0",
+    )
     assert results["eval_samples"] == 8
-    results = run_in_process(tmp_path / "folder", *QUICK, "data=imagefolder", f"data.root={imagefolder_root}",
-                             "data.image_size=32", "data.val_resize=36", "data.batch_size=4", "data.num_workers=0")
+    results = run_in_process(
+        tmp_path / "folder",
+        *QUICK,
+        "data=imagefolder",
+        f"data.root={imagefolder_root}",
+        "data.image_size=32",
+        "data.val_resize=36",
+        "data.batch_size=4",
+        "data.num_workers=0",
+    )
     assert results["eval_samples"] == 8
 
 
@@ -120,8 +152,9 @@ def test_a_sweep_runs_every_good_job_and_counts_the_bad_ones(tmp_path):
 def test_eval_only_takes_model_conv_and_data_from_the_checkpoint(finished, tmp_path):
     run_dir, _ = finished
     before = record(run_dir)
-    proc = ok(train("eval_only=true", f"ckpt={run_dir}", "trainer.limit_val_batches=2",
-                    f"hydra.run.dir={tmp_path / 'eval'}"))
+    proc = ok(
+        train("eval_only=true", f"ckpt={run_dir}", "trainer.limit_val_batches=2", f"hydra.run.dir={tmp_path / 'eval'}")
+    )
     evaluated = json.loads((tmp_path / "eval/results.json").read_text())
     trained = json.loads((run_dir / "results.json").read_text())
     assert evaluated["status"] == "evaluated" and evaluated["conv"] == "gmconv_layer"
@@ -144,8 +177,7 @@ def test_a_mistaken_resume_or_eval_leaves_the_run_record_intact(finished_copy):
 def test_resuming_a_complete_run_says_so_and_changes_nothing(finished_copy, caplog):
     caplog.set_level("INFO")
     before = record(finished_copy)
-    results = run_in_process(finished_copy, *QUICK, "trainer.epochs=2", "conv=gmconv_layer",
-                             f"resume={finished_copy}")
+    results = run_in_process(finished_copy, *QUICK, "trainer.epochs=2", "conv=gmconv_layer", f"resume={finished_copy}")
     assert results["status"] == "completed"
     assert "already complete" in caplog.text
     assert record(finished_copy) == before
@@ -202,20 +234,25 @@ def test_progress_lines_when_not_on_a_terminal(tmp_path, caplog):
 
 
 # One case per stage that can reject a setting; tests/test_config.py covers every kind in-process.
-@pytest.mark.parametrize("overrides, fragments", [
-    (["model=resnet999"], ["resnet999", "resnet20"]),  # Hydra: unknown group option, choices listed
-    (["trainer.epoch=3"], ["epoch"]),  # Hydra: key not in the typed schema
-    (["+trainer.epoch=3"], ["trainer.epoch", "not a setting"]),  # engine.config.validate: added with +
-    (["trainer.epochs=0"], ["trainer.epochs=0"]),  # engine.config.validate
-])
+@pytest.mark.parametrize(
+    "overrides, fragments",
+    [
+        (["model=resnet999"], ["resnet999", "resnet20"]),  # Hydra: unknown group option, choices listed
+        (["trainer.epoch=3"], ["epoch"]),  # Hydra: key not in the typed schema
+        (["+trainer.epoch=3"], ["trainer.epoch", "not a setting"]),  # engine.config.validate: added with +
+        (["trainer.epochs=0"], ["trainer.epochs=0"]),  # engine.config.validate
+    ],
+)
 def test_bad_settings_fail_in_one_clear_line_and_leave_no_folder(tmp_path, overrides, fragments):
     failed_with(train(*QUICK, *overrides, f"hydra.run.dir={tmp_path / 'run'}"), *fragments)
     assert not (tmp_path / "run").exists()
 
 
 def test_missing_dataset_fails_in_one_clear_line_and_leaves_no_folder(tmp_path):
-    out = failed_with(train(*QUICK, "data=cifar10", f"data.root={tmp_path / 'nowhere'}",
-                            f"hydra.run.dir={tmp_path / 'run'}"), "data.download")
+    out = failed_with(
+        train(*QUICK, "data=cifar10", f"data.root={tmp_path / 'nowhere'}", f"hydra.run.dir={tmp_path / 'run'}"),
+        "data.download",
+    )
     assert str(tmp_path / "nowhere") in out
     assert not (tmp_path / "run").exists()
 
@@ -243,8 +280,11 @@ def test_unreadable_checkpoints_are_refused_without_running_code(finished, tmp_p
 def test_bad_checkpoints_fail_in_one_clear_line(finished, tmp_path):
     good = finished[0] / "checkpoints/last.pt"
     truncated = bad_checkpoints(good, tmp_path)[0]
-    failed_with(train("eval_only=true", f"ckpt={truncated}", f"hydra.run.dir={tmp_path / 'eval'}"),
-                str(truncated), "cannot read checkpoint")
+    failed_with(
+        train("eval_only=true", f"ckpt={truncated}", f"hydra.run.dir={tmp_path / 'eval'}"),
+        str(truncated),
+        "cannot read checkpoint",
+    )
     failed_with(train("eval_only=true", f"ckpt={tmp_path}"), "holds no checkpoint")
     # the same refusals in-process (the command line's one-line exit is what the two above check)
     with pytest.raises(ValueError, match="model=resnet20.*same model/conv settings"):

@@ -34,10 +34,15 @@ def digits_run(tmp_path_factory) -> Path:
 
 @pytest.mark.slow
 def test_predicting_the_exported_digits_reproduces_eval_only_exactly(digits_run, tmp_path, capsys):
-    subprocess.run([sys.executable, "-m", "scripts.export_digits", str(tmp_path / "png")], cwd=ROOT, check=True,
-                   capture_output=True)
-    evaluated = run_in_process(tmp_path / "eval", *QUICK, "trainer.limit_val_batches=null", "eval_only=true",
-                               f"ckpt={digits_run}")
+    subprocess.run(
+        [sys.executable, "-m", "scripts.export_digits", str(tmp_path / "png")],
+        cwd=ROOT,
+        check=True,
+        capture_output=True,
+    )
+    evaluated = run_in_process(
+        tmp_path / "eval", *QUICK, "trainer.limit_val_batches=null", "eval_only=true", f"ckpt={digits_run}"
+    )
     assert predict.main([str(digits_run), str(tmp_path / "png" / "val"), "--out", str(tmp_path / "p.csv")]) == 0
     rows = (tmp_path / "p.csv").read_text().splitlines()[1:]
     correct = sum(Path(row.split(",")[0]).parent.name == row.split(",")[1] for row in rows)
@@ -61,8 +66,17 @@ def test_predict_reads_folders_lists_and_awkward_files_as_training_does(tmp_path
             for i in range(4):
                 _image(root / split / name / f"{i}.{'jpg' if i % 2 else 'png'}", grey=i == 3)
     run_dir = tmp_path / "run"
-    run_in_process(run_dir, *QUICK, "data=imagefolder", f"data.root={root}", "data.image_size=32",
-                   "data.val_resize=36", "data.batch_size=4", "data.num_workers=0", "trainer.limit_train_batches=null")
+    run_in_process(
+        run_dir,
+        *QUICK,
+        "data=imagefolder",
+        f"data.root={root}",
+        "data.image_size=32",
+        "data.val_resize=36",
+        "data.batch_size=4",
+        "data.num_workers=0",
+        "trainer.limit_train_batches=null",
+    )
     inputs = tmp_path / "inputs"
     _image(inputs / "nested" / "deeper" / "a.png", size=57)
     _image(inputs / "b.JPG", size=23, grey=True)
@@ -84,10 +98,13 @@ def test_predict_reads_folders_lists_and_awkward_files_as_training_does(tmp_path
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("make, message", [
-    (lambda tmp: (tmp / "empty").mkdir() or [str(tmp / "empty")], "no image file in"),
-    (lambda tmp: ["missing.png"], "missing.png does not exist"),
-])
+@pytest.mark.parametrize(
+    "make, message",
+    [
+        (lambda tmp: (tmp / "empty").mkdir() or [str(tmp / "empty")], "no image file in"),
+        (lambda tmp: ["missing.png"], "missing.png does not exist"),
+    ],
+)
 def test_predict_refuses_bad_input_in_one_line(digits_run, tmp_path, capsys, make, message):
     assert predict.main([str(digits_run), *make(tmp_path)]) == 2
     err = capsys.readouterr().err
@@ -107,7 +124,9 @@ for name in ("gmconv", "engine", "data", "models", "analysis", "predict", "train
     sys.modules[name] = None  # importing any of them now fails: the files must not need this project
 """
 
-USE_THE_EXPORTS = BLOCK_THE_PROJECT + """
+USE_THE_EXPORTS = (
+    BLOCK_THE_PROJECT
+    + """
 import json, numpy as np, torch, onnxruntime
 from PIL import Image
 expected = np.load("expected.npy")
@@ -129,14 +148,20 @@ for folder in ("pt2", "onnx", "torchscript"):
         logits = session.run(None, {session.get_inputs()[0].name: x})[0]
     print(folder, float(np.abs(logits - expected).max()), info["classes"][int(logits.argmax())])
 """
+)
 
 
 @pytest.mark.slow
 def test_exported_models_run_without_this_project(digits_run, tmp_path):
     umask = export.current_umask()
     for fmt in ("pt2", "onnx", "torchscript"):
-        assert export.main([str(digits_run), "--format", fmt, "--out", str(tmp_path / fmt)] +
-                           (["--dynamic-batch"] if fmt != "torchscript" else [])) == 0
+        assert (
+            export.main(
+                [str(digits_run), "--format", fmt, "--out", str(tmp_path / fmt)]
+                + (["--dynamic-batch"] if fmt != "torchscript" else [])
+            )
+            == 0
+        )
         assert (tmp_path / fmt).stat().st_mode & 0o777 == 0o777 & ~umask  # a folder like any the user makes
         files = sorted(p.name for p in (tmp_path / fmt).iterdir())
         assert files == sorted(["model.json", export.FORMATS[fmt]])  # one model file: ONNX without external data
@@ -147,8 +172,14 @@ def test_exported_models_run_without_this_project(digits_run, tmp_path):
     with torch.no_grad():
         expected = run.model(run.transform(decode(str(tmp_path / "image.png")))[None])
     np.save(tmp_path / "expected.npy", expected.numpy())
-    proc = subprocess.run([sys.executable, "-I", "-c", USE_THE_EXPORTS], cwd=tmp_path, capture_output=True, text=True,
-                          timeout=300, env={k: v for k, v in os.environ.items() if k != "PYTHONPATH"})
+    proc = subprocess.run(
+        [sys.executable, "-I", "-c", USE_THE_EXPORTS],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={k: v for k, v in os.environ.items() if k != "PYTHONPATH"},
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     lines = dict((line.split()[0], line.split()[1:]) for line in proc.stdout.splitlines())
     assert set(lines) == {"pt2", "onnx", "torchscript"}
@@ -159,9 +190,18 @@ def test_exported_models_run_without_this_project(digits_run, tmp_path):
 @pytest.mark.slow
 def test_a_folded_resnet_state_dict_loads_strictly_into_torchvisions_architecture(tmp_path):
     run_dir = tmp_path / "run"
-    run_in_process(run_dir, "model=resnet18", "data=fake", "data.image_size=72", "data.num_classes=3",
-                   "data.train_size=8", "data.val_size=4", "data.batch_size=4", "trainer.epochs=1",
-                   "trainer.progress=false")
+    run_in_process(
+        run_dir,
+        "model=resnet18",
+        "data=fake",
+        "data.image_size=72",
+        "data.num_classes=3",
+        "data.train_size=8",
+        "data.val_size=4",
+        "data.batch_size=4",
+        "trainer.epochs=1",
+        "trainer.progress=false",
+    )
     assert export.main([str(run_dir), "--format", "state_dict", "--out", str(tmp_path / "sd")]) == 0
     plain = torchvision.models.resnet18(num_classes=3)
     plain.load_state_dict(torch.load(tmp_path / "sd" / "model.pth", weights_only=True), strict=True)
@@ -176,7 +216,10 @@ def test_export_refuses_bad_input_in_one_line(digits_run, tmp_path, capsys):
         export.main([str(tmp_path / "no such run"), "--format", "tflite"])
     assert refused.value.code == 2
     assert "argument --format: invalid choice: 'tflite' (choose from pt2, onnx, torchscript, state_dict)" in (
-        capsys.readouterr().err.replace("'pt2', 'onnx', 'torchscript', 'state_dict'", "pt2, onnx, torchscript, state_dict"))
+        capsys.readouterr().err.replace(
+            "'pt2', 'onnx', 'torchscript', 'state_dict'", "pt2, onnx, torchscript, state_dict"
+        )
+    )
     dynamic = types.SimpleNamespace(model=nn.Sequential(DynamicGMConv2d(3, 4, 3)), label="resnet20-gmconv_dynamic")
     with pytest.raises(ValueError, match="export it with --no-fold"):
         export.exportable(dynamic, fold=True)

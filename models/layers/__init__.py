@@ -14,5 +14,7 @@ def receptive_field_groups(model: nn.Module, weight_decay: float, offset_lr_scal
     positions and widths, never decayed (decay would pull every element to the kernel's centre)."""
     offsets = [p for m in model.modules() if isinstance(m, DeformConv2d) for p in m.offset.parameters()]
     spacings = [p for m in model.modules() if isinstance(m, Dcls2d) for p in (m.positions, m.sigma_raw)]
-    return [{"params": offsets, "weight_decay": weight_decay, "lr_scale": offset_lr_scale},
-            {"params": spacings, "weight_decay": 0.0}]
+    return [
+        {"params": offsets, "weight_decay": weight_decay, "lr_scale": offset_lr_scale},
+        {"params": spacings, "weight_decay": 0.0},
+    ]

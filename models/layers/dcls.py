@@ -33,19 +33,25 @@ class Dcls2d(nn.Module):
         super().__init__()
         kh, kw = conv.kernel_size
         if kh != kw or kh < 2:
-            raise ValueError(f"DCLS spreads a square kernel of 2×2 or more, not {kh}×{kw}; leave this layer out "
-                             "(conv.exclude) or raise conv.min_kernel_size")
+            raise ValueError(
+                f"DCLS spreads a square kernel of 2×2 or more, not {kh}×{kw}; leave this layer out "
+                "(conv.exclude) or raise conv.min_kernel_size"
+            )
         if size < kh:
             raise ValueError(f"conv.dcls_size={size} must be at least the converted kernel's {kh}")
         if isinstance(conv.padding, str) or conv.padding_mode != "zeros":
-            raise ValueError("DCLS needs numeric zero padding (padding_mode='zeros', no 'same'/'valid'); leave this "
-                             "layer out (conv.exclude)")
+            raise ValueError(
+                "DCLS needs numeric zero padding (padding_mode='zeros', no 'same'/'valid'); leave this "
+                "layer out (conv.exclude)"
+            )
         self.in_channels, self.out_channels, self.groups = conv.in_channels, conv.out_channels, conv.groups
         self.kernel_size, self.size = (kh, kw), size
         self.stride, self.dilation = conv.stride, conv.dilation
         if (size - kh) % 2:
-            raise ValueError(f"conv.dcls_size={size} and a {kh}×{kh} kernel must differ by an even number (the "
-                             "kernel's centre stays where it is)")
+            raise ValueError(
+                f"conv.dcls_size={size} and a {kh}×{kh} kernel must differ by an even number (the "
+                "kernel's centre stays where it is)"
+            )
         grow = (size - kh) // 2
         self.padding = tuple(p + d * grow for p, d in zip(conv.padding, conv.dilation))
         weight = conv.weight.detach()
@@ -56,8 +62,9 @@ class Dcls2d(nn.Module):
         self.positions = nn.Parameter(start[:, None, None, :].expand(2, *self.weight.shape).clone())
         self.sigma_raw = nn.Parameter(torch.full_like(self.positions, math.log(math.expm1(sigma_init - SIGMA_MIN))))
         self.bias = None if conv.bias is None else nn.Parameter(conv.bias.detach().clone())
-        self.register_buffer("grid", torch.arange(size, dtype=weight.dtype, device=weight.device) - (size - 1) / 2,
-                             persistent=False)
+        self.register_buffer(
+            "grid", torch.arange(size, dtype=weight.dtype, device=weight.device) - (size - 1) / 2, persistent=False
+        )
         self.train(conv.training)
         self.weight.requires_grad_(conv.weight.requires_grad)
 
@@ -84,8 +91,18 @@ class Dcls2d(nn.Module):
 
     def dense_conv(self) -> nn.Conv2d:
         """The plain ``nn.Conv2d`` this layer computes now (for inference and export)."""
-        conv = nn.Conv2d(self.in_channels, self.out_channels, self.size, self.stride, self.padding, self.dilation,
-                         self.groups, self.bias is not None, device=self.weight.device, dtype=self.weight.dtype)
+        conv = nn.Conv2d(
+            self.in_channels,
+            self.out_channels,
+            self.size,
+            self.stride,
+            self.padding,
+            self.dilation,
+            self.groups,
+            self.bias is not None,
+            device=self.weight.device,
+            dtype=self.weight.dtype,
+        )
         with torch.no_grad():
             conv.weight.copy_(self.dense_weight())
             if self.bias is not None:
@@ -94,8 +111,10 @@ class Dcls2d(nn.Module):
         return conv
 
     def extra_repr(self) -> str:
-        return (f"{self.in_channels}, {self.out_channels}, elements={self.kernel_size[0]}x{self.kernel_size[1]}, "
-                f"size={self.size}, stride={self.stride}, padding={self.padding}, groups={self.groups}")
+        return (
+            f"{self.in_channels}, {self.out_channels}, elements={self.kernel_size[0]}x{self.kernel_size[1]}, "
+            f"size={self.size}, stride={self.stride}, padding={self.padding}, groups={self.groups}"
+        )
 
 
 SIGMA_MIN = 0.1  # keeps each element's Gaussian finite on the grid

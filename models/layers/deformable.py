@@ -36,43 +36,74 @@ class DeformConv2d(nn.Conv2d):
     def __init__(self, *args: Any, modulated: bool = True, offset_groups: int = 1, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         if self.padding_mode != "zeros":
-            raise ValueError(f"a deformable convolution pads with zeros only, not padding_mode={self.padding_mode!r}; "
-                             "leave this layer out (conv.exclude) or use another conv type")
+            raise ValueError(
+                f"a deformable convolution pads with zeros only, not padding_mode={self.padding_mode!r}; "
+                "leave this layer out (conv.exclude) or use another conv type"
+            )
         if isinstance(self.padding, str):
-            raise ValueError(f"a deformable convolution needs numeric padding, not padding={self.padding!r}; "
-                             "leave this layer out (conv.exclude) or use another conv type")
+            raise ValueError(
+                f"a deformable convolution needs numeric padding, not padding={self.padding!r}; "
+                "leave this layer out (conv.exclude) or use another conv type"
+            )
         if offset_groups < 1 or self.in_channels % offset_groups:
-            raise ValueError(f"offset_groups={offset_groups} must be a positive divisor of the layer's "
-                             f"{self.in_channels} input channels")
+            raise ValueError(
+                f"offset_groups={offset_groups} must be a positive divisor of the layer's "
+                f"{self.in_channels} input channels"
+            )
         self.modulated, self.offset_groups = modulated, offset_groups
         taps = self.kernel_size[0] * self.kernel_size[1]
-        self.offset = nn.Conv2d(self.in_channels, offset_groups * taps * (3 if modulated else 2), self.kernel_size,
-                                self.stride, self.padding, self.dilation, bias=True,
-                                device=self.weight.device, dtype=self.weight.dtype)
+        self.offset = nn.Conv2d(
+            self.in_channels,
+            offset_groups * taps * (3 if modulated else 2),
+            self.kernel_size,
+            self.stride,
+            self.padding,
+            self.dilation,
+            bias=True,
+            device=self.weight.device,
+            dtype=self.weight.dtype,
+        )
         nn.init.zeros_(self.offset.weight)
         nn.init.zeros_(self.offset.bias)
 
     def forward(self, input: torch.Tensor) -> torch.Tensor:
         out = self.offset(input)
         taps = self.offset_groups * self.kernel_size[0] * self.kernel_size[1]
-        offsets, modulation = out[:, : 2 * taps], out[:, 2 * taps:]
+        offsets, modulation = out[:, : 2 * taps], out[:, 2 * taps :]
         mask = 2 * torch.sigmoid(modulation) if self.modulated else None
         if input.is_cuda:
             # torchvision's kernel runs in one dtype: under autocast the input and offsets are bf16/fp16 while the
             # weight is fp32, so the whole call runs in the weight's (autocast has no rule for this op)
             dtype = self.weight.dtype
-            return deform_conv2d(input.to(dtype), offsets.to(dtype), self.weight, self.bias, self.stride,
-                                 self.padding, self.dilation, None if mask is None else mask.to(dtype))
-        return sampled_conv(input, offsets, self.weight, self.bias, self.stride, self.padding, self.dilation, mask,
-                            self.offset_groups)
+            return deform_conv2d(
+                input.to(dtype),
+                offsets.to(dtype),
+                self.weight,
+                self.bias,
+                self.stride,
+                self.padding,
+                self.dilation,
+                None if mask is None else mask.to(dtype),
+            )
+        return sampled_conv(
+            input, offsets, self.weight, self.bias, self.stride, self.padding, self.dilation, mask, self.offset_groups
+        )
 
     def extra_repr(self) -> str:
         return f"{super().extra_repr()}, modulated={self.modulated}, offset_groups={self.offset_groups}"
 
 
-def sampled_conv(input: torch.Tensor, offsets: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
-                 stride: tuple[int, int], padding: tuple[int, int], dilation: tuple[int, int],
-                 mask: torch.Tensor | None, offset_groups: int) -> torch.Tensor:
+def sampled_conv(
+    input: torch.Tensor,
+    offsets: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None,
+    stride: tuple[int, int],
+    padding: tuple[int, int],
+    dilation: tuple[int, int],
+    mask: torch.Tensor | None,
+    offset_groups: int,
+) -> torch.Tensor:
     """``torchvision.ops.deform_conv2d``'s result (equal in float64 to ~1e-13, gradients included), computed as
     bilinear sampling (``F.grid_sample``, zeros outside the image, as torchvision's) and one matrix product.
 

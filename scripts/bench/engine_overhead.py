@@ -31,8 +31,9 @@ from models import build_model
 
 def engine_epoch(state: TrainState, loader, cfg, device: torch.device, epoch: int, objective: Objective) -> float:
     set_epoch(loader, epoch)
-    return train_one_epoch(state, loader, cfg.trainer, device, epoch=epoch, progress=Progress.off,
-                           objective=objective)["images_per_s"]
+    return train_one_epoch(state, loader, cfg.trainer, device, epoch=epoch, progress=Progress.off, objective=objective)[
+        "images_per_s"
+    ]
 
 
 def bare_epoch(model: torch.nn.Module, optimizer: torch.optim.Optimizer, batches: list, device: torch.device) -> float:
@@ -66,12 +67,14 @@ def main() -> None:
 
     model = fresh_model()
     optimizer = build_optimizer(model, cfg.optim, cfg.optim.lr)
-    state = TrainState(model=model, optimizer=optimizer,
-                       scheduler=build_scheduler(optimizer, cfg.sched, args.rounds + 1, steps))
+    state = TrainState(
+        model=model, optimizer=optimizer, scheduler=build_scheduler(optimizer, cfg.sched, args.rounds + 1, steps)
+    )
     objective = build_objective(cfg.data, cfg.trainer, info.num_classes)
     bare_model = fresh_model()
-    bare_optimizer = torch.optim.SGD(bare_model.parameters(), lr=cfg.optim.lr, momentum=0.9,
-                                     weight_decay=cfg.optim.weight_decay)
+    bare_optimizer = torch.optim.SGD(
+        bare_model.parameters(), lr=cfg.optim.lr, momentum=0.9, weight_decay=cfg.optim.weight_decay
+    )
     set_epoch(loader, 0)
     batches = [(images.to(device), targets.to(device)) for images, targets in list(loader)[:steps]]
 
@@ -83,12 +86,17 @@ def main() -> None:
         if round_ > 0:
             speeds["engine"].append(engine)
             speeds["bare loop"].append(bare)
-        print(f"round {round_}{' (warm-up)' if round_ == 0 else ''}: engine {engine:.1f} img/s, "
-              f"bare loop {bare:.1f} img/s", flush=True)
+        print(
+            f"round {round_}{' (warm-up)' if round_ == 0 else ''}: engine {engine:.1f} img/s, "
+            f"bare loop {bare:.1f} img/s",
+            flush=True,
+        )
 
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU, {torch.get_num_threads()} threads"
     engine, bare = statistics.median(speeds["engine"]), statistics.median(speeds["bare loop"])
-    print(f"\n{' '.join(args.overrides)}; {steps} batches of {cfg.data.batch_size}; torch {torch.__version__}; {name}\n")
+    print(
+        f"\n{' '.join(args.overrides)}; {steps} batches of {cfg.data.batch_size}; torch {torch.__version__}; {name}\n"
+    )
     print("| loop | images/s (median) | ratio to the bare loop |")
     print("|---|---|---|")
     print(f"| engine (train_one_epoch + DataLoader) | {engine:.1f} | {engine / bare:.3f} |")

@@ -149,10 +149,10 @@ def gmconv_options(pairs: list[str]) -> dict[str, object]:
     return options
 
 
-def train_step(model: nn.Module, opt: torch.optim.Optimizer, x: torch.Tensor, y: torch.Tensor,
-               amp: str = "none") -> Callable[[], None]:
-    autocast = (torch.autocast(x.device.type, dtype=torch.bfloat16) if amp == "bf16"
-                else contextlib.nullcontext())
+def train_step(
+    model: nn.Module, opt: torch.optim.Optimizer, x: torch.Tensor, y: torch.Tensor, amp: str = "none"
+) -> Callable[[], None]:
+    autocast = torch.autocast(x.device.type, dtype=torch.bfloat16) if amp == "bf16" else contextlib.nullcontext()
 
     def step() -> None:
         with autocast:
@@ -166,8 +166,7 @@ def train_step(model: nn.Module, opt: torch.optim.Optimizer, x: torch.Tensor, y:
 
 
 def infer_step(model: nn.Module, x: torch.Tensor, amp: str = "none") -> Callable[[], None]:
-    autocast = (torch.autocast(x.device.type, dtype=torch.bfloat16) if amp == "bf16"
-                else contextlib.nullcontext())
+    autocast = torch.autocast(x.device.type, dtype=torch.bfloat16) if amp == "bf16" else contextlib.nullcontext()
 
     def step() -> None:
         with torch.inference_mode(), autocast:
@@ -176,8 +175,9 @@ def infer_step(model: nn.Module, x: torch.Tensor, amp: str = "none") -> Callable
     return step
 
 
-def bench_model(name: str, args: argparse.Namespace, device: torch.device
-                ) -> tuple[dict[str, list[float]], dict[str, list[float]]]:
+def bench_model(
+    name: str, args: argparse.Namespace, device: torch.device
+) -> tuple[dict[str, list[float]], dict[str, list[float]]]:
     torch.manual_seed(0)
     standard, classes = build(name, device)
     gm = convert_to_gmconv(copy.deepcopy(standard), **gmconv_options(args.gmconv))
@@ -222,14 +222,15 @@ def bench_model(name: str, args: argparse.Namespace, device: torch.device
         extras[f"ops {key}"], extras[f"kernels {key}"] = [float(aten)], [float(kernels)]
     extras.update({f"MiB {key}": [peak_memory_mib(steps[key], device)] for key in ("train standard", "train gmconv")})
     if args.profile:
-        print_added_time(name, *(self_times_ms(steps[key], args.profile, device)
-                                 for key in ("train standard", "train gmconv")))
+        print_added_time(
+            name, *(self_times_ms(steps[key], args.profile, device) for key in ("train standard", "train gmconv"))
+        )
     times: dict[str, list[float]] = {key: [] for key in names}
     if args.count_only:
         return times, extras
     with reuse_masked_weights(reused):  # held over every repetition, as evaluate() holds it over a pass
         for rep in range(args.reps):
-            order = names[rep % len(names):] + names[: rep % len(names)]  # rotate: no variant always first
+            order = names[rep % len(names) :] + names[: rep % len(names)]  # rotate: no variant always first
             for key in order:
                 sync(device)
                 start = time.perf_counter()
@@ -249,12 +250,22 @@ def spread(values: list[float]) -> float:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--models", nargs="+", default=["resnet18", "resnet50", "alexnet"],
-                        help="torchvision model names (weights=None) or CIFAR ResNets (resnet20 ... resnet110)")
-    parser.add_argument("--gmconv", nargs="*", default=[], metavar="KEY=VALUE",
-                        help="convert_to_gmconv options, e.g. sigma_granularity=kernel sigma_parametrization=exp")
-    parser.add_argument("--foreach", action="store_true",
-                        help="the optimizer's foreach implementation (CUDA's default) also on a CPU")
+    parser.add_argument(
+        "--models",
+        nargs="+",
+        default=["resnet18", "resnet50", "alexnet"],
+        help="torchvision model names (weights=None) or CIFAR ResNets (resnet20 ... resnet110)",
+    )
+    parser.add_argument(
+        "--gmconv",
+        nargs="*",
+        default=[],
+        metavar="KEY=VALUE",
+        help="convert_to_gmconv options, e.g. sigma_granularity=kernel sigma_parametrization=exp",
+    )
+    parser.add_argument(
+        "--foreach", action="store_true", help="the optimizer's foreach implementation (CUDA's default) also on a CPU"
+    )
     parser.add_argument("--count-only", action="store_true", help="count operations per step; time nothing")
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--image-size", type=int, default=112)
@@ -263,11 +274,19 @@ def main() -> None:
     parser.add_argument("--device", choices=["cpu", "cuda"], default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads (CPU); default: torch's")
     parser.add_argument("--amp", choices=["none", "bf16"], default="none", help="bf16 autocast for every variant")
-    parser.add_argument("--channels-last", action="store_true", help="channels_last weights and inputs (NHWC), as "
-                        "trainer.channels_last=true trains")
-    parser.add_argument("--profile", type=int, default=0, metavar="STEPS",
-                        help="also profile this many training steps of each network and print the operations "
-                             "GMConv adds time to (0: off)")
+    parser.add_argument(
+        "--channels-last",
+        action="store_true",
+        help="channels_last weights and inputs (NHWC), as trainer.channels_last=true trains",
+    )
+    parser.add_argument(
+        "--profile",
+        type=int,
+        default=0,
+        metavar="STEPS",
+        help="also profile this many training steps of each network and print the operations "
+        "GMConv adds time to (0: off)",
+    )
     args = parser.parse_args()
 
     device = torch.device(args.device)
@@ -280,9 +299,12 @@ def main() -> None:
         hw = f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, {torch.get_num_threads()} threads"
     load = f", load avg {os.getloadavg()[0]:.2f}" if hasattr(os, "getloadavg") else ""
     optimizer = "foreach" if args.foreach or device.type == "cuda" else "for-loop"
-    print(f"torch {torch.__version__} on {device.type} ({hw}){load}; batch {args.batch_size}, "
-          f"{args.image_size}px, amp {args.amp}, channels_last {args.channels_last}, {args.reps} reps after {args.warmup} warmup, interleaved; "
-          f"SGD {optimizer}; GMConv options {gmconv_options(args.gmconv) or 'default'}")
+    print(
+        f"torch {torch.__version__} on {device.type} ({hw}){load}; batch {args.batch_size}, "
+        f"{args.image_size}px, amp {args.amp}, channels_last {args.channels_last}, "
+        f"{args.reps} reps after {args.warmup} warmup, interleaved; "
+        f"SGD {optimizer}; GMConv options {gmconv_options(args.gmconv) or 'default'}"
+    )
 
     rows, best_rows, extra_rows = [], [], []
     for name in args.models:
@@ -303,35 +325,43 @@ def main() -> None:
 
 
 def print_times(rows: list, best_rows: list) -> None:
-    header = (f"{'model':<10} {'train std ms':>12} {'train gm ms':>12} {'gm/std':>7} | {'infer std ms':>12} "
-              f"{'infer gm ms':>12} {'gm/std':>7} {'folded ms':>10} {'fold/std':>8} {'reused ms':>10} {'reuse/std':>9} "
-              f"| {'max IQR':>7}")
+    header = (
+        f"{'model':<10} {'train std ms':>12} {'train gm ms':>12} {'gm/std':>7} | {'infer std ms':>12} "
+        f"{'infer gm ms':>12} {'gm/std':>7} {'folded ms':>10} {'fold/std':>8} {'reused ms':>10} {'reuse/std':>9} "
+        f"| {'max IQR':>7}"
+    )
     print()
     print(header)
     print("-" * len(header))
     for name, med, noise in rows:
-        print(f"{name:<10} {med['train standard']:>12.1f} {med['train gmconv']:>12.1f} "
-              f"{med['train gmconv'] / med['train standard']:>7.3f} | {med['infer standard']:>12.1f} "
-              f"{med['infer gmconv']:>12.1f} {med['infer gmconv'] / med['infer standard']:>7.3f} "
-              f"{med['infer folded']:>10.1f} {med['infer folded'] / med['infer standard']:>8.3f} "
-              f"{med['infer reused']:>10.1f} {med['infer reused'] / med['infer standard']:>9.3f} | {noise:>6.1%}")
+        print(
+            f"{name:<10} {med['train standard']:>12.1f} {med['train gmconv']:>12.1f} "
+            f"{med['train gmconv'] / med['train standard']:>7.3f} | {med['infer standard']:>12.1f} "
+            f"{med['infer gmconv']:>12.1f} {med['infer gmconv'] / med['infer standard']:>7.3f} "
+            f"{med['infer folded']:>10.1f} {med['infer folded'] / med['infer standard']:>8.3f} "
+            f"{med['infer reused']:>10.1f} {med['infer reused'] / med['infer standard']:>9.3f} | {noise:>6.1%}"
+        )
     print("\nratios of the fastest repetition of each variant (background load only ever adds time):")
     for name, best in best_rows:
-        print(f"{name:<10} train gm/std {best['train gmconv'] / best['train standard']:.3f}   "
-              f"infer gm/std {best['infer gmconv'] / best['infer standard']:.3f}   "
-              f"infer folded/std {best['infer folded'] / best['infer standard']:.3f}   "
-              f"infer reused/std {best['infer reused'] / best['infer standard']:.3f}")
+        print(
+            f"{name:<10} train gm/std {best['train gmconv'] / best['train standard']:.3f}   "
+            f"infer gm/std {best['infer gmconv'] / best['infer standard']:.3f}   "
+            f"infer folded/std {best['infer folded'] / best['infer standard']:.3f}   "
+            f"infer reused/std {best['infer reused'] / best['infer standard']:.3f}"
+        )
 
 
 def print_counts(extra_rows: list) -> None:
     print("\none training step: operations dispatched (kernel ops ≈ kernel launches on a GPU) and peak CUDA memory:")
     for name, extra in extra_rows:
         std, gm = extra["kernels train standard"], extra["kernels train gmconv"]
-        print(f"{name:<10} kernel ops std {std:.0f}  gm {gm:.0f}  gm/std {gm / std:.3f}  "
-              f"added per layer {(gm - std) / extra['layers']:.1f} ({extra['layers']:.0f} layers)   "
-              f"ATen ops std {extra['ops train standard']:.0f}  gm {extra['ops train gmconv']:.0f}   "
-              f"MiB std {extra['MiB train standard']:.0f}  gm {extra['MiB train gmconv']:.0f}  "
-              f"gm/std {extra['MiB train gmconv'] / extra['MiB train standard']:.3f}")
+        print(
+            f"{name:<10} kernel ops std {std:.0f}  gm {gm:.0f}  gm/std {gm / std:.3f}  "
+            f"added per layer {(gm - std) / extra['layers']:.1f} ({extra['layers']:.0f} layers)   "
+            f"ATen ops std {extra['ops train standard']:.0f}  gm {extra['ops train gmconv']:.0f}   "
+            f"MiB std {extra['MiB train standard']:.0f}  gm {extra['MiB train gmconv']:.0f}  "
+            f"gm/std {extra['MiB train gmconv'] / extra['MiB train standard']:.3f}"
+        )
 
 
 if __name__ == "__main__":

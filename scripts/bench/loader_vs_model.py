@@ -42,8 +42,9 @@ def loader_speed(loader, device: torch.device, batches: int, warmup: int) -> flo
     return seen / (time.perf_counter() - start)
 
 
-def model_speed(model: torch.nn.Module, batch: tuple[torch.Tensor, torch.Tensor], device: torch.device,
-                batches: int, rounds: int) -> float:
+def model_speed(
+    model: torch.nn.Module, batch: tuple[torch.Tensor, torch.Tensor], device: torch.device, batches: int, rounds: int
+) -> float:
     optimizer = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9)
     bare_epoch(model, optimizer, [batch] * 2, device)  # warm-up: allocator, cudnn autotuning
     return statistics.median(bare_epoch(model, optimizer, [batch] * batches, device) for _ in range(rounds))
@@ -51,7 +52,9 @@ def model_speed(model: torch.nn.Module, batch: tuple[torch.Tensor, torch.Tensor]
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--workers", default=None, help="comma-separated data.num_workers values (default: the config's)")
+    parser.add_argument(
+        "--workers", default=None, help="comma-separated data.num_workers values (default: the config's)"
+    )
     parser.add_argument("--batches", type=int, default=50, help="measured batches per loader and per model round")
     parser.add_argument("--warmup", type=int, default=5, help="loader batches discarded while the workers start")
     parser.add_argument("--rounds", type=int, default=3, help="model rounds (median)")
@@ -69,8 +72,10 @@ def main() -> None:
         loader, _, info = build_loaders(cfg.data, seed=cfg.seed, pin_memory=device.type == "cuda", device=device)
         batches = min(args.batches, len(loader) - args.warmup)
         if batches < 1:
-            sys.exit(f"the training set has {len(loader)} batches, fewer than --warmup {args.warmup} + 1: "
-                     "lower --warmup or data.batch_size")
+            sys.exit(
+                f"the training set has {len(loader)} batches, fewer than --warmup {args.warmup} + 1: "
+                "lower --warmup or data.batch_size"
+            )
         rows.append((f"loader, {count} workers", loader_speed(loader, device, batches, args.warmup)))
         print(f"{rows[-1][0]}: {rows[-1][1]:.1f} img/s", flush=True)
 
@@ -87,8 +92,11 @@ def main() -> None:
         print(f"| {label} | {rate:.1f} | {rate / model_rate:.2f} |")
     print(f"| model ({cfg.model.name}, {cfg.conv.name}), synthetic batch | {model_rate:.1f} | 1.00 |")
     best_label, best = max(rows, key=lambda row: row[1])
-    verdict = ("the loader limits this run: add workers, use faster storage or a cheaper decode" if best < model_rate
-               else "the model limits this run: the loader keeps up")
+    verdict = (
+        "the loader limits this run: add workers, use faster storage or a cheaper decode"
+        if best < model_rate
+        else "the model limits this run: the loader keeps up"
+    )
     print(f"\nfastest loader ({best_label}) ÷ model = {best / model_rate:.2f}: {verdict}")
 
 

@@ -1,6 +1,7 @@
 """Training throughput of train.py itself, standard vs GMConv, launched the way users launch it (torchrun).
 
-    python -m scripts.bench.torchrun_throughput --nproc 1 --model resnet50 --image-size 224 --batch-size 128 --steps 100 --amp bf16
+    python -m scripts.bench.torchrun_throughput --nproc 1 --model resnet50 --image-size 224 --batch-size 128 \
+        --steps 100 --amp bf16
 
 Each conv type trains ``--steps`` steps on synthetic data (data=fake) in two epochs; the throughput is
 the second epoch's, after warm-up (cudnn autotuning, allocator growth). The conv types alternate
@@ -26,13 +27,28 @@ ROOT = Path(__file__).resolve().parents[2]
 def train_once(args: argparse.Namespace, conv: str, run_dir: Path) -> dict:
     per_epoch = max(1, args.steps // 2)
     cmd = [
-        sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={args.nproc}", "train.py",
-        f"model={args.model}", f"conv={conv}", "data=fake", f"data.image_size={args.image_size}",
-        f"data.batch_size={args.batch_size}", f"data.num_classes={args.num_classes}",
-        f"data.train_size={per_epoch * args.batch_size * args.nproc}", f"data.val_size={args.batch_size}",
-        f"data.num_workers={args.workers}", "trainer.epochs=2", f"trainer.amp={args.amp}",
-        f"trainer.channels_last={str(args.channels_last).lower()}", "trainer.progress=false",
-        f"trainer.device={args.device}", "trainer.limit_val_batches=1", f"hydra.run.dir={run_dir}",
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        f"--nproc_per_node={args.nproc}",
+        "train.py",
+        f"model={args.model}",
+        f"conv={conv}",
+        "data=fake",
+        f"data.image_size={args.image_size}",
+        f"data.batch_size={args.batch_size}",
+        f"data.num_classes={args.num_classes}",
+        f"data.train_size={per_epoch * args.batch_size * args.nproc}",
+        f"data.val_size={args.batch_size}",
+        f"data.num_workers={args.workers}",
+        "trainer.epochs=2",
+        f"trainer.amp={args.amp}",
+        f"trainer.channels_last={str(args.channels_last).lower()}",
+        "trainer.progress=false",
+        f"trainer.device={args.device}",
+        "trainer.limit_val_batches=1",
+        f"hydra.run.dir={run_dir}",
     ]
     log = run_dir.with_suffix(".log")
     with open(log, "w") as out:
@@ -75,8 +91,10 @@ def main() -> None:
 
     device = torch.cuda.get_device_name(0) if torch.cuda.is_available() and args.device != "cpu" else "CPU"
     baseline = statistics.median(speeds[convs[0]])
-    print(f"\n{args.model}, {args.image_size} px, batch {args.batch_size} × {args.nproc} process(es), amp {args.amp}, "
-          f"channels_last {args.channels_last}, {args.steps} steps, torch {torch.__version__}, {device}\n")
+    print(
+        f"\n{args.model}, {args.image_size} px, batch {args.batch_size} × {args.nproc} process(es), amp {args.amp}, "
+        f"channels_last {args.channels_last}, {args.steps} steps, torch {torch.__version__}, {device}\n"
+    )
     where = "GPU memory allocated" if device != "CPU" else "resident memory (RSS) of the launcher's largest process"
     base_memory = statistics.median(memory[convs[0]])
     print(f"| conv | images/s (median) | ratio to {convs[0]} | peak MiB ({where}) | ratio |")

@@ -39,8 +39,9 @@ def network(model: str, conv: str, image_size: int) -> nn.Module:
     return build_model(cfg.model, cfg.conv, num_classes=10, image_size=image_size)
 
 
-def train_step(model: nn.Module, batch: int, size: int, precision: str, compile: bool,
-               device: torch.device) -> Callable[[], None]:
+def train_step(
+    model: nn.Module, batch: int, size: int, precision: str, compile: bool, device: torch.device
+) -> Callable[[], None]:
     dtype, memory_format = PRECISIONS[precision]
     model = model.to(device, memory_format=memory_format).train()
     forward = torch.compile(model) if compile else model
@@ -67,7 +68,7 @@ def interleaved(steps: dict[str, Callable[[], None]], reps: int, warmup: int) ->
             steps[name]()
     times: dict[str, list[float]] = {name: [] for name in names}
     for rep in range(reps):
-        for name in names[rep % len(names):] + names[: rep % len(names)]:
+        for name in names[rep % len(names) :] + names[: rep % len(names)]:
             start = time.perf_counter()
             steps[name]()
             times[name].append(time.perf_counter() - start)
@@ -84,8 +85,11 @@ def spread(values: list[float]) -> float:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", nargs="+", default=["resnet20"], choices=sorted(SHAPES))
-    parser.add_argument("--convs", nargs="+", default=["standard", "gmconv", "gmconv_fixed", "deformable", "dcls",
-                                                      "dilated", "large_kernel"])
+    parser.add_argument(
+        "--convs",
+        nargs="+",
+        default=["standard", "gmconv", "gmconv_fixed", "deformable", "dcls", "dilated", "large_kernel"],
+    )
     parser.add_argument("--precisions", nargs="+", default=["fp32", "bf16"], choices=sorted(PRECISIONS))
     parser.add_argument("--compile", action="store_true", help="also time torch.compile'd networks")
     parser.add_argument("--reps", type=int, default=10)
@@ -96,25 +100,44 @@ def main(argv: list[str] | None = None) -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     convs = ["standard", *(c for c in args.convs if c != "standard")]
-    print(f"torch {torch.__version__} on {args.device}, {torch.get_num_threads()} threads, {os.cpu_count()} CPUs; "
-          f"{args.reps} reps "          f"after {args.warmup} warm-up, interleaved")
+    print(
+        f"torch {torch.__version__} on {args.device}, {torch.get_num_threads()} threads, {os.cpu_count()} CPUs; "
+        f"{args.reps} reps "
+        f"after {args.warmup} warm-up, interleaved"
+    )
     rows = []
     for model in args.models:
         batch, size = SHAPES[model]
         for precision in args.precisions:
             for compiled in (False, True) if args.compile else (False,):
-                steps = {conv: train_step(network(model, conv, size), batch, size, precision, compiled,
-                                          torch.device(args.device))
-                         for conv in convs}
+                steps = {
+                    conv: train_step(
+                        network(model, conv, size), batch, size, precision, compiled, torch.device(args.device)
+                    )
+                    for conv in convs
+                }
                 times = interleaved(steps, args.reps, args.warmup)
                 base = statistics.median(times["standard"])
                 noise = max(spread(v) for v in times.values())
                 for conv in convs:
                     median = statistics.median(times[conv])
-                    rows.append([model, f"{batch}×{size}px", precision + (" compiled" if compiled else ""), conv,
-                                 f"{median * 1000:.0f}", f"{median / base:.2f}", f"{noise:.0%}"])
-                print(text_table(["model", "batch", "precision", "conv", "ms/step", "× standard", "max IQR"],
-                                 rows[-len(convs):]), flush=True)
+                    rows.append(
+                        [
+                            model,
+                            f"{batch}×{size}px",
+                            precision + (" compiled" if compiled else ""),
+                            conv,
+                            f"{median * 1000:.0f}",
+                            f"{median / base:.2f}",
+                            f"{noise:.0%}",
+                        ]
+                    )
+                print(
+                    text_table(
+                        ["model", "batch", "precision", "conv", "ms/step", "× standard", "max IQR"], rows[-len(convs) :]
+                    ),
+                    flush=True,
+                )
     print("\n" + text_table(["model", "batch", "precision", "conv", "ms/step", "× standard", "max IQR"], rows))
 
 

@@ -96,8 +96,14 @@ def run_command(command: Command, log: Path, fork: bool) -> tuple[int, str]:
     """(exit status, negative for a signal; the command's output)."""
     argv = [*command.fault, "--", *command.args]
     if not fork:
-        proc = subprocess.run([sys.executable, str(INJECT), *argv], cwd=ROOT, capture_output=True, text=True,
-                              timeout=TIMEOUT_S, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+        proc = subprocess.run(
+            [sys.executable, str(INJECT), *argv],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=TIMEOUT_S,
+            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        )
         return proc.returncode, proc.stdout + proc.stderr
     sys.stdout.flush()
     sys.stderr.flush()
@@ -153,21 +159,36 @@ def make_folder_dataset(root: Path) -> Path:
 
 def random_settings(rng: random.Random, folder_data: Path) -> dict[str, str]:
     """A start's settings, as train.py overrides (key → value)."""
-    settings = {"trainer.epochs": rng.choice([1, 2, 3, 4]), "trainer.eval_every": rng.choice([1, 1, 2, 3]),
-                "trainer.limit_val_batches": rng.choice([1, 2]), "trainer.deterministic": "true",
-                "trainer.progress": "false", "seed": rng.randrange(100),
-                "trainer.accumulate_steps": rng.choice([1, 1, 2]),
-                "trainer.checkpoint_every_steps": rng.choice(["null", 1, 2, 3]),
-                "trainer.log_every_steps": rng.choice([2, 20]), "conv": rng.choice(["gmconv", "gmconv", "standard"])}
+    settings = {
+        "trainer.epochs": rng.choice([1, 2, 3, 4]),
+        "trainer.eval_every": rng.choice([1, 1, 2, 3]),
+        "trainer.limit_val_batches": rng.choice([1, 2]),
+        "trainer.deterministic": "true",
+        "trainer.progress": "false",
+        "seed": rng.randrange(100),
+        "trainer.accumulate_steps": rng.choice([1, 1, 2]),
+        "trainer.checkpoint_every_steps": rng.choice(["null", 1, 2, 3]),
+        "trainer.log_every_steps": rng.choice([2, 20]),
+        "conv": rng.choice(["gmconv", "gmconv", "standard"]),
+    }
     if rng.random() < 0.4:
         settings["trainer.ema_decay"] = 0.9
         settings["trainer.best_of"] = rng.choice(["model", "ema"])
     if rng.random() < 0.3:
         settings["data.mixup_alpha"] = 0.2
     if rng.random() < 0.25:
-        settings.update({"data": "imagefolder", "data.root": str(folder_data), "data.image_size": 32,
-                         "data.val_resize": 36, "data.batch_size": 6, "data.skip_bad_images": "true",
-                         "data.num_workers": rng.choice([0, 2]), "trainer.limit_train_batches": rng.choice([2, 3, 4])})
+        settings.update(
+            {
+                "data": "imagefolder",
+                "data.root": str(folder_data),
+                "data.image_size": 32,
+                "data.val_resize": 36,
+                "data.batch_size": 6,
+                "data.skip_bad_images": "true",
+                "data.num_workers": rng.choice([0, 2]),
+                "trainer.limit_train_batches": rng.choice([2, 3, 4]),
+            }
+        )
     else:
         settings.update({"data.batch_size": 16, "trainer.limit_train_batches": rng.choice([2, 3, 4, 5])})
     return {key: str(value) for key, value in settings.items()}
@@ -225,14 +246,19 @@ class Lifecycle:
 
     def complete(self) -> bool:
         ckpt = self.checkpoint()
-        return (ckpt is not None and ckpt["epoch"] >= int(self.settings["trainer.epochs"])
-                and not ckpt["batches_done"] and (self.run / "results.json").is_file())
+        return (
+            ckpt is not None
+            and ckpt["epoch"] >= int(self.settings["trainer.epochs"])
+            and not ckpt["batches_done"]
+            and (self.run / "results.json").is_file()
+        )
 
     def fault(self, start_step: int) -> list[str]:
         """A random fault for a command that trains from ``start_step`` (none half of the time)."""
         left = self.total_steps() - start_step
-        kind = self.rng.choice(["none", "none", "none", "kill-at-step", "term-at-step", "kill-in-eval",
-                                "kill-in-write"])
+        kind = self.rng.choice(
+            ["none", "none", "none", "kill-at-step", "term-at-step", "kill-in-eval", "kill-in-write"]
+        )
         if kind == "none" or left <= 0:
             return []
         if kind in ("kill-at-step", "term-at-step"):
@@ -267,20 +293,38 @@ class Lifecycle:
             self.settings.update(changed)
             self.training_changed |= any(key not in NOT_TRAINING for key in changed)
         start_step = ckpt["step"]
-        return Command([f"resume={self.run}", *overrides(changed)], [] if nothing_to_do else self.fault(start_step),
-                       expect="unchanged" if nothing_to_do else "ok", session=not nothing_to_do)
+        return Command(
+            [f"resume={self.run}", *overrides(changed)],
+            [] if nothing_to_do else self.fault(start_step),
+            expect="unchanged" if nothing_to_do else "ok",
+            session=not nothing_to_do,
+        )
 
     def evaluation(self) -> Command:
         self.evaluations += 1
-        return Command(["eval_only=true", f"ckpt={self.run}",
-                        f"trainer.limit_val_batches={self.settings['trainer.limit_val_batches']}",
-                        "trainer.progress=false", f"hydra.run.dir={self.folder / f'eval{self.evaluations}'}"],
-                       expect="unchanged", session=False)
+        return Command(
+            [
+                "eval_only=true",
+                f"ckpt={self.run}",
+                f"trainer.limit_val_batches={self.settings['trainer.limit_val_batches']}",
+                "trainer.progress=false",
+                f"hydra.run.dir={self.folder / f'eval{self.evaluations}'}",
+            ],
+            expect="unchanged",
+            session=False,
+        )
 
     def refused(self) -> Command:
         ckpt = self.checkpoint()
-        choices = [["model=resnet32"], ["seed=1000"], ["trainer.eval_every=0"], ["trainer.accumulate_steps=3"],
-                   ["conv=gmcnv"], ["data.skip_bad_images=true", "data=digits"], ["trainer.epochs=abc"]]
+        choices = [
+            ["model=resnet32"],
+            ["seed=1000"],
+            ["trainer.eval_every=0"],
+            ["trainer.accumulate_steps=3"],
+            ["conv=gmcnv"],
+            ["data.skip_bad_images=true", "data=digits"],
+            ["trainer.epochs=abc"],
+        ]
         if ckpt is not None and ckpt["epoch"] >= 1:
             choices.append([f"trainer.epochs={max(ckpt['epoch'] - 1, 0)}"])
         if self.rng.random() < 0.2:  # a new run in the folder that holds this one
@@ -312,10 +356,14 @@ def check_folder(life: Lifecycle) -> None:
             path = run / "checkpoints" / name
             if path.is_file():
                 weights = torch.load(path, map_location="cpu", weights_only=True)["model"]
-                _require(all(torch.isfinite(t).all() for t in weights.values() if t.is_floating_point()),
-                         f"{name} holds non-finite weights")
-        _require([r["epoch"] for r in records] == list(range(1, ckpt["epoch"] + 1)),
-                 f"last.pt's records {[r['epoch'] for r in records]} are not one per epoch up to {ckpt['epoch']}")
+                _require(
+                    all(torch.isfinite(t).all() for t in weights.values() if t.is_floating_point()),
+                    f"{name} holds non-finite weights",
+                )
+        _require(
+            [r["epoch"] for r in records] == list(range(1, ckpt["epoch"] + 1)),
+            f"last.pt's records {[r['epoch'] for r in records]} are not one per epoch up to {ckpt['epoch']}",
+        )
     rows = check_metrics_csv(run, records, life.killed)
     check_log_lines(run, rows)
     check_tensorboard(run, rows, records, life.killed)
@@ -324,8 +372,10 @@ def check_folder(life: Lifecycle) -> None:
     if life.complete():
         check_results(life, rows)
     elif results.is_file():
-        raise Broken(f"results.json exists although last.pt is at epoch {ckpt and ckpt['epoch']}"
-                     f"/{life.settings['trainer.epochs']}")
+        raise Broken(
+            f"results.json exists although last.pt is at epoch {ckpt and ckpt['epoch']}"
+            f"/{life.settings['trainer.epochs']}"
+        )
 
 
 def check_metrics_csv(run: Path, records: list[dict[str, Any]], killed: bool) -> list[dict[str, Any]]:
@@ -343,12 +393,16 @@ def check_metrics_csv(run: Path, records: list[dict[str, Any]], killed: bool) ->
     rows = [{key: (float(value) if value != "" else None) for key, value in zip(header, row)} for row in body]
     epochs = [int(row["epoch"]) for row in rows]
     expected = list(range(1, len(records) + 1))
-    _require(epochs == expected or (killed and epochs == expected + [len(records) + 1]),
-             f"metrics.csv epochs {epochs}, last.pt has {len(records)} (killed: {killed})")
+    _require(
+        epochs == expected or (killed and epochs == expected + [len(records) + 1]),
+        f"metrics.csv epochs {epochs}, last.pt has {len(records)} (killed: {killed})",
+    )
     for row, saved in zip(rows, records):
         for key, value in saved.items():
-            _require(row.get(key) == (float(value) if value is not None else None),
-                     f"metrics.csv epoch {saved['epoch']} {key}={row.get(key)} but last.pt's record says {value}")
+            _require(
+                row.get(key) == (float(value) if value is not None else None),
+                f"metrics.csv epoch {saved['epoch']} {key}={row.get(key)} but last.pt's record says {value}",
+            )
     return rows
 
 
@@ -359,7 +413,7 @@ def check_log_lines(run: Path, rows: list[dict[str, Any]]) -> None:
     """The latest log line of every recorded epoch shows that epoch's record."""
     latest: dict[int, tuple[str, int]] = {}
     log_path = run / "train.log"
-    for line in (log_path.read_text().splitlines() if log_path.is_file() else []):
+    for line in log_path.read_text().splitlines() if log_path.is_file() else []:
         match = EPOCH_LINE.search(line)
         if match and "  batch " not in match.group(1):
             latest[int(match.group(2))] = (match.group(1), int(match.group(3)))
@@ -387,7 +441,7 @@ def check_tensorboard(run: Path, rows: list[dict[str, Any]], records: list[dict[
         logging.getLogger("tensorboard").removeHandler(handler)
     _require(not warnings, f"TensorBoard's reader warned: {warnings[:2]}")
     tags = set(acc.Tags()["scalars"])
-    extra = rows[len(records):]  # an epoch recorded but not checkpointed (killed between the two)
+    extra = rows[len(records) :]  # an epoch recorded but not checkpointed (killed between the two)
     for metric in epoch_record.METRICS:
         if metric.tag is None:
             continue
@@ -399,8 +453,10 @@ def check_tensorboard(run: Path, rows: list[dict[str, Any]], records: list[dict[
     record_steps = [int(r["step"]) for r in records]
     for tag in sorted(t for t in tags if t.startswith("sigma/")):
         steps = [e.step for e in acc.Scalars(tag)]
-        _require(steps == record_steps or (killed and steps == record_steps + [int(r["step"]) for r in extra]),
-                 f"TensorBoard {tag} at steps {steps}, epochs end at {record_steps}")
+        _require(
+            steps == record_steps or (killed and steps == record_steps + [int(r["step"]) for r in extra]),
+            f"TensorBoard {tag} at steps {steps}, epochs end at {record_steps}",
+        )
     lr_steps = [e.step for e in acc.Scalars("train/lr_step")] if "train/lr_step" in tags else []
     _require(len(lr_steps) == len(set(lr_steps)) and lr_steps == sorted(lr_steps), f"train/lr_step at {lr_steps}")
     hparams = [e.step for e in acc.Scalars("hparam/top1")] if "hparam/top1" in tags else []
@@ -412,40 +468,58 @@ def check_history(life: Lifecycle) -> None:
     if not life.sessions:
         return
     sessions = json.loads(path.read_text())["sessions"]
-    _require([s["overrides"] for s in sessions] == life.sessions,
-             f"history.json sessions {[s['overrides'] for s in sessions]}, typed {life.sessions}")
-    _require(all(s["ended"] in (COMPLETED, INTERRUPTED, STOPPED, "running") for s in sessions),
-             f"history.json: {[s['ended'] for s in sessions]}")
+    _require(
+        [s["overrides"] for s in sessions] == life.sessions,
+        f"history.json sessions {[s['overrides'] for s in sessions]}, typed {life.sessions}",
+    )
+    _require(
+        all(s["ended"] in (COMPLETED, INTERRUPTED, STOPPED, "running") for s in sessions),
+        f"history.json: {[s['ended'] for s in sessions]}",
+    )
 
 
 def check_results(life: Lifecycle, rows: list[dict[str, Any]]) -> None:
     results = json.loads((life.run / "results.json").read_text())
     last = rows[-1]
-    _require(results["status"] == "completed" and results["epochs"] == len(rows) == int(last["epoch"]),
-             f"results.json epochs {results['epochs']}, metrics.csv {len(rows)}")
+    _require(
+        results["status"] == "completed" and results["epochs"] == len(rows) == int(last["epoch"]),
+        f"results.json epochs {results['epochs']}, metrics.csv {len(rows)}",
+    )
     for key, column in (("top1", "val_top1"), ("top5", "val_top5"), ("loss", "val_loss")):
         _require(results[key] == last[column], f"results.json {key}={results[key]}, metrics.csv {last[column]}")
     kept = "val_ema_top1" if results["best_of"] == "ema" else "val_top1"
     evaluated = [(r[kept], int(r["epoch"])) for r in rows if r.get(kept) is not None]
     best = max(top1 for top1, _ in evaluated)
-    _require(results["best_top1"] == best and results["best_epoch"] == min(e for t, e in evaluated if t == best),
-             f"results.json best {results['best_top1']} at {results['best_epoch']}, metrics.csv {evaluated}")
+    _require(
+        results["best_top1"] == best and results["best_epoch"] == min(e for t, e in evaluated if t == best),
+        f"results.json best {results['best_top1']} at {results['best_epoch']}, metrics.csv {evaluated}",
+    )
     sessions = results["sessions"]
-    _require([s["overrides"] for s in sessions] == life.sessions and results["overrides"] == life.sessions[0],
-             f"results.json overrides {[s['overrides'] for s in sessions]}, typed {life.sessions}")
-    _require(math.isclose(results["wall_time_s"], sum(s["wall_time_s"] for s in sessions), rel_tol=1e-9)
-             and results["wall_time_s"] >= results["train_time_s"],
-             f"results.json wall time {results['wall_time_s']} vs train time {results['train_time_s']}")
-    _require(math.isclose(results["train_time_s"], sum(r["epoch_time_s"] for r in rows), rel_tol=1e-6),
-             "results.json train_time_s is not the sum of the epochs' times")
+    _require(
+        [s["overrides"] for s in sessions] == life.sessions and results["overrides"] == life.sessions[0],
+        f"results.json overrides {[s['overrides'] for s in sessions]}, typed {life.sessions}",
+    )
+    _require(
+        math.isclose(results["wall_time_s"], sum(s["wall_time_s"] for s in sessions), rel_tol=1e-9)
+        and results["wall_time_s"] >= results["train_time_s"],
+        f"results.json wall time {results['wall_time_s']} vs train time {results['train_time_s']}",
+    )
+    _require(
+        math.isclose(results["train_time_s"], sum(r["epoch_time_s"] for r in rows), rel_tol=1e-6),
+        "results.json train_time_s is not the sum of the epochs' times",
+    )
     summary = [line for line in (life.run / "train.log").read_text().splitlines() if "run complete:" in line][-1]
-    _require(f"best top-1 {best:.2f}% at epoch {results['best_epoch']}" in summary
-             and f"final top-1 {results['top1']:.2f}%" in summary, f"train.log's summary {summary!r}")
+    _require(
+        f"best top-1 {best:.2f}% at epoch {results['best_epoch']}" in summary
+        and f"final top-1 {results['top1']:.2f}%" in summary,
+        f"train.log's summary {summary!r}",
+    )
 
 
 def _same_scalars(got: list[tuple[int, float]], expected: list[tuple[int, float]]) -> bool:
-    return ([s for s, _ in got] == [s for s, _ in expected]
-            and all(np.float32(v) == np.float32(w) for (_, v), (_, w) in zip(got, expected)))
+    return [s for s, _ in got] == [s for s, _ in expected] and all(
+        np.float32(v) == np.float32(w) for (_, v), (_, w) in zip(got, expected)
+    )
 
 
 class _Collect(logging.Handler):
@@ -471,8 +545,9 @@ def reference_weights(life: Lifecycle, cache: dict[str, dict[str, torch.Tensor]]
     key = json.dumps(settings, sort_keys=True)
     if key not in cache:
         folder = life.folder / "uninterrupted"
-        code, out = run_command(Command([*overrides(settings), f"hydra.run.dir={folder}"]), life.folder / "ref.log",
-                                fork)
+        code, out = run_command(
+            Command([*overrides(settings), f"hydra.run.dir={folder}"]), life.folder / "ref.log", fork
+        )
         _require(code == 0, f"the uninterrupted run failed: {out[-500:]}")
         cache[key] = torch.load(folder / "checkpoints/last.pt", map_location="cpu", weights_only=True)["model"]
     return cache[key]
@@ -551,13 +626,18 @@ def main(argv: list[str] | None = None) -> int:
         except Exception as err:  # noqa: BLE001 - a crash of the checker breaks the lifecycle too
             broken += 1
             why = str(err) if isinstance(err, Broken) else traceback.format_exc()
-            print(f"lifecycle {seed} BROKE an invariant after its command {len(life.commands)}: {why}\n"
-                  f"  reproduce with (the run folder is {life.run}):", flush=True)
+            print(
+                f"lifecycle {seed} BROKE an invariant after its command {len(life.commands)}: {why}\n"
+                f"  reproduce with (the run folder is {life.run}):",
+                flush=True,
+            )
             for command in life.commands:
                 print(f"    {command.shell()}", flush=True)
         commands += len(life.commands)
-    print(f"{args.n} lifecycles, {commands} commands, {compared} lifecycles' final weights compared "
-          f"bit for bit with an uninterrupted run: {broken} broke an invariant; {time.time() - started:.0f} s")
+    print(
+        f"{args.n} lifecycles, {commands} commands, {compared} lifecycles' final weights compared "
+        f"bit for bit with an uninterrupted run: {broken} broke an invariant; {time.time() - started:.0f} s"
+    )
     if not args.workdir:
         shutil.rmtree(workdir, ignore_errors=True)
     return min(broken, 100)
