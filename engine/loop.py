@@ -95,8 +95,7 @@ def train_one_epoch(
     # the loader holds the epoch's batches after start_batch (a mid-epoch checkpoint's position)
     batches, total = _batches(loader, batches_in(trainer.limit_train_batches, start_batch + len(loader)) - start_batch)
     epoch_batches, group = start_batch + total, trainer.accumulate_steps
-    bar = tqdm(batches, total=total, desc=f"train {epoch + 1}/{trainer.epochs}", disable=progress is not Progress.bar,
-               leave=False, dynamic_ncols=True, file=sys.stdout)
+    bar = _progress_bar(batches, total, f"train {epoch + 1}/{trainer.epochs}", progress)
     shown = _Shown(progress, bar, trainer, epoch, start_batch, total)
     totals.start()
     stopped = False
@@ -120,15 +119,46 @@ def train_one_epoch(
     if device.type == "cuda":
         torch.cuda.synchronize(device)
     totals.stop()
+    return _epoch_result(totals, stopped)
+
+
+def _progress_bar(batches: Iterable, total: int, desc: str, progress: Progress) -> tqdm:
+    """A bar on stdout that disappears when done: the epoch's log line replaces it."""
+    return tqdm(
+        batches,
+        total=total,
+        desc=desc,
+        disable=progress is not Progress.bar,
+        leave=False,
+        dynamic_ncols=True,
+        file=sys.stdout,
+    )
+
+
+def _epoch_result(totals: EpochTotals, stopped: bool) -> dict[str, float]:
+    """The whole epoch's numbers from its sums (also those restored from a mid-epoch checkpoint)."""
     metrics = totals.metrics.compute()
     seconds = totals.seconds
-    images_per_s = metrics["samples"] / seconds if seconds > 0 else 0.0
-    return {"loss": metrics["loss"], "top1": metrics["top1"], "lr": totals.lr_sum / max(totals.steps, 1),
-            "images_per_s": images_per_s, "seconds": seconds, "stopped": stopped}
+    return {
+        "loss": metrics["loss"],
+        "top1": metrics["top1"],
+        "lr": totals.lr_sum / max(totals.steps, 1),
+        "images_per_s": metrics["samples"] / seconds if seconds > 0 else 0.0,
+        "seconds": seconds,
+        "stopped": stopped,
+    }
 
 
-def _forward_backward(state: TrainState, images: torch.Tensor, targets: torch.Tensor, objective: Objective, amp: str,
-                      device: torch.device, group_size: int, last_of_group: bool) -> torch.Tensor:
+def _forward_backward(
+    state: TrainState,
+    images: torch.Tensor,
+    targets: torch.Tensor,
+    objective: Objective,
+    amp: str,
+    device: torch.device,
+    group_size: int,
+    last_of_group: bool,
+) -> torch.Tensor:
     """One batch's forward (in the run's precision; the loss and the metrics on fp32 logits) and backward, its
     loss divided by its accumulation group's size; its numbers added to the epoch's sums. Returns the loss."""
     with _sync_gradients(state.model, last_of_group):
@@ -136,8 +166,9 @@ def _forward_backward(state: TrainState, images: torch.Tensor, targets: torch.Te
             logits = state.model(images).float()
         loss = objective.criterion(logits, targets)
         _backward(state, loss / group_size)
-    state.epoch_totals.metrics.update(loss.detach() * targets.shape[0], logits.detach(),
-                                      objective.dominant_labels(targets))
+    state.epoch_totals.metrics.update(
+        loss.detach() * targets.shape[0], logits.detach(), objective.dominant_labels(targets)
+    )
     return loss
 
 
@@ -155,9 +186,18 @@ class _Shown:
         elif self.progress is Progress.lines and (i + 1) % self.trainer.log_every_steps == 0:
             running = _running(totals, state)
             eta = (self.total - i - 1) * (time.perf_counter() - self.start) / (i + 1)
-            log.info("epoch %d/%d  batch %d/%d  loss %s  top1 %s%%  lr %s  %s img/s  ETA %s", self.epoch + 1,
-                     self.trainer.epochs, self.start_batch + i + 1, self.start_batch + self.total, running["loss"],
-                     running["top1"], running["lr"], running["img_s"], format_duration(eta))
+            log.info(
+                "epoch %d/%d  batch %d/%d  loss %s  top1 %s%%  lr %s  %s img/s  ETA %s",
+                self.epoch + 1,
+                self.trainer.epochs,
+                self.start_batch + i + 1,
+                self.start_batch + self.total,
+                running["loss"],
+                running["top1"],
+                running["lr"],
+                running["img_s"],
+                format_duration(eta),
+            )
 
 
 def _sync_gradients(model: nn.Module, sync: bool) -> contextlib.AbstractContextManager:
@@ -172,16 +212,24 @@ def _backward(state: TrainState, loss: torch.Tensor) -> None:
     (state.scaler.scale(loss) if state.scaler is not None else loss).backward()
 
 
-def _optimizer_step(state: TrainState, grad_clip: Optional[float], guard: Optional[NonFiniteGuard],
-                    loss: torch.Tensor, epoch: int) -> None:
+def _optimizer_step(
+    state: TrainState, grad_clip: Optional[float], guard: Optional[NonFiniteGuard], loss: torch.Tensor, epoch: int
+) -> None:
     """One optimizer step on the accumulated gradients (unless ``guard`` skips it: a non-finite loss or
     gradients under trainer.nonfinite=skip), then the schedule and the EMA follow it."""
     optimizer, scaler = state.optimizer, state.scaler
     if scaler is not None:
         scaler.unscale_(optimizer)
     grad_norm = nn.utils.clip_grad_norm_(state.model.parameters(), grad_clip) if grad_clip is not None else None
-    skip = guard is not None and guard.observe(loss, state.model, step=state.step + 1, epoch=epoch + 1,
-                                               lr=current_lr(state), grad_norm=grad_norm, scaler=scaler)
+    skip = guard is not None and guard.observe(
+        loss,
+        state.model,
+        step=state.step + 1,
+        epoch=epoch + 1,
+        lr=current_lr(state),
+        grad_norm=grad_norm,
+        scaler=scaler,
+    )
     if scaler is not None:  # the scaler itself skips a step whose gradients are not finite
         scaler.step(optimizer)
         scaler.update()
@@ -196,8 +244,12 @@ def _optimizer_step(state: TrainState, grad_clip: Optional[float], guard: Option
 def _running(totals: EpochTotals, state: TrainState) -> dict[str, str]:
     """This process's running averages, as shown while an epoch trains (read without waiting for the device)."""
     loss, top1 = totals.metrics.running()
-    return {"loss": f"{loss:.3f}", "top1": f"{top1:.1f}", "lr": f"{current_lr(state):.3g}",
-            "img_s": f"{totals.metrics.count / max(totals.elapsed(), 1e-9):.0f}"}
+    return {
+        "loss": f"{loss:.3f}",
+        "top1": f"{top1:.1f}",
+        "lr": f"{current_lr(state):.3g}",
+        "img_s": f"{totals.metrics.count / max(totals.elapsed(), 1e-9):.0f}",
+    }
 
 
 def format_duration(seconds: float) -> str:
@@ -218,8 +270,7 @@ def evaluate(
     sums = MetricSums(device)
     batches, total = _batches(loader, batches_in(trainer.limit_val_batches, len(loader)))
     with reuse_masked_weights(model):
-        for images, targets in tqdm(batches, total=total, desc="eval", disable=progress is not Progress.bar,
-                                    leave=False, dynamic_ncols=True, file=sys.stdout):
+        for images, targets in _progress_bar(batches, total, "eval", progress):
             images, targets = _to_device(images, targets, device, trainer.channels_last)
             with autocast(device, trainer.amp):
                 logits = model(images)
