@@ -21,7 +21,7 @@ from .distributed import barrier
 from .errors import DataError
 from .loop import Progress, evaluate
 from .run_log import commit_run_log
-from .setup import Context, build_described_model, prepare_model
+from .setup import Context, build_described_model, loader_options, prepare_model
 
 log = logging.getLogger(__name__)
 
@@ -32,14 +32,7 @@ def evaluate_checkpoint(cfg: DictConfig, ctx: Context) -> dict[str, Any]:
     ckpt = load_checkpoint(path)
     ctx.folder.check_free()
     barrier(ctx.dist)
-    val_loader, info = build_val_loader(
-        cfg.data,
-        seed=cfg.seed,
-        rank=ctx.dist.rank,
-        world_size=ctx.dist.world_size,
-        pin_memory=cfg.data.pin_memory and ctx.device.type == "cuda",
-        device=ctx.device,
-    )
+    val_loader, info = build_val_loader(cfg.data, **loader_options(cfg, ctx))
     check_classes(info.classes, (ckpt.get("data_info") or {}).get("classes"), path)
     model, description = build_described_model(cfg, info, ctx.device)
     model = prepare_model(model, cfg.trainer, ctx.device, ctx.dist)

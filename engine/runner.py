@@ -51,7 +51,7 @@ from .recipes import recipe_line
 from .resume import Resume, plan_resume
 from .run_folder import FIRST_SESSION_NOTE, RunFolder
 from .run_log import commit_run_log
-from .setup import Context, build_described_model, peak_gpu_memory, prepare_model
+from .setup import Context, build_described_model, loader_options, peak_gpu_memory, prepare_model
 from .tracking import Tracker
 
 log = logging.getLogger(__name__)
@@ -205,14 +205,7 @@ def announce_plan(cfg: DictConfig, ctx: Context) -> None:
 def build_session(cfg: DictConfig, ctx: Context, resume: Optional[Resume]) -> Session:
     """Loaders, model, optimizer, schedule, EMA, and the checkpoint's state when resuming. Writes nothing:
     a checkpoint whose weights do not fit is refused here with the folder untouched."""
-    train_loader, val_loader, info = build_loaders(
-        cfg.data,
-        seed=cfg.seed,
-        rank=ctx.dist.rank,
-        world_size=ctx.dist.world_size,
-        pin_memory=cfg.data.pin_memory and ctx.device.type == "cuda",
-        device=ctx.device,
-    )
+    train_loader, val_loader, info = build_loaders(cfg.data, **loader_options(cfg, ctx))
     model, description = build_described_model(cfg, info, ctx.device)
     model = prepare_model(model, cfg.trainer, ctx.device, ctx.dist)
     global_batch = cfg.data.batch_size * ctx.dist.world_size

@@ -34,6 +34,18 @@ class Context:
     recipe_changes: Optional[list[str]] = None  # what the command line and experiment= change of the recipe
 
 
+def loader_options(cfg: DictConfig, ctx: Context) -> dict[str, Any]:
+    """What this process's data loaders depend on besides ``cfg.data``: its seeds, its share of the torchrun
+    group's samples and where its batches go."""
+    return {
+        "seed": cfg.seed,
+        "rank": ctx.dist.rank,
+        "world_size": ctx.dist.world_size,
+        "pin_memory": cfg.data.pin_memory and ctx.device.type == "cuda",
+        "device": ctx.device,
+    }
+
+
 def build_described_model(cfg: DictConfig, info: DataInfo, device: torch.device) -> tuple[nn.Module, dict[str, Any]]:
     """The model for the data ``info`` describes, and the run's description for results.json."""
     if cfg.trainer.amp == "fp16" and device.type == "cpu":
