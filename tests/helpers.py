@@ -26,6 +26,23 @@ QUICK = [
     "data.batch_size=32",
     "trainer.progress=false",
 ]
+
+
+def folder_args(root: Path, *more: str) -> list[str]:
+    """QUICK on a class-folder tree of 32 px images, every batch of both splits."""
+    return [
+        *QUICK,
+        "data=imagefolder",
+        f"data.root={root}",
+        "data.image_size=32",
+        "data.val_resize=36",
+        "data.batch_size=4",
+        "trainer.limit_train_batches=null",
+        "trainer.limit_val_batches=null",
+        *more,
+    ]
+
+
 register_configs()
 
 

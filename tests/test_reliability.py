@@ -32,7 +32,18 @@ from engine.preemption import StopRequest
 from engine.run_folder import RunFolder, claim_folder
 from engine.tracking import Tracker
 from gmconv import GMConv2d
-from helpers import QUICK, ROOT, compose_train, failed_with, load, ok, run_in_process, train, wait_for_checkpoint
+from helpers import (
+    QUICK,
+    ROOT,
+    compose_train,
+    failed_with,
+    folder_args,
+    load,
+    ok,
+    run_in_process,
+    train,
+    wait_for_checkpoint,
+)
 
 INJECT = str(ROOT / "tests" / "inject.py")
 
@@ -184,20 +195,6 @@ def corrupt_tree(imagefolder_root) -> tuple[Path, Path, Path]:
     empty = imagefolder_root / "val/cat/2.png"
     empty.write_bytes(b"")
     return imagefolder_root, corrupt, empty
-
-
-def folder_args(root: Path, *more: str) -> list[str]:
-    return [
-        *QUICK,
-        "data=imagefolder",
-        f"data.root={root}",
-        "data.image_size=32",
-        "data.val_resize=36",
-        "data.batch_size=4",
-        "trainer.limit_train_batches=null",
-        "trainer.limit_val_batches=null",
-        *more,
-    ]
 
 
 @pytest.mark.slow

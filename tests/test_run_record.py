@@ -33,7 +33,7 @@ from engine.preemption import Preempted
 from engine.run_folder import RunFolder
 from engine.sweep_folders import SWEPT_ENV, announce_swept_settings, job_folder_name
 from engine.tracking import COMPACTING, REPLACED, compact_events, finish_compaction
-from helpers import QUICK, ROOT, failed_with, load, ok, run_in_process, train
+from helpers import QUICK, ROOT, failed_with, folder_args, load, ok, run_in_process, train
 
 
 def rows(run_dir: Path) -> list[dict[str, str]]:
@@ -257,21 +257,6 @@ def test_sweep_job_folders_are_named_after_the_swept_settings_never_a_path(monke
 # --- 3. evaluation and data checks -----------------------------------------------------------------
 
 
-def folder_args(root: Path, *more: str) -> list[str]:
-    return [
-        *QUICK,
-        "data=imagefolder",
-        f"data.root={root}",
-        "data.image_size=32",
-        "data.val_resize=36",
-        "data.batch_size=4",
-        "data.num_workers=0",
-        "trainer.limit_train_batches=null",
-        "trainer.limit_val_batches=null",
-        *more,
-    ]
-
-
 def tree(root: Path, classes: tuple[str, ...], splits: tuple[str, ...] = ("train", "val"), count: int = 3) -> Path:
     rng = np.random.default_rng(0)
     for split in splits:
@@ -287,11 +272,12 @@ def tree(root: Path, classes: tuple[str, ...], splits: tuple[str, ...] = ("train
 def test_evaluation_refuses_data_with_other_classes_and_needs_only_the_validation_split(tmp_path):
     trained = tree(tmp_path / "trained", ("bird", "cat", "dog", "fish"))
     run_dir = tmp_path / "run"
-    run_in_process(run_dir, *folder_args(trained))
+    run_in_process(run_dir, *folder_args(trained, "data.num_workers=0"))
 
     def evaluate(root: Path, *more: str) -> dict:
         return run_in_process(
-            tmp_path / f"eval-{root.name}", *folder_args(root, "eval_only=true", f"ckpt={run_dir}", *more)
+            tmp_path / f"eval-{root.name}",
+            *folder_args(root, "data.num_workers=0", "eval_only=true", f"ckpt={run_dir}", *more),
         )
 
     shifted = tree(tmp_path / "shifted", ("cat", "dog", "fish", "zebra"))

@@ -21,7 +21,7 @@ import predict
 from analysis import export, load_run
 from data.folder import decode
 from gmconv import DynamicGMConv2d
-from helpers import QUICK, ROOT, run_in_process
+from helpers import QUICK, ROOT, folder_args, run_in_process
 
 
 @pytest.fixture(scope="module")
@@ -66,17 +66,7 @@ def test_predict_reads_folders_lists_and_awkward_files_as_training_does(tmp_path
             for i in range(4):
                 _image(root / split / name / f"{i}.{'jpg' if i % 2 else 'png'}", grey=i == 3)
     run_dir = tmp_path / "run"
-    run_in_process(
-        run_dir,
-        *QUICK,
-        "data=imagefolder",
-        f"data.root={root}",
-        "data.image_size=32",
-        "data.val_resize=36",
-        "data.batch_size=4",
-        "data.num_workers=0",
-        "trainer.limit_train_batches=null",
-    )
+    run_in_process(run_dir, *folder_args(root, "data.num_workers=0"))
     inputs = tmp_path / "inputs"
     _image(inputs / "nested" / "deeper" / "a.png", size=57)
     _image(inputs / "b.JPG", size=23, grey=True)
