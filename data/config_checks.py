@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import fields
 
-from engine.errors import ConfigError
+from engine.errors import ConfigError, IgnoredSetting
 
 from .config import DataConfig
 from .registry import AUGMENTATIONS, BUILDERS
@@ -48,9 +48,11 @@ def _check_read_by_the_dataset(data: DataConfig) -> None:
         if key in BUILDERS[data.name].takes or value == DEFAULTS[key]:
             continue
         users = [f"data={name}" for name, builder in sorted(BUILDERS.items()) if key in builder.takes]
-        raise ConfigError(
+        raise IgnoredSetting(
             f"data.{key}={as_typed(value)} is not used by data={data.name} (only {', '.join(users)} "
-            f"{'takes' if len(users) == 1 else 'take'} it); remove the override"
+            f"{'takes' if len(users) == 1 else 'take'} it); remove the override",
+            f"data.{key}",
+            DEFAULTS[key],
         )
 
 
@@ -94,9 +96,11 @@ def _check_augmentation(data: DataConfig) -> None:
     if not data.augment:
         for key in AUGMENTATIONS:
             if getattr(data, key) != DEFAULTS[key]:
-                raise ConfigError(
+                raise IgnoredSetting(
                     f"data.{key}={getattr(data, key)} has no effect with data.augment=false; "
-                    "remove it or set data.augment=true"
+                    "remove it or set data.augment=true",
+                    f"data.{key}",
+                    DEFAULTS[key],
                 )
     if data.color_jitter < 0:
         raise ConfigError(f"data.color_jitter={data.color_jitter} is invalid: set >= 0 (0.4 is timm's usual; 0 is off)")
@@ -143,9 +147,11 @@ def _check_mixing(data: DataConfig) -> None:
     mixing = data.mixup_alpha > 0 or data.cutmix_alpha > 0
     for key in ("mix_prob", "mix_switch_prob"):
         if not mixing and getattr(data, key) != DEFAULTS[key]:
-            raise ConfigError(
+            raise IgnoredSetting(
                 f"data.{key}={getattr(data, key)} has no effect without mixing; set data.mixup_alpha "
-                "or data.cutmix_alpha, or remove it"
+                "or data.cutmix_alpha, or remove it",
+                f"data.{key}",
+                DEFAULTS[key],
             )
     if mixing and data.batch_size % 2:
         raise ConfigError(

@@ -20,8 +20,8 @@ from hydra.core.override_parser.overrides_parser import OverridesParser
 from data.text import first_line
 
 from .checkpoint import BEST, LAST, find_checkpoint, load_checkpoint
-from .config import compose_config, unknown_key
-from .errors import ConfigError
+from .config import compose_config, unknown_key, validate
+from .errors import BadInput, ConfigError
 
 GROUPS = ("model", "conv", "data", "optim", "sched")
 RESUMED_SETTINGS = (*GROUPS, "trainer", "recipe", "seed")  # a resumed run continues with all of these
@@ -136,19 +136,45 @@ def check_composes(argv: list[str]) -> None:
         raise ConfigError(composition_error(err)) from None
 
 
+def check_sweep_jobs(argv: list[str]) -> None:
+    """A ``-m`` sweep of Hydra's basic sweeper: compose and check every job before the first one trains, and
+    refuse the sweep with one line per job that would be refused (a setting a job's options ignore is not
+    such a job: it runs without it, runner.py). Another sweeper (``hydra/sweeper=...``) chooses its jobs as it
+    goes, and its jobs are checked when they start."""
+    from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
+    from hydra.errors import HydraException
+    from omegaconf.errors import OmegaConfBaseException
+
+    flags, overrides = _split_flags(argv[1:])
+    if not set(SWEEP_FLAGS) & set(flags) or set(INFO_FLAGS) & set(flags):
+        return
+    if any(o.lstrip("+").startswith("hydra/sweeper=") for o in overrides):
+        return
+    try:
+        batches = BasicSweeper.split_arguments(OverridesParser.create().parse_overrides(overrides), None)
+    except (HydraException, OmegaConfBaseException) as err:
+        raise ConfigError(composition_error(err)) from None
+    jobs = [job for batch in batches for job in batch]
+    refused = []
+    for number, job in enumerate(jobs):
+        label = " ".join(o for o in job if not o.startswith("hydra."))
+        try:
+            validate(compose_config(*job), sweep_job=True)
+        except BadInput as err:
+            refused.append(f"job {number} ({label}): {err}")
+        except (HydraException, OmegaConfBaseException) as err:
+            refused.append(f"job {number} ({label}): {composition_error(err)}")
+    if refused:
+        raise ConfigError(
+            f"{len(refused)} of the sweep's {len(jobs)} jobs would be refused, so none was started:\n  "
+            + "\n  ".join(refused)
+        )
+
+
 # flags whose output is Hydra's own (or a sweep, whose jobs report their own errors)
-HYDRA_OWN_FLAGS = (
-    "-h",
-    "--help",
-    "--hydra-help",
-    "--version",
-    "-i",
-    "--info",
-    "-sc",
-    "--shell-completion",
-    "-m",
-    "--multirun",
-)
+INFO_FLAGS = ("-h", "--help", "--hydra-help", "--version", "-i", "--info", "-sc", "--shell-completion")
+SWEEP_FLAGS = ("-m", "--multirun")
+HYDRA_OWN_FLAGS = (*INFO_FLAGS, *SWEEP_FLAGS)
 
 
 def composition_error(err: Exception) -> str:

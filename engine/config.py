@@ -27,7 +27,7 @@ from models.config import ConvConfig, ConvType, ModelConfig, ModelSource, gmconv
 from models.conv_types import check_rival_options, unused_options
 from models.small_input import parse_small_input
 
-from .errors import ConfigError
+from .errors import ConfigError, IgnoredSetting
 from .precision import channels_last_setting
 
 
@@ -204,8 +204,24 @@ def compose_config(*overrides: str, hydra: bool = False) -> DictConfig:
         return compose("train", overrides=list(overrides), return_hydra_config=hydra)
 
 
-def validate(cfg: DictConfig) -> None:
-    """Every check of a composed config, before any data or model is built; ConfigError names the key."""
+def validate(cfg: DictConfig, *, sweep_job: bool = False) -> list[str]:
+    """Every check of a composed config, before any data or model is built; ConfigError names the key.
+
+    In a sweep's job (``sweep_job``), a setting the job's options ignore (IgnoredSetting) is set back to its
+    default in ``cfg`` instead, and the returned lines say which; a single run refuses it."""
+    ignored: list[str] = []
+    while True:
+        try:
+            _validate(cfg)
+            return ignored
+        except IgnoredSetting as err:
+            if not sweep_job or OmegaConf.select(cfg, err.key) == err.default:
+                raise
+            ignored.append(f"{err.key} ignored by this job of the sweep (it runs with {plain(err.default)}): {err}")
+            OmegaConf.update(cfg, err.key, err.default)
+
+
+def _validate(cfg: DictConfig) -> None:
     _check_known_keys(cfg)
     _check_ranges(cfg)
     channels_last_setting(cfg.trainer.channels_last)
@@ -217,9 +233,11 @@ def validate(cfg: DictConfig) -> None:
     _check_layer_decay(cfg)
     _check_sched(cfg.sched)
     if not cfg.trainer.compile and CompileMode(cfg.trainer.compile_mode) is not TrainerConfig.compile_mode:
-        raise ConfigError(
+        raise IgnoredSetting(
             f"trainer.compile_mode={CompileMode(cfg.trainer.compile_mode).name} has no effect without "
-            "trainer.compile=true; add trainer.compile=true or remove it"
+            "trainer.compile=true; add trainer.compile=true or remove it",
+            "trainer.compile_mode",
+            TrainerConfig.compile_mode,
         )
     _check_trainer_recipe(cfg.trainer)
     if cfg.eval_only and cfg.resume:
@@ -312,12 +330,6 @@ def _check_ranges(cfg: DictConfig) -> None:
             positive_or_null,
         ),
         (cfg.trainer.nonfinite_limit > 0, "trainer.nonfinite_limit", cfg.trainer.nonfinite_limit, "a positive integer"),
-        (
-            cfg.trainer.nonfinite == "skip" or cfg.trainer.nonfinite_limit == TrainerConfig.nonfinite_limit,
-            "trainer.nonfinite_limit",
-            cfg.trainer.nonfinite_limit,
-            "its default: it limits trainer.nonfinite=skip only",
-        ),
         (cfg.sched.warmup_epochs >= 0, "sched.warmup_epochs", cfg.sched.warmup_epochs, ">= 0"),
         (cfg.seed >= 0, "seed", cfg.seed, "a non-negative integer"),
         (not cfg.eval_only or cfg.ckpt, "ckpt", cfg.ckpt, "a run folder or checkpoint file when eval_only=true"),
@@ -331,6 +343,13 @@ def _check_ranges(cfg: DictConfig) -> None:
     for ok, key, value, expected in checks:
         if not ok:
             raise ConfigError(f"{key}={value} is invalid: expected {expected}")
+    if cfg.trainer.nonfinite != "skip" and cfg.trainer.nonfinite_limit != TrainerConfig.nonfinite_limit:
+        raise IgnoredSetting(
+            f"trainer.nonfinite_limit={cfg.trainer.nonfinite_limit} is invalid: expected its default: it limits "
+            "trainer.nonfinite=skip only",
+            "trainer.nonfinite_limit",
+            TrainerConfig.nonfinite_limit,
+        )
 
 
 def _batch_limit_ok(limit: Any) -> bool:
@@ -356,9 +375,12 @@ def _check_conv(conv: DictConfig) -> None:
     unused = unused_options(conv)
     if unused:
         uses = "no conv option" if kind is ConvType.standard else "other options"
-        raise ConfigError(
+        key = unused[0].partition("=")[0]
+        raise IgnoredSetting(
             f"{unused[0]} has no effect: conv={conv.name} (conv.type={kind.value}) uses {uses}; "
-            "remove it or choose the conv type that reads it (configs/conv/)"
+            "remove it or choose the conv type that reads it (configs/conv/)",
+            key,
+            plain(getattr(ConvConfig(), key.removeprefix("conv."))),
         )
     if kind is ConvType.gmconv:
         try:
@@ -373,20 +395,26 @@ def _check_settings_that_need_sigma(cfg: DictConfig) -> None:
     """σ's learning rate and the mask images mean nothing without a (learned, static) Gaussian mask."""
     gmconv = ConvType(cfg.conv.type) is ConvType.gmconv
     if not (gmconv and cfg.conv.learnable_sigma) and cfg.optim.sigma_lr_scale != OptimConfig.sigma_lr_scale:
-        raise ConfigError(
+        raise IgnoredSetting(
             f"optim.sigma_lr_scale={cfg.optim.sigma_lr_scale} has no effect: conv={cfg.conv.name} "
-            "learns no σ; remove it or choose a GMConv conv with a learnable σ"
+            "learns no σ; remove it or choose a GMConv conv with a learnable σ",
+            "optim.sigma_lr_scale",
+            OptimConfig.sigma_lr_scale,
         )
     if cfg.trainer.log_masks and not (gmconv and not cfg.conv.dynamic):
         why = "predicts σ for each image, so no layer has one mask" if cfg.conv.dynamic else "has no Gaussian mask"
-        raise ConfigError(
+        raise IgnoredSetting(
             f"trainer.log_masks=true has no effect: conv={cfg.conv.name} {why}; "
-            "remove it or choose conv=gmconv (or a static variant)"
+            "remove it or choose conv=gmconv (or a static variant)",
+            "trainer.log_masks",
+            False,
         )
     if ConvType(cfg.conv.type) is not ConvType.deformable and cfg.optim.offset_lr_scale != OptimConfig.offset_lr_scale:
-        raise ConfigError(
+        raise IgnoredSetting(
             f"optim.offset_lr_scale={cfg.optim.offset_lr_scale} has no effect: conv={cfg.conv.name} has "
-            "no offsets; remove it or choose conv=deformable"
+            "no offsets; remove it or choose conv=deformable",
+            "optim.offset_lr_scale",
+            OptimConfig.offset_lr_scale,
         )
 
 
@@ -400,9 +428,11 @@ def _check_optim(optim: DictConfig) -> None:
         defaults = OptimConfig()
         for key in ("momentum", "nesterov"):
             if optim[key] != getattr(defaults, key):
-                raise ConfigError(
+                raise IgnoredSetting(
                     f"optim.{key}={optim[key]} is used by optim=sgd only, not optim.name={optim.name}; "
-                    f"pass it through optim.kwargs if that optimizer takes it, or remove it"
+                    f"pass it through optim.kwargs if that optimizer takes it, or remove it",
+                    f"optim.{key}",
+                    getattr(defaults, key),
                 )
 
 
@@ -434,9 +464,11 @@ def _check_sched(sched: DictConfig) -> None:
     name = SchedName(sched.name).value
     for key, owners in _SCHED_ONLY.items():
         if name not in owners and plain(sched[key]) != getattr(defaults, key):
-            raise ConfigError(
+            raise IgnoredSetting(
                 f"sched.{key}={plain(sched[key])} is used by sched={'|'.join(owners)} only, not "
-                f"sched={name}; remove it or choose that schedule"
+                f"sched={name}; remove it or choose that schedule",
+                f"sched.{key}",
+                getattr(defaults, key),
             )
     if name == "step" and not (sched.decay_epochs or 0) > 0:
         raise ConfigError(
@@ -462,9 +494,11 @@ def _check_trainer_recipe(trainer: DictConfig) -> None:
         )
     threshold = trainer.bce_target_threshold
     if threshold is not None and Loss(trainer.loss) is not Loss.bce:
-        raise ConfigError(
+        raise IgnoredSetting(
             f"trainer.bce_target_threshold={threshold} is used by trainer.loss=bce only; remove it "
-            "or set trainer.loss=bce"
+            "or set trainer.loss=bce",
+            "trainer.bce_target_threshold",
+            None,
         )
     if threshold is not None and not 0 <= threshold < 1:
         raise ConfigError(f"trainer.bce_target_threshold={threshold} is invalid: expected a number in [0, 1) or null")
@@ -474,7 +508,11 @@ def _check_trainer_recipe(trainer: DictConfig) -> None:
             f"trainer.ema_decay={decay} is invalid: expected a number in (0, 1) such as 0.9998, or null for no EMA"
         )
     if decay is None and trainer.ema_warmup:
-        raise ConfigError("trainer.ema_warmup=true has no effect without an EMA; set trainer.ema_decay or remove it")
+        raise IgnoredSetting(
+            "trainer.ema_warmup=true has no effect without an EMA; set trainer.ema_decay or remove it",
+            "trainer.ema_warmup",
+            False,
+        )
     if decay is None and BestOf(trainer.best_of) is BestOf.ema:
         raise ConfigError(
             "trainer.best_of=ema needs an EMA; set trainer.ema_decay (e.g. 0.9998) or use trainer.best_of=model"

@@ -33,3 +33,13 @@ class RunFolderError(BadInput, ValueError):
 
 class MissingFile(BadInput, FileNotFoundError):
     """A file or folder the input names does not exist: a checkpoint, the data, pretrained weights."""
+
+
+class IgnoredSetting(ConfigError):
+    """A valid setting that the job's other options do not read (momentum with AdamW, σ's learning rate with the
+    standard conv). A single run refuses it: the command does not describe the run. A job of a sweep, which
+    crosses options that read different settings, runs with ``key`` back at its ``default`` and records why."""
+
+    def __init__(self, message: str, key: str, default: object) -> None:
+        super().__init__(message)
+        self.key, self.default = key, default

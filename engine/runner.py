@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 import torch
+from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
 from data import build_loaders
@@ -84,7 +85,7 @@ def run(
     Raises ``BadInput`` (engine/errors.py) for bad settings, data or checkpoints (before anything is written to
     ``run_dir``), and ``Preempted`` when a signal stopped training with its checkpoint saved.
     """
-    validate(cfg)
+    ignored = validate(cfg, sweep_job=hydra_config is not None and hydra_config.mode == RunMode.MULTIRUN)
     dist_info = init_distributed()
     quiet_non_main_logging(dist_info)
     try:
@@ -95,6 +96,7 @@ def run(
             list(overrides or []),
             hydra_config,
             recipe_changes,
+            ignored,
         )
         log.info(apply_precision(cfg, ctx.device).line())
         with ctx.folder.hold() if dist_info.is_main else contextlib.nullcontext():
@@ -172,6 +174,7 @@ def finish(
         "overrides": history.sessions[0]["overrides"],
         "sessions": history.sessions,
         **({"recipe_changes": ctx.recipe_changes} if ctx.recipe_changes is not None else {}),
+        "settings_without_effect": [*ctx.ignored_settings, *settings_without_effect(cfg)],
         "config": OmegaConf.to_container(cfg, resolve=True, enum_to_str=True),
     }
     if ctx.dist.is_main:
@@ -198,7 +201,7 @@ def announce_plan(cfg: DictConfig, ctx: Context) -> None:
     log.info(recipe_line(cfg))
     if ctx.recipe_changes:
         log.info("changed from the recipe: %s", "; ".join(ctx.recipe_changes))
-    for warning in settings_without_effect(cfg):
+    for warning in [*ctx.ignored_settings, *settings_without_effect(cfg)]:
         log.warning(warning)
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import logging
 import subprocess
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
@@ -32,6 +32,7 @@ class Context:
     overrides: list[str]  # what the user typed for this command (a resume's re-inserted settings excluded)
     hydra_config: Optional[DictConfig] = None
     recipe_changes: Optional[list[str]] = None  # what the command line and experiment= change of the recipe
+    ignored_settings: list[str] = field(default_factory=list)  # a sweep job's settings its options ignore
 
 
 def loader_options(cfg: DictConfig, ctx: Context) -> dict[str, Any]:

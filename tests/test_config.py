@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import random
+import re
+
 import pytest
 from hydra.errors import ConfigCompositionException
 from omegaconf import OmegaConf
 
+from engine.command_line import check_sweep_jobs
 from engine.config import batches_in, resume_changes, settings_without_effect, validate
+from engine.errors import ConfigError, IgnoredSetting
 from helpers import CONFIGS, compose_train, load, ok, run_in_process, train
 
 
@@ -253,3 +258,70 @@ def test_debug_fast_is_one_short_epoch_apart_from_real_runs(tmp_path):
     assert OmegaConf.to_container(cfg.hydra.run)["dir"].startswith("outputs/debug/${data.name}/")
     results = run_in_process(tmp_path, "debug=fast", "trainer.progress=false")
     assert results["status"] == "completed" and results["epochs"] == 1
+
+
+# (options that make the setting unread, the setting): each is refused in a single run and ignored by a sweep's job
+IGNORED = [
+    (["optim=adamw"], "optim.momentum=0.95"),
+    (["optim=adamw"], "optim.nesterov=true"),
+    (["conv=standard"], "trainer.log_masks=true"),
+    (["conv=standard"], "optim.sigma_lr_scale=5"),
+    (["conv=gmconv"], "optim.offset_lr_scale=0.5"),
+    (["conv=standard"], "conv.sigma_init=3.5"),
+    (["sched=cosine"], "sched.milestones=[3,6]"),
+    (["sched=cosine"], "sched.power=2.0"),
+    ([], "trainer.compile_mode=max_autotune"),
+    ([], "trainer.nonfinite_limit=5"),
+    ([], "trainer.bce_target_threshold=0.2"),
+    ([], "trainer.ema_warmup=true"),
+    (["data=digits"], "data.clutter=3"),
+    (["data=digits"], "data.root=/datasets"),
+    (["data.augment=false"], "data.color_jitter=0.4"),
+    ([], "data.mix_prob=0.5"),
+]
+
+
+def _combined(cases: list[tuple[list[str], str]]) -> list[str]:
+    return [o for options, _ in cases for o in options] + [setting for _, setting in cases]
+
+
+@pytest.mark.parametrize("options,setting", IGNORED, ids=[setting for _, setting in IGNORED])
+def test_a_setting_the_options_ignore_is_refused_in_a_single_run(options, setting):
+    with pytest.raises(IgnoredSetting, match=re.escape(setting.partition("=")[0])):
+        validate(compose_train(*options, setting))
+
+
+def test_a_sweep_job_runs_without_the_settings_its_options_ignore_over_generated_combinations():
+    """Any combination of such settings (60 drawn with a fixed seed, the compatible ones tried): the job's config
+    keeps none of them (each back at its default, so the job is a valid single run), one line names each, and
+    the rest is unchanged."""
+    rng, tried = random.Random(0), 0
+    for _ in range(60):
+        cases = rng.sample(IGNORED, rng.randint(1, 4))
+        keys = {setting.partition("=")[0] for _, setting in cases}
+        chosen = {o for options, _ in cases for o in options}
+        if len(keys) < len(cases) or len({o.partition("=")[0] for o in chosen}) < len(chosen):
+            continue  # two cases set one key, or need different options of one group
+        tried += 1
+        default = compose_train(*[o for options, _ in cases for o in options])
+        cfg = compose_train(*_combined(cases))
+        lines = validate(cfg, sweep_job=True)
+        assert sorted(line.split(" ", 1)[0] for line in lines) == sorted(keys), lines
+        validate(cfg)
+        assert OmegaConf.to_container(cfg) == OmegaConf.to_container(default)
+    assert tried >= 30
+
+
+def test_a_sweep_with_jobs_that_would_be_refused_starts_none_and_names_each():
+    argv = ["train.py", "-m", "conv=standard,gmconv", "optim.lr=0.05,-1", "trainer.log_masks=true", "hydra.sweep.dir=x"]
+    with pytest.raises(ConfigError) as refused:
+        check_sweep_jobs(argv)
+    lines = str(refused.value).splitlines()
+    assert lines[0] == "2 of the sweep's 4 jobs would be refused, so none was started:"
+    assert lines[1:] == [
+        f"  job {n} (conv={conv} optim.lr=-1 trainer.log_masks=True): optim.lr=-1.0 is invalid: expected a positive "
+        "number"
+        for n, conv in ((1, "standard"), (3, "gmconv"))
+    ]
+    check_sweep_jobs(["train.py", "-m", "optim=sgd,adamw", "optim.momentum=0.95", "conv=standard,gmconv"])
+    check_sweep_jobs(["train.py", "optim.lr=-1"])  # not a sweep: the run refuses it itself

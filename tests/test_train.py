@@ -136,17 +136,32 @@ def test_cifar10_and_imagefolder_train_from_files(tmp_path, cifar10_root, imagef
     assert results["eval_samples"] == 8
 
 
-def test_a_sweep_runs_every_good_job_and_counts_the_bad_ones(tmp_path):
-    """The second job has an invalid lr: it is reported and skipped, the later jobs still run."""
-    proc = train("-m", "conv=standard,gmconv", "optim.lr=0.05,-1", *QUICK, f"hydra.sweep.dir={tmp_path}")
-    out = failed_with(proc, "2 job(s) of the sweep failed", "optim.lr=-1")
+def test_a_sweep_runs_every_good_job_past_settings_a_job_ignores_and_counts_the_failed_ones(tmp_path):
+    """trainer.log_masks and data.root are ignored (and recorded) by the jobs that cannot use them; the CIFAR jobs
+    fail when they look for their files, are reported, and the other jobs still run."""
+    missing = tmp_path / "no_cifar_here"
+    sweep = tmp_path / "sweep"
+    proc = train(
+        "-m", "conv=standard,gmconv", "data=digits,cifar10", f"data.root={missing}", "trainer.log_masks=true",
+        *QUICK, f"hydra.sweep.dir={sweep}",
+    )  # fmt: skip
+    out = failed_with(proc, "2 job(s) of the sweep failed", "cifar-10-batches-py")
     assert proc.returncode == 2, out[-2000:]
-    results = {json.loads(r.read_text())["conv"]: r.parent for r in tmp_path.rglob("results.json")}
+    results = {json.loads(r.read_text())["conv"]: r for r in sweep.rglob("results.json")}
     assert sorted(results) == ["gmconv", "standard"]
-    for conv, run_dir in results.items():  # σ curves exactly for the GMConv run
-        has_sigma = any(tag.startswith("sigma/") for tag in scalar_tags(run_dir / "tb"))
+    for conv, path in results.items():  # σ curves exactly for the GMConv run
+        has_sigma = any(tag.startswith("sigma/") for tag in scalar_tags(path.parent / "tb"))
         assert has_sigma == (conv == "gmconv"), conv
-    assert len([p for p in tmp_path.iterdir() if p.is_dir() and p.name != ".submitit"]) == 2  # failed jobs leave none
+        lines = json.loads(path.read_text())["settings_without_effect"]
+        ignored = sorted(line.split(" ", 1)[0] for line in lines if "ignored by this job of the sweep" in line)
+        assert ignored == (["data.root", "trainer.log_masks"] if conv == "standard" else ["data.root"]), lines
+    assert len([p for p in sweep.iterdir() if p.is_dir() and p.name != ".submitit"]) == 2  # failed jobs leave none
+
+
+def test_a_sweep_with_a_job_that_would_be_refused_trains_nothing(tmp_path):
+    proc = train("-m", "conv=standard,gmconv", "optim.lr=0.05,-1", *QUICK, f"hydra.sweep.dir={tmp_path / 'sweep'}")
+    out = failed_with(proc, "2 of the sweep's 4 jobs would be refused, so none was started", "job 3 (conv=gmconv")
+    assert proc.returncode == 2 and not (tmp_path / "sweep").exists(), out[-2000:]
 
 
 def test_eval_only_takes_model_conv_and_data_from_the_checkpoint(finished, tmp_path):
