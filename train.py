@@ -68,7 +68,7 @@ def main(cfg: DictConfig) -> float | None:
             sys.exit(2 if bad_input else 1)
         failed_jobs.append(f"job {hydra_config.job.num} ({' '.join(hydra_config.overrides.task)}): {message}")
         return None  # the sweep goes on with its next job
-    return results.get("top1")  # for Hydra sweepers that optimise a metric
+    return results.get(cfg.optimized_metric)  # for a sweeper that optimises it (hparams_search=)
 
 
 def report_failure(err: Exception) -> str:

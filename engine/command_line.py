@@ -139,8 +139,8 @@ def check_composes(argv: list[str]) -> None:
 def check_sweep_jobs(argv: list[str]) -> None:
     """A ``-m`` sweep of Hydra's basic sweeper: compose and check every job before the first one trains, and
     refuse the sweep with one line per job that would be refused (a setting a job's options ignore is not
-    such a job: it runs without it, runner.py). Another sweeper (``hydra/sweeper=...``) chooses its jobs as it
-    goes, and its jobs are checked when they start."""
+    such a job: it runs without it, runner.py). Another sweeper (``hydra/sweeper=...``, ``hparams_search=``)
+    chooses its jobs as it goes, and its jobs are checked when they start."""
     from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
     from hydra.errors import HydraException
     from omegaconf.errors import OmegaConfBaseException
@@ -148,7 +148,7 @@ def check_sweep_jobs(argv: list[str]) -> None:
     flags, overrides = _split_flags(argv[1:])
     if not set(SWEEP_FLAGS) & set(flags) or set(INFO_FLAGS) & set(flags):
         return
-    if any(o.lstrip("+").startswith("hydra/sweeper=") for o in overrides):
+    if any(o.lstrip("+").startswith(("hydra/sweeper=", "hparams_search=")) for o in overrides):
         return
     try:
         batches = BasicSweeper.split_arguments(OverridesParser.create().parse_overrides(overrides), None)
@@ -177,6 +177,13 @@ SWEEP_FLAGS = ("-m", "--multirun")
 HYDRA_OWN_FLAGS = (*INFO_FLAGS, *SWEEP_FLAGS)
 
 
+# Hydra plugins behind an extra of pyproject.toml: group -> option -> (plugin, extra)
+PLUGIN_EXTRAS = {
+    "sweeper": {"optuna": ("Optuna's sweeper (hparams_search=)", "search")},
+    "launcher": {"slurm": ("the SLURM launcher", "slurm"), "submitit_slurm": ("the SLURM launcher", "slurm")},
+}
+
+
 def composition_error(err: Exception) -> str:
     """One line for an error Hydra raised while composing."""
     from hydra.errors import MissingConfigException, OverrideParseException
@@ -185,6 +192,9 @@ def composition_error(err: Exception) -> str:
     cause = err.__cause__
     if isinstance(err, MissingConfigException) and err.options is not None and err.missing_cfg_file:
         group, _, option = str(err.missing_cfg_file).rpartition("/")
+        if group.endswith(tuple(PLUGIN_EXTRAS)) and option in PLUGIN_EXTRAS[group.rpartition("/")[2]]:
+            plugin, extra = PLUGIN_EXTRAS[group.rpartition("/")[2]][option]
+            return f'{group}={option} needs {plugin}: pip install -e ".[{extra}]"'
         return f"{group}={option} is not an option of {group}; choose one of {', '.join(err.options)}"
     if isinstance(cause, (ConfigAttributeError, ConfigKeyError)) and getattr(cause, "full_key", None):
         return unknown_key(cause.full_key)

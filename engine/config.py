@@ -184,6 +184,8 @@ class TrainConfig:
     resume: Optional[str] = None
     eval_only: bool = False
     ckpt: Optional[str] = None  # eval_only: a run folder (its best.pt, else last.pt) or a checkpoint file
+    # what train.py returns to a sweeper that optimises (hparams_search=): a number of results.json
+    optimized_metric: str = "best_top1"
 
 
 CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
@@ -240,10 +242,27 @@ def _validate(cfg: DictConfig) -> None:
             TrainerConfig.compile_mode,
         )
     _check_trainer_recipe(cfg.trainer)
+    _check_optimized_metric(cfg)
     if cfg.eval_only and cfg.resume:
         raise ConfigError(
             "resume= continues training and cannot be combined with eval_only=true; "
             "evaluate a run with eval_only=true ckpt=<run folder>"
+        )
+
+
+OPTIMIZABLE = ("best_top1", "top1", "top5", "loss", "ema_top1", "ema_top5", "ema_loss")
+
+
+def _check_optimized_metric(cfg: DictConfig) -> None:
+    if cfg.optimized_metric not in OPTIMIZABLE:
+        raise ConfigError(
+            f"optimized_metric={cfg.optimized_metric} is not a number of results.json; choose one of "
+            f"{', '.join(OPTIMIZABLE)}"
+        )
+    if cfg.optimized_metric.startswith("ema_") and cfg.trainer.ema_decay is None:
+        raise ConfigError(
+            f"optimized_metric={cfg.optimized_metric} needs an EMA; set trainer.ema_decay (e.g. 0.9998) or "
+            "optimise best_top1"
         )
 
 

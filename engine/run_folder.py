@@ -172,7 +172,7 @@ class ClaimRunFolder(Callback):
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
         """A sweep names its jobs' folders after the settings it sweeps (engine/sweep_folders.py)."""
-        announce_swept_settings(config.hydra.overrides.task)
+        announce_swept_settings(config.hydra.overrides.task, OmegaConf.select(config, "hydra.sweeper.params") or ())
 
     def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
         run = config.hydra.run

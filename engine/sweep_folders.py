@@ -20,10 +20,11 @@ SWEPT_ENV = "GMCONV_SWEPT_SETTINGS"
 NEVER_NAMED = ("data.root", "ckpt", "resume", "model.pretrained", "hydra.")
 
 
-def announce_swept_settings(task_overrides: Iterable[str]) -> None:
-    """At the start of a sweep: which settings its overrides sweep, for ``job_folder_name`` in every job."""
+def announce_swept_settings(task_overrides: Iterable[str], searched: Iterable[str] = ()) -> None:
+    """At the start of a sweep: which settings its overrides sweep, and those a search sweeper draws
+    (``hydra.sweeper.params``), for ``job_folder_name`` in every job."""
     parsed = OverridesParser.create().parse_overrides(list(task_overrides))
-    os.environ[SWEPT_ENV] = ",".join(o.key_or_group for o in parsed if o.is_sweep_override())
+    os.environ[SWEPT_ENV] = ",".join([*(o.key_or_group for o in parsed if o.is_sweep_override()), *searched])
 
 
 def job_folder_name(number: Any, task_overrides: Iterable[str]) -> str:
@@ -42,6 +43,14 @@ def job_folder_name(number: Any, task_overrides: Iterable[str]) -> str:
     return "_".join([str(number), ",".join(sorted(named))]) if named else str(number)
 
 
+def made_folder(path: str) -> str:
+    """``path``, made if missing: for a file that a sweeper opens in the sweep's folder before any job has made it
+    (Optuna's SQLite study, configs/hparams_search/)."""
+    os.makedirs(path, exist_ok=True)
+    return path
+
+
 # Registered on import, so that every process that resolves a job's folder has it: train.py, and a
 # SLURM job started by hydra-submitit-launcher, which imports this package but never runs train.py's main.
 OmegaConf.register_new_resolver("job_folder_name", job_folder_name, replace=True)
+OmegaConf.register_new_resolver("made_folder", made_folder, replace=True)

@@ -6,10 +6,10 @@ import random
 import re
 
 import pytest
-from hydra.errors import ConfigCompositionException
+from hydra.errors import ConfigCompositionException, MissingConfigException
 from omegaconf import OmegaConf
 
-from engine.command_line import check_sweep_jobs
+from engine.command_line import check_sweep_jobs, composition_error
 from engine.config import batches_in, resume_changes, settings_without_effect, validate
 from engine.errors import ConfigError, IgnoredSetting
 from helpers import CONFIGS, compose_train, load, ok, run_in_process, train
@@ -325,3 +325,20 @@ def test_a_sweep_with_jobs_that_would_be_refused_starts_none_and_names_each():
     ]
     check_sweep_jobs(["train.py", "-m", "optim=sgd,adamw", "optim.momentum=0.95", "conv=standard,gmconv"])
     check_sweep_jobs(["train.py", "optim.lr=-1"])  # not a sweep: the run refuses it itself
+
+
+def test_a_hydra_plugin_behind_an_extra_names_the_extra():
+    err = MissingConfigException("missing", missing_cfg_file="hydra/sweeper/optuna", options=["basic"])
+    assert composition_error(err) == (
+        'hydra/sweeper=optuna needs Optuna\'s sweeper (hparams_search=): pip install -e ".[search]"'
+    )
+    err = MissingConfigException("missing", missing_cfg_file="hydra/sweeper/nope", options=["basic"])
+    assert composition_error(err) == "hydra/sweeper=nope is not an option of hydra/sweeper; choose one of basic"
+
+
+def test_the_optimized_metric_is_a_number_of_results_json():
+    validate(compose_train("optimized_metric=ema_top1", "trainer.ema_decay=0.99"))
+    with pytest.raises(ConfigError, match="optimized_metric=accuracy is not a number of results.json; choose one of"):
+        validate(compose_train("optimized_metric=accuracy"))
+    with pytest.raises(ConfigError, match="optimized_metric=ema_top1 needs an EMA"):
+        validate(compose_train("optimized_metric=ema_top1"))
