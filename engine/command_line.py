@@ -23,7 +23,7 @@ from .checkpoint import BEST, LAST, find_checkpoint, load_checkpoint
 from .config import compose_config, unknown_key, validate
 from .errors import BadInput, ConfigError
 
-GROUPS = ("model", "conv", "data", "optim", "sched")
+GROUPS = ("model", "conv", "data", "optim", "sched", "logger")
 RESUMED_SETTINGS = (*GROUPS, "trainer", "recipe", "seed")  # a resumed run continues with all of these
 EVALUATED_SETTINGS = ("model", "conv", "data")  # an evaluation needs only these
 EVAL_RUN_DIR = "outputs/eval/${data.name}/${model.name}-${conv.name}/${run_time:%Y-%m-%d_%H-%M-%S}"
@@ -82,6 +82,11 @@ def saved_settings(checkpoint: Path, sections: tuple[str, ...], given: dict[str,
     overrides = []
     for section in sections:
         if section not in config or section in given:
+            continue
+        if section == "logger":  # a list of options: the ones chosen, then their settings
+            chosen = {name: settings for name, settings in config[section].items() if settings is not None}
+            overrides.append(f"logger=[{','.join(chosen)}]")
+            overrides += [f"logger.{n}.{k}={as_override(v)}" for n, kv in chosen.items() for k, v in kv.items()]
             continue
         values = config[section] if isinstance(config[section], dict) else {"": config[section]}
         for key, value in values.items():

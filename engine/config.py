@@ -11,6 +11,7 @@ options would silently ignore.
 from __future__ import annotations
 
 import difflib
+import importlib.util
 from dataclasses import dataclass, field
 from enum import Enum
 from pathlib import Path
@@ -171,6 +172,27 @@ class RecipeConfig:
 
 
 @dataclass
+class TensorBoardLogger:
+    """TensorBoard event files in the run folder's tb/ (engine/tracking.py)."""
+
+
+@dataclass
+class MlflowLogger:
+    """An MLflow run per run folder (engine/mlflow_run.py); a resume continues it."""
+
+    tracking_uri: Optional[str] = None  # null: sqlite:///<run folder, or a sweep's folder>/mlflow.db
+    experiment: Optional[str] = None  # null: the sweep folder's name, or the data's name for a single run
+
+
+@dataclass
+class LoggerConfig:
+    """Where the curves go besides metrics.csv (always written): logger=[tensorboard,mlflow] picks them."""
+
+    tensorboard: Optional[TensorBoardLogger] = None
+    mlflow: Optional[MlflowLogger] = None
+
+
+@dataclass
 class TrainConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
     conv: ConvConfig = field(default_factory=ConvConfig)
@@ -179,6 +201,7 @@ class TrainConfig:
     sched: SchedConfig = field(default_factory=SchedConfig)
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
     recipe: RecipeConfig = field(default_factory=RecipeConfig)
+    logger: LoggerConfig = field(default_factory=LoggerConfig)
     seed: int = 0
     # a run folder (or its checkpoint) to continue in that folder; "auto": this run folder's last.pt if any
     resume: Optional[str] = None
@@ -243,6 +266,8 @@ def _validate(cfg: DictConfig) -> None:
         )
     _check_trainer_recipe(cfg.trainer)
     _check_optimized_metric(cfg)
+    if cfg.logger.mlflow is not None and importlib.util.find_spec("mlflow") is None:
+        raise ConfigError('logger=[...,mlflow] needs MLflow: pip install -e ".[mlflow]"')
     if cfg.eval_only and cfg.resume:
         raise ConfigError(
             "resume= continues training and cannot be combined with eval_only=true; "

@@ -44,6 +44,7 @@ from .fit import Fit
 from .history import COMPLETED, STOPPED, History
 from .loop import format_duration
 from .metrics import EpochTotals
+from .mlflow_run import MlflowRun
 from .objective import Objective, build_objective
 from .optim import build_optimizer, build_scheduler, scaled_lr
 from .precision import apply_precision
@@ -128,7 +129,13 @@ def train(cfg: DictConfig, ctx: Context) -> dict[str, Any]:
     barrier(ctx.dist)  # every rank has checked the folder before rank 0 records this run in it
 
     session = build_session(cfg, ctx, resume)
-    tracker = Tracker(folder.path, ctx.dist.is_main, with_ema=cfg.trainer.ema_decay is not None)
+    tracker = Tracker(
+        folder.path,
+        ctx.dist.is_main,
+        with_ema=cfg.trainer.ema_decay is not None,
+        tensorboard=cfg.logger.tensorboard is not None,
+        mlflow=MlflowRun(folder.path, cfg, session.description, sweep_dir(ctx)) if cfg.logger.mlflow else None,
+    )
     history = History(folder.path, ctx.dist.is_main, clock_start=clock_start)
     commit(cfg, ctx, session.state, resume, tracker, history)
     fit = Fit(
@@ -144,18 +151,27 @@ def train(cfg: DictConfig, ctx: Context) -> dict[str, Any]:
         history=history,
         batches_per_epoch=session.batches_per_epoch,
     )
+    status = "FAILED"  # for the trackers that record one (MLflow)
     try:
         outcome = fit.run(save_first=resume is not None and (bool(resume.changes) or not resume.continuing))
+        status = "FINISHED"
     except Preempted:
         history.end(STOPPED)
+        status = "KILLED"
         raise
     except BaseException as err:
         history.end(_failure(err))
         raise
     finally:
-        tracker.close()
+        tracker.close(status)
     history.end(COMPLETED, results=outcome)
     return finish(cfg, ctx, session, history, outcome)
+
+
+def sweep_dir(ctx: Context) -> Path | None:
+    """The folder of the sweep this job belongs to (None for a single run)."""
+    hydra = ctx.hydra_config
+    return Path(hydra.sweep.dir) if hydra is not None and hydra.mode == RunMode.MULTIRUN else None
 
 
 def finish(

@@ -36,6 +36,7 @@ from gmconv.stats import masks_by_sigma
 from . import epoch_record
 from .checkpoint import atomic_write
 from .faults import StorageError
+from .mlflow_run import MlflowRun
 
 log = logging.getLogger(__name__)
 
@@ -45,6 +46,7 @@ EVENT_FILES = "*tfevents*"
 # a compaction in progress (see compact_events): the new folder, and the old one once replaced
 COMPACTING, REPLACED = ".tb.compacting", ".tb.replaced"
 HPARAMS_TAGS = ("_hparams_/", "hparam/")  # the run-level summary of a completed session
+SIGMA_STATS = ("mean", "min", "max")  # of each layer's σ, a curve each
 MASK_CHANNELS = 3  # Tracker.masks shows the masks of the smallest, median and largest σ of a layer
 MASK_PIXELS = 24  # at least this many pixels per mask side, so a 3×3 mask is visible in TensorBoard
 
@@ -52,9 +54,19 @@ MASK_PIXELS = 24  # at least this many pixels per mask side, so a 3×3 mask is v
 class Tracker:
     """The run's curves: ``start`` once the run is committed to its folder, then ``epoch`` per record."""
 
-    def __init__(self, run_dir: Path, enabled: bool, *, with_ema: bool = False) -> None:
+    def __init__(
+        self,
+        run_dir: Path,
+        enabled: bool,
+        *,
+        with_ema: bool = False,
+        tensorboard: bool = True,
+        mlflow: MlflowRun | None = None,
+    ) -> None:
         self.run_dir, self.enabled, self.with_ema = Path(run_dir), enabled, with_ema
         self.csv_path = self.run_dir / METRICS_CSV
+        self.tensorboard = tensorboard
+        self.mlflow = mlflow if enabled else None
         self.writer: Any = None
 
     def start(self, records: list[dict[str, Any]], resumed_step: int | None = None) -> None:
@@ -64,16 +76,21 @@ class Tracker:
             return
         compact_events(self.run_dir / EVENTS, keep_up_to=-1 if resumed_step is None else resumed_step)
         self.write_csv(records)
-        self.writer = _Tolerant(SummaryWriter(str(self.run_dir / EVENTS)))
+        if self.tensorboard:
+            self.writer = _Tolerant(SummaryWriter(str(self.run_dir / EVENTS)))
+        if self.mlflow:
+            self.mlflow.start()
 
     def scalars(self, values: dict[str, float], step: int) -> None:
         if self.writer:
             for tag, value in values.items():
                 self.writer.add_scalar(tag, value, step)
+        if self.mlflow:
+            self.mlflow.metrics(values, step)
 
     def epoch(self, row: dict[str, Any], records: list[dict[str, Any]]) -> None:
         """One epoch's record: its TensorBoard scalars at its step, and metrics.csv with every record."""
-        if not self.writer:
+        if not self.enabled:
             return
         self.scalars(epoch_record.scalars(row), row["step"])
         self.write_csv(records)
@@ -104,11 +121,14 @@ class Tracker:
 
     def sigma(self, model: nn.Module, step: int) -> None:
         """Per-layer σ of a GMConv model: mean/min/max scalars and a histogram per layer."""
+        if not self.enabled:
+            return
+        self.scalars(
+            {f"sigma/{name}/{key}": stats[key] for name, stats in sigma_stats(model).items() for key in SIGMA_STATS},
+            step,
+        )
         if not self.writer:
             return
-        for name, stats in sigma_stats(model).items():
-            for key in ("mean", "min", "max"):
-                self.writer.add_scalar(f"sigma/{name}/{key}", stats[key], step)
         for name, module in model.named_modules():
             # TensorBoard cannot bin NaN or inf ("The histogram is empty"); a diverged σ shows in the scalars
             if isinstance(module, GMConv2d) and module.sigma.numel() > 1 and torch.isfinite(module.sigma).all():
@@ -131,9 +151,12 @@ class Tracker:
         if self.writer:
             self.writer.add_hparams(hparams, metrics, run_name=".", global_step=step)
 
-    def close(self) -> None:
+    def close(self, status: str = "FINISHED") -> None:
+        """``status`` (MLflow's): FINISHED, FAILED, or KILLED for a stop on a signal that a resume continues."""
         if self.writer:
             self.writer.close()
+        if self.mlflow:
+            self.mlflow.finish(status)
 
 
 class _Tolerant:
