@@ -64,12 +64,18 @@ class FolderReader:
             ) from None
 
 
+def reduces(data: DataConfig) -> bool:
+    """Whether the readers decode reduced: torchvision.io cannot scale a JPEG, and the header read and the
+    crop in the reader would cost it 7 % for nothing (docs/BENCHMARKS.md, section 5)."""
+    return data.reduced_decode and resolve_decoder(data.decoder) != "torchvision"
+
+
 def readers(data: DataConfig) -> tuple[FolderReader, FolderReader]:
     """(train, val) loaders for ``data``: with ``data.reduced_decode``, training's RandomResizedCrop is drawn
     in the reader (``folder_transforms(..., crop_in_reader=True)`` leaves it out) and every other resize
     lets the reader decode at a reduced scale."""
     decoder = resolve_decoder(data.decoder)
-    if not data.reduced_decode:
+    if not reduces(data):
         return FolderReader(decoder), FolderReader(decoder)
     test_size = data.test_image_size or data.image_size
     val = FolderReader(decoder, ShortSideDecode(val_resize(test_size, data), decoder))
@@ -113,7 +119,7 @@ def build_folder(data: DataConfig, *, with_train: bool = True) -> Splits:
     root = require_root(data, LAYOUT)
     if not root.is_dir():
         raise MissingFile(f"data.root={root} does not exist; set data.root to a folder holding {LAYOUT}")
-    train_tf, val_tf = folder_transforms(data, IMAGENET_MEAN, IMAGENET_STD, crop_in_reader=data.reduced_decode)
+    train_tf, val_tf = folder_transforms(data, IMAGENET_MEAN, IMAGENET_STD, crop_in_reader=reduces(data))
     train_reader, val_reader = readers(data)
     train = _split(root / "train", train_tf, train_reader) if with_train else None
     val = _split(root / "val", val_tf, val_reader)

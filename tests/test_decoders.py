@@ -131,6 +131,7 @@ def test_folder_loaders_train_on_reduced_jpegs(tmp_path: Path) -> None:
     train, val, _ = build_loaders(cfg, seed=0)
     assert next(iter(train))[0].shape == next(iter(val))[0].shape == (2, 3, 64, 64)
     assert isinstance(readers(cfg)[0].geometry, RandomResizedCropDecode)
+    assert readers(DataConfig(name="imagefolder", decoder="torchvision"))[0].geometry is None  # it cannot scale
 
 
 @pytest.mark.parametrize("decoder", DECODERS)
