@@ -1,6 +1,6 @@
 """Unreadable image files in a folder dataset: stop with one line naming the file (default), or, with
 ``data.skip_bad_images=true``, train on the next readable sample instead and count it. The file is read
-by ``data.folder.read_image``, which turns every way PIL can fail into one ``UnreadableImage``.
+by ``data.folder.FolderReader``, which turns every way a decoder can fail into one ``UnreadableImage``.
 
 The replacement is the next readable index, a function of the files alone, so a resumed run reads
 exactly what the uninterrupted run read. The count travels with each batch (``Batch.replaced``, set by

@@ -28,6 +28,10 @@ class DataConfig:
     random_erasing: float = 0.0  # probability of erasing a random rectangle with noise, after normalising
     test_image_size: Optional[int] = None  # validation image size (null: image_size); not cifar*
     crop_pct: float = 0.875  # imagenet/imagefolder: validation resizes to test_image_size / crop_pct, then crops
+    # imagenet/imagefolder (data/decoders.py): JPEG decoder auto (simplejpeg if installed, else torchvision) |
+    #   torchvision | pil | simplejpeg (the jpeg extra); other formats use the general decoder
+    decoder: str = "auto"
+    reduced_decode: bool = True  # imagenet/imagefolder: decode JPEGs at 1/2-1/8 scale where the crop allows
     skip_bad_images: bool = False  # imagenet/imagefolder: train on past unreadable files, counted (data/bad_images.py)
     num_classes: Optional[int] = None  # fake: class count; others take it from the data
     train_size: Optional[int] = None  # fake, digits_cluttered, digits_scaled: number of training images

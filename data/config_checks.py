@@ -7,6 +7,7 @@ from dataclasses import fields
 from engine.errors import ConfigError, IgnoredSetting
 
 from .config import DataConfig
+from .decoders import resolve_decoder
 from .registry import AUGMENTATIONS, BUILDERS
 from .text import as_typed
 
@@ -36,6 +37,8 @@ def check_data_config(data: DataConfig) -> None:
     _check_augmentation(data)
     _check_centre_crop(data)
     _check_mixing(data)
+    if "decoder" in BUILDERS[data.name].takes:
+        resolve_decoder(data.decoder)  # an unknown name, or simplejpeg not installed
 
 
 def _check_read_by_the_dataset(data: DataConfig) -> None:

@@ -4,17 +4,15 @@ from __future__ import annotations
 
 from collections import Counter
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
-import torch
 from PIL import Image
 from torchvision import datasets
-from torchvision.datasets.folder import default_loader
-from torchvision.io import ImageReadMode, decode_image, read_file
 from torchvision.transforms import v2
 
 from engine.errors import DataError, MissingFile
 
+from . import decoders
 from .bad_images import SkipUnreadable, UnreadableImage
 from .class_folders import (
     LAYOUT,
@@ -25,39 +23,65 @@ from .class_folders import (
     too_few_classes_problem,
 )
 from .config import DataConfig
+from .decoders import Encoded, read_encoded, resolve_decoder
 from .info import Splits
 from .paths import require_root
+from .reduced_decode import RandomResizedCropDecode, ShortSideDecode
 from .text import first_line
-from .transforms import folder_transforms
+from .transforms import folder_transforms, resize_for_crop, val_resize
 
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
-# what PIL (OSError, SyntaxError, ValueError, decompression bombs) and torchvision.io (RuntimeError) raise on a bad file
+# what PIL (OSError, SyntaxError, ValueError, decompression bombs), torchvision.io (RuntimeError) and simplejpeg
+# (ValueError) raise on a bad file
 FILE_ERRORS = (OSError, SyntaxError, ValueError, RuntimeError, Image.DecompressionBombError)
-# Decoded by torchvision.io (libjpeg-turbo, libpng, libwebp) straight to a uint8 tensor: about twice PIL's
-# images/s per loader worker (docs/BENCHMARKS.md). Other formats (BMP, TIFF, PPM, ...) go through PIL.
-TENSOR_DECODED = (".jpg", ".jpeg", ".png", ".webp")
+Geometry = Callable[[Encoded], Any]  # an encoded image → the decoded image, reduced or cropped (data/reduced_decode.py)
 
 
-def decode(path: str) -> Any:
-    """An image file as RGB: a uint8 3×H×W tensor (JPEG, PNG, WebP) or a PIL image (other formats);
-    the transforms (torchvision v2) take either."""
-    if not path.lower().endswith(TENSOR_DECODED):
-        return default_loader(path)
-    image = decode_image(read_file(path), mode=ImageReadMode.RGB)
-    return image if image.dtype == torch.uint8 else v2.functional.to_dtype(image, torch.uint8, scale=True)
+def decode(path: str, decoder: str = "torchvision") -> Any:
+    """An image file as RGB, whole: a uint8 3×H×W tensor (JPEG, PNG, WebP) or a PIL image (other formats);
+    the transforms (torchvision v2) take either. ``decoder`` as ``data.decoder``, resolved (no ``auto``)."""
+    return decoders.decode(read_encoded(path), decoder)
 
 
-def read_image(path: str) -> Any:
-    """``decode``, with one error for every way a file can be unreadable."""
-    try:
-        return decode(path)
-    except FILE_ERRORS as err:
-        root = Path(path).parents[2]  # <root>/<split>/<class>/<file>
-        raise UnreadableImage(
-            f"cannot read image {path} ({first_line(err)}); replace or remove it (python "
-            f"-m scripts.check_data {root} lists every bad file), or set "
-            "data.skip_bad_images=true to train on without it"
-        ) from None
+class FolderReader:
+    """A split's loader: ``path`` → the decoded image, whole or through ``geometry`` (reduced decoding),
+    with one error for every way a file can be unreadable."""
+
+    def __init__(self, decoder: str, geometry: Optional[Geometry] = None) -> None:
+        self.decoder, self.geometry = decoder, geometry
+
+    def __call__(self, path: str) -> Any:
+        try:
+            if self.geometry is None:
+                return decode(path, self.decoder)
+            return self.geometry(read_encoded(path))
+        except FILE_ERRORS as err:
+            root = Path(path).parents[2]  # <root>/<split>/<class>/<file>
+            raise UnreadableImage(
+                f"cannot read image {path} ({first_line(err)}); replace or remove it (python "
+                f"-m scripts.check_data {root} lists every bad file), or set "
+                "data.skip_bad_images=true to train on without it"
+            ) from None
+
+
+def reduces(data: DataConfig) -> bool:
+    """Whether the readers decode reduced: torchvision.io cannot scale a JPEG, and the header read and the
+    crop in the reader would cost it 7 % for nothing (docs/BENCHMARKS.md, section 5)."""
+    return data.reduced_decode and resolve_decoder(data.decoder) != "torchvision"
+
+
+def readers(data: DataConfig) -> tuple[FolderReader, FolderReader]:
+    """(train, val) loaders for ``data``: with ``data.reduced_decode``, training's RandomResizedCrop is drawn
+    in the reader (``folder_transforms(..., crop_in_reader=True)`` leaves it out) and every other resize
+    lets the reader decode at a reduced scale."""
+    decoder = resolve_decoder(data.decoder)
+    if not reduces(data):
+        return FolderReader(decoder), FolderReader(decoder)
+    test_size = data.test_image_size or data.image_size
+    val = FolderReader(decoder, ShortSideDecode(val_resize(test_size, data), decoder))
+    if not data.augment:
+        return FolderReader(decoder, ShortSideDecode(resize_for_crop(data.image_size, data), decoder)), val
+    return FolderReader(decoder, RandomResizedCropDecode(data.image_size, decoder)), val
 
 
 class _ClassFolders(datasets.ImageFolder):
@@ -68,13 +92,13 @@ class _ClassFolders(datasets.ImageFolder):
         return classes, {name: index for index, name in enumerate(classes)}
 
 
-def _split(directory: Path, transform: v2.Compose) -> datasets.ImageFolder:
+def _split(directory: Path, transform: v2.Compose, reader: FolderReader) -> datasets.ImageFolder:
     """One split, refused in one line naming the folder, the problem and the fix when it breaks the rule."""
     if not directory.is_dir():
         raise MissingFile(f"{directory} not found: data.root must hold {LAYOUT}; fix data.root or the tree")
     _refuse(too_few_classes_problem(directory, class_folders(directory)), directory.parent)
     split = _ClassFolders(
-        str(directory), transform=transform, loader=read_image, is_valid_file=is_image_file, allow_empty=True
+        str(directory), transform=transform, loader=reader, is_valid_file=is_image_file, allow_empty=True
     )
     counts = Counter(split.targets)
     _refuse(
@@ -95,9 +119,10 @@ def build_folder(data: DataConfig, *, with_train: bool = True) -> Splits:
     root = require_root(data, LAYOUT)
     if not root.is_dir():
         raise MissingFile(f"data.root={root} does not exist; set data.root to a folder holding {LAYOUT}")
-    train_tf, val_tf = folder_transforms(data, IMAGENET_MEAN, IMAGENET_STD)
-    train = _split(root / "train", train_tf) if with_train else None
-    val = _split(root / "val", val_tf)
+    train_tf, val_tf = folder_transforms(data, IMAGENET_MEAN, IMAGENET_STD, crop_in_reader=reduces(data))
+    train_reader, val_reader = readers(data)
+    train = _split(root / "train", train_tf, train_reader) if with_train else None
+    val = _split(root / "val", val_tf, val_reader)
     if train is not None:
         _refuse(mismatch_problem(root, train.classes, val.classes), root)
     classes = list(val.classes)

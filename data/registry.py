@@ -32,7 +32,7 @@ class DatasetBuilder:
 AUGMENTATIONS = ("auto_augment", "color_jitter", "random_erasing")
 CENTRE_CROP = ("val_resize", "crop_pct", "test_image_size")
 
-FOLDER = ("root", *CENTRE_CROP, *AUGMENTATIONS, "skip_bad_images")
+FOLDER = ("root", *CENTRE_CROP, *AUGMENTATIONS, "skip_bad_images", "decoder", "reduced_decode")
 # Digits on a canvas: the sizes that draw them (data/config_checks.py requires each to be set).
 CANVAS = ("canvas", "digit_size", "train_size", "val_size", "generator_seed", *AUGMENTATIONS)
 

@@ -153,13 +153,18 @@ def val_resize(size: int, data: DataConfig) -> int:
     return data.val_resize or resize_for_crop(size, data)
 
 
-def folder_transforms(data: DataConfig, mean: Sequence[float], std: Sequence[float]) -> tuple[v2.Compose, v2.Compose]:
+def folder_transforms(
+    data: DataConfig, mean: Sequence[float], std: Sequence[float], *, crop_in_reader: bool = False
+) -> tuple[v2.Compose, v2.Compose]:
     """(train, val) pipelines for decoded photos of any size (the ImageNet recipe): RandomResizedCrop and
     flip for training; resize by ``crop_pct`` and centre-crop for validation, at ``test_image_size``.
-    Unaugmented training images are centre-cropped the same way, at the training size."""
+    Unaugmented training images are centre-cropped the same way, at the training size. ``crop_in_reader``:
+    the training pipeline starts at the flip, its RandomResizedCrop drawn where the image is decoded
+    (data/reduced_decode.py)."""
     test_size = data.test_image_size or data.image_size
     val = _pipeline([v2.Resize(val_resize(test_size, data)), v2.CenterCrop(test_size)], mean, std)
     if not data.augment:
         size = data.image_size
         return _pipeline([v2.Resize(resize_for_crop(size, data)), v2.CenterCrop(size)], mean, std), val
-    return _pipeline([v2.RandomResizedCrop(data.image_size), v2.RandomHorizontalFlip()], mean, std, data), val
+    crop = [] if crop_in_reader else [v2.RandomResizedCrop(data.image_size)]
+    return _pipeline([*crop, v2.RandomHorizontalFlip()], mean, std, data), val

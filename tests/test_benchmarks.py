@@ -60,3 +60,10 @@ def test_bench_gmconv_compares_every_variant_with_the_standard_network():
     assert len(numbers) == 11 and all(v > 0 for v in numbers[:10]), out  # 2 train + 4 infer timings, 5 ratios, spread
     assert "infer reused/std" in out and "ops std" in out
     assert re.search(r"^  +[+-][\d.]+  aten::mul$", out, re.MULTILINE), out  # the mask's product shows in the profile
+
+
+def test_bench_jpeg_decoding_reports_every_configuration_against_the_baseline():
+    out = _script("jpeg_decoding", "--images", "6", "--repeats", "1")
+    rows = re.findall(r"^\| (torchvision|pil|simplejpeg) \| (full|reduced) \| (original|pre-resized) \|", out, re.M)
+    assert len(rows) == 12, out
+    assert re.search(r"^\| torchvision \| full \| original \| [\d,]+ \| 1\.00 \|", out, re.M), out
