@@ -7,7 +7,7 @@ from dataclasses import fields
 from engine.errors import ConfigError, IgnoredSetting
 
 from .config import DataConfig
-from .decoders import resolve_decoder
+from .decoder_choice import resolve_decoder
 from .registry import AUGMENTATIONS, BUILDERS
 from .text import as_typed
 

@@ -14,7 +14,6 @@ and decodes whole.
 
 from __future__ import annotations
 
-import importlib.util
 import io
 import math
 from dataclasses import dataclass
@@ -27,34 +26,11 @@ from torchvision.datasets.folder import pil_loader
 from torchvision.io import ImageReadMode, decode_image
 from torchvision.transforms import v2
 
-from engine.errors import ConfigError
-
-DECODERS = ("auto", "torchvision", "pil", "simplejpeg")
 JPEG = (".jpg", ".jpeg")
 # Decoded by torchvision.io straight to a uint8 tensor (libjpeg-turbo, libpng, libwebp); other formats
 # (BMP, TIFF, PPM, ...) go through PIL.
 TENSOR_DECODED = (*JPEG, ".png", ".webp")
 DENOMINATORS = (8, 4, 2)  # the DCT scales libjpeg decodes at cheaply; 3/8, 5/8, ... are slower than whole
-
-
-def simplejpeg_installed() -> bool:
-    return importlib.util.find_spec("simplejpeg") is not None
-
-
-def resolve_decoder(name: str) -> str:
-    """The decoder ``data.decoder=name`` runs: ``auto`` is simplejpeg where installed (the fastest measured,
-    docs/BENCHMARKS.md), else torchvision.io. Raises a one-line ConfigError for an unknown name, and for
-    simplejpeg when it is not installed."""
-    if name not in DECODERS:
-        raise ConfigError(f"data.decoder={name} is unknown: choose one of {', '.join(DECODERS)}")
-    if name == "auto":
-        return "simplejpeg" if simplejpeg_installed() else "torchvision"
-    if name == "simplejpeg" and not simplejpeg_installed():
-        raise ConfigError(
-            "data.decoder=simplejpeg needs the simplejpeg package: pip install -e '.[jpeg]' "
-            "(or pip install simplejpeg), or choose data.decoder=auto, torchvision or pil"
-        )
-    return name
 
 
 def is_jpeg(path: str) -> bool:

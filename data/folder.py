@@ -23,7 +23,8 @@ from .class_folders import (
     too_few_classes_problem,
 )
 from .config import DataConfig
-from .decoders import Encoded, read_encoded, resolve_decoder
+from .decoder_choice import resolve_decoder
+from .decoders import Encoded, read_encoded
 from .info import Splits
 from .paths import require_root
 from .reduced_decode import RandomResizedCropDecode, ShortSideDecode

@@ -12,10 +12,10 @@ from PIL import Image
 from sklearn.datasets import load_sample_images
 from torchvision.transforms import v2
 
-from data import DataConfig, build_loaders, check_data_config
-from data import decoders as decoders_module
+from data import DataConfig, build_loaders, check_data_config, decoder_choice
 from data.bad_images import UnreadableImage
-from data.decoders import decode, read_encoded, resolve_decoder
+from data.decoder_choice import resolve_decoder
+from data.decoders import decode, read_encoded
 from data.folder import readers
 from data.reduced_decode import RandomResizedCropDecode, ShortSideDecode
 from data.transforms import folder_transforms
@@ -66,7 +66,7 @@ def test_files_that_are_not_jpeg_use_the_general_decoder(imagefolder_root: Path,
 
 
 def test_simplejpeg_missing_names_the_extra_and_auto_falls_back(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(decoders_module, "simplejpeg_installed", lambda: False)
+    monkeypatch.setattr(decoder_choice, "simplejpeg_installed", lambda: False)
     with pytest.raises(ConfigError, match=r"^data.decoder=simplejpeg needs .*\[jpeg\][^\n]*$"):
         check_data_config(DataConfig(name="imagenet", decoder="simplejpeg"))
     assert resolve_decoder("auto") == "torchvision"
