@@ -292,11 +292,11 @@ def test_a_setting_the_options_ignore_is_refused_in_a_single_run(options, settin
 
 
 def test_a_sweep_job_runs_without_the_settings_its_options_ignore_over_generated_combinations():
-    """Any combination of such settings (60 drawn with a fixed seed, the compatible ones tried): the job's config
+    """Any combination of such settings (40 drawn with a fixed seed, the compatible ones tried): the job's config
     keeps none of them (each back at its default, so the job is a valid single run), one line names each, and
     the rest is unchanged."""
     rng, tried = random.Random(0), 0
-    for _ in range(60):
+    for _ in range(40):
         cases = rng.sample(IGNORED, rng.randint(1, 4))
         keys = {setting.partition("=")[0] for _, setting in cases}
         chosen = {o for options, _ in cases for o in options}
@@ -309,7 +309,7 @@ def test_a_sweep_job_runs_without_the_settings_its_options_ignore_over_generated
         assert sorted(line.split(" ", 1)[0] for line in lines) == sorted(keys), lines
         validate(cfg)
         assert OmegaConf.to_container(cfg) == OmegaConf.to_container(default)
-    assert tried >= 30
+    assert tried >= 20
 
 
 def test_a_sweep_with_jobs_that_would_be_refused_starts_none_and_names_each():
