@@ -22,9 +22,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
 
+from omegaconf import OmegaConf
+
 from data.text import as_typed
 from engine.checkpoint import LAST, load_checkpoint
-from engine.config import flatten
+from engine.config import TrainConfig, flatten
 from engine.loop import format_duration
 from engine.run_folder import RESULTS, RunFolder
 from models.config import ConvType
@@ -49,8 +51,11 @@ BOOKKEEPING = frozenset(
         "data.num_workers",
         "data.pin_memory",
         "data.persistent_workers",
+        "optimized_metric",
     }
 )
+# the recipe's description (a function of data and model), and where the curves go
+BOOKKEEPING_PREFIXES = ("recipe.", "logger.")
 # What a GMConv run may set and a standard run may not (engine/config.py refuses σ's learning-rate scale
 # without a learned σ): a group's baseline is the standard-conv group equal in everything else.
 CONV_ONLY = ("conv.", "optim.sigma_lr_scale")
@@ -111,15 +116,23 @@ class Row:
 
 
 def experiment_settings(config: dict[str, Any]) -> dict[str, Any]:
-    """What a resolved config says was trained: the flattened config without BOOKKEEPING and without the
-    recipe's description (a function of data and model, and long). Runs equal here are seeds of one setting;
-    analysis/trained_run.py groups checkpoints by it too, so a figure's conditions are summarize.py's groups."""
-    flat = flatten(config)
+    """What a resolved config says was trained: the flattened config (settings it predates at their defaults)
+    without BOOKKEEPING, the recipe's description (a function of data and model, and long) and the loggers.
+    Runs equal here are seeds of one setting; analysis/trained_run.py groups checkpoints by it too, so a
+    figure's conditions are summarize.py's groups."""
+    flat = {**_schema_defaults(), **flatten(config)}
     return {
         key: value
         for key, value in flat.items()
-        if key not in BOOKKEEPING and not key.startswith("recipe.") and not _inert(key, flat)
+        if key not in BOOKKEEPING and not key.startswith(BOOKKEEPING_PREFIXES) and not _inert(key, flat)
     }
+
+
+@functools.cache
+def _schema_defaults() -> dict[str, Any]:
+    """Every setting at its default: a run saved before a setting existed trained with that setting's default, so
+    it groups with the runs made after it that leave it there."""
+    return flatten(OmegaConf.to_container(OmegaConf.structured(TrainConfig), enum_to_str=True))
 
 
 def _inert(key: str, flat: dict[str, Any]) -> bool:

@@ -18,10 +18,18 @@ from typing import Any
 import pytest
 from omegaconf import OmegaConf
 
-from analysis.summary import CompletedRun, format_delta, group_runs, markdown, settings_of, table_rows
+from analysis.summary import (
+    CompletedRun,
+    experiment_settings,
+    format_delta,
+    group_runs,
+    markdown,
+    settings_of,
+    table_rows,
+)
 from analysis.trained_run import TrainedRun, conditions, distinct_labels, find_run_folders
 from engine.config import TrainConfig
-from helpers import ROOT, failed_with, ok, run_in_process
+from helpers import ROOT, compose_train, failed_with, ok, run_in_process
 
 TINY = [
     "trainer.epochs=1",
@@ -315,3 +323,12 @@ def test_settings_a_conv_type_cannot_act_on_do_not_split_a_condition():
     deformable = fake("deformable", 0, 80.0, optim={"offset_lr_scale": 1.0}, conv={"type": "deformable"})
     other = fake("deformable", 1, 81.0, optim={"offset_lr_scale": 0.1}, conv={"type": "deformable"})
     assert len(group_runs([deformable, other])) == 2  # where it acts, it is a setting
+
+
+def test_a_run_saved_before_a_setting_existed_groups_with_the_runs_that_leave_it_at_its_default():
+    new = OmegaConf.to_container(compose_train("logger=[tensorboard,mlflow]"), resolve=True, enum_to_str=True)
+    old = {key: value for key, value in new.items() if key not in ("logger", "optimized_metric")}
+    old["data"] = {key: value for key, value in new["data"].items() if key not in ("decoder", "reduced_decode")}
+    assert experiment_settings(old) == experiment_settings(new)
+    changed = {**new, "data": {**new["data"], "reduced_decode": not new["data"]["reduced_decode"]}}
+    assert experiment_settings(changed) != experiment_settings(old)
