@@ -50,15 +50,18 @@ class MlflowRun:
 
     def start(self) -> None:
         """Continue the folder's MLflow run, or create it with the run's settings as parameters."""
+        self._call(self._open)
+
+    def _open(self) -> None:
         from mlflow.tracking import MlflowClient
 
         self.client = MlflowClient(self.tracking_uri)
         kept = self.run_dir / RUN_FILE
         if kept.is_file():
             self.run_id = json.loads(kept.read_text())["run_id"]
-            self._call(self.client.update_run, self.run_id, status="RUNNING")
-            return
-        self._call(self._create)
+            self.client.update_run(self.run_id, status="RUNNING")
+        else:
+            self._create()
 
     def metrics(self, values: dict[str, float], step: int) -> None:
         from mlflow.entities import Metric
