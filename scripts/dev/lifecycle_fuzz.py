@@ -4,15 +4,16 @@
 
 A lifecycle takes one run folder through a random sequence of real train.py commands:
 - a start with random settings: epochs, eval_every, an EMA (kept by best.pt or not), gradient
-  accumulation, checkpoints every few steps, step-level logging, mixup, GMConv or not, and the digits or
-  a class-folder dataset holding an unreadable image (data.skip_bad_images=true);
+  accumulation, checkpoints every few steps, step-level logging, mixup, GMConv or not, MLflow beside
+  TensorBoard or not, and the digits or a class-folder dataset holding an unreadable image
+  (data.skip_bad_images=true);
 - resumes, some with an allowed change (more epochs, another lr, an EMA turned on, another eval_every
   or checkpoint interval), some that have nothing to do (the run is complete);
 - a fault in a start or resume: SIGKILL right after a random step, during an evaluation, or halfway
   through writing a checkpoint file, or a preemption (SIGTERM at a random step);
 - an evaluation of the run (eval_only), and a command that must be refused;
 - finally resumes until the run is complete.
-After every command the run folder is checked (``check_folder``): metrics.csv, TensorBoard, train.log,
+After every command the run folder is checked (``check_folder``): metrics.csv, TensorBoard, MLflow, train.log,
 history.json, results.json and the checkpoints must agree; a refused command, an evaluation or a resume
 with nothing to do must leave every byte of the folder as it was; and a lifecycle whose changes do not
 touch the training (evaluation, EMA, checkpoint intervals) must end with the weights of an uninterrupted
@@ -53,6 +54,7 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")  # one intra-op thread: determinis
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 import torch  # noqa: E402
+from mlflow.tracking import MlflowClient  # noqa: E402
 from PIL import Image  # noqa: E402
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator  # noqa: E402
 
@@ -176,6 +178,8 @@ def random_settings(rng: random.Random, folder_data: Path) -> dict[str, str]:
         settings["trainer.best_of"] = rng.choice(["model", "ema"])
     if rng.random() < 0.3:
         settings["data.mixup_alpha"] = 0.2
+    if rng.random() < 0.3:
+        settings["logger"] = "[tensorboard,mlflow]"  # the resumes keep it without being told
     if rng.random() < 0.25:
         settings.update(
             {
@@ -367,6 +371,8 @@ def check_folder(life: Lifecycle) -> None:
     rows = check_metrics_csv(run, records, life.killed)
     check_log_lines(run, rows)
     check_tensorboard(run, rows, records, life.killed)
+    if "mlflow" in life.settings.get("logger", ""):
+        check_mlflow(run, records)
     check_history(life)
     results = run / "results.json"
     if life.complete():
@@ -461,6 +467,31 @@ def check_tensorboard(run: Path, rows: list[dict[str, Any]], records: list[dict[
     _require(len(lr_steps) == len(set(lr_steps)) and lr_steps == sorted(lr_steps), f"train/lr_step at {lr_steps}")
     hparams = [e.step for e in acc.Scalars("hparam/top1")] if "hparam/top1" in tags else []
     _require(len(hparams) <= 1, f"hparam/top1 written {len(hparams)} times")
+
+
+def check_mlflow(run: Path, records: list[dict[str, Any]]) -> None:
+    """One MLflow run for the folder, whose last value at each recorded epoch's step is the record's (MLflow keeps
+    what a killed session logged after its checkpoint: a later session logs those steps again)."""
+    kept = run / "mlflow.json"
+    if not kept.is_file():
+        _require(not records, "mlflow.json is missing")
+        return
+    record = json.loads(kept.read_text())
+    client = MlflowClient(record["tracking_uri"])
+    run_info = client.get_run(record["run_id"]).info
+    _require(len(client.search_runs([run_info.experiment_id])) == 1, "the run folder has more than one MLflow run")
+    for metric in epoch_record.METRICS:
+        if metric.tag is None:
+            continue
+        history = sorted(client.get_metric_history(record["run_id"], metric.tag), key=lambda m: m.timestamp)
+        last = {m.step: m.value for m in history}
+        for row in records:
+            if row.get(metric.column) is not None:
+                got = last.get(int(row["step"]))
+                _require(
+                    got is not None and np.float32(got) == np.float32(row[metric.column]),
+                    f"MLflow {metric.tag} at step {row['step']}: {got}, the record says {row[metric.column]}",
+                )
 
 
 def check_history(life: Lifecycle) -> None:
