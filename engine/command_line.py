@@ -155,7 +155,7 @@ def check_sweep_jobs(argv: list[str]) -> None:
         return
     if any(o.lstrip("+").startswith(("hydra/sweeper=", "hparams_search=")) for o in overrides):
         return
-    try:
+    try:  # the basic sweeper's own expansion: the jobs checked are the jobs it will launch, in its order
         batches = BasicSweeper.split_arguments(OverridesParser.create().parse_overrides(overrides), None)
     except (HydraException, OmegaConfBaseException) as err:
         raise ConfigError(composition_error(err)) from None
