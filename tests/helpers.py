@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import os
 import subprocess
-import sys
 import time
 from pathlib import Path
 from typing import Any, Callable
 
+import preloaded
 import torch
 from omegaconf import DictConfig, OmegaConf
 
@@ -64,12 +63,9 @@ def run_in_process(run_dir: Path, *overrides: str) -> dict[str, Any]:
     return run(compose_train(*overrides), run_dir, overrides=list(overrides))
 
 
-def train(*args: str, timeout: float = 300, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
-    """``python train.py *args`` in the repository, as a user types it."""
-    env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
-    return subprocess.run(
-        [sys.executable, "train.py", *args], cwd=ROOT, capture_output=True, text=True, timeout=timeout, env=env
-    )
+def train(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:
+    """``python train.py *args`` in the repository, as a user types it (in a preloaded interpreter's fork)."""
+    return preloaded.run("train.py", *args, timeout=timeout)
 
 
 def ok(proc: subprocess.CompletedProcess) -> subprocess.CompletedProcess:
@@ -92,7 +88,10 @@ def load(path: Path) -> dict[str, Any]:
 
 
 def wait_for_checkpoint(
-    proc: subprocess.Popen, path: Path, done: Callable[[dict], bool] = lambda ckpt: True, timeout: float = 240
+    proc: subprocess.Popen | preloaded.Command,
+    path: Path,
+    done: Callable[[dict], bool] = lambda ckpt: True,
+    timeout: float = 240,
 ) -> dict:
     """Poll ``path`` until the checkpoint there satisfies ``done`` (the run is still going)."""
     deadline = time.time() + timeout

@@ -3,12 +3,9 @@
 from __future__ import annotations
 
 import re
-import subprocess
-import sys
 
+import preloaded
 import pytest
-
-from helpers import ROOT
 
 pytestmark = pytest.mark.slow  # every test here trains a run or starts a process
 
@@ -16,9 +13,7 @@ TINY = ["model=resnet20", "data=fake", "data.image_size=16", "data.batch_size=8"
 
 
 def _script(name: str, *args: str) -> str:
-    proc = subprocess.run(
-        [sys.executable, "-m", f"scripts.bench.{name}", *args], cwd=ROOT, capture_output=True, text=True, timeout=300
-    )
+    proc = preloaded.run("-m", f"scripts.bench.{name}", *args)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
     return proc.stdout
 

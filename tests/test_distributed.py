@@ -123,7 +123,7 @@ def test_two_processes_match_one_with_the_same_global_batch(tmp_path):
         "optim.lr=0.01",
         "seed=5",
     ]
-    torchrun(1, *common, "data.batch_size=16", f"hydra.run.dir={tmp_path / 'one'}")
+    run_in_process(tmp_path / "one", *common, "data.batch_size=16")  # one process, no torchrun
     torchrun(2, *common, "data.batch_size=8", f"hydra.run.dir={tmp_path / 'two'}")
     one, two = weights(tmp_path / "one"), weights(tmp_path / "two")
     for key in one:
@@ -144,18 +144,14 @@ def test_evaluation_counts_every_sample_once_for_any_world_size(tmp_path):
         "trainer.limit_train_batches=4",
     )
     ckpt = tmp_path / "train/checkpoints/last.pt"
+    evaluation = [*data, "trainer.device=cpu", "trainer.progress=false", "eval_only=true", f"ckpt={ckpt}"]
     seen = []
     for world_size in (1, 2, 3):
         run_dir = tmp_path / f"eval{world_size}"
-        torchrun(
-            world_size,
-            *data,
-            "trainer.device=cpu",
-            "trainer.progress=false",
-            "eval_only=true",
-            f"ckpt={ckpt}",
-            f"hydra.run.dir={run_dir}",
-        )
+        if world_size == 1:
+            run_in_process(run_dir, *evaluation)
+        else:
+            torchrun(world_size, *evaluation, f"hydra.run.dir={run_dir}")
         r = results(run_dir)
         seen.append((r["eval_samples"], round(r["top1"] * 101 / 100), round(r["top5"] * 101 / 100)))
     assert seen[0][0] == 101

@@ -5,12 +5,11 @@ from __future__ import annotations
 import copy
 import json
 import math
-import os
 import statistics
 import subprocess
-import sys
 from pathlib import Path
 
+import preloaded
 import pytest
 import torch
 from PIL import Image
@@ -19,7 +18,7 @@ from torch import nn
 from analysis import erf_report
 from gmconv import DynamicGMConv2d, GMConv2d, erf_map, erf_stats
 from gmconv.erf import GAUSSIAN_MASS, gaussian_fit, spatial_layers
-from helpers import ROOT, failed_with, ok, run_in_process
+from helpers import failed_with, ok, run_in_process
 from models.cifar_resnet import CifarResNet
 
 TINY_RUN = [
@@ -48,13 +47,11 @@ STAT_KEYS = {
 
 def _script_run(*args: str) -> subprocess.CompletedProcess:
     """``python -m scripts.erf *args`` with one thread: tiny tensors, and a 2-core CPU shared with other jobs."""
-    return subprocess.run(
-        [sys.executable, "-m", "scripts.erf", *args],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=300,
-        env={**os.environ, "OMP_NUM_THREADS": "1"},
+    return preloaded.run(
+        "-m",
+        "scripts.erf",
+        *args,
+        env={"OMP_NUM_THREADS": "1"},
     )
 
 

@@ -6,9 +6,8 @@ from __future__ import annotations
 import csv
 import importlib.util
 import json
-import subprocess
-import sys
 
+import preloaded
 import pytest
 from mlflow.tracking import MlflowClient
 
@@ -32,7 +31,7 @@ def test_a_killed_and_resumed_run_is_one_mlflow_run_whose_curves_are_metrics_csv
         "logger=[mlflow]", "trainer.epochs=3", "trainer.limit_train_batches=4", "trainer.limit_val_batches=2",
         "data.batch_size=16", "trainer.progress=false", "trainer.checkpoint_every_steps=3", f"hydra.run.dir={run_dir}",
     ]  # fmt: skip
-    killed = subprocess.run([sys.executable, INJECT, "--kill-at-step", "6", "--", *args], cwd=ROOT, capture_output=True)
+    killed = preloaded.run(INJECT, "--kill-at-step", "6", "--", *args)
     assert killed.returncode == -9  # after epoch 1's record (step 4), with last.pt at step 6
     ok(train(f"resume={run_dir}"))
     kept = json.loads((run_dir / "mlflow.json").read_text())

@@ -19,6 +19,7 @@ import sys
 import time
 from pathlib import Path
 
+import preloaded
 import pytest
 import torch
 
@@ -235,12 +236,8 @@ def test_check_data_lists_every_problem_and_passes_a_clean_tree(imagefolder_root
     truncated = imagefolder_root / "val/ant/1.png"
     truncated.write_bytes(truncated.read_bytes()[:200])
     (imagefolder_root / "val/dog").mkdir()
-    proc = subprocess.run(
-        [sys.executable, "-m", "scripts.check_data", str(imagefolder_root), "--workers", "2", "--image-size", "32"],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=120,
+    proc = preloaded.run(
+        "-m", "scripts.check_data", str(imagefolder_root), "--workers", "2", "--image-size", "32", timeout=120
     )
     assert proc.returncode == 1, proc.stderr
     lines = proc.stdout.splitlines()
@@ -254,13 +251,7 @@ def test_check_data_lists_every_problem_and_passes_a_clean_tree(imagefolder_root
     assert any("only in val: dog" in line for line in lines)
     assert any(line.startswith("ignored:") and "val/cat/notes.txt" in line for line in lines)  # training skips it
     assert "24 image files checked: 5 problems, 1 other file ignored, 0 warnings" in lines[-1]
-    clean_proc = subprocess.run(
-        [sys.executable, "-m", "scripts.check_data", str(clean), "--image-size", "32"],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    clean_proc = preloaded.run("-m", "scripts.check_data", str(clean), "--image-size", "32", timeout=120)
     assert clean_proc.returncode == 0 and "24 image files checked: 0 problems" in clean_proc.stdout
 
 
@@ -293,13 +284,7 @@ def test_an_internal_error_is_reported_as_a_bug_with_its_traceback_and_bad_input
     the terminal and in train.log. (Refused input, engine/errors.py, still ends in one line with exit 2:
     tests/test_train.py's bad settings, data and checkpoints.)"""
     run_dir = tmp_path / "bug"
-    proc = subprocess.run(
-        [sys.executable, INJECT, "--bug-at-step", "2", "--", *QUICK, f"hydra.run.dir={run_dir}"],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    proc = preloaded.run(INJECT, "--bug-at-step", "2", "--", *QUICK, f"hydra.run.dir={run_dir}")
     out = proc.stdout + proc.stderr
     assert proc.returncode == 1, out[-3000:]
     for text in (out, (run_dir / "train.log").read_text()):
@@ -366,19 +351,14 @@ def test_a_failing_tensorboard_write_leaves_training_and_checkpoints_alone(tmp_p
 def test_ctrl_c_saves_at_a_step_boundary_and_says_how_to_resume(tmp_path):
     run_dir = tmp_path / "run"
     args = [*QUICK, "trainer.limit_train_batches=12"]
-    proc = subprocess.Popen(
-        [sys.executable, "train.py", *args, "trainer.checkpoint_every_steps=1", f"hydra.run.dir={run_dir}"],
-        cwd=ROOT,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
+    proc = preloaded.Command("train.py", *args, "trainer.checkpoint_every_steps=1", f"hydra.run.dir={run_dir}")
     try:
         wait_for_checkpoint(proc, run_dir / "checkpoints/last.pt")
         proc.send_signal(signal.SIGINT)
-        out, _ = proc.communicate(timeout=120)
+        proc.wait(timeout=120)
     finally:
         proc.kill()
+    out = "".join(proc.output())
     assert proc.returncode == 0, out[-2000:]
     assert "received SIGINT" in out and "Continue with: python train.py resume=" in out and "Traceback" not in out
     ckpt = load(run_dir / "checkpoints/last.pt")
@@ -431,7 +411,6 @@ def test_a_second_process_cannot_resume_a_run_folder_in_use_and_a_killed_one_fre
 def test_two_runs_started_in_the_same_second_get_separate_folders(tmp_path):
     """Both runs take the same start time (injected), hence the same default folder name, and run at once."""
     command = [
-        sys.executable,
         INJECT,
         "--run-time",
         "2026-01-02 03:04:05",
@@ -440,13 +419,10 @@ def test_two_runs_started_in_the_same_second_get_separate_folders(tmp_path):
         "trainer.limit_train_batches=2",
         "trainer.limit_val_batches=1",
     ]
-    procs = [
-        subprocess.Popen(
-            [*command, f"seed={seed}"], cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
-        )
-        for seed in (1, 2)
-    ]
-    outs = [proc.communicate(timeout=300)[0] for proc in procs]
+    procs = [preloaded.Command(*command, f"seed={seed}", cwd=tmp_path) for seed in (1, 2)]
+    for proc in procs:
+        proc.wait(timeout=300)
+    outs = ["".join(proc.output()) for proc in procs]
     assert [proc.returncode for proc in procs] == [0, 0], outs
     folders = sorted((tmp_path / "outputs/digits/resnet20-gmconv").iterdir())
     assert [f.name for f in folders] == ["2026-01-02_03-04-05", "2026-01-02_03-04-05_2"]
@@ -489,13 +465,8 @@ def test_repeated_kills_at_any_moment_end_with_the_weights_of_an_uninterrupted_r
     last = run_dir / "checkpoints/last.pt"
 
     def killed(*inject: str, resume: bool = True, until=None) -> None:
-        command = [sys.executable, INJECT, *inject, "--", *args, f"hydra.run.dir={run_dir}"]
-        proc = subprocess.Popen(
-            [*command, *([f"resume={run_dir}"] if resume else [])],
-            cwd=ROOT,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
+        command = [INJECT, *inject, "--", *args, f"hydra.run.dir={run_dir}"]
+        proc = preloaded.Command(*command, *([f"resume={run_dir}"] if resume else []))
         try:
             if until is not None:
                 wait_for_checkpoint(proc, last, until)

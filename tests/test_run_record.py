@@ -18,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import preloaded
 import pytest
 import torch
 from PIL import Image
@@ -298,13 +299,7 @@ def test_class_order_is_checked_name_by_name():
 
 
 def check_data(root: Path, *more: str) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "scripts.check_data", str(root), "--workers", "1", *more],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    return preloaded.run("-m", "scripts.check_data", str(root), "--workers", "1", *more, timeout=120)
 
 
 @pytest.mark.slow

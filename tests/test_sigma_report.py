@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import json
 import statistics
-import subprocess
-import sys
 from pathlib import Path
 
+import preloaded
 import pytest
 import torch
 
@@ -15,7 +14,7 @@ from analysis import sigma_report
 from analysis.trained_run import conditions, load_run
 from engine.checkpoint import BEST, LAST
 from gmconv import GMConv2d
-from helpers import ROOT, run_in_process
+from helpers import run_in_process
 
 TINY = ["trainer.limit_train_batches=2", "trainer.limit_val_batches=1", "data.batch_size=16", "trainer.progress=false"]
 EPOCHS = 2
@@ -55,13 +54,7 @@ def standard_run(sweep) -> Path:
 
 @pytest.mark.slow
 def test_report_of_a_trained_run_holds_the_checkpoints_sigma_and_one_trajectory_point_per_epoch(gm_run):
-    proc = subprocess.run(
-        [sys.executable, "-m", "scripts.sigma_report", str(gm_run), "--channels", "3"],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    proc = preloaded.run("-m", "scripts.sigma_report", str(gm_run), "--channels", "3", timeout=120)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
     out = gm_run / "sigma_report"  # the documented default
     report = json.loads((out / "sigma_report.json").read_text())

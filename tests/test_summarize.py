@@ -11,10 +11,10 @@ import json
 import shutil
 import statistics
 import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
+import preloaded
 import pytest
 from omegaconf import OmegaConf
 
@@ -29,7 +29,7 @@ from analysis.summary import (
 )
 from analysis.trained_run import TrainedRun, conditions, distinct_labels, find_run_folders
 from engine.config import TrainConfig
-from helpers import ROOT, compose_train, failed_with, ok, run_in_process
+from helpers import compose_train, failed_with, ok, run_in_process
 
 TINY = [
     "trainer.epochs=1",
@@ -47,7 +47,7 @@ STANDARD, GMCONV, GMCONV_SIGMA10 = (
 
 
 def summarize_cli(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, *SCRIPT, *args], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    return preloaded.run(*SCRIPT, *args, timeout=120)
 
 
 @pytest.fixture(scope="module")

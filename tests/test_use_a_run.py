@@ -11,6 +11,7 @@ import types
 from pathlib import Path
 
 import numpy as np
+import preloaded
 import pytest
 import torch
 import torchvision
@@ -21,7 +22,7 @@ import predict
 from analysis import export, load_run
 from data.folder import decode
 from gmconv import DynamicGMConv2d
-from helpers import QUICK, ROOT, folder_args, run_in_process
+from helpers import QUICK, folder_args, run_in_process
 
 
 @pytest.fixture(scope="module")
@@ -34,12 +35,8 @@ def digits_run(tmp_path_factory) -> Path:
 
 @pytest.mark.slow
 def test_predicting_the_exported_digits_reproduces_eval_only_exactly(digits_run, tmp_path, capsys):
-    subprocess.run(
-        [sys.executable, "-m", "scripts.export_digits", str(tmp_path / "png")],
-        cwd=ROOT,
-        check=True,
-        capture_output=True,
-    )
+    exported = preloaded.run("-m", "scripts.export_digits", str(tmp_path / "png"))
+    assert exported.returncode == 0, exported.stderr
     evaluated = run_in_process(
         tmp_path / "eval", *QUICK, "trainer.limit_val_batches=null", "eval_only=true", f"ckpt={digits_run}"
     )
