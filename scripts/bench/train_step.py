@@ -29,7 +29,13 @@ from engine.config import compose_config
 from models import build_model
 
 # (batch, image side) per model: a CIFAR ResNet at CIFAR's size, ImageNet ResNets at half ImageNet's side
-SHAPES = {"resnet20": (128, 32), "resnet56": (128, 32), "resnet110": (128, 32), "resnet18": (32, 112), "resnet50": (16, 112)}
+SHAPES = {
+    "resnet20": (128, 32),
+    "resnet56": (128, 32),
+    "resnet110": (128, 32),
+    "resnet18": (32, 112),
+    "resnet50": (16, 112),
+}
 PRECISIONS = {"fp32": (None, torch.contiguous_format), "bf16": (torch.bfloat16, torch.channels_last)}
 
 
