@@ -184,12 +184,29 @@ class MlflowLogger:
     experiment: Optional[str] = None  # null: the sweep folder's name, or the data's name for a single run
 
 
+class WandbMode(str, Enum):
+    offline = "offline"  # written under the run folder's wandb/; `wandb sync` uploads it later
+    online = "online"  # logged live (after `wandb login`)
+
+
+@dataclass
+class WandbLogger:
+    """A Weights & Biases run per run folder (engine/wandb_run.py); a resume continues it."""
+
+    project: str = "gmconv"
+    entity: Optional[str] = None  # null: the default entity of the W&B account
+    mode: WandbMode = WandbMode.offline
+    group: Optional[str] = None  # null: the sweep folder's name for a sweep's jobs, none for a single run
+    tags: list[str] = field(default_factory=list)
+
+
 @dataclass
 class LoggerConfig:
-    """Where the curves go besides metrics.csv (always written): logger=[tensorboard,mlflow] picks them."""
+    """Where the curves go besides metrics.csv (always written): logger=[tensorboard,mlflow,wandb] picks them."""
 
     tensorboard: Optional[TensorBoardLogger] = None
     mlflow: Optional[MlflowLogger] = None
+    wandb: Optional[WandbLogger] = None
 
 
 @dataclass
@@ -268,6 +285,8 @@ def _validate(cfg: DictConfig) -> None:
     _check_optimized_metric(cfg)
     if cfg.logger.mlflow is not None and importlib.util.find_spec("mlflow") is None:
         raise ConfigError('logger=[...,mlflow] needs MLflow: pip install -e ".[mlflow]"')
+    if cfg.logger.wandb is not None and importlib.util.find_spec("wandb") is None:
+        raise ConfigError('logger=[...,wandb] needs Weights & Biases: pip install -e ".[wandb]"')
     if cfg.eval_only and cfg.resume:
         raise ConfigError(
             "resume= continues training and cannot be combined with eval_only=true; "

@@ -7,24 +7,20 @@ last checkpoint; a resume is exact, so it logs the same values at those steps ag
 Nothing leaves the machine unless ``logger.mlflow.tracking_uri`` names a server; by default the runs go to an
 SQLite file in the run folder (in the sweep's folder for a sweep's jobs, one experiment per sweep).
 
-Curves are worth less than the run: an MLflow call that fails is reported once and MLflow stops there, while
-training and its checkpoints go on.
+An MLflow call that fails is reported once and MLflow stops there, while training and its checkpoints go on
+(engine/tracker_run.py).
 """
 
 from __future__ import annotations
 
-import json
-import logging
 import time
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from .checkpoint import atomic_write
 from .config import flatten
-
-log = logging.getLogger(__name__)
+from .tracker_run import TrackerRun
 
 RUN_FILE = "mlflow.json"  # {"tracking_uri", "experiment", "run_id"}: the MLflow run this folder logs into
 PARAM_CHARS = 500  # MLflow refuses longer parameter values
@@ -35,30 +31,34 @@ def default_tracking_uri(run_dir: Path, sweep_dir: Path | None) -> str:
     return f"sqlite:///{(sweep_dir or run_dir).resolve()}/mlflow.db"
 
 
-class MlflowRun:
+class MlflowRun(TrackerRun):
     """``start`` once the run is committed to its folder, ``metrics`` per record, ``finish`` in a ``finally``."""
+
+    name, run_file = "MLflow", RUN_FILE
 
     def __init__(
         self, run_dir: Path, cfg: DictConfig, description: dict[str, Any], sweep_dir: Path | None = None
     ) -> None:
+        super().__init__(run_dir)
         settings = cfg.logger.mlflow
-        self.run_dir, self.cfg, self.description = Path(run_dir), cfg, description
+        self.cfg, self.description = cfg, description
         self.tracking_uri = settings.tracking_uri or default_tracking_uri(self.run_dir, sweep_dir)
         self.experiment = settings.experiment or (sweep_dir.name if sweep_dir else cfg.data.name)
         self.client: Any = None
         self.run_id: str | None = None
 
-    def start(self) -> None:
-        """Continue the folder's MLflow run, or create it with the run's settings as parameters."""
+    def start(self, records: list[dict[str, Any]]) -> None:
+        """Continue the folder's MLflow run, or create it with the run's settings as parameters. (MLflow writes
+        each value before the call returns, so a killed session's ``records`` are in it already.)"""
         self._call(self._open)
 
     def _open(self) -> None:
         from mlflow.tracking import MlflowClient
 
         self.client = MlflowClient(self.tracking_uri)
-        kept = self.run_dir / RUN_FILE
-        if kept.is_file():
-            self.run_id = json.loads(kept.read_text())["run_id"]
+        kept = self.kept()
+        if kept:
+            self.run_id = kept["run_id"]
             self.client.update_run(self.run_id, status="RUNNING")
         else:
             self._create()
@@ -68,11 +68,11 @@ class MlflowRun:
 
         stamp = int(time.time() * 1000)
         batch = [Metric(key, float(value), stamp, step) for key, value in values.items()]
-        self._call(self.client and self.client.log_batch, self.run_id, metrics=batch)
+        self._call(lambda: self.client.log_batch(self.run_id, metrics=batch))
 
     def finish(self, status: str) -> None:
         """``status``: FINISHED, FAILED or KILLED (a stop on a signal, continued by a resume)."""
-        self._call(self.client and self.client.set_terminated, self.run_id, status=status)
+        self._call(lambda: self.client.set_terminated(self.run_id, status=status))
 
     def _create(self) -> None:
         from mlflow.entities import Param, RunTag
@@ -81,8 +81,7 @@ class MlflowRun:
         experiment_id = experiment.experiment_id if experiment else self.client.create_experiment(self.experiment)
         run = self.client.create_run(experiment_id, run_name=self.run_dir.name)
         self.run_id = run.info.run_id
-        record = {"tracking_uri": self.tracking_uri, "experiment": self.experiment, "run_id": self.run_id}
-        atomic_write(self.run_dir / RUN_FILE, lambda tmp: Path(tmp).write_text(json.dumps(record, indent=2)))
+        self.keep({"tracking_uri": self.tracking_uri, "experiment": self.experiment, "run_id": self.run_id})
         settings = flatten(OmegaConf.to_container(self.cfg, resolve=True, enum_to_str=True))
         params = [Param(key, str(value)[:PARAM_CHARS]) for key, value in sorted(settings.items())]
         for first in range(0, len(params), BATCH):
@@ -90,12 +89,5 @@ class MlflowRun:
         tags = {"run_folder": str(self.run_dir.resolve()), **{k: str(v) for k, v in self.description.items()}}
         self.client.log_batch(self.run_id, tags=[RunTag(key, value[:PARAM_CHARS]) for key, value in tags.items()])
 
-    def _call(self, method: Callable[..., Any] | None, *args: Any, **kwargs: Any) -> None:
-        """``method`` (None once MLflow failed or was never started) with its failure reported, not raised."""
-        if method is None:
-            return
-        try:
-            method(*args, **kwargs)
-        except Exception as err:  # noqa: BLE001 - any failure of the tracker: the run goes on without it
-            log.warning("MLflow (%s): %s; training and checkpoints go on without it", self.tracking_uri, err)
-            self.client = None
+    def where(self) -> str:
+        return self.tracking_uri

@@ -55,6 +55,7 @@ from .run_folder import FIRST_SESSION_NOTE, RunFolder
 from .run_log import commit_run_log
 from .setup import Context, build_described_model, loader_options, peak_gpu_memory, prepare_model
 from .tracking import Tracker
+from .wandb_run import WandbRun
 
 log = logging.getLogger(__name__)
 
@@ -134,7 +135,11 @@ def train(cfg: DictConfig, ctx: Context) -> dict[str, Any]:
         ctx.dist.is_main,
         with_ema=cfg.trainer.ema_decay is not None,
         tensorboard=cfg.logger.tensorboard is not None,
-        mlflow=MlflowRun(folder.path, cfg, session.description, sweep_dir(ctx)) if cfg.logger.mlflow else None,
+        trackers=tuple(
+            tracker(folder.path, cfg, session.description, sweep_dir(ctx))
+            for tracker, wanted in ((MlflowRun, cfg.logger.mlflow), (WandbRun, cfg.logger.wandb))
+            if wanted is not None
+        ),
     )
     history = History(folder.path, ctx.dist.is_main, clock_start=clock_start)
     commit(cfg, ctx, session.state, resume, tracker, history)

@@ -36,7 +36,7 @@ from gmconv.stats import masks_by_sigma
 from . import epoch_record
 from .checkpoint import atomic_write
 from .faults import StorageError
-from .mlflow_run import MlflowRun
+from .tracker_run import TrackerRun
 
 log = logging.getLogger(__name__)
 
@@ -61,12 +61,12 @@ class Tracker:
         *,
         with_ema: bool = False,
         tensorboard: bool = True,
-        mlflow: MlflowRun | None = None,
+        trackers: tuple[TrackerRun, ...] = (),
     ) -> None:
         self.run_dir, self.enabled, self.with_ema = Path(run_dir), enabled, with_ema
         self.csv_path = self.run_dir / METRICS_CSV
         self.tensorboard = tensorboard
-        self.mlflow = mlflow if enabled else None
+        self.trackers = trackers if enabled else ()  # MLflow, W&B: each logs what TensorBoard gets
         self.writer: Any = None
 
     def start(self, records: list[dict[str, Any]], resumed_step: int | None = None) -> None:
@@ -78,15 +78,15 @@ class Tracker:
         self.write_csv(records)
         if self.tensorboard:
             self.writer = _Tolerant(SummaryWriter(str(self.run_dir / EVENTS)))
-        if self.mlflow:
-            self.mlflow.start()
+        for tracker in self.trackers:
+            tracker.start(records)
 
     def scalars(self, values: dict[str, float], step: int) -> None:
         if self.writer:
             for tag, value in values.items():
                 self.writer.add_scalar(tag, value, step)
-        if self.mlflow:
-            self.mlflow.metrics(values, step)
+        for tracker in self.trackers:
+            tracker.metrics(values, step)
 
     def epoch(self, row: dict[str, Any], records: list[dict[str, Any]]) -> None:
         """One epoch's record: its TensorBoard scalars at its step, and metrics.csv with every record."""
@@ -155,8 +155,8 @@ class Tracker:
         """``status`` (MLflow's): FINISHED, FAILED, or KILLED for a stop on a signal that a resume continues."""
         if self.writer:
             self.writer.close()
-        if self.mlflow:
-            self.mlflow.finish(status)
+        for tracker in self.trackers:
+            tracker.finish(status)
 
 
 class _Tolerant:

@@ -1,5 +1,6 @@
-"""logger=[...,mlflow]: the MLflow record read back with MLflow's own client, after a kill and a resume, and in a
-sweep; MLflow missing is named in one line."""
+"""logger=[...,mlflow,wandb]: the MLflow record read back with MLflow's own client and the W&B offline run files
+read back as W&B wrote them (tests/wandb_file.py), after a kill and a resume, and in a sweep; a tracker missing is
+named in one line."""
 
 from __future__ import annotations
 
@@ -9,10 +10,12 @@ import json
 
 import preloaded
 import pytest
+import wandb_file
 from mlflow.tracking import MlflowClient
 
 from engine.config import validate
 from engine.errors import ConfigError
+from engine.wandb_run import WandbRun
 from helpers import QUICK, ROOT, compose_train, ok, train
 
 INJECT = str(ROOT / "tests" / "inject.py")
@@ -25,10 +28,12 @@ def last_per_step(client: MlflowClient, run_id: str, key: str) -> dict[int, floa
 
 
 @pytest.mark.slow
-def test_a_killed_and_resumed_run_is_one_mlflow_run_whose_curves_are_metrics_csv(tmp_path):
+def test_a_killed_and_resumed_run_is_one_tracker_run_whose_curves_are_metrics_csv(tmp_path):
+    """One run folder, two sessions (killed, then resumed): one MLflow run and one W&B run, each with the curves
+    of metrics.csv, every epoch once."""
     run_dir = tmp_path / "run"
     args = [
-        "logger=[mlflow]", "trainer.epochs=3", "trainer.limit_train_batches=4", "trainer.limit_val_batches=2",
+        "logger=[mlflow,wandb]", "trainer.epochs=3", "trainer.limit_train_batches=4", "trainer.limit_val_batches=2",
         "data.batch_size=16", "trainer.progress=false", "trainer.checkpoint_every_steps=3", f"hydra.run.dir={run_dir}",
     ]  # fmt: skip
     killed = preloaded.run(INJECT, "--kill-at-step", "6", "--", *args)
@@ -45,21 +50,54 @@ def test_a_killed_and_resumed_run_is_one_mlflow_run_whose_curves_are_metrics_csv
     for key, column in CURVES.items():
         assert last_per_step(client, kept["run_id"], key) == {int(r["step"]): float(r[column]) for r in rows}, key
     assert len(last_per_step(client, kept["run_id"], "sigma/conv1/mean")) == 3
-    assert not (run_dir / "tb").exists()  # logger=[mlflow] alone: no TensorBoard, kept by the resume
+    assert not (run_dir / "tb").exists()  # no TensorBoard in the logger list, kept by the resume
+
+    run_id = json.loads((run_dir / "wandb.json").read_text())["run_id"]
+    sessions = sorted(run_dir.glob("wandb/offline-run-*"))
+    assert len(sessions) == 2 and all((session / f"run-{run_id}.wandb").is_file() for session in sessions)
+    logged = [row for session in sessions for row in wandb_file.history(session / f"run-{run_id}.wandb")]
+    # the killed session's buffered writes may be lost: the resume logs again what the checkpoint holds, so every
+    # epoch is there, and one that the killed session did write is there twice with the same values
+    by_step = {int(r["step"]): r for r in rows}
+    epochs = [row for row in logged if "val/top1" in row]
+    assert {row["trainer/step"] for row in epochs} == set(by_step) and epochs[-1]["trainer/step"] == max(by_step)
+    for row in epochs:
+        for key, column in CURVES.items():
+            assert row[key] == float(by_step[row["trainer/step"]][column]), (key, row["trainer/step"])
+    info = wandb_file.run_info(sessions[-1] / f"run-{run_id}.wandb")
+    assert info["project"] == "gmconv" and info["config"]["optim.lr"] == 0.1
+    sigma_steps = {row["trainer/step"] for row in logged if "sigma/conv1/mean" in row}
+    assert {8, 12} <= sigma_steps <= {4, 8, 12}  # σ is not in the checkpoint's records: the resumed session's
 
 
 @pytest.mark.slow
-def test_each_job_of_a_sweep_is_an_mlflow_run_of_the_sweeps_experiment(tmp_path):
+def test_each_job_of_a_sweep_is_a_tracker_run_grouped_by_the_sweep(tmp_path):
     sweep = tmp_path / "sweep"
-    ok(train("-m", "seed=0,1", "logger=[tensorboard,mlflow]", *QUICK, f"hydra.sweep.dir={sweep}"))
+    ok(train("-m", "seed=0,1", "logger=[tensorboard,mlflow,wandb]", *QUICK, f"hydra.sweep.dir={sweep}"))
     client = MlflowClient(f"sqlite:///{sweep.resolve()}/mlflow.db")
     runs = client.search_runs([client.get_experiment_by_name("sweep").experiment_id])
     assert sorted(r.data.params["seed"] for r in runs) == ["0", "1"]
     assert all(r.info.status == "FINISHED" for r in runs) and len(list(sweep.glob("*/tb"))) == 2
+    files = sorted(sweep.glob("*/wandb/offline-run-*/run-*.wandb"))
+    infos = [wandb_file.run_info(path) for path in files]
+    assert len({info["id"] for info in infos}) == 2 and {info["group"] for info in infos} == {"sweep"}
+    assert sorted(info["config"]["seed"] for info in infos) == [0, 1]
+    for path in files:  # a session that ended cleanly: each epoch once, at its step
+        assert [row["trainer/step"] for row in wandb_file.history(path) if "val/top1" in row] == [4]
 
 
-def test_mlflow_missing_is_named_with_its_extra(monkeypatch):
-    validate(compose_train("logger=[tensorboard,mlflow]"))
+@pytest.mark.parametrize("tracker, named", [("mlflow", "MLflow"), ("wandb", "Weights & Biases")])
+def test_a_missing_tracker_is_named_with_its_extra(monkeypatch, tracker, named):
+    validate(compose_train(f"logger=[tensorboard,{tracker}]"))
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *args: None)
-    with pytest.raises(ConfigError, match=r'logger=\[...,mlflow\] needs MLflow: pip install -e ".\[mlflow\]"'):
-        validate(compose_train("logger=[tensorboard,mlflow]"))
+    with pytest.raises(ConfigError, match=rf'logger=\[...,{tracker}\] needs {named}: pip install -e ".\[{tracker}\]"'):
+        validate(compose_train(f"logger=[tensorboard,{tracker}]"))
+
+
+def test_a_failing_tracker_is_reported_once_and_the_run_goes_on(tmp_path, caplog):
+    cfg = compose_train("logger=[wandb]", "logger.wandb.mode=online")
+    run = WandbRun(tmp_path, cfg, {"conv": "gmconv"})
+    run._call(lambda: 1 / 0)
+    run.metrics({"val/top1": 1.0}, step=1)  # never reaches W&B: it failed before
+    run.finish("FINISHED")
+    assert caplog.text.count("Weights & Biases (online") == 1 and "division by zero" in caplog.text
