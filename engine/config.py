@@ -182,6 +182,7 @@ class MlflowLogger:
 
     tracking_uri: Optional[str] = None  # null: sqlite:///<run folder, or a sweep's folder>/mlflow.db
     experiment: Optional[str] = None  # null: the sweep folder's name, or the data's name for a single run
+    artifacts: bool = False  # true: a completed session uploads best.pt and the resolved config
 
 
 class WandbMode(str, Enum):
@@ -198,6 +199,7 @@ class WandbLogger:
     mode: WandbMode = WandbMode.offline
     group: Optional[str] = None  # null: the sweep folder's name for a sweep's jobs, none for a single run
     tags: list[str] = field(default_factory=list)
+    artifacts: bool = False  # true: a completed session uploads best.pt and the resolved config (a model artifact)
 
 
 @dataclass

@@ -44,6 +44,11 @@ class MlflowRun(TrackerRun):
         self.cfg, self.description = cfg, description
         self.tracking_uri = settings.tracking_uri or default_tracking_uri(self.run_dir, sweep_dir)
         self.experiment = settings.experiment or (sweep_dir.name if sweep_dir else cfg.data.name)
+        self.upload_artifacts = settings.artifacts
+        # a new experiment's artifacts beside its database, not in ./mlruns of wherever train.py was started
+        self.artifact_location = (
+            None if settings.tracking_uri else str((sweep_dir or self.run_dir).resolve() / "mlartifacts")
+        )
         self.client: Any = None
         self.run_id: str | None = None
 
@@ -72,13 +77,20 @@ class MlflowRun(TrackerRun):
 
     def finish(self, status: str) -> None:
         """``status``: FINISHED, FAILED or KILLED (a stop on a signal, continued by a resume)."""
+        if status == "FINISHED" and self.upload_artifacts:
+            for path in self.artifact_files():
+                self._call(lambda: self.client.log_artifact(self.run_id, str(path)))
         self._call(lambda: self.client.set_terminated(self.run_id, status=status))
 
     def _create(self) -> None:
         from mlflow.entities import Param, RunTag
 
         experiment = self.client.get_experiment_by_name(self.experiment)
-        experiment_id = experiment.experiment_id if experiment else self.client.create_experiment(self.experiment)
+        experiment_id = (
+            experiment.experiment_id
+            if experiment
+            else self.client.create_experiment(self.experiment, artifact_location=self.artifact_location)
+        )
         run = self.client.create_run(experiment_id, run_name=self.run_dir.name)
         self.run_id = run.info.run_id
         self.keep({"tracking_uri": self.tracking_uri, "experiment": self.experiment, "run_id": self.run_id})

@@ -48,6 +48,13 @@ class TrackerRun:
     def where(self) -> str:
         return str(self.run_dir)
 
+    def artifact_files(self) -> list[Path]:
+        """What ``logger.<tracker>.artifacts=true`` uploads at the end of a completed session: the best weights
+        (the last ones where no epoch was evaluated) and the run's resolved config."""
+        checkpoints = self.run_dir / "checkpoints"
+        weights = checkpoints / "best.pt" if (checkpoints / "best.pt").is_file() else checkpoints / "last.pt"
+        return [path for path in (weights, self.run_dir / ".hydra" / "config.yaml") if path.is_file()]
+
     def _call(self, method: Callable[..., Any], *args: Any, **kwargs: Any) -> None:
         """``method`` unless the tracker failed before; a failure is reported, not raised."""
         if self.failed:

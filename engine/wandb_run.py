@@ -91,9 +91,19 @@ class WandbRun(TrackerRun):
         """``status``: FINISHED, FAILED or KILLED (a stop on a signal, continued by a resume)."""
         if status == "KILLED":
             self._call(lambda: self.run.mark_preempting())
+        if status == "FINISHED" and self.settings.artifacts:
+            self._call(self._log_artifacts)
         self._call(lambda: self.run.finish(exit_code=EXIT_CODES[status]))  # returns once everything is written
         if not self.failed:
             self.keep({**self.record, "written_up_to": max(self.last_step, self.record["written_up_to"])})
+
+    def _log_artifacts(self) -> None:
+        import wandb
+
+        artifact = wandb.Artifact(f"run-{self.run.id}", type="model", metadata=dict(self.description))
+        for path in self.artifact_files():
+            artifact.add_file(str(path))
+        self.run.log_artifact(artifact)
 
     def where(self) -> str:
         return f"{self.mode}, {self.run_dir / 'wandb'}"

@@ -71,19 +71,27 @@ def test_a_killed_and_resumed_run_is_one_tracker_run_whose_curves_are_metrics_cs
 
 
 @pytest.mark.slow
-def test_each_job_of_a_sweep_is_a_tracker_run_grouped_by_the_sweep(tmp_path):
+def test_each_job_of_a_sweep_is_a_tracker_run_grouped_by_the_sweep_with_its_artifacts(tmp_path, monkeypatch):
+    monkeypatch.setenv("WANDB_DATA_DIR", str(tmp_path / "wandb_data"))  # W&B's copies of artifacts until synced
     sweep = tmp_path / "sweep"
-    ok(train("-m", "seed=0,1", "logger=[tensorboard,mlflow,wandb]", *QUICK, f"hydra.sweep.dir={sweep}"))
+    trackers = ["logger=[tensorboard,mlflow,wandb]", "logger.mlflow.artifacts=true", "logger.wandb.artifacts=true"]
+    ok(train("-m", "seed=0,1", *trackers, *QUICK, f"hydra.sweep.dir={sweep}"))
     client = MlflowClient(f"sqlite:///{sweep.resolve()}/mlflow.db")
     runs = client.search_runs([client.get_experiment_by_name("sweep").experiment_id])
     assert sorted(r.data.params["seed"] for r in runs) == ["0", "1"]
     assert all(r.info.status == "FINISHED" for r in runs) and len(list(sweep.glob("*/tb"))) == 2
+    for run in runs:
+        assert sorted(a.path for a in client.list_artifacts(run.info.run_id)) == ["best.pt", "config.yaml"]
+        assert run.info.artifact_uri.startswith(f"{sweep.resolve()}/mlartifacts")  # beside the database
     files = sorted(sweep.glob("*/wandb/offline-run-*/run-*.wandb"))
     infos = [wandb_file.run_info(path) for path in files]
     assert len({info["id"] for info in infos}) == 2 and {info["group"] for info in infos} == {"sweep"}
     assert sorted(info["config"]["seed"] for info in infos) == [0, 1]
     for path in files:  # a session that ended cleanly: each epoch once, at its step
         assert [row["trainer/step"] for row in wandb_file.history(path) if "val/top1" in row] == [4]
+        (artifact,) = [r.artifact for r in wandb_file.records(path) if r.WhichOneof("record_type") == "artifact"]
+        assert artifact.type == "model"
+        assert sorted(entry.path for entry in artifact.manifest.contents) == ["best.pt", "config.yaml"]
 
 
 @pytest.mark.parametrize("tracker, named", [("mlflow", "MLflow"), ("wandb", "Weights & Biases")])
