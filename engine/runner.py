@@ -136,7 +136,7 @@ def train(cfg: DictConfig, ctx: Context) -> dict[str, Any]:
         with_ema=cfg.trainer.ema_decay is not None,
         tensorboard=cfg.logger.tensorboard is not None,
         trackers=tuple(
-            tracker(folder.path, cfg, session.description, sweep_dir(ctx))
+            tracker(folder.path, cfg, tracker_description(cfg, ctx, session), sweep_dir(ctx))
             for tracker, wanted in ((MlflowRun, cfg.logger.mlflow), (WandbRun, cfg.logger.wandb))
             if wanted is not None
         ),
@@ -171,6 +171,12 @@ def train(cfg: DictConfig, ctx: Context) -> dict[str, Any]:
         tracker.close(status)
     history.end(COMPLETED, results=outcome)
     return finish(cfg, ctx, session, history, outcome)
+
+
+def tracker_description(cfg: DictConfig, ctx: Context, session: Session) -> dict[str, Any]:
+    """What MLflow's tags and W&B's notes say of the run: results.json's description, the recipe, what was changed."""
+    changes = {"changed_from_recipe": "; ".join(ctx.recipe_changes)} if ctx.recipe_changes else {}
+    return {**session.description, "recipe": recipe_line(cfg).removeprefix("recipe: "), **changes}
 
 
 def sweep_dir(ctx: Context) -> Path | None:

@@ -45,6 +45,10 @@ def test_a_killed_and_resumed_run_is_one_tracker_run_whose_curves_are_metrics_cs
     assert kept["tracking_uri"] == f"sqlite:///{run_dir.resolve()}/mlflow.db"
     assert len(client.search_runs([run.info.experiment_id])) == 1 and run.info.status == "FINISHED"
     assert run.data.params["optim.lr"] == "0.1" and run.data.tags["conv"] == "gmconv"
+    assert (
+        run.data.tags["recipe"].startswith("digits/resnet20")
+        and "trainer.epochs 10 → 3" in run.data.tags["changed_from_recipe"]
+    )
     rows = list(csv.DictReader(open(run_dir / "metrics.csv")))
     assert len(rows) == 3
     for key, column in CURVES.items():
