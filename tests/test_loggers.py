@@ -1,5 +1,5 @@
 """logger=[...,mlflow,wandb]: the MLflow record read back with MLflow's own client and the W&B offline run files
-read back as W&B wrote them (tests/wandb_file.py), after a kill and a resume, and in a sweep; a tracker missing is
+read back as W&B wrote them (analysis/wandb_file.py), after a kill and a resume, and in a sweep; a tracker missing is
 named in one line."""
 
 from __future__ import annotations
@@ -10,9 +10,9 @@ import json
 
 import preloaded
 import pytest
-import wandb_file
 from mlflow.tracking import MlflowClient
 
+from analysis import wandb_file
 from engine.config import validate
 from engine.errors import ConfigError
 from engine.wandb_run import WandbRun

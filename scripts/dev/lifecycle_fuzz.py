@@ -59,6 +59,7 @@ from PIL import Image  # noqa: E402
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator  # noqa: E402
 
 import engine.runner  # noqa: E402,F401  (imported once here, so that forked commands start at once)
+from analysis import wandb_file  # noqa: E402
 from engine import epoch_record  # noqa: E402
 from engine.history import COMPLETED, INTERRUPTED, STOPPED  # noqa: E402
 
@@ -105,7 +106,9 @@ def run_command(command: Command, log: Path, fork: bool) -> tuple[int, str]:
             text=True,
             timeout=TIMEOUT_S,
             env={**os.environ, "PYTHONUNBUFFERED": "1"},
+            start_new_session=True,
         )
+        end_process_group(proc.pid)
         return proc.returncode, proc.stdout + proc.stderr
     sys.stdout.flush()
     sys.stderr.flush()
@@ -113,6 +116,7 @@ def run_command(command: Command, log: Path, fork: bool) -> tuple[int, str]:
     if pid == 0:  # the command, as `python tests/inject.py ARGV` would run it
         code = 1
         try:
+            os.setsid()  # its own process group, ended with it (end_process_group)
             fd = os.open(log, os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
             os.dup2(fd, 1)
             os.dup2(fd, 2)
@@ -139,8 +143,26 @@ def run_command(command: Command, log: Path, fork: bool) -> tuple[int, str]:
             os.waitpid(pid, 0)
             raise Broken(f"the command did not finish in {TIMEOUT_S} s")
         time.sleep(0.02)
+    end_process_group(pid)
     code = -os.WTERMSIG(status) if os.WIFSIGNALED(status) else os.WEXITSTATUS(status)
     return code, log.read_text(errors="replace")
+
+
+def end_process_group(leader: int, wait_s: float = 10) -> None:
+    """Kill what a command left running (a killed command's DataLoader workers, W&B's service, which writes its
+    log once it notices), as a job scheduler ends a job, and wait until it is gone: the next command's checks
+    must see only what the commands did."""
+    try:
+        os.killpg(leader, signal.SIGKILL)
+    except ProcessLookupError:
+        return
+    deadline = time.time() + wait_s
+    while time.time() < deadline:
+        try:
+            os.killpg(leader, 0)
+        except ProcessLookupError:
+            return
+        time.sleep(0.02)
 
 
 # --- generating lifecycles ---------------------------------------------------------------------------
@@ -178,8 +200,9 @@ def random_settings(rng: random.Random, folder_data: Path) -> dict[str, str]:
         settings["trainer.best_of"] = rng.choice(["model", "ema"])
     if rng.random() < 0.3:
         settings["data.mixup_alpha"] = 0.2
-    if rng.random() < 0.3:
-        settings["logger"] = "[tensorboard,mlflow]"  # the resumes keep it without being told
+    trackers = [name for name in ("mlflow", "wandb") if rng.random() < 0.3]
+    if trackers:
+        settings["logger"] = f"[{','.join(['tensorboard', *trackers])}]"  # the resumes keep it without being told
     if rng.random() < 0.25:
         settings.update(
             {
@@ -373,6 +396,8 @@ def check_folder(life: Lifecycle) -> None:
     check_tensorboard(run, rows, records, life.killed)
     if "mlflow" in life.settings.get("logger", ""):
         check_mlflow(run, records)
+    if "wandb" in life.settings.get("logger", ""):
+        check_wandb(run, records)
     check_history(life)
     results = run / "results.json"
     if life.complete():
@@ -491,6 +516,31 @@ def check_mlflow(run: Path, records: list[dict[str, Any]]) -> None:
                 _require(
                     got is not None and np.float32(got) == np.float32(row[metric.column]),
                     f"MLflow {metric.tag} at step {row['step']}: {got}, the record says {row[metric.column]}",
+                )
+
+
+def check_wandb(run: Path, records: list[dict[str, Any]]) -> None:
+    """One W&B run for the folder, whose last value at each recorded epoch's step, over all its sessions' offline
+    files, is the record's (a killed session may lose its buffered writes: a later session logs the checkpoint's
+    records again from the last step a clean session wrote; a step it did write appears again, later)."""
+    kept = run / "wandb.json"
+    if not kept.is_file():
+        _require(not records, "wandb.json is missing")
+        return
+    run_id = json.loads(kept.read_text())["run_id"]
+    files = sorted(run.glob("wandb/offline-run-*/run-*.wandb"))
+    _require(all(f.name == f"run-{run_id}.wandb" for f in files), f"the run folder has other W&B runs: {files}")
+    logged = sorted((row for f in files for row in wandb_file.history(f)), key=lambda row: row["_timestamp"])
+    for metric in epoch_record.METRICS:
+        if metric.tag is None:
+            continue
+        last = {int(row["trainer/step"]): row[metric.tag] for row in logged if metric.tag in row}
+        for row in records:
+            if row.get(metric.column) is not None:
+                got = last.get(int(row["step"]))
+                _require(
+                    got is not None and np.float32(got) == np.float32(row[metric.column]),
+                    f"W&B {metric.tag} at step {row['step']}: {got}, the record says {row[metric.column]}",
                 )
 
 

@@ -1,4 +1,5 @@
-"""A W&B offline run file (``run-<id>.wandb``) read back, for the tests.
+"""A W&B offline run file (``run-<id>.wandb``) read without W&B's service: its history, run and artifacts, for
+the tests and the lifecycle fuzzer, or to look into an offline run before ``wandb sync``.
 
 wandb 0.31 ships no Python reader of its own files (its service, wandb-core, reads them for ``wandb sync``), so
 this reads the format it writes: a ``:W&B`` header, then LevelDB's log framing (32 KiB blocks of records, each
@@ -21,7 +22,8 @@ FULL, FIRST, MIDDLE, LAST = 1, 2, 3, 4
 
 def records(path: Path) -> Iterator[Record]:
     data = Path(path).read_bytes()
-    assert data[:4] == b":W&B", f"{path} is not a W&B run file"
+    if data[:4] != b":W&B":
+        raise ValueError(f"{path} is not a W&B run file (no :W&B header)")
     position, pieces = HEADER, b""
     while position + 7 <= len(data):
         if BLOCK - position % BLOCK < 7:  # a block's tail too short for a record header is padding
