@@ -20,7 +20,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
-from engine.command_line import check_composes, check_sweep_jobs, expand_command_line
+from engine.command_line import check_composes, check_search, check_sweep_jobs, expand_command_line
 from engine.config import register_configs
 from engine.distributed import agree_on_run_time, init_distributed
 from engine.errors import BadInput
@@ -106,6 +106,7 @@ if __name__ == "__main__":
         command = expand_command_line(sys.argv)
         check_composes(command.argv)
         check_sweep_jobs(command.argv)
+        check_search(command.argv)
     except BadInput as err:
         print(f"error: {err}", file=sys.stderr)
         sys.exit(2)

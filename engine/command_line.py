@@ -153,7 +153,7 @@ def check_sweep_jobs(argv: list[str]) -> None:
     flags, overrides = _split_flags(argv[1:])
     if not set(SWEEP_FLAGS) & set(flags) or set(INFO_FLAGS) & set(flags):
         return
-    if any(o.lstrip("+").startswith(("hydra/sweeper=", "hparams_search=")) for o in overrides):
+    if any(o.lstrip("+").startswith(SEARCHES) for o in overrides):
         return
     try:  # the basic sweeper's own expansion: the jobs checked are the jobs it will launch, in its order
         batches = BasicSweeper.split_arguments(OverridesParser.create().parse_overrides(overrides), None)
@@ -176,9 +176,28 @@ def check_sweep_jobs(argv: list[str]) -> None:
         )
 
 
+def check_search(argv: list[str]) -> None:
+    """A search (``hparams_search=``, another ``hydra/sweeper=``) draws its trials as it goes, but they differ only
+    in the searched parameters: a setting refused in the search's own config, other than a searched one, would
+    fail every trial. Refuse such a search before its first trial, in one line."""
+    flags, typed = _split_flags(argv[1:])
+    if set(INFO_FLAGS) & set(flags) or not any(o.lstrip("+").startswith(SEARCHES) for o in typed):
+        return
+    parsed = OverridesParser.create().parse_overrides(typed)
+    fixed = [o for o in parsed if not o.is_sweep_override()]  # the same in every trial
+    params = compose_config(*(o.input_line for o in fixed), hydra=True).hydra.sweeper.get("params") or {}
+    searched = {*params, *(o.key_or_group for o in parsed if o.is_sweep_override())} - {o.key_or_group for o in fixed}
+    try:
+        validate(compose_config(*(o.input_line for o in fixed)), sweep_job=True)
+    except BadInput as err:
+        if not any(key in str(err) for key in searched):
+            raise ConfigError(f"every trial of the search would be refused, so none was started: {err}") from None
+
+
 # flags whose output is Hydra's own (or a sweep, whose jobs report their own errors)
 INFO_FLAGS = ("-h", "--help", "--hydra-help", "--version", "-i", "--info", "-sc", "--shell-completion")
 SWEEP_FLAGS = ("-m", "--multirun")
+SEARCHES = ("hydra/sweeper=", "hparams_search=")  # overrides that hand the jobs to a sweeper that draws them
 HYDRA_OWN_FLAGS = (*INFO_FLAGS, *SWEEP_FLAGS)
 
 
