@@ -47,7 +47,7 @@ import time
 import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")  # one intra-op thread: deterministic, and safe to fork
 
@@ -505,18 +505,12 @@ def check_mlflow(run: Path, records: list[dict[str, Any]]) -> None:
     client = MlflowClient(record["tracking_uri"])
     run_info = client.get_run(record["run_id"]).info
     _require(len(client.search_runs([run_info.experiment_id])) == 1, "the run folder has more than one MLflow run")
-    for metric in epoch_record.METRICS:
-        if metric.tag is None:
-            continue
-        history = sorted(client.get_metric_history(record["run_id"], metric.tag), key=lambda m: m.timestamp)
-        last = {m.step: m.value for m in history}
-        for row in records:
-            if row.get(metric.column) is not None:
-                got = last.get(int(row["step"]))
-                _require(
-                    got is not None and np.float32(got) == np.float32(row[metric.column]),
-                    f"MLflow {metric.tag} at step {row['step']}: {got}, the record says {row[metric.column]}",
-                )
+
+    def last_per_step(tag: str) -> dict[int, float]:
+        history = sorted(client.get_metric_history(record["run_id"], tag), key=lambda m: m.timestamp)
+        return {m.step: m.value for m in history}
+
+    check_last_per_step("MLflow", last_per_step, records)
 
 
 def check_wandb(run: Path, records: list[dict[str, Any]]) -> None:
@@ -531,16 +525,25 @@ def check_wandb(run: Path, records: list[dict[str, Any]]) -> None:
     files = sorted(run.glob("wandb/offline-run-*/run-*.wandb"))
     _require(all(f.name == f"run-{run_id}.wandb" for f in files), f"the run folder has other W&B runs: {files}")
     logged = sorted((row for f in files for row in wandb_file.history(f)), key=lambda row: row["_timestamp"])
+    check_last_per_step(
+        "W&B", lambda tag: {int(row["trainer/step"]): row[tag] for row in logged if tag in row}, records
+    )
+
+
+def check_last_per_step(
+    tracker: str, last_per_step: Callable[[str], dict[int, float]], records: list[dict[str, Any]]
+) -> None:
+    """The tracker's last value of each epoch metric at each recorded epoch's step is the record's."""
     for metric in epoch_record.METRICS:
         if metric.tag is None:
             continue
-        last = {int(row["trainer/step"]): row[metric.tag] for row in logged if metric.tag in row}
+        last = last_per_step(metric.tag)
         for row in records:
             if row.get(metric.column) is not None:
                 got = last.get(int(row["step"]))
                 _require(
                     got is not None and np.float32(got) == np.float32(row[metric.column]),
-                    f"W&B {metric.tag} at step {row['step']}: {got}, the record says {row[metric.column]}",
+                    f"{tracker} {metric.tag} at step {row['step']}: {got}, the record says {row[metric.column]}",
                 )
 
 
