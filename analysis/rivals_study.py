@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import fcntl
 import io
 import math
 import statistics
@@ -164,8 +165,16 @@ def run(args: argparse.Namespace) -> None:
     for job in todo:
         folder = job.folder(args.out)
         train(job, folder, args.overrides)
-        rows.append(measure(job, folder))
-        write_record(args.record, rows)
+        add_row(args.record, measure(job, folder))
+
+
+def add_row(path: Path, row: dict[str, Any]) -> None:
+    """Append one run's row to the record as it is on disk now, under a lock: runners of other tasks (or arms)
+    may share the record, and each keeps the others' rows."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path.with_name(f".{path.name}.lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        write_record(path, [*read_record(path), row])
 
 
 def stat(values: list[float]) -> tuple[float, float]:

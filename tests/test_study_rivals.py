@@ -4,6 +4,7 @@ and the tables built from the record alone."""
 from __future__ import annotations
 
 import csv
+import threading
 
 import pytest
 
@@ -90,3 +91,22 @@ def test_compare_pairs_the_precisions_by_seed(tmp_path):
     rivals.main(["compare", str(fp32), str(bf16), "--out", str(tmp_path / "comparison.md")])
     line = next(line for line in (tmp_path / "comparison.md").read_text().splitlines() if line.startswith("| digits"))
     assert "+0.75 [" in line and "| 2 |" in line  # seeds 0 and 1 only: Δ 1.0 and 0.5
+
+
+def test_runners_sharing_a_record_keep_each_others_rows(tmp_path):
+    """Two runners (two tasks) append to one record at once: every row of both is kept, once."""
+    record = tmp_path / "runs.csv"
+
+    def runner(arm: str) -> None:
+        for seed in range(25):
+            rivals.add_row(record, {"data": "digits_cluttered", "arm": arm, "seed": seed})
+
+    threads = [threading.Thread(target=runner, args=(arm,)) for arm in ("standard", "gmconv")]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    rows = rivals.read_record(record)
+    assert sorted((r["arm"], int(r["seed"])) for r in rows) == sorted(
+        (arm, seed) for arm in ("standard", "gmconv") for seed in range(25)
+    )
