@@ -147,9 +147,12 @@ class Tracker:
                 self.writer.add_image(f"sigma_mask/{name}", mask_strip(module), step, dataformats="HW")
 
     def hparams(self, hparams: dict[str, Any], metrics: dict[str, float], step: int) -> None:
-        """Written into the run's own event folder so TensorBoard's HPARAMS tab lines runs up."""
+        """The completed run's final numbers: written into the run's own event folder so TensorBoard's HPARAMS tab
+        lines runs up, and logged to MLflow and W&B at the last step (W&B's run summary shows them)."""
         if self.writer:
             self.writer.add_hparams(hparams, metrics, run_name=".", global_step=step)
+        for tracker in self.trackers:
+            tracker.metrics(metrics, step)
 
     def close(self, status: str = "FINISHED") -> None:
         """``status`` (MLflow's): FINISHED, FAILED, or KILLED for a stop on a signal that a resume continues."""

@@ -54,6 +54,7 @@ def test_a_killed_and_resumed_run_is_one_tracker_run_whose_curves_are_metrics_cs
     for key, column in CURVES.items():
         assert last_per_step(client, kept["run_id"], key) == {int(r["step"]): float(r[column]) for r in rows}, key
     assert len(last_per_step(client, kept["run_id"], "sigma/conv1/mean")) == 3
+    assert last_per_step(client, kept["run_id"], "hparam/top1") == {12: float(rows[-1]["val_top1"])}  # the final one
     assert not (run_dir / "tb").exists()  # no TensorBoard in the logger list, kept by the resume
 
     run_id = json.loads((run_dir / "wandb.json").read_text())["run_id"]
