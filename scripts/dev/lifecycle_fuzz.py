@@ -397,7 +397,7 @@ def check_folder(life: Lifecycle) -> None:
     if "mlflow" in life.settings.get("logger", ""):
         check_mlflow(run, records)
     if "wandb" in life.settings.get("logger", ""):
-        check_wandb(run, records)
+        check_wandb(run, records, life.killed)
     check_history(life)
     results = run / "results.json"
     if life.complete():
@@ -513,10 +513,11 @@ def check_mlflow(run: Path, records: list[dict[str, Any]]) -> None:
     check_last_per_step("MLflow", last_per_step, records)
 
 
-def check_wandb(run: Path, records: list[dict[str, Any]]) -> None:
+def check_wandb(run: Path, records: list[dict[str, Any]], killed: bool) -> None:
     """One W&B run for the folder, whose last value at each recorded epoch's step, over all its sessions' offline
     files, is the record's (a killed session may lose its buffered writes: a later session logs the checkpoint's
-    records again from the last step a clean session wrote; a step it did write appears again, later)."""
+    records again from the last step a clean session wrote; a step it did write appears again, later). Right after
+    a kill, epochs may be missing until that later session; those present must still be the record's."""
     kept = run / "wandb.json"
     if not kept.is_file():
         _require(not records, "wandb.json is missing")
@@ -526,14 +527,18 @@ def check_wandb(run: Path, records: list[dict[str, Any]]) -> None:
     _require(all(f.name == f"run-{run_id}.wandb" for f in files), f"the run folder has other W&B runs: {files}")
     logged = sorted((row for f in files for row in wandb_file.history(f)), key=lambda row: row["_timestamp"])
     check_last_per_step(
-        "W&B", lambda tag: {int(row["trainer/step"]): row[tag] for row in logged if tag in row}, records
+        "W&B", lambda tag: {int(row["trainer/step"]): row[tag] for row in logged if tag in row}, records, killed
     )
 
 
 def check_last_per_step(
-    tracker: str, last_per_step: Callable[[str], dict[int, float]], records: list[dict[str, Any]]
+    tracker: str,
+    last_per_step: Callable[[str], dict[int, float]],
+    records: list[dict[str, Any]],
+    may_miss: bool = False,
 ) -> None:
-    """The tracker's last value of each epoch metric at each recorded epoch's step is the record's."""
+    """The tracker's last value of each epoch metric at each recorded epoch's step is the record's (``may_miss``:
+    a recorded epoch may be missing, not wrong)."""
     for metric in epoch_record.METRICS:
         if metric.tag is None:
             continue
@@ -541,6 +546,8 @@ def check_last_per_step(
         for row in records:
             if row.get(metric.column) is not None:
                 got = last.get(int(row["step"]))
+                if got is None and may_miss:
+                    continue
                 _require(
                     got is not None and np.float32(got) == np.float32(row[metric.column]),
                     f"{tracker} {metric.tag} at step {row['step']}: {got}, the record says {row[metric.column]}",
