@@ -28,6 +28,7 @@ import csv
 import fcntl
 import io
 import math
+import os
 import statistics
 import subprocess
 import sys
@@ -44,6 +45,7 @@ from gmconv import erf_map, erf_stats, sigma_stats
 ROOT = Path(__file__).resolve().parents[1]
 RECORD = ROOT / "docs" / "study" / "rivals" / "runs.csv"
 TABLES = ROOT / "docs" / "study" / "rivals" / "tables.md"
+STEP_TIMES = ROOT / "docs" / "study" / "rivals" / "step_times.csv"  # scripts/bench/train_step.py --csv, run quiet
 ARMS = ("standard", "gmconv", "gmconv_fixed", "deformable", "dcls", "dilated", "large_kernel")
 TASKS = {
     "cluttered": [("digits_cluttered", None)],
@@ -188,7 +190,20 @@ def pm(values: list[float], digits: int = 2) -> str:
     return f"{mean:.{digits}f}" if math.isnan(std) else f"{mean:.{digits}f} ± {std:.{digits}f}"
 
 
-def task_table(rows: list[dict[str, str]], data: str, size: str) -> str:
+def read_step_times(path: Path) -> dict[tuple[str, str], str]:
+    """(precision, arm) → "ms (× standard)" of ResNet-20 from the benchmark's table: the runs' own throughput
+    is measured beside other jobs and says nothing about an arm's cost."""
+    if not path.is_file():
+        return {}
+    with path.open(newline="") as f:
+        return {
+            (r["precision"], r["conv"]): f"{r['ms_per_step']} (×{r['x_standard']})"
+            for r in csv.DictReader(f)
+            if r["model"] == "resnet20"
+        }
+
+
+def task_table(rows: list[dict[str, str]], data: str, size: str, step_times: dict[tuple[str, str], str]) -> str:
     """One table of a task: every arm's numbers, Δ paired by seed with the standard convolution."""
     mine = [r for r in rows if r["data"] == data and r["digit_size"] == size]
     by_arm = {arm: {int(r["seed"]): r for r in mine if r["arm"] == arm} for arm in ARMS}
@@ -218,7 +233,7 @@ def task_table(rows: list[dict[str, str]], data: str, size: str) -> str:
                 resolves,
                 f"{int(first['params']) / 1e3:.0f}k",
                 f"{int(first['flops']) / 1e6:.0f}M",
-                pm([float(r["train_images_per_s"]) for r in runs.values()], 0),
+                step_times.get(("fp32" if first["amp"] == "none" else first["amp"], arm), "—"),
                 pm([float(r["init_gauss_r2"]) for r in runs.values()]),
                 pm([float(r["trained_gauss_r2"]) for r in runs.values()]),
                 pm([float(r["trained_gauss_mass_1sigma"]) for r in runs.values()]),
@@ -234,7 +249,7 @@ def task_table(rows: list[dict[str, str]], data: str, size: str) -> str:
         "resolves Δ of",
         "params",
         "FLOPs",
-        "train img/s",
+        "step ms (× standard)",
         "ERF R² init",
         "ERF R² trained",
         "mass in 1σ",
@@ -244,10 +259,70 @@ def task_table(rows: list[dict[str, str]], data: str, size: str) -> str:
     return markdown_table(headers, table)
 
 
+def scale_rows(rows: list[dict[str, str]]) -> dict[str, dict[int, list[dict[str, str]]]]:
+    """arm → digit size → that size's runs, for the tasks that vary the digit size."""
+    by_arm: dict[str, dict[int, list[dict[str, str]]]] = {}
+    for r in rows:
+        if r["digit_size"]:
+            by_arm.setdefault(r["arm"], {}).setdefault(int(r["digit_size"]), []).append(r)
+    return {arm: by_arm[arm] for arm in ARMS if arm in by_arm}
+
+
+def scale_table(rows: list[dict[str, str]]) -> str:
+    """Per arm and digit size: the trained ERF's σ (its major axis) and top-1, the question being whether the ERF
+    follows the scale of the features."""
+    by_arm = scale_rows(rows)
+    sizes = sorted({size for runs in by_arm.values() for size in runs})
+    table = [
+        [
+            arm,
+            *(pm([float(r["trained_gauss_sigma_major"]) for r in runs.get(size, [])], 1) or "—" for size in sizes),
+            *(pm([float(r["top1"]) for r in runs.get(size, [])]) or "—" for size in sizes),
+            ", ".join(str(len(runs.get(size, []))) for size in sizes),
+        ]
+        for arm, runs in by_arm.items()
+    ]
+    headers = [
+        "arm",
+        *(f"ERF σ px, {size} px digits" for size in sizes),
+        *(f"top-1 %, {size} px" for size in sizes),
+        "seeds per size",
+    ]
+    return markdown_table(headers, table)
+
+
+def scale_figure(rows: list[dict[str, str]], path: Path) -> None:
+    """The trained ERF's σ against the digit size, one line per arm (mean ± std over seeds), with the
+    initialisation's as dashes: a receptive field that followed the features would rise with the digits."""
+    from matplotlib.figure import Figure  # no pyplot: renders with Agg, no display needed
+
+    figure = Figure(figsize=(5.5, 3.8), layout="constrained")
+    axes = figure.subplots()
+    for index, (arm, runs) in enumerate(scale_rows(rows).items()):
+        sizes = sorted(runs)
+        color = f"C{index}"
+        for kind, style in (("trained", "-o"), ("init", "--x")):
+            values = [stat([float(r[f"{kind}_gauss_sigma_major"]) for r in runs[size]]) for size in sizes]
+            axes.errorbar(
+                sizes,
+                [mean for mean, _ in values],
+                yerr=[0 if math.isnan(std) else std for _, std in values],
+                fmt=style,
+                color=color,
+                capsize=3,
+                label=arm if kind == "trained" else None,
+            )
+    axes.set(xlabel="digit size (px) on the 32 px canvas", ylabel="ERF σ, major axis (px)", xticks=[8, 16, 24])
+    axes.set_title("Last stage's ERF: trained (solid) and at initialisation (dashed)", fontsize=9)
+    axes.legend(fontsize=8)
+    atomic_write(path, lambda tmp: figure.savefig(tmp, dpi=110, format="png"))
+
+
 def report(args: argparse.Namespace) -> None:
     rows = read_record(args.record)
     if not rows:
         raise SystemExit(f"{args.record} holds no runs yet; run: python -m scripts.study.rivals run")
+    step_times = read_step_times(args.step_times)
     parts = ["<!-- generated by python -m scripts.study.rivals report from runs.csv; do not edit -->", ""]
     tasks = sorted({(r["data"], r["digit_size"]) for r in rows}, key=lambda t: (t[0], int(t[1] or 0)))
     for data, size in tasks:
@@ -261,10 +336,11 @@ def report(args: argparse.Namespace) -> None:
             " Top-1 at the final epoch, mean ± sample std over seeds; Δ paired by seed with the standard "
             'convolution, with its 95 % t-interval; "resolves Δ of": the smallest true Δ these seeds detect '
             "with 80 % power at that spread. ERF: the last stage's, 64 validation images; R² against its "
-            "moment-matched Gaussian, mass inside its 1σ ellipse (a Gaussian: 0.39). Training img/s is per "
-            "run, measured with other jobs on the machine (docs/BENCHMARKS.md has quiet step times).",
+            "moment-matched Gaussian, mass inside its 1σ ellipse (a Gaussian: 0.39). Step: a ResNet-20 "
+            f"training step at batch 128, median, from {STEP_TIMES.relative_to(ROOT)} "
+            "(`python -m scripts.bench.train_step --csv`, run with nothing else on the machine).",
             "",
-            task_table(rows, data, size),
+            task_table(rows, data, size, step_times),
             "",
         ]
         spreads = [
@@ -279,14 +355,29 @@ def report(args: argparse.Namespace) -> None:
                 f"{seeds_needed(pooled, 1.0)} seeds per arm at 80 % power.",
                 "",
             ]
-    args.tables.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write(args.tables, lambda tmp: Path(tmp).write_text("\n".join(parts)))
+    if any(r["digit_size"] for r in rows):
+        scale_figure(rows, args.tables.with_name("erf_by_size.png"))
+        parts += [
+            "### The ERF against the digit size",
+            "",
+            "`data=digits_scaled`: the same digits drawn at 8, 16 and 24 px on the 32 px canvas, without clutter. "
+            "The trained ERF's σ along its major axis (px), mean ± std over seeds, and top-1 at each size.",
+            "",
+            scale_table(rows),
+            "",
+            f"![ERF σ against the digit size]({FIGURE_LINK})",
+            "",
+        ]
+    text = "\n".join(parts)
+    atomic_write(args.tables, lambda tmp: Path(tmp).write_text(text.replace(FIGURE_LINK, "erf_by_size.png")))
     print(f"wrote {args.tables}")
     if args.study is not None:
-        replace_block(args.study, "\n".join(parts[2:]))
+        link = os.path.relpath(args.tables.with_name("erf_by_size.png"), args.study.parent)
+        replace_block(args.study, "\n".join(parts[2:]).replace(FIGURE_LINK, link))
         print(f"updated the tables in {args.study}")
 
 
+FIGURE_LINK = "<erf_by_size.png>"  # the figure's link, relative to each document that shows it
 BEGIN, END = "<!-- rivals tables: begin (python -m scripts.study.rivals report) -->", "<!-- rivals tables: end -->"
 
 
@@ -374,6 +465,7 @@ def main(argv: list[str] | None = None) -> None:
     reporter = commands.add_parser("report", help="the tables, from the record")
     reporter.add_argument("--record", type=Path, default=RECORD)
     reporter.add_argument("--tables", type=Path, default=TABLES)
+    reporter.add_argument("--step-times", type=Path, default=STEP_TIMES, help="scripts/bench/train_step.py --csv")
     reporter.add_argument(
         "--study", type=Path, default=None, help="also put the tables in this document's marked block (docs/STUDY.md)"
     )

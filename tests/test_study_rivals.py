@@ -9,6 +9,7 @@ import threading
 import pytest
 
 from analysis import rivals_study as rivals
+from scripts.bench import train_step
 
 TINY = ["trainer.epochs=1", "data.train_size=64", "data.val_size=32", "data.batch_size=32"]
 
@@ -70,6 +71,55 @@ def test_the_report_pairs_each_arm_with_the_standard_convolution_by_seed(tmp_pat
     rivals.main(["report", "--record", str(record), "--tables", str(tables)])
     dilated = next(line for line in tables.read_text().splitlines() if line.startswith("| dilated"))
     assert "| 3 |" in dilated and "+0.75 [" in dilated  # three seeds; Δ over the two shared with standard
+
+
+def test_the_report_gives_the_erf_per_digit_size_and_the_quiet_step_times(tmp_path):
+    def row(arm: str, size: int, seed: int, sigma: float) -> dict:
+        return {
+            **dict.fromkeys(rivals.COLUMNS, "0.5"),
+            "data": "digits_scaled",
+            "digit_size": size,
+            "arm": arm,
+            "seed": seed,
+            "top1": 95.0,
+            "params": 1000,
+            "flops": 2000000,
+            "amp": "bf16",
+            "sigma_mean": "",
+            "trained_gauss_sigma_major": sigma,
+        }
+
+    record, tables, steps = tmp_path / "runs.csv", tmp_path / "out" / "tables.md", tmp_path / "steps.csv"
+    rivals.write_record(
+        record,
+        [
+            row("standard", 8, 0, 5.0),
+            row("standard", 8, 1, 6.0),
+            row("standard", 24, 0, 7.0),
+            row("dilated", 8, 0, 9.0),
+        ],
+    )
+    train_step.write_csv(
+        steps,
+        [
+            ["resnet20", "128×32px", "bf16", "standard", "150", "1.00", "3%"],
+            ["resnet20", "128×32px", "bf16", "dilated", "165", "1.10", "3%"],
+            ["resnet20", "128×32px", "fp32", "dilated", "999", "9.99", "3%"],
+        ],
+    )
+    study = tmp_path / "STUDY.md"
+    study.write_text(f"intro\n{rivals.BEGIN}\nold\n{rivals.END}\nrest\n")
+    rivals.main(
+        ["report", "--record", str(record), "--tables", str(tables), "--step-times", str(steps), "--study", str(study)]
+    )
+    lines = tables.read_text().splitlines()
+    standard = [line for line in lines if line.startswith("| standard")]
+    assert "| 150 (×1.00) |" in standard[0]  # the task table takes the benchmark's time of its precision
+    assert "| 5.5 ± 0.7 | 7.0 |" in standard[-1] and standard[-1].endswith("| 2, 1 |")  # σ at 8 and 24 px, seeds
+    assert any(line.startswith("| dilated") and "| 9.0 | — |" in line for line in lines)  # no 24 px run: a dash
+    assert (tables.parent / "erf_by_size.png").stat().st_size > 0
+    assert "](erf_by_size.png)" in tables.read_text() and "](out/erf_by_size.png)" in study.read_text()
+    assert study.read_text().startswith("intro\n") and study.read_text().endswith(f"{rivals.END}\nrest\n")
 
 
 def test_compare_pairs_the_precisions_by_seed(tmp_path):

@@ -2,6 +2,7 @@
 
     python -m scripts.bench.train_step                       # ResNet-20 b128 32 px, every conv type, fp32 and bf16
     python -m scripts.bench.train_step --models resnet18 resnet50 --convs standard gmconv --compile
+    python -m scripts.bench.train_step --precisions bf16 --csv docs/study/rivals/step_times.csv  # the rivals study's
 
 One step is what engine/loop.py does: forward under the precision's autocast (bf16 with channels_last, as
 ``trainer.amp=auto`` chooses on a device with bf16 units; fp32 contiguous), cross-entropy on fp32 logits,
@@ -15,9 +16,11 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import csv
 import os
 import statistics
 import time
+from pathlib import Path
 from typing import Callable
 
 import torch
@@ -25,6 +28,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from analysis.summary import text_table
+from engine.checkpoint import atomic_write
 from engine.config import compose_config
 from models import build_model
 
@@ -36,6 +40,8 @@ SHAPES = {
     "resnet18": (32, 112),
     "resnet50": (16, 112),
 }
+HEADERS = ["model", "batch", "precision", "conv", "ms/step", "× standard", "max IQR"]
+CSV_COLUMNS = ["model", "batch", "precision", "conv", "ms_per_step", "x_standard", "max_iqr"]
 PRECISIONS = {"fp32": (None, torch.contiguous_format), "bf16": (torch.bfloat16, torch.channels_last)}
 
 
@@ -102,6 +108,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads; default: torch's")
     parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
+    parser.add_argument("--csv", type=Path, default=None, help="also write the table here (the rivals study reads it)")
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -139,12 +146,23 @@ def main(argv: list[str] | None = None) -> None:
                         ]
                     )
                 print(
-                    text_table(
-                        ["model", "batch", "precision", "conv", "ms/step", "× standard", "max IQR"], rows[-len(convs) :]
-                    ),
+                    text_table(HEADERS, rows[-len(convs) :]),
                     flush=True,
                 )
-    print("\n" + text_table(["model", "batch", "precision", "conv", "ms/step", "× standard", "max IQR"], rows))
+    print("\n" + text_table(HEADERS, rows))
+    if args.csv:
+        write_csv(args.csv, rows)
+        print(f"wrote {args.csv}")
+
+
+def write_csv(path: Path, rows: list[list[str]]) -> None:
+    def write(tmp: str) -> None:
+        with open(tmp, "w", newline="") as f:
+            writer = csv.writer(f, lineterminator="\n")
+            writer.writerow(CSV_COLUMNS)
+            writer.writerows(rows)
+
+    atomic_write(path, write)
 
 
 if __name__ == "__main__":
