@@ -8,6 +8,8 @@ import threading
 
 import pytest
 
+from analysis import rivals_record as record_file
+from analysis import rivals_report as report
 from analysis import rivals_study as rivals
 from scripts.bench import train_step
 
@@ -44,7 +46,7 @@ def test_a_study_records_each_run_once_with_its_erfs_shape(tmp_path, capsys):
 def test_the_report_pairs_each_arm_with_the_standard_convolution_by_seed(tmp_path):
     def row(arm: str, seed: int, top1: float) -> dict:
         return {
-            **dict.fromkeys(rivals.COLUMNS, "0.5"),
+            **dict.fromkeys(record_file.COLUMNS, "0.5"),
             "data": "digits_cluttered",
             "digit_size": "",
             "arm": arm,
@@ -58,7 +60,7 @@ def test_the_report_pairs_each_arm_with_the_standard_convolution_by_seed(tmp_pat
         }
 
     record, tables = tmp_path / "runs.csv", tmp_path / "tables.md"
-    rivals.write_record(
+    record_file.write_record(
         record,
         [
             row("standard", 0, 90.0),
@@ -76,7 +78,7 @@ def test_the_report_pairs_each_arm_with_the_standard_convolution_by_seed(tmp_pat
 def test_the_report_gives_the_erf_per_digit_size_and_the_quiet_step_times(tmp_path):
     def row(arm: str, size: int, seed: int, sigma: float) -> dict:
         return {
-            **dict.fromkeys(rivals.COLUMNS, "0.5"),
+            **dict.fromkeys(record_file.COLUMNS, "0.5"),
             "data": "digits_scaled",
             "digit_size": size,
             "arm": arm,
@@ -90,7 +92,7 @@ def test_the_report_gives_the_erf_per_digit_size_and_the_quiet_step_times(tmp_pa
         }
 
     record, tables, steps = tmp_path / "runs.csv", tmp_path / "out" / "tables.md", tmp_path / "steps.csv"
-    rivals.write_record(
+    record_file.write_record(
         record,
         [
             row("standard", 8, 0, 5.0),
@@ -108,7 +110,7 @@ def test_the_report_gives_the_erf_per_digit_size_and_the_quiet_step_times(tmp_pa
         ],
     )
     study = tmp_path / "STUDY.md"
-    study.write_text(f"intro\n{rivals.BEGIN}\nold\n{rivals.END}\nrest\n")
+    study.write_text(f"intro\n{report.BEGIN}\nold\n{report.END}\nrest\n")
     rivals.main(
         ["report", "--record", str(record), "--tables", str(tables), "--step-times", str(steps), "--study", str(study)]
     )
@@ -119,13 +121,13 @@ def test_the_report_gives_the_erf_per_digit_size_and_the_quiet_step_times(tmp_pa
     assert any(line.startswith("| dilated") and "| 9.0 | — |" in line for line in lines)  # no 24 px run: a dash
     assert (tables.parent / "erf_by_size.png").stat().st_size > 0
     assert "](erf_by_size.png)" in tables.read_text() and "](out/erf_by_size.png)" in study.read_text()
-    assert study.read_text().startswith("intro\n") and study.read_text().endswith(f"{rivals.END}\nrest\n")
+    assert study.read_text().startswith("intro\n") and study.read_text().endswith(f"{report.END}\nrest\n")
 
 
 def test_compare_pairs_the_precisions_by_seed(tmp_path):
     def row(amp: str, seed: int, top1: float) -> dict:
         return {
-            **dict.fromkeys(rivals.COLUMNS, ""),
+            **dict.fromkeys(record_file.COLUMNS, ""),
             "data": "digits",
             "arm": "gmconv",
             "seed": seed,
@@ -136,8 +138,8 @@ def test_compare_pairs_the_precisions_by_seed(tmp_path):
         }
 
     fp32, bf16 = tmp_path / "fp32.csv", tmp_path / "bf16.csv"
-    rivals.write_record(fp32, [row("none", 0, 90.0), row("none", 1, 91.0), row("none", 2, 92.0)])
-    rivals.write_record(bf16, [row("bf16", 0, 91.0), row("bf16", 1, 91.5), row("bf16", 3, 50.0)])
+    record_file.write_record(fp32, [row("none", 0, 90.0), row("none", 1, 91.0), row("none", 2, 92.0)])
+    record_file.write_record(bf16, [row("bf16", 0, 91.0), row("bf16", 1, 91.5), row("bf16", 3, 50.0)])
     rivals.main(["compare", str(fp32), str(bf16), "--out", str(tmp_path / "comparison.md")])
     line = next(line for line in (tmp_path / "comparison.md").read_text().splitlines() if line.startswith("| digits"))
     assert "+0.75 [" in line and "| 2 |" in line  # seeds 0 and 1 only: Δ 1.0 and 0.5
@@ -149,14 +151,14 @@ def test_runners_sharing_a_record_keep_each_others_rows(tmp_path):
 
     def runner(arm: str) -> None:
         for seed in range(25):
-            rivals.add_row(record, {"data": "digits_cluttered", "arm": arm, "seed": seed})
+            record_file.add_row(record, {"data": "digits_cluttered", "arm": arm, "seed": seed})
 
     threads = [threading.Thread(target=runner, args=(arm,)) for arm in ("standard", "gmconv")]
     for thread in threads:
         thread.start()
     for thread in threads:
         thread.join()
-    rows = rivals.read_record(record)
+    rows = record_file.read_record(record)
     assert sorted((r["arm"], int(r["seed"])) for r in rows) == sorted(
         (arm, seed) for arm in ("standard", "gmconv") for seed in range(25)
     )

@@ -2,7 +2,7 @@
 
     python -m scripts.study.rivals --help
 
-The code: analysis/rivals_study.py."""
+The code: analysis/rivals_study.py (the runs), rivals_record.py (the CSV), rivals_report.py (tables, figure)."""
 
 import sys
 
