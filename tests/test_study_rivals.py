@@ -73,6 +73,8 @@ def test_the_report_pairs_each_arm_with_the_standard_convolution_by_seed(tmp_pat
     rivals.main(["report", "--record", str(record), "--tables", str(tables)])
     dilated = next(line for line in tables.read_text().splitlines() if line.startswith("| dilated"))
     assert "| 3 |" in dilated and "+0.75 [" in dilated  # three seeds; Δ over the two shared with standard
+    assert (tmp_path / "delta_digits_cluttered.png").stat().st_size > 0  # the same Δ, drawn
+    assert "](delta_digits_cluttered.png)" in tables.read_text()
 
 
 def test_the_report_gives_the_erf_per_digit_size_and_the_quiet_step_times(tmp_path):
