@@ -43,6 +43,15 @@ COLUMNS = (
 )
 
 
+DIVERGED_COLUMNS = ("data", "digit_size", "arm", "seed", "error")
+
+
+def diverged_record(record: Path) -> Path:
+    """The runs that diverged before finishing, kept beside ``record``: an outcome of their arm, not a missing
+    run, so the report lists them and ``run`` does not train them again."""
+    return record.with_name(f"{record.stem}_diverged.csv")
+
+
 def read_record(path: Path) -> list[dict[str, str]]:
     if not path.is_file():
         return []
@@ -50,19 +59,19 @@ def read_record(path: Path) -> list[dict[str, str]]:
         return list(csv.DictReader(f))
 
 
-def write_record(path: Path, rows: list[dict[str, Any]]) -> None:
+def write_record(path: Path, rows: list[dict[str, Any]], columns: tuple[str, ...] = COLUMNS) -> None:
     text = io.StringIO()
-    writer = csv.DictWriter(text, fieldnames=COLUMNS, lineterminator="\n")
+    writer = csv.DictWriter(text, fieldnames=columns, lineterminator="\n")
     writer.writeheader()
     writer.writerows(rows)
     path.parent.mkdir(parents=True, exist_ok=True)
     atomic_write(path, lambda tmp: Path(tmp).write_text(text.getvalue()))
 
 
-def add_row(path: Path, row: dict[str, Any]) -> None:
+def add_row(path: Path, row: dict[str, Any], columns: tuple[str, ...] = COLUMNS) -> None:
     """Append one run's row to the record as it is on disk now, under a lock: runners of other tasks (or arms)
     may share the record, and each keeps the others' rows."""
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path.with_name(f".{path.name}.lock"), "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
-        write_record(path, [*read_record(path), row])
+        write_record(path, [*read_record(path), row], columns)

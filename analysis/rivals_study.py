@@ -37,7 +37,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from analysis.rivals_record import ARMS, ERF_KEYS, RECORD, ROOT, add_row, read_record
+from analysis.rivals_record import (
+    ARMS,
+    DIVERGED_COLUMNS,
+    ERF_KEYS,
+    RECORD,
+    ROOT,
+    add_row,
+    diverged_record,
+    read_record,
+)
 from analysis.rivals_report import STEP_TIMES, TABLES, compare, report
 from analysis.trained_run import build_untrained, load_run, validation_images
 from engine.checkpoint import LAST
@@ -72,11 +81,19 @@ class Job:
         return [f"data={self.data}", *size, f"conv={self.arm}", f"seed={self.seed}", *COMMON]
 
 
-def train(job: Job, folder: Path, extra: list[str]) -> None:
-    """The run, or the rest of it after a stop (``resume=auto`` continues this folder's last.pt)."""
+def train(job: Job, folder: Path, extra: list[str]) -> int:
+    """The run, or the rest of it after a stop (``resume=auto`` continues this folder's last.pt); its exit code."""
     command = [sys.executable, "train.py", *job.overrides(), *extra, "resume=auto", f"hydra.run.dir={folder}"]
     print("$", " ".join(command[1:]), flush=True)
-    subprocess.run(command, cwd=ROOT, check=True)
+    return subprocess.run(command, cwd=ROOT).returncode
+
+
+def last_error(folder: Path) -> str:
+    """The one-line error that train.py logged last in the run's train.log ("" if none)."""
+    log = folder / "train.log"
+    lines = log.read_text(errors="replace").splitlines() if log.is_file() else []
+    errors = [line.split(" - error: ", 1)[1] for line in lines if " - error: " in line]
+    return errors[-1] if errors else ""
 
 
 def measure(job: Job, folder: Path) -> dict[str, Any]:
@@ -111,7 +128,10 @@ def measure(job: Job, folder: Path) -> dict[str, Any]:
 
 
 def run(args: argparse.Namespace) -> None:
-    rows = read_record(args.record)
+    """Every job not yet in the record. A run that diverges is an outcome of its arm: it goes to the diverged
+    record and the study goes on. Any other failure (a bug, a stop by a signal) stops the study."""
+    diverged = diverged_record(args.record)
+    rows = read_record(args.record) + read_record(diverged)
     done = {(r["data"], r["digit_size"], r["arm"], r["seed"]) for r in rows}
     jobs = [
         Job(data, size, arm, seed) for seed in range(args.seeds) for data, size in TASKS[args.task] for arm in args.arms
@@ -120,8 +140,18 @@ def run(args: argparse.Namespace) -> None:
     print(f"{len(jobs) - len(todo)} of {len(jobs)} runs already in {args.record}; {len(todo)} to go", flush=True)
     for job in todo:
         folder = job.folder(args.out)
-        train(job, folder, args.overrides)
-        add_row(args.record, measure(job, folder))
+        code = train(job, folder, args.overrides)
+        if code == 0:
+            add_row(args.record, measure(job, folder))
+            continue
+        error = last_error(folder)
+        if not error.startswith("training diverged"):
+            raise SystemExit(
+                f"{folder} stopped (exit {code}): {error or 'its train.log names no error'}; the study stops here. "
+                "Run the same command again to continue it"
+            )
+        print(f"{folder} diverged; kept in {diverged} (delete its row there to train it again)", flush=True)
+        add_row(diverged, dict(zip(DIVERGED_COLUMNS, (*job.key, error))), DIVERGED_COLUMNS)
 
 
 def main(argv: list[str] | None = None) -> None:

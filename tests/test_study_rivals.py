@@ -43,6 +43,32 @@ def test_a_study_records_each_run_once_with_its_erfs_shape(tmp_path, capsys):
     assert len(list(csv.DictReader(record.open()))) == 2
 
 
+@pytest.mark.slow
+def test_a_run_that_diverges_is_kept_apart_and_the_study_goes_on(tmp_path, capsys):
+    record = tmp_path / "runs.csv"
+    finished = {**dict.fromkeys(record_file.COLUMNS, "0.5"), "data": "digits_cluttered", "digit_size": "", "seed": 0}
+    record_file.write_record(record, [{**finished, "arm": "standard", "params": 1, "flops": 1, "sigma_mean": ""}])
+    arguments = ["run", "--seeds", "2", "--arms", "standard", "dilated", "--out", str(tmp_path / "runs")]
+    arguments += ["--record", str(record), "--overrides", *TINY, "optim.lr=1e12", "sched.warmup_epochs=0"]
+    rivals.main(arguments)  # standard seed 0 is in the record; the three other runs diverge, one after another
+    diverged = record_file.read_record(record_file.diverged_record(record))
+    assert [(r["arm"], r["seed"]) for r in diverged] == [("dilated", "0"), ("standard", "1"), ("dilated", "1")]
+    assert all(r["error"].startswith("training diverged") for r in diverged)
+    assert len(record_file.read_record(record)) == 1
+    rivals.main(arguments)  # a diverged run is an outcome of its arm, not a missing run: none is trained again
+    assert "4 of 4 runs already in" in capsys.readouterr().out
+    rivals.main(["report", "--record", str(record), "--tables", str(tmp_path / "tables.md")])
+    assert "left out of the table: standard seed 1; dilated seed 0, 1 (" in (tmp_path / "tables.md").read_text()
+
+
+@pytest.mark.slow
+def test_a_failure_other_than_divergence_stops_the_study_in_one_line(tmp_path):
+    arguments = ["run", "--seeds", "1", "--arms", "standard", "--out", str(tmp_path / "runs")]
+    arguments += ["--record", str(tmp_path / "runs.csv"), "--overrides", "trainer.epochs=0"]
+    with pytest.raises(SystemExit, match=r"stopped \(exit 2\): .*the study stops here"):
+        rivals.main(arguments)
+
+
 def test_the_report_pairs_each_arm_with_the_standard_convolution_by_seed(tmp_path):
     def row(arm: str, seed: int, top1: float) -> dict:
         return {
