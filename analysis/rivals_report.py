@@ -231,12 +231,15 @@ def report(args: argparse.Namespace) -> None:
                 + f" ({display_path(diverged_record(args.record))}).",
                 "",
             ]
-        spreads = [stat(values)[1] for values in paired_deltas(rows, data, size).values() if len(values) > 2]
-        if spreads:
-            pooled = math.sqrt(statistics.fmean(s * s for s in spreads))
+        needed = [
+            f"{arm} {seeds_needed(stat(values)[1], 1.0)} ({len(values)} in, spread {stat(values)[1]:.2f})"
+            for arm, values in paired_deltas(rows, data, size).items()
+            if len(values) > 2
+        ]
+        if needed:
             parts += [
-                f"Pooled spread of the paired Δ: {pooled:.2f} points; a 1-point Δ needs "
-                f"{seeds_needed(pooled, 1.0)} seeds per arm at 80 % power.",
+                "Seeds a 1-point Δ against the standard convolution needs at 80 % power, from each arm's own spread "
+                "of the paired Δ (`analysis.power.seeds_needed`): " + "; ".join(needed) + ".",
                 "",
             ]
         if not size and any(len(v) > 1 for v in paired_deltas(rows, data, size).values()):

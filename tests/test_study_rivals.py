@@ -11,6 +11,7 @@ import pytest
 from analysis import rivals_record as record_file
 from analysis import rivals_report as report
 from analysis import rivals_study as rivals
+from analysis.power import seeds_needed
 from scripts.bench import train_step
 
 TINY = ["trainer.epochs=1", "data.train_size=64", "data.val_size=32", "data.batch_size=32"]
@@ -100,6 +101,30 @@ def test_the_report_pairs_each_arm_with_the_standard_convolution_by_seed(tmp_pat
     dilated = next(line for line in tables.read_text().splitlines() if line.startswith("| dilated"))
     assert "| 3 |" in dilated and "+0.75 [" in dilated  # three seeds; Δ over the two shared with standard
     assert (tmp_path / "delta_digits_cluttered.png").stat().st_size > 0  # the same Δ, drawn
+
+
+def test_the_seeds_a_1_point_difference_needs_come_from_each_arms_own_spread(tmp_path):
+    def row(arm: str, seed: int, top1: float) -> dict:
+        return {
+            **dict.fromkeys(record_file.COLUMNS, "0.5"),
+            "data": "digits_cluttered",
+            "digit_size": "",
+            "arm": arm,
+            "seed": seed,
+            "top1": top1,
+            "params": 1,
+            "flops": 1,
+            "sigma_mean": "",
+        }
+
+    record, tables = tmp_path / "runs.csv", tmp_path / "tables.md"
+    standard = [row("standard", seed, 90.0) for seed in range(3)]
+    close = [row("gmconv", seed, 90.0 + delta) for seed, delta in enumerate((1.0, 2.0, 3.0))]  # spread 1
+    noisy = [row("dilated", seed, 90.0 + delta) for seed, delta in enumerate((-10.0, 0.0, 10.0))]  # spread 10
+    record_file.write_record(record, standard + close + noisy)
+    rivals.main(["report", "--record", str(record), "--tables", str(tables)])
+    text = tables.read_text()
+    assert f"gmconv {seeds_needed(1.0, 1.0)} (3 in, spread 1.00); dilated {seeds_needed(10.0, 1.0)} (3 in" in text
     assert "](delta_digits_cluttered.png)" in tables.read_text()
 
 
