@@ -159,7 +159,9 @@ def main(argv: list[str] | None = None) -> None:
     commands = parser.add_subparsers(dest="command", required=True)
     runner = commands.add_parser("run", help="train and measure every run not yet in the record")
     runner.add_argument("--task", choices=sorted(TASKS), default="cluttered")
-    runner.add_argument("--seeds", type=int, default=17, help="seeds per arm (17: a 1-point Δ at 80 %% power)")
+    runner.add_argument(
+        "--seeds", type=int, default=17, help="seeds per arm; the report says how many each arm's spread needs"
+    )
     runner.add_argument("--arms", nargs="+", choices=ARMS, default=list(ARMS))
     runner.add_argument("--out", type=Path, default=ROOT / "outputs" / "study_rivals", help="run folders")
     runner.add_argument("--overrides", nargs="*", default=[], help="added to every run (a trial: trainer.epochs=1)")
