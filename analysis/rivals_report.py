@@ -44,16 +44,34 @@ def read_step_times(path: Path) -> dict[tuple[str, str], str]:
         }
 
 
-def paired_deltas(rows: list[dict[str, str]], data: str, size: str) -> dict[str, list[float]]:
-    """Per arm other than the standard one, top-1 minus the standard network's, over the seeds both ran."""
+def paired_deltas(rows: list[dict[str, str]], data: str, size: str, base: str = "standard") -> dict[str, list[float]]:
+    """Per arm other than ``base``, its top-1 minus ``base``'s, over the seeds both ran."""
     mine = [r for r in rows if r["data"] == data and r["digit_size"] == size]
-    base = {r["seed"]: float(r["top1"]) for r in mine if r["arm"] == "standard"}
+    reference = {r["seed"]: float(r["top1"]) for r in mine if r["arm"] == base}
     deltas = {
-        arm: [float(r["top1"]) - base[r["seed"]] for r in mine if r["arm"] == arm and r["seed"] in base]
+        arm: [float(r["top1"]) - reference[r["seed"]] for r in mine if r["arm"] == arm and r["seed"] in reference]
         for arm in ARMS
-        if arm != "standard"
+        if arm != base
     }
     return {arm: values for arm, values in deltas.items() if values}
+
+
+def interval(values: list[float]) -> str:
+    """Mean Δ with its 95 % t-interval."""
+    mean, std = stat(values)
+    low, high = confidence_interval(mean, std, len(values))
+    return f"{mean:+.2f} [{low:+.2f}, {high:+.2f}]"
+
+
+def gmconv_table(rows: list[dict[str, str]], data: str, size: str) -> str:
+    """GMConv against every other arm, paired by seed: the paper's own comparison is with deformable convolution,
+    and the fixed Gaussian asks whether learning σ matters."""
+    table = [
+        [arm, len(values), interval([-v for v in values]), f"{detectable_difference(stat(values)[1], len(values)):.2f}"]
+        for arm, values in paired_deltas(rows, data, size, base="gmconv").items()
+        if len(values) > 1
+    ]
+    return markdown_table(["GMConv against", "seeds", "Δ top-1 GMConv − arm [95 % CI]", "resolves Δ of"], table)
 
 
 def task_table(rows: list[dict[str, str]], data: str, size: str, step_times: dict[tuple[str, str], str]) -> str:
@@ -68,10 +86,8 @@ def task_table(rows: list[dict[str, str]], data: str, size: str, step_times: dic
         top1 = [float(r["top1"]) for r in runs.values()]
         deltas = all_deltas.get(arm, [])
         if len(deltas) > 1:
-            mean, std = stat(deltas)
-            low, high = confidence_interval(mean, std, len(deltas))
-            delta = f"{mean:+.2f} [{low:+.2f}, {high:+.2f}]"
-            resolves = f"{detectable_difference(std, len(deltas)):.2f}"
+            delta = interval(deltas)
+            resolves = f"{detectable_difference(stat(deltas)[1], len(deltas)):.2f}"
         else:
             delta = resolves = "—"
         first = next(iter(runs.values()))
@@ -242,6 +258,8 @@ def report(args: argparse.Namespace) -> None:
                 "of the paired Δ (`analysis.power.seeds_needed`): " + "; ".join(needed) + ".",
                 "",
             ]
+        if any(len(v) > 1 for v in paired_deltas(rows, data, size, base="gmconv").values()):
+            parts += [gmconv_table(rows, data, size), ""]
         if not size and any(len(v) > 1 for v in paired_deltas(rows, data, size).values()):
             delta_figure(rows, data, args.tables.with_name(f"delta_{data}.png"))
             parts += [f"![paired Δ against the standard convolution, {data}]({link(f'delta_{data}.png')})", ""]

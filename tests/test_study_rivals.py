@@ -125,6 +125,8 @@ def test_the_seeds_a_1_point_difference_needs_come_from_each_arms_own_spread(tmp
     rivals.main(["report", "--record", str(record), "--tables", str(tables)])
     text = tables.read_text()
     assert f"gmconv {seeds_needed(1.0, 1.0)} (3 in, spread 1.00); dilated {seeds_needed(10.0, 1.0)} (3 in" in text
+    # GMConv against each other arm, paired by seed: 1, 2, 3 against standard; 11, 2, -7 against dilated
+    assert "| standard | 3 | +2.00 [" in text and "| dilated | 3 | +2.00 [" in text
     assert "](delta_digits_cluttered.png)" in tables.read_text()
 
 
