@@ -17,6 +17,17 @@ from scripts.bench import train_step
 TINY = ["trainer.epochs=1", "data.train_size=64", "data.val_size=32", "data.batch_size=32"]
 
 
+def finished(
+    arm: str, seed: int, top1: float = 95.0, data: str = "digits_cluttered", size: int | str = "", **fields
+) -> dict:
+    """A record's row for a finished run; the columns a test does not read hold 0.5."""
+    return {
+        **dict.fromkeys(record_file.COLUMNS, "0.5"),
+        **{"data": data, "digit_size": size, "arm": arm, "seed": seed, "top1": top1, "params": 1000},
+        **{"flops": 2000000, "amp": "bf16", "channels_last": True, "sigma_mean": "", **fields},
+    }
+
+
 @pytest.mark.slow
 def test_a_study_records_each_run_once_with_its_erfs_shape(tmp_path, capsys):
     record = tmp_path / "runs.csv"
@@ -47,8 +58,7 @@ def test_a_study_records_each_run_once_with_its_erfs_shape(tmp_path, capsys):
 @pytest.mark.slow
 def test_a_run_that_diverges_is_kept_apart_and_the_study_goes_on(tmp_path, capsys):
     record = tmp_path / "runs.csv"
-    finished = {**dict.fromkeys(record_file.COLUMNS, "0.5"), "data": "digits_cluttered", "digit_size": "", "seed": 0}
-    record_file.write_record(record, [{**finished, "arm": "standard", "params": 1, "flops": 1, "sigma_mean": ""}])
+    record_file.write_record(record, [finished("standard", 0)])
     arguments = ["run", "--seeds", "2", "--arms", "standard", "dilated", "--out", str(tmp_path / "runs")]
     arguments += ["--record", str(record), "--overrides", *TINY, "optim.lr=1e12", "sched.warmup_epochs=0"]
     rivals.main(arguments)  # standard seed 0 is in the record; the three other runs diverge, one after another
@@ -71,30 +81,15 @@ def test_a_failure_other_than_divergence_stops_the_study_in_one_line(tmp_path):
 
 
 def test_the_report_pairs_each_arm_with_the_standard_convolution_by_seed(tmp_path):
-    def row(arm: str, seed: int, top1: float) -> dict:
-        return {
-            **dict.fromkeys(record_file.COLUMNS, "0.5"),
-            "data": "digits_cluttered",
-            "digit_size": "",
-            "arm": arm,
-            "seed": seed,
-            "top1": top1,
-            "params": 1000,
-            "flops": 2000000,
-            "amp": "bf16",
-            "channels_last": True,
-            "sigma_mean": "",
-        }
-
     record, tables = tmp_path / "runs.csv", tmp_path / "tables.md"
     record_file.write_record(
         record,
         [
-            row("standard", 0, 90.0),
-            row("dilated", 0, 91.0),
-            row("standard", 1, 88.0),
-            row("dilated", 1, 88.5),
-            row("dilated", 2, 99.0),
+            finished("standard", 0, 90.0),
+            finished("dilated", 0, 91.0),
+            finished("standard", 1, 88.0),
+            finished("dilated", 1, 88.5),
+            finished("dilated", 2, 99.0),
         ],
     )
     rivals.main(["report", "--record", str(record), "--tables", str(tables)])
@@ -104,23 +99,10 @@ def test_the_report_pairs_each_arm_with_the_standard_convolution_by_seed(tmp_pat
 
 
 def test_the_seeds_a_1_point_difference_needs_come_from_each_arms_own_spread(tmp_path):
-    def row(arm: str, seed: int, top1: float) -> dict:
-        return {
-            **dict.fromkeys(record_file.COLUMNS, "0.5"),
-            "data": "digits_cluttered",
-            "digit_size": "",
-            "arm": arm,
-            "seed": seed,
-            "top1": top1,
-            "params": 1,
-            "flops": 1,
-            "sigma_mean": "",
-        }
-
     record, tables = tmp_path / "runs.csv", tmp_path / "tables.md"
-    standard = [row("standard", seed, 90.0) for seed in range(3)]
-    close = [row("gmconv", seed, 90.0 + delta) for seed, delta in enumerate((1.0, 2.0, 3.0))]  # spread 1
-    noisy = [row("dilated", seed, 90.0 + delta) for seed, delta in enumerate((-10.0, 0.0, 10.0))]  # spread 10
+    standard = [finished("standard", seed, 90.0) for seed in range(3)]
+    close = [finished("gmconv", seed, 90.0 + delta) for seed, delta in enumerate((1.0, 2.0, 3.0))]  # spread 1
+    noisy = [finished("dilated", seed, 90.0 + delta) for seed, delta in enumerate((-10.0, 0.0, 10.0))]  # spread 10
     record_file.write_record(record, standard + close + noisy)
     rivals.main(["report", "--record", str(record), "--tables", str(tables)])
     text = tables.read_text()
@@ -131,29 +113,14 @@ def test_the_seeds_a_1_point_difference_needs_come_from_each_arms_own_spread(tmp
 
 
 def test_the_report_gives_the_erf_per_digit_size_and_the_quiet_step_times(tmp_path):
-    def row(arm: str, size: int, seed: int, sigma: float) -> dict:
-        return {
-            **dict.fromkeys(record_file.COLUMNS, "0.5"),
-            "data": "digits_scaled",
-            "digit_size": size,
-            "arm": arm,
-            "seed": seed,
-            "top1": 95.0,
-            "params": 1000,
-            "flops": 2000000,
-            "amp": "bf16",
-            "sigma_mean": "",
-            "trained_gauss_sigma_major": sigma,
-        }
-
     record, tables, steps = tmp_path / "runs.csv", tmp_path / "out" / "tables.md", tmp_path / "steps.csv"
     record_file.write_record(
         record,
         [
-            row("standard", 8, 0, 5.0),
-            row("standard", 8, 1, 6.0),
-            row("standard", 24, 0, 7.0),
-            row("dilated", 8, 0, 9.0),
+            finished("standard", 0, data="digits_scaled", size=8, trained_gauss_sigma_major=5.0),
+            finished("standard", 1, data="digits_scaled", size=8, trained_gauss_sigma_major=6.0),
+            finished("standard", 0, data="digits_scaled", size=24, trained_gauss_sigma_major=7.0),
+            finished("dilated", 0, data="digits_scaled", size=8, trained_gauss_sigma_major=9.0),
         ],
     )
     train_step.write_csv(
@@ -180,21 +147,23 @@ def test_the_report_gives_the_erf_per_digit_size_and_the_quiet_step_times(tmp_pa
 
 
 def test_compare_pairs_the_precisions_by_seed(tmp_path):
-    def row(amp: str, seed: int, top1: float) -> dict:
-        return {
-            **dict.fromkeys(record_file.COLUMNS, ""),
-            "data": "digits",
-            "arm": "gmconv",
-            "seed": seed,
-            "amp": amp,
-            "top1": top1,
-            "wall_time_s": 10,
-            "sigma_mean": 2.0,
-        }
-
     fp32, bf16 = tmp_path / "fp32.csv", tmp_path / "bf16.csv"
-    record_file.write_record(fp32, [row("none", 0, 90.0), row("none", 1, 91.0), row("none", 2, 92.0)])
-    record_file.write_record(bf16, [row("bf16", 0, 91.0), row("bf16", 1, 91.5), row("bf16", 3, 50.0)])
+    record_file.write_record(
+        fp32,
+        [
+            finished("gmconv", 0, 90.0, data="digits", amp="none", sigma_mean=2.0),
+            finished("gmconv", 1, 91.0, data="digits", amp="none", sigma_mean=2.0),
+            finished("gmconv", 2, 92.0, data="digits", amp="none", sigma_mean=2.0),
+        ],
+    )
+    record_file.write_record(
+        bf16,
+        [
+            finished("gmconv", 0, 91.0, data="digits", amp="bf16", sigma_mean=2.0),
+            finished("gmconv", 1, 91.5, data="digits", amp="bf16", sigma_mean=2.0),
+            finished("gmconv", 3, 50.0, data="digits", amp="bf16", sigma_mean=2.0),
+        ],
+    )
     rivals.main(["compare", str(fp32), str(bf16), "--out", str(tmp_path / "comparison.md")])
     line = next(line for line in (tmp_path / "comparison.md").read_text().splitlines() if line.startswith("| digits"))
     assert "+0.75 [" in line and "| 2 |" in line  # seeds 0 and 1 only: Δ 1.0 and 0.5
