@@ -4,7 +4,6 @@ and the comparison of two records paired by seed (``compare``: fp32 against bf16
 from __future__ import annotations
 
 import argparse
-import csv
 import math
 import os
 import re
@@ -34,14 +33,11 @@ def pm(values: list[float], digits: int = 2) -> str:
 def read_step_times(path: Path) -> dict[tuple[str, str], str]:
     """(precision, arm) → "ms (× standard)" of ResNet-20 from the benchmark's table: the runs' own throughput
     is measured beside other jobs and says nothing about an arm's cost."""
-    if not path.is_file():
-        return {}
-    with path.open(newline="") as f:
-        return {
-            (r["precision"], r["conv"]): f"{r['ms_per_step']} (×{r['x_standard']})"
-            for r in csv.DictReader(f)
-            if r["model"] == "resnet20"
-        }
+    return {
+        (r["precision"], r["conv"]): f"{r['ms_per_step']} (×{r['x_standard']})"
+        for r in read_record(path)
+        if r["model"] == "resnet20"
+    }
 
 
 def paired_deltas(rows: list[dict[str, str]], data: str, size: str, base: str = "standard") -> dict[str, list[float]]:
