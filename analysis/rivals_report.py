@@ -324,8 +324,6 @@ def compare(args: argparse.Namespace) -> None:
         if len(seeds) < 2:
             continue
         deltas = [float(bf16[s]["top1"]) - float(fp32[s]["top1"]) for s in seeds]
-        mean, std = stat(deltas)
-        low, high = confidence_interval(mean, std, len(deltas))
         table.append(
             [
                 data,
@@ -333,7 +331,7 @@ def compare(args: argparse.Namespace) -> None:
                 len(seeds),
                 pm([float(fp32[s]["top1"]) for s in seeds]),
                 pm([float(bf16[s]["top1"]) for s in seeds]),
-                f"{mean:+.2f} [{low:+.2f}, {high:+.2f}]",
+                interval(deltas),
                 pm([float(fp32[s]["sigma_mean"]) for s in seeds if fp32[s]["sigma_mean"]], 3) or "—",
                 pm([float(bf16[s]["sigma_mean"]) for s in seeds if bf16[s]["sigma_mean"]], 3) or "—",
             ]
