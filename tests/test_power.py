@@ -27,6 +27,20 @@ def test_power_grows_with_seeds_and_difference_and_the_inverses_agree() -> None:
         assert needed == 2 or paired_power(spread, needed - 1, difference) < 0.8
 
 
+@pytest.mark.parametrize("spread", [5.0, 44.4, 300.0])
+def test_any_spread_gets_its_seed_count_however_large(spread: float) -> None:
+    """An arm whose runs diverge spreads by tens of points; its count is the fewest that reach the power, near
+    the normal approximation ((z_0.975 + z_0.8) · spread / difference)²."""
+    needed = seeds_needed(spread, 1.0)
+    assert paired_power(spread, needed, 1.0) >= 0.8 > paired_power(spread, needed - 1, 1.0)
+    assert needed == pytest.approx((1.959964 + 0.841621) ** 2 * spread**2, rel=0.05)
+
+
+def test_a_difference_to_detect_must_be_positive() -> None:
+    with pytest.raises(ValueError, match="must be positive"):
+        seeds_needed(1.0, 0.0)
+
+
 def test_confidence_interval_is_the_t_interval() -> None:
     low, high = confidence_interval(mean=1.0, std=2.0, n=5)
     assert (low + high) / 2 == pytest.approx(1.0)

@@ -101,12 +101,13 @@ def test_the_seeds_a_1_point_difference_needs_come_from_each_arms_own_spread(tmp
     record, tables = tmp_path / "runs.csv", tmp_path / "tables.md"
     standard = [finished("standard", seed, 90.0) for seed in range(3)]
     close = [finished("gmconv", seed, 90.0 + delta) for seed, delta in enumerate((1.0, 2.0, 3.0))]  # spread 1
-    noisy = [finished("dilated", seed, 90.0 + delta) for seed, delta in enumerate((-10.0, 0.0, 10.0))]  # spread 10
+    # spread 45, as an arm with a diverged run: 15,000-odd seeds, which the report must still give
+    noisy = [finished("dilated", seed, 90.0 + delta) for seed, delta in enumerate((-45.0, 0.0, 45.0))]
     record_file.write_record(record, standard + close + noisy)
     rivals.main(["report", "--record", str(record), "--tables", str(tables)])
     text = tables.read_text()
-    assert f"gmconv {seeds_needed(1.0, 1.0)} (3 in, spread 1.00); dilated {seeds_needed(10.0, 1.0)} (3 in" in text
-    # GMConv against each other arm, paired by seed: 1, 2, 3 against standard; 11, 2, -7 against dilated
+    assert f"gmconv {seeds_needed(1.0, 1.0)} (3 in, spread 1.00); dilated {seeds_needed(45.0, 1.0)} (3 in" in text
+    # GMConv against each other arm, paired by seed: 1, 2, 3 against standard; 46, 2, -42 against dilated
     assert "| standard | 3 | +2.00 [" in text and "| dilated | 3 | +2.00 [" in text
     assert "](delta_digits_cluttered.png)" in tables.read_text()
 
