@@ -46,7 +46,10 @@ def seeds_needed(std_delta: float, effect: float, alpha: float = ALPHA, power: f
         too_few, sufficient = sufficient, sufficient * 2
     while sufficient - too_few > 1:
         middle = (too_few + sufficient) // 2
-        too_few, sufficient = (middle, sufficient) if not enough(middle) else (too_few, middle)
+        if enough(middle):
+            sufficient = middle
+        else:
+            too_few = middle
     return sufficient
 
 
